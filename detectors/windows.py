@@ -1,0 +1,222 @@
+"""Event-time tumbling windows over prediction micro-batches, computed with Polars.
+
+One :class:`TumblingWindows` holds the open windows of one model, for all its
+(version, cohort) series. Time is the events' own ``ts``:
+
+- the *watermark* is the largest ``ts`` seen so far for the model;
+- the window ``[start, end)`` closes once ``watermark >= end + allowed_lateness``;
+- an event whose window had already closed when it arrived (judged against the
+  watermark *before* it, in arrival order) is *late*: it is not folded in, and the
+  caller dead-letters it.
+
+Because lateness is judged per event in arrival order, the result does not
+depend on how events were cut into micro-batches: replaying a recorded stream at
+any speed, in any batch size, gives the same windows.
+
+Latency percentiles come from a :class:`~detectors.sketch.LatencySketch` per
+window (1 % relative accuracy, bounded size), filled from Polars group-bys on
+each micro-batch; counts, errors and SLO-slow requests are exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from detectors.sketch import LatencySketch
+
+__all__ = ["TumblingWindows", "WindowStats", "BATCH_SCHEMA"]
+
+#: Columns a micro-batch frame must have (one row per prediction event).
+BATCH_SCHEMA = {
+    "ts": pl.Float64,
+    "version": pl.Utf8,
+    "cohort": pl.Utf8,
+    "latency_ms": pl.Float64,
+    "error": pl.Boolean,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    """Summary of one closed window of one (model, version, cohort) series."""
+
+    model: str
+    version: str
+    cohort: str
+    start: float
+    end: float
+    count: int
+    errors: int
+    slow: int
+    p50: float
+    p95: float
+    p99: float
+    max_latency: float
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.count if self.count else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Acc:
+    __slots__ = ("count", "errors", "slow", "sketch")
+
+    def __init__(self, alpha: float) -> None:
+        self.count = 0
+        self.errors = 0
+        self.slow = 0
+        self.sketch = LatencySketch(alpha=alpha)
+
+
+class TumblingWindows:
+    """Open event-time windows of one model.
+
+    Parameters
+    ----------
+    model
+        The model these windows belong to.
+    size_s
+        Window length in seconds.
+    allowed_lateness_s
+        How long after its end a window still accepts events.
+    slow_ms
+        Latency above which a request counts as slow (the latency SLO's bound).
+    alpha
+        Relative accuracy of the latency percentiles.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> w = TumblingWindows("m", size_s=60, allowed_lateness_s=5)
+    >>> frame = pl.DataFrame({"ts": [0.0, 30.0, 70.0, 10.0], "version": ["v1"] * 4,
+    ...                       "cohort": ["stable"] * 4, "latency_ms": [10.0, 20.0, 30.0, 40.0],
+    ...                       "error": [False, True, False, False]})
+    >>> w.add(frame).tolist()   # t=10 arrives after t=70: window [0, 60) closed at 65
+    [False, False, False, True]
+    >>> [(s.start, s.count, s.errors) for s in w.close_ready()]
+    [(0.0, 2, 1)]
+    """
+
+    def __init__(
+        self,
+        model: str,
+        size_s: float = 60.0,
+        allowed_lateness_s: float = 10.0,
+        slow_ms: float = 500.0,
+        alpha: float = 0.01,
+    ) -> None:
+        if size_s <= 0:
+            raise ValueError("size_s must be > 0")
+        if allowed_lateness_s < 0:
+            raise ValueError("allowed_lateness_s must be >= 0")
+        self.model = model
+        self.size_s = size_s
+        self.allowed_lateness_s = allowed_lateness_s
+        self.slow_ms = slow_ms
+        self.alpha = alpha
+        self._open: dict[tuple[str, str, float], _Acc] = {}
+        self._watermark = -math.inf
+        self._closed_upto = -math.inf  # windows ending at or before this are closed
+
+    @property
+    def watermark(self) -> float:
+        return self._watermark
+
+    @property
+    def open_windows(self) -> int:
+        return len(self._open)
+
+    def add(self, frame: pl.DataFrame) -> np.ndarray:
+        """Fold a micro-batch in; return a boolean mask of its late rows."""
+        if frame.height == 0:
+            return np.zeros(0, dtype=bool)
+        size, lateness = self.size_s, self.allowed_lateness_s
+        ts = frame["ts"].to_numpy()
+        start = np.floor(ts / size) * size
+        # Watermark each event saw on arrival: the max of everything before it.
+        seen_before = np.maximum.accumulate(np.concatenate(([self._watermark], ts[:-1])))
+        late = (start + size + lateness <= seen_before) | (start + size <= self._closed_upto)
+        self._watermark = max(self._watermark, float(ts.max()))
+        on_time = frame.with_columns(start=pl.Series(start)).filter(pl.Series(~late))
+        if on_time.height:
+            self._fold(on_time)
+        return late
+
+    def _fold(self, frame: pl.DataFrame) -> None:
+        keys = ["version", "cohort", "start"]
+        probe = LatencySketch(alpha=self.alpha)
+        lat = frame["latency_ms"].to_numpy()
+        frame = frame.with_columns(bucket=pl.Series(probe.bucket_index(lat)))
+        totals = frame.group_by(keys).agg(
+            n=pl.len(),
+            errors=pl.col("error").sum(),
+            slow=(pl.col("latency_ms") > self.slow_ms).sum(),
+            max_latency=pl.col("latency_ms").max(),
+        )
+        for version, cohort, start, n, errors, slow, _ in totals.iter_rows():
+            acc = self._open.get((version, cohort, start))
+            if acc is None:
+                acc = self._open[(version, cohort, start)] = _Acc(self.alpha)
+            acc.count += n
+            acc.errors += errors
+            acc.slow += slow
+        buckets = frame.group_by([*keys, "bucket"]).agg(c=pl.len(), mx=pl.col("latency_ms").max())
+        for (version, cohort, start), part in buckets.group_by(keys):
+            acc = self._open[(str(version), str(cohort), float(start))]  # type: ignore[arg-type]
+            acc.sketch.add_counts(part["bucket"].to_list(), part["c"].to_list(),
+                                  float(part["mx"].max()))  # type: ignore[arg-type]
+
+    def close_ready(self) -> list[WindowStats]:
+        """Close and return every window the watermark has passed, oldest first."""
+        horizon = self._watermark - self.allowed_lateness_s
+        return self._close(lambda start: start + self.size_s <= horizon)
+
+    def flush(self) -> list[WindowStats]:
+        """Close every open window now (the model went idle, or shuts down)."""
+        return self._close(lambda start: True)
+
+    def _close(self, ready: Any) -> list[WindowStats]:
+        done = sorted((k for k in self._open if ready(k[2])), key=lambda k: (k[2], k[0], k[1]))
+        out = []
+        for key in done:
+            acc = self._open.pop(key)
+            version, cohort, start = key
+            sk = acc.sketch
+            out.append(WindowStats(
+                model=self.model, version=version, cohort=cohort,
+                start=start, end=start + self.size_s, count=acc.count, errors=acc.errors,
+                slow=acc.slow, p50=sk.quantile(0.5), p95=sk.quantile(0.95),
+                p99=sk.quantile(0.99), max_latency=sk.max,
+            ))
+            self._closed_upto = max(self._closed_upto, start + self.size_s)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "watermark": None if self._watermark == -math.inf else self._watermark,
+            "closed_upto": None if self._closed_upto == -math.inf else self._closed_upto,
+            "open": [
+                {"version": v, "cohort": c, "start": s, "count": a.count, "errors": a.errors,
+                 "slow": a.slow, "sketch": a.sketch.to_dict()}
+                for (v, c, s), a in self._open.items()
+            ],
+        }
+
+    def load_dict(self, data: dict[str, Any]) -> None:
+        """Restore open windows and watermark saved by :meth:`to_dict`."""
+        self._watermark = -math.inf if data["watermark"] is None else data["watermark"]
+        self._closed_upto = -math.inf if data["closed_upto"] is None else data["closed_upto"]
+        self._open = {}
+        for w in data["open"]:
+            acc = _Acc(self.alpha)
+            acc.count, acc.errors, acc.slow = w["count"], w["errors"], w["slow"]
+            acc.sketch = LatencySketch.from_dict(w["sketch"])
+            self._open[(w["version"], w["cohort"], float(w["start"]))] = acc

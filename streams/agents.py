@@ -1,0 +1,103 @@
+"""Faust agents: move bytes between Kafka and :class:`~streams.pipeline.PredictionPipeline`.
+
+Per micro-batch (``worker.batch_max`` messages or ``worker.batch_within_s``):
+parse and process everything at once, publish dead letters, window statistics
+and alerts, then write one checkpoint per model touched into the
+changelog-backed state table, on the partition the model's events came from.
+A timer runs the wall-clock checks (outage, idle windows, expiry).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import faust
+import orjson
+from faust.types import TP, EventT
+from prometheus_client import CollectorRegistry, generate_latest
+
+from streams.app import Sentinelle
+from streams.metrics import make_metrics
+from streams.pipeline import InMessage, Outbox, PredictionPipeline
+
+__all__ = ["register"]
+
+log = logging.getLogger("sentinelle.worker")
+
+
+def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> PredictionPipeline:
+    """Attach Sentinelle's agents, timer and web pages to ``s.app``."""
+    app, settings = s.app, s.settings
+    registry = registry or CollectorRegistry()
+    metrics = make_metrics(registry)
+    pipeline = PredictionPipeline(settings, s.predictions.get_topic_name())
+    topic_name = s.predictions.get_topic_name()
+
+    def saved(model: str) -> dict[str, Any] | None:
+        value = s.state.data.get(model)
+        return value if isinstance(value, dict) else None
+
+    def checkpoint(partition: int, model: str, value: dict[str, Any] | None) -> None:
+        # One changelog write per model per micro-batch, on the model's own
+        # partition. (Faust's ``table[key] = value`` would take the partition from
+        # the current event, which a micro-batch of many events does not have.)
+        if value is None:
+            s.state.data.pop(model, None)
+            s.state.send_changelog(partition, model, None, value_serializer="raw")
+        else:
+            s.state.data[model] = value
+            s.state.send_changelog(partition, model, value)
+
+    async def publish(box: Outbox) -> None:
+        for rec in box.deadletters:
+            metrics.deadletters.labels(rec["topic"], rec["reason"].split(":", 1)[0]).inc()
+            await s.deadletter.send(key=None, value=orjson.dumps(rec))
+        for model, rec in box.stats:
+            metrics.windows.inc()
+            await s.stats.send(key=model.encode(), value=orjson.dumps(rec))
+        for key, alert in box.alerts:
+            metrics.alerts.labels(alert["payload"]["class"], alert["event_action"]).inc()
+            log.info("alert %s %s: %s", alert["event_action"], key, alert["payload"]["summary"])
+            await s.alerts.send(key=alert["payload"]["component"].encode(),
+                                value=orjson.dumps(alert))
+        for partition, model, value in box.checkpoints:
+            checkpoint(partition, model, value)
+        metrics.models.set(len(pipeline.monitors))
+
+    @app.agent(s.predictions, name="sentinelle.watch_predictions")
+    async def watch_predictions(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.worker.batch_max,
+                                               within=settings.worker.batch_within_s):
+            await handle(events)
+
+    async def handle(events: Sequence[EventT]) -> None:
+        messages = [InMessage(e.message.value, e.message.partition, e.message.offset)
+                    for e in events]
+        metrics.messages.labels(topic_name).inc(len(messages))
+        box = pipeline.process(messages, time.time(), saved)
+        metrics.events.labels(topic_name).inc(box.events)
+        await publish(box)
+
+    @app.timer(settings.worker.tick_s, name="sentinelle.wall_clock_checks")
+    async def wall_clock_checks() -> None:
+        items: Iterable[tuple[str, Any]] = list(s.state.data.items())
+        await publish(pipeline.tick(time.time(), items))
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        # The memory store keeps revoked partitions' keys; drop them, or this
+        # worker would keep checking models another worker now owns.
+        parts = {tp.partition for tp in revoked if tp.topic == topic_name}
+        pipeline.revoke(parts)
+        for model, value in list(s.state.data.items()):
+            if isinstance(value, dict) and value.get("partition") in parts:
+                s.state.data.pop(model, None)
+
+    @app.page("/metrics")
+    async def prometheus_metrics(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
+
+    return pipeline

@@ -1,0 +1,70 @@
+"""The Faust application: broker, topics and the state table, built from Settings.
+
+Only :mod:`streams.agents` adds behaviour to it. Inputs are read as raw bytes
+(``value_serializer="raw"``) because parsing, validation and dead-lettering are
+Sentinelle's own (:mod:`streams.parse`); outputs are JSON written with orjson.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from streams.config import Settings
+
+__all__ = ["Sentinelle", "create_app", "broker_urls"]
+
+
+def broker_urls(servers: str) -> list[str]:
+    """``host:port,host:port`` to Faust's ``kafka://`` URLs.
+
+    >>> broker_urls("a:9092,b:9093")
+    ['kafka://a:9092', 'kafka://b:9093']
+    """
+    return [f"kafka://{s.strip()}" for s in servers.split(",") if s.strip()]
+
+
+@dataclass(frozen=True)
+class Sentinelle:
+    """The app and what hangs off it."""
+
+    app: faust.App
+    settings: Settings
+    predictions: faust.TopicT
+    alerts: faust.TopicT
+    deadletter: faust.TopicT
+    stats: faust.TopicT
+    state: faust.Table
+
+
+def create_app(settings: Settings) -> Sentinelle:
+    k, w, t = settings.kafka, settings.worker, settings.topics
+    if not k.bootstrap_servers:
+        raise ValueError("kafka.bootstrap_servers is not set")
+    app = faust.App(
+        w.app_id,
+        broker=broker_urls(k.bootstrap_servers),
+        # State lives in memory and is rebuilt from its changelog topic on start or
+        # takeover; writes are one per model per micro-batch (see agents.py).
+        store="memory://",
+        topic_partitions=k.partitions,
+        topic_replication_factor=k.replication_factor,
+        broker_rebalance_timeout=k.rebalance_timeout_s,
+        broker_session_timeout=k.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, k.session_timeout_s / 3),
+        consumer_auto_offset_reset="earliest",
+        web_enabled=w.web_port > 0,
+        web_port=w.web_port or 6066,
+        web_bind=w.web_host,
+        web_in_thread=False,
+    )
+
+    def raw(name: str) -> faust.TopicT:
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=k.partitions)
+
+    state = app.Table("model-state", partitions=k.partitions, help="ModelMonitor checkpoints")
+    return Sentinelle(app=app, settings=settings, predictions=raw(t.predictions),
+                      alerts=raw(t.alerts), deadletter=raw(t.deadletter), stats=raw(t.stats),
+                      state=state)

@@ -1,0 +1,168 @@
+"""The ``sentinelle`` command.
+
+Every command that talks to Kafka uses ``--bootstrap-servers``, else
+``KAFKA_BOOTSTRAP_SERVERS``, else ``kafka.bootstrap_servers`` from the config
+file, else ``127.0.0.1:9092`` (where ``sentinelle broker`` listens by default).
+``sentinelle demo`` alone starts its own embedded broker when none of these is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import click
+import orjson
+
+from streams.config import ConfigError, Settings, load_settings
+from streams.simulate import SCENARIOS
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                             help="YAML configuration file (every setting has a default).")
+servers_option = click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS",
+                              help="Kafka cluster, host:port[,host:port].")
+
+
+def _settings(config_path: str | None, servers: str | None) -> Settings:
+    try:
+        settings = load_settings(config_path, servers)
+    except ConfigError as exc:
+        click.echo(f"sentinelle: bad configuration\n{exc}", err=True)
+        sys.exit(2)
+    if not settings.kafka.bootstrap_servers:
+        settings = settings.with_bootstrap(DEFAULT_BOOTSTRAP)
+    return settings
+
+
+@click.group()
+@click.version_option(package_name="sentinelle")
+def main() -> None:
+    """Sentinelle: streaming monitor for production ML on Kafka."""
+
+
+@main.command()
+@click.option("--port", type=int, default=9092, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def broker(port: int, host: str) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground."""
+    import subprocess
+
+    from streams.broker import EmbeddedBroker
+
+    b = EmbeddedBroker(port=port, host=host)
+    click.echo(f"embedded broker (Tansu, in memory) on {b.bootstrap_servers}; Ctrl-C stops it")
+    try:
+        subprocess.run(b.command(), check=False)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@config_option
+@servers_option
+@click.option("--loglevel", default="info", show_default=True)
+def worker(config_path: str | None, bootstrap_servers: str | None, loglevel: str) -> None:
+    """Run a Sentinelle worker (one member of the consumer group)."""
+    settings = _settings(config_path, bootstrap_servers)
+    from faust import Worker
+
+    from streams.agents import register
+    from streams.app import create_app
+    from streams.broker import ensure_topics
+
+    servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
+    t = settings.topics
+    asyncio.run(ensure_topics(servers, [t.predictions, t.feedback, t.alerts, t.deadletter,
+                                        t.stats], settings.kafka.partitions,
+                              settings.kafka.replication_factor))
+    s = create_app(settings)
+    register(s)
+    Worker(s.app, loglevel=loglevel).execute_from_commandline()
+
+
+@main.command()
+@config_option
+@servers_option
+@click.option("--scenario", default="demo", show_default=True,
+              type=click.Choice(sorted(SCENARIOS)))
+@click.option("--rate", type=float, default=40.0, show_default=True,
+              help="events per second per model")
+@click.option("--duration", type=float, default=None, help="seconds (default: the scenario's)")
+@click.option("--seed", type=int, default=7, show_default=True)
+def simulate(config_path: str | None, bootstrap_servers: str | None, scenario: str,
+             rate: float, duration: float | None, seed: int) -> None:
+    """Produce contract events for a few models, incidents included."""
+    from streams.broker import ensure_topics
+    from streams.simulate import run
+
+    settings = _settings(config_path, bootstrap_servers)
+    servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
+    sc = SCENARIOS[scenario]
+    click.echo(f"scenario {sc.name}: {sc.description}")
+
+    async def go() -> int:
+        await ensure_topics(servers, [settings.topics.predictions], settings.kafka.partitions,
+                            settings.kafka.replication_factor)
+        return await run(servers, settings.topics.predictions, sc, rate, seed, duration)
+
+    sent = asyncio.run(go())
+    click.echo(f"sent {sent} events")
+
+
+@main.command()
+@config_option
+@servers_option
+@click.argument("what", type=click.Choice(["alerts", "deadletter", "stats"]), default="alerts")
+@click.option("--from-beginning", is_flag=True, help="start at the oldest message")
+def tail(config_path: str | None, bootstrap_servers: str | None, what: str,
+         from_beginning: bool) -> None:
+    """Follow ml.alerts (or ml.deadletter, ml.stats) from any terminal."""
+    from aiokafka import AIOKafkaConsumer
+
+    settings = _settings(config_path, bootstrap_servers)
+    topic = getattr(settings.topics, what)
+
+    async def go() -> None:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers,
+                                    group_id=None,
+                                    auto_offset_reset="earliest" if from_beginning else "latest")
+        await consumer.start()
+        try:
+            async for msg in consumer:
+                click.echo(format_record(what, orjson.loads(msg.value or b"null")))
+        finally:
+            await consumer.stop()
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        pass
+
+
+def format_record(what: str, rec: Any) -> str:
+    """One line per message, for people."""
+    if what == "alerts" and isinstance(rec, dict) and "payload" in rec:
+        p = rec["payload"]
+        return (f"{p['timestamp']}  {rec['event_action']:<8} {p['severity']:<8} "
+                f"{rec['dedup_key']}  {p['summary']}")
+    return orjson.dumps(rec).decode()
+
+
+@main.command()
+@click.option("--rate", type=float, default=40.0, show_default=True,
+              help="events per second per model")
+@servers_option
+def demo(rate: float, bootstrap_servers: str | None) -> None:
+    """Broker + worker + simulator; shows alerts live; ends with a summary."""
+    from streams.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(run_demo(rate=rate, bootstrap_servers=bootstrap_servers))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Configuration: one YAML file, validated on load, every setting defaulted.
+
+Precedence, highest first:
+
+1. environment variables: ``SENTINELLE_<SECTION>__<FIELD>`` (for example
+   ``SENTINELLE_WINDOWS__SIZE_S=30``), and ``KAFKA_BOOTSTRAP_SERVERS`` for the
+   broker;
+2. the YAML file given with ``--config``;
+3. the defaults below.
+
+A bad file stops start-up with a :class:`ConfigError` whose message names the
+field and what is wrong with it. Unknown fields are errors too: a typo in a
+threshold must not silently fall back to the default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = ["Settings", "ConfigError", "load_settings"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str | None = Field(
+        None, description="host:port[,host:port]; unset means the embedded broker (demo)")
+    partitions: int = Field(4, ge=1, description="partitions of the topics Sentinelle creates")
+    replication_factor: int = Field(1, ge=1)
+    rebalance_timeout_s: float = Field(10.0, gt=0)
+    session_timeout_s: float = Field(10.0, gt=0)
+
+
+class TopicSettings(_Section):
+    predictions: str = "ml.predictions"
+    feedback: str = "ml.feedback"
+    alerts: str = "ml.alerts"
+    deadletter: str = "ml.deadletter"
+    stats: str = "ml.stats"
+
+
+class WorkerSettings(_Section):
+    app_id: str = Field("sentinelle", min_length=1, description="Kafka consumer group id")
+    batch_max: int = Field(2000, ge=1, description="messages per micro-batch, at most")
+    batch_within_s: float = Field(0.5, gt=0, description="wait this long to fill a micro-batch")
+    tick_s: float = Field(1.0, gt=0, description="wall-clock check period (outage, idle)")
+    web_port: int = Field(6066, ge=0, le=65535, description="metrics and health; 0 disables")
+    web_host: str = "127.0.0.1"
+    idle_close_s: float = Field(
+        120.0, gt=0, description="flush a model's open windows after this much wall-clock silence")
+    series_ttl_s: float = Field(
+        3600.0, gt=0, description="forget a (version, cohort) quiet this long (wall clock)")
+    model_ttl_s: float = Field(
+        86400.0, gt=0, description="forget a model quiet this long; resolves its alerts")
+
+
+class LimitSettings(_Section):
+    max_message_bytes: int = Field(1_000_000, ge=1)
+    max_batch_events: int = Field(10_000, ge=1)
+
+
+class WindowSettings(_Section):
+    size_s: float = Field(60.0, gt=0)
+    allowed_lateness_s: float = Field(10.0, ge=0)
+    percentile_accuracy: float = Field(0.01, gt=0, lt=1)
+
+
+class LatencySettings(_Section):
+    p99_threshold_ms: float = Field(500.0, gt=0)
+    min_events: int = Field(20, ge=1)
+    severity: str = "error"
+
+
+class BurnRuleSettings(_Section):
+    name: str
+    long_s: float = Field(gt=0)
+    short_s: float = Field(gt=0)
+    factor: float = Field(gt=0)
+    severity: str = "critical"
+
+    @model_validator(mode="after")
+    def _short_within_long(self) -> BurnRuleSettings:
+        if self.short_s > self.long_s:
+            raise ValueError("short_s must not exceed long_s")
+        return self
+
+
+def _default_rules() -> list[BurnRuleSettings]:
+    return [
+        BurnRuleSettings(name="page", long_s=3600, short_s=300, factor=14.4, severity="critical"),
+        BurnRuleSettings(name="ticket", long_s=21600, short_s=1800, factor=6.0, severity="error"),
+    ]
+
+
+class BurnRateSettings(_Section):
+    enabled: bool = True
+    latency_objective: float = Field(
+        0.99, gt=0, lt=1, description="share of requests faster than slow_ms")
+    slow_ms: float = Field(500.0, gt=0, description="the latency SLO's bound")
+    availability_objective: float = Field(0.999, gt=0, lt=1)
+    min_events: int = Field(20, ge=1)
+    rules: list[BurnRuleSettings] = Field(default_factory=_default_rules, min_length=1)
+
+
+class ErrorRateSettings(_Section):
+    threshold: float = Field(0.05, gt=0, lt=1)
+    baseline_factor: float = Field(3.0, ge=1)
+    min_events: int = Field(20, ge=1)
+    severity: str = "error"
+
+
+class OutageSettings(_Section):
+    k: float = Field(10.0, gt=0, description="multiple of the typical inter-arrival time")
+    floor_s: float = Field(60.0, gt=0)
+    min_arrivals: int = Field(10, ge=1, description="arrivals before a model counts as serving")
+    severity: str = "critical"
+
+
+class Settings(BaseSettings):
+    """Every setting of Sentinelle, frozen once loaded."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SENTINELLE_", env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    worker: WorkerSettings = WorkerSettings()
+    limits: LimitSettings = LimitSettings()
+    windows: WindowSettings = WindowSettings()
+    latency: LatencySettings = LatencySettings()
+    burn_rate: BurnRateSettings = BurnRateSettings()
+    error_rate: ErrorRateSettings = ErrorRateSettings()
+    outage: OutageSettings = OutageSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the file (which arrives as init kwargs).
+        return env_settings, init_settings
+
+    def with_bootstrap(self, servers: str) -> Settings:
+        return self.model_copy(update={"kafka": self.kafka.model_copy(
+            update={"bootstrap_servers": servers})})
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the field."""
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        got = "" if e["type"] == "extra_forbidden" else f" (got {e.get('input')!r})"
+        lines.append(f"{origin}: field '{field}': {msg}{got}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None,
+                  bootstrap_servers: str | None = None) -> Settings:
+    """Read, merge and validate the configuration.
+
+    ``bootstrap_servers`` (the CLI flag) beats ``KAFKA_BOOTSTRAP_SERVERS``, which
+    beats the file.
+    """
+    data: dict[str, Any] = {}
+    origin = "configuration"
+    if path is not None:
+        origin = f"config file {str(path)!r}"
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{origin}: cannot read it: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{origin}: the top level must be a mapping of sections")
+        data = loaded
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+    servers = bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if servers:
+        settings = settings.with_bootstrap(servers)
+    return settings

@@ -1,0 +1,36 @@
+"""Prometheus metrics of the worker, on an injected registry (tests pass their own)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = ["Metrics", "make_metrics"]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    events: Counter
+    messages: Counter
+    deadletters: Counter
+    alerts: Counter
+    windows: Counter
+    models: Gauge
+
+
+def make_metrics(registry: CollectorRegistry) -> Metrics:
+    return Metrics(
+        events=Counter("sentinelle_events_total", "Valid events folded into windows",
+                       ["topic"], registry=registry),
+        messages=Counter("sentinelle_messages_total", "Kafka messages read", ["topic"],
+                         registry=registry),
+        deadletters=Counter("sentinelle_deadletters_total", "Inputs sent to the dead-letter topic",
+                            ["topic", "reason"], registry=registry),
+        alerts=Counter("sentinelle_alerts_total", "Alert events published",
+                       ["class", "action"], registry=registry),
+        windows=Counter("sentinelle_windows_total", "Windows closed and published",
+                        registry=registry),
+        models=Gauge("sentinelle_models", "Models whose state this worker holds",
+                     registry=registry),
+    )

@@ -1,0 +1,207 @@
+"""Decode and validate contract messages; whatever fails becomes a dead letter.
+
+Pure functions, no Kafka: a message's bytes go in, valid events (appended to
+column lists, ready for a Polars frame) and :class:`DeadLetter` records come out.
+A message may hold one event (a JSON object) or a batch (a JSON array of
+objects, see ``../shared/CONTRACT.md``); in a batch each bad element is
+dead-lettered alone, with its index, and the others are used.
+
+Reasons are ``code: detail`` strings; the codes are stable and counted:
+``oversized``, ``not_json``, ``not_object``, ``missing_field``, ``bad_type``,
+``not_finite``, ``negative_latency``, ``bad_timestamp``, ``bad_value`` and, from
+the window stage, ``late``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+__all__ = ["DeadLetter", "PredictionColumns", "parse_predictions", "parse_time", "raw_text"]
+
+STATUSES = frozenset({"ok", "error", "timeout"})
+
+
+class Invalid(ValueError):
+    """One event broke the contract; ``args[0]`` is the dead-letter reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: str
+    raw: str
+    index: int | None = None  # position in a batch message
+
+    @property
+    def code(self) -> str:
+        return self.reason.split(":", 1)[0]
+
+    def to_record(self, topic: str, partition: int, offset: int) -> dict[str, Any]:
+        """The ``ml.deadletter`` message (contract fields, plus ``index`` for batches)."""
+        rec: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset,
+                               "reason": self.reason, "raw": self.raw}
+        if self.index is not None:
+            rec["index"] = self.index
+        return rec
+
+
+def raw_text(data: bytes) -> str:
+    """The original bytes as text, or base64 when they are not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii")
+
+
+@dataclass(slots=True)
+class PredictionColumns:
+    """Valid prediction events, column by column (one list per field)."""
+
+    model: list[str] = field(default_factory=list)
+    version: list[str] = field(default_factory=list)
+    cohort: list[str] = field(default_factory=list)
+    ts: list[float] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    error: list[bool] = field(default_factory=list)
+    event_id: list[str] = field(default_factory=list)
+    # For each event: which message (index into the caller's message list) and
+    # which element of it, so a late event can be dead-lettered with its origin.
+    message: list[int] = field(default_factory=list)
+    element: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+def parse_time(value: Any, name: str = "ts") -> float:
+    """Contract time (RFC 3339 with offset, or epoch seconds) to epoch seconds.
+
+    >>> parse_time("2026-11-27T07:00:00.123Z")
+    1795762800.123
+    >>> parse_time(1795762800.5)
+    1795762800.5
+    """
+    if isinstance(value, bool):
+        raise Invalid(f"bad_type: '{name}' must be an RFC 3339 string or epoch seconds")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise Invalid(f"not_finite: '{name}' is {value}")
+        return float(value)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise Invalid(f"bad_timestamp: '{name}' {value[:64]!r} is not RFC 3339") from None
+        if dt.tzinfo is None:
+            raise Invalid(f"bad_timestamp: '{name}' {value[:64]!r} has no UTC offset")
+        return dt.timestamp()
+    raise Invalid(f"bad_type: '{name}' must be an RFC 3339 string or epoch seconds")
+
+
+def _string(ev: dict[str, Any], name: str, required: bool = True) -> str | None:
+    v = ev.get(name)
+    if v is None:
+        if required:
+            raise Invalid(f"missing_field: '{name}' is required")
+        return None
+    if not isinstance(v, str) or not v:
+        raise Invalid(f"bad_type: '{name}' must be a non-empty string")
+    return v
+
+
+def _number(ev: dict[str, Any], name: str) -> float:
+    v = ev.get(name)
+    if v is None:
+        raise Invalid(f"missing_field: '{name}' is required")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise Invalid(f"bad_type: '{name}' must be a number")
+    if not math.isfinite(v):
+        raise Invalid(f"not_finite: '{name}' is {v}")
+    return float(v)
+
+
+def _add_prediction(ev: Any, cols: PredictionColumns, message: int, element: int) -> None:
+    if not isinstance(ev, dict):
+        raise Invalid(f"not_object: expected a JSON object, got {type(ev).__name__}")
+    event_id = _string(ev, "event_id")
+    if "ts" not in ev or ev["ts"] is None:
+        raise Invalid("missing_field: 'ts' is required")
+    ts = parse_time(ev["ts"])
+    model = _string(ev, "model")
+    version = _string(ev, "version")
+    latency = _number(ev, "latency_ms")
+    if latency < 0:
+        raise Invalid(f"negative_latency: 'latency_ms' is {latency}")
+    cohort = _string(ev, "cohort", required=False) or "stable"
+    status = _string(ev, "status", required=False) or "ok"
+    if status not in STATUSES:
+        raise Invalid(f"bad_value: 'status' must be one of ok, error, timeout; got {status[:32]!r}")
+    features = ev.get("features")
+    if features is not None and not isinstance(features, dict):
+        raise Invalid("bad_type: 'features' must be an object")
+    cols.model.append(model)  # type: ignore[arg-type]
+    cols.version.append(version)  # type: ignore[arg-type]
+    cols.cohort.append(cohort)
+    cols.ts.append(ts)
+    cols.latency_ms.append(latency)
+    cols.error.append(status != "ok")
+    cols.event_id.append(event_id)  # type: ignore[arg-type]
+    cols.message.append(message)
+    cols.element.append(element)
+
+
+def parse_predictions(data: bytes | None, cols: PredictionColumns, message: int = 0,
+                      max_bytes: int = 1_000_000, max_events: int = 10_000) -> list[DeadLetter]:
+    """Append the valid events of one message to ``cols``; return its dead letters.
+
+    >>> cols = PredictionColumns()
+    >>> bad = parse_predictions(b'[{"event_id": "a", "ts": 1, "model": "m", "version": "v1",'
+    ...                         b' "latency_ms": 12}, {"event_id": "b"}]', cols)
+    >>> len(cols), [(d.index, d.reason) for d in bad]
+    (1, [(1, "missing_field: 'ts' is required")])
+    """
+    if data is None:
+        return [DeadLetter("not_json: empty message (no value)", "")]
+    if len(data) > max_bytes:
+        return [DeadLetter(f"oversized: {len(data)} bytes > {max_bytes}", raw_text(data))]
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        # orjson rejects NaN/Infinity literals; the standard library reads them, so
+        # such an event is judged field by field and its reason is ``not_finite``.
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return [DeadLetter(f"not_json: {exc}", raw_text(data))]
+    if isinstance(doc, dict):
+        try:
+            _add_prediction(doc, cols, message, 0)
+        except Invalid as exc:
+            return [DeadLetter(str(exc), raw_text(data))]
+        return []
+    if not isinstance(doc, list):
+        return [DeadLetter(f"not_object: expected an object or an array of objects, got "
+                           f"{type(doc).__name__}", raw_text(data))]
+    if len(doc) > max_events:
+        return [DeadLetter(f"oversized: batch of {len(doc)} events > {max_events}",
+                           raw_text(data))]
+    dead = []
+    for i, ev in enumerate(doc):
+        try:
+            _add_prediction(ev, cols, message, i)
+        except Invalid as exc:
+            dead.append(DeadLetter(str(exc), _element_text(ev), index=i))
+    return dead
+
+
+def _element_text(ev: Any) -> str:
+    try:
+        return orjson.dumps(ev).decode()
+    except TypeError:  # NaN/inf read by the fallback parser: orjson writes them as null
+        return json.dumps(ev)

@@ -1,0 +1,174 @@
+"""One micro-batch of ``ml.predictions`` messages, start to finish, without Kafka.
+
+The agent in :mod:`streams.agents` only moves bytes: it hands the messages of a
+micro-batch to :meth:`PredictionPipeline.process` and sends what comes back
+(:class:`Outbox`): dead letters, window statistics, alert events, and one state
+checkpoint per model touched. Everything here is plain Python, so it is unit
+tested without a broker.
+
+Exactly-once state over at-least-once delivery: each model's checkpoint records
+the last input offset folded in, per partition; a message at or below it (a
+replay after a crash, before the consumer offset was committed) is skipped for
+that model instead of being counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import polars as pl
+
+from alerting.events import rfc3339
+from detectors.windows import WindowStats
+from streams.config import Settings
+from streams.monitor import ModelMonitor, Output
+from streams.parse import DeadLetter, PredictionColumns, parse_predictions
+
+__all__ = ["InMessage", "Outbox", "PredictionPipeline", "stats_record"]
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class InMessage:
+    value: bytes | None
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class Outbox:
+    """What to publish after a micro-batch; keys are the model (or dedup key)."""
+
+    deadletters: list[Record] = field(default_factory=list)
+    stats: list[tuple[str, Record]] = field(default_factory=list)
+    alerts: list[tuple[str, Record]] = field(default_factory=list)
+    checkpoints: list[tuple[int, str, Record | None]] = field(default_factory=list)
+    events: int = 0
+
+    def add(self, model: str, out: Output) -> None:
+        self.stats.extend((model, stats_record(w)) for w in out.stats)
+        self.alerts.extend((a["dedup_key"], a) for a in out.alerts)
+
+
+def stats_record(w: WindowStats) -> Record:
+    """The ``ml.stats`` message of one closed window (documented in the README)."""
+    return {
+        "model": w.model, "version": w.version, "cohort": w.cohort,
+        "window": {"start": rfc3339(w.start), "end": rfc3339(w.end)},
+        "count": w.count, "errors": w.errors, "error_rate": round(w.error_rate, 6),
+        "slow": w.slow,
+        "latency_ms": {"p50": _num(w.p50), "p95": _num(w.p95), "p99": _num(w.p99),
+                       "max": _num(w.max_latency)},
+    }
+
+
+def _num(x: float) -> float | None:
+    return None if x != x else round(x, 3)  # NaN (empty) -> null
+
+
+class PredictionPipeline:
+    """Parse, window, detect and alert for the models of the assigned partitions."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.monitors: dict[str, ModelMonitor] = {}
+
+    def monitor(self, model: str, partition: int, now: float,
+                saved: Callable[[str], Record | None]) -> ModelMonitor:
+        mon = self.monitors.get(model)
+        if mon is None:
+            data = saved(model)
+            mon = (ModelMonitor.from_dict(data, self.settings, now) if data is not None
+                   else ModelMonitor(model, self.settings, partition))
+            self.monitors[model] = mon
+        return mon
+
+    def process(self, messages: Sequence[InMessage], now: float,
+                saved: Callable[[str], Record | None] = lambda m: None) -> Outbox:
+        box = Outbox()
+        cols = PredictionColumns()
+        lim = self.settings.limits
+        for i, msg in enumerate(messages):
+            for dl in parse_predictions(msg.value, cols, i, lim.max_message_bytes,
+                                          lim.max_batch_events):
+                box.deadletters.append(dl.to_record(self.topic, msg.partition, msg.offset))
+        if not len(cols):
+            return box
+        frame = pl.DataFrame({
+            "model": cols.model, "version": cols.version, "cohort": cols.cohort,
+            "ts": cols.ts, "latency_ms": cols.latency_ms, "error": cols.error,
+            "message": cols.message, "element": cols.element,
+        }, schema_overrides={"ts": pl.Float64, "latency_ms": pl.Float64})
+        for (model,), rows in frame.partition_by("model", as_dict=True, maintain_order=True).items():
+            self._process_model(str(model), rows, messages, now, saved, box)
+        return box
+
+    def _process_model(self, model: str, rows: pl.DataFrame, messages: Sequence[InMessage],
+                       now: float, saved: Callable[[str], Record | None], box: Outbox) -> None:
+        idx = rows["message"].to_numpy()
+        parts = np.fromiter((messages[i].partition for i in idx), dtype=np.int64, count=len(idx))
+        offs = np.fromiter((messages[i].offset for i in idx), dtype=np.int64, count=len(idx))
+        mon = self.monitor(model, int(parts[-1]), now, saved)
+        done = np.array([mon.offsets.get(int(p), -1) for p in parts], dtype=np.int64)
+        fresh = offs > done
+        if not fresh.all():
+            rows, parts, offs = rows.filter(pl.Series(fresh)), parts[fresh], offs[fresh]
+            if rows.height == 0:
+                return
+        out = mon.ingest(rows, now)
+        box.events += rows.height
+        box.add(model, out)
+        if out.late is not None and out.late.any():
+            wm = rfc3339(mon.windows.watermark)
+            for r in np.flatnonzero(out.late):
+                msg = messages[int(idx[r])]
+                el = int(rows["element"][int(r)])
+                box.deadletters.append(self._late(msg, el, wm))
+        for p in np.unique(parts):
+            mon.offsets[int(p)] = int(offs[parts == p].max())
+        mon.partition = int(parts[-1])
+        box.checkpoints.append((mon.partition, model, mon.to_dict()))
+
+    def _late(self, msg: InMessage, element: int, watermark: str) -> Record:
+        reason = (f"late: its window closed before it arrived "
+                  f"(watermark {watermark}, allowed lateness "
+                  f"{self.settings.windows.allowed_lateness_s:g} s)")
+        raw = msg.value or b""
+        doc = orjson.loads(raw)
+        if isinstance(doc, list):
+            dl = DeadLetter(reason, orjson.dumps(doc[element]).decode(), element)
+        else:
+            dl = DeadLetter(reason, raw.decode("utf-8"))
+        return dl.to_record(self.topic, msg.partition, msg.offset)
+
+    def tick(self, now: float, saved_models: Iterable[tuple[str, Record]]) -> Outbox:
+        """Wall-clock checks for every model whose state this worker holds."""
+        box = Outbox()
+        for model, data in saved_models:
+            if model not in self.monitors and data is not None:
+                self.monitors[model] = ModelMonitor.from_dict(data, self.settings, now)
+        for model, mon in list(self.monitors.items()):
+            out = mon.tick(now)
+            if mon.expired(now):
+                out.alerts.extend(mon.retire(now))
+                del self.monitors[model]
+                box.add(model, out)
+                box.checkpoints.append((mon.partition, model, None))
+                continue
+            box.add(model, out)
+            if out.stats or out.alerts:
+                box.checkpoints.append((mon.partition, model, mon.to_dict()))
+        return box
+
+    def revoke(self, partitions: set[int]) -> list[str]:
+        """Forget models of partitions another worker now owns; return their names."""
+        gone = [m for m, mon in self.monitors.items() if mon.partition in partitions]
+        for m in gone:
+            del self.monitors[m]
+        return gone
