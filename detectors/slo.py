@@ -91,7 +91,9 @@ class BurnRate:
     ``sli="latency"`` counts requests slower than the SLO bound as bad and raises
     ``latency_slo``; ``sli="availability"`` counts non-``ok`` requests and raises
     ``error_rate``. Keeps one (end, total, bad) triple per window for the longest
-    rule, so memory is bounded by ``max(long_s) / window size``.
+    rule, so memory is bounded by ``max(long_s) / window size``. A rule also needs
+    ``min_bad`` bad requests in its long window: with a 99.9 % objective one
+    unlucky request among 30 is a "33x burn", which is noise, not an incident.
 
     >>> from detectors.windows import WindowStats
     >>> det = BurnRate("latency", objective=0.99, min_events=10)
@@ -101,7 +103,8 @@ class BurnRate:
     """
 
     def __init__(self, sli: Literal["latency", "availability"], objective: float = 0.99,
-                 rules: tuple[BurnRule, ...] = DEFAULT_BURN_RULES, min_events: int = 20) -> None:
+                 rules: tuple[BurnRule, ...] = DEFAULT_BURN_RULES, min_events: int = 20,
+                 min_bad: int = 5) -> None:
         if not 0 < objective < 1:
             raise ValueError("objective must be in (0, 1)")
         if sli not in ("latency", "availability"):
@@ -112,6 +115,7 @@ class BurnRate:
         self.objective = objective
         self.rules = rules
         self.min_events = min_events
+        self.min_bad = min_bad
         self._history: deque[tuple[float, int, int]] = deque()
         self._horizon = max(r.long_s for r in rules)
 
@@ -142,7 +146,8 @@ class BurnRate:
                 continue
             long_burn = long_bad / long_total / budget
             short_burn = short_bad / short_total / budget
-            active = long_burn > rule.factor and short_burn > rule.factor
+            active = (long_burn > rule.factor and short_burn > rule.factor
+                      and long_bad >= self.min_bad)
             what = "slow-request" if self.sli == "latency" else "error"
             out.append(Signal(
                 check=self.check,

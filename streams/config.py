@@ -107,6 +107,7 @@ class BurnRateSettings(_Section):
     slow_ms: float = Field(500.0, gt=0, description="the latency SLO's bound")
     availability_objective: float = Field(0.999, gt=0, lt=1)
     min_events: int = Field(20, ge=1)
+    min_bad: int = Field(5, ge=1, description="bad requests a rule needs before it fires")
     rules: list[BurnRuleSettings] = Field(default_factory=_default_rules, min_length=1)
 
 

@@ -56,8 +56,8 @@ class _Series:
         self.errors = ErrorRateSpike(s.error_rate.threshold, s.error_rate.baseline_factor,
                                      s.error_rate.min_events, severity=s.error_rate.severity)
         self.burns = [
-            BurnRate("latency", b.latency_objective, rules, b.min_events),
-            BurnRate("availability", b.availability_objective, rules, b.min_events),
+            BurnRate("latency", b.latency_objective, rules, b.min_events, b.min_bad),
+            BurnRate("availability", b.availability_objective, rules, b.min_events, b.min_bad),
         ] if b.enabled else []
         self.last_arrival = 0.0
 

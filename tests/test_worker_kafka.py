@@ -1,0 +1,111 @@
+"""End to end on a real broker: events in, window stats and alerts out.
+
+Window checks run on event time, so these tests send whole minutes of traffic
+in an instant, with timestamps in the past, and get deterministic windows.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import WorkerProcess
+from tests.kafka_io import Collector, produce
+
+pytestmark = pytest.mark.kafka
+
+T0 = 1_795_000_000.0  # a fixed event-time origin, on a window boundary
+WINDOW = 10.0
+
+
+def events(model: str, start: float, n: int, latency: float, error_rate: float = 0.0,
+           seed: int = 1, version: str = "v1") -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [{"event_id": f"{model}-{start}-{i}", "ts": start + WINDOW * (i + 0.5) / n,
+             "model": model, "version": version,
+             "latency_ms": latency * rng.uniform(0.8, 1.2),
+             "status": "error" if rng.random() < error_rate else "ok"} for i in range(n)]
+
+
+def of_key(alerts: list[dict[str, Any]], key: str) -> list[str]:
+    return [a["event_action"] for a in alerts if a["dedup_key"] == key]
+
+
+WINDOW_CFG = {
+    "windows": {"size_s": WINDOW, "allowed_lateness_s": 0},
+    "latency": {"p99_threshold_ms": 300, "min_events": 10},
+    "error_rate": {"threshold": 0.05, "min_events": 10},
+    "burn_rate": {"enabled": False},
+}
+
+
+async def test_regressions_trigger_once_and_resolve(
+        worker_factory: Callable[..., WorkerProcess]) -> None:
+    w = worker_factory(WINDOW_CFG)
+    # Window by window: 3 healthy, 6 bad (a persisting condition), 3 healthy, then
+    # one event that closes the last window.
+    plan = ["ok"] * 3 + ["bad"] * 6 + ["ok"] * 3
+    batches = []
+    for i, state in enumerate(plan):
+        start = T0 + i * WINDOW
+        slow = events("fraud-scorer", start, 50, 900.0 if state == "bad" else 60.0, seed=i)
+        failing = events("recommender", start, 50, 40.0,
+                         error_rate=0.4 if state == "bad" else 0.0, seed=100 + i)
+        batches += [slow[:25], slow[25:]] + [[e] for e in failing]  # both wire forms
+    batches.append(events("fraud-scorer", T0 + len(plan) * WINDOW, 1, 50.0))
+    batches.append(events("recommender", T0 + len(plan) * WINDOW, 1, 50.0))
+    p99_key = "latency_slo:fraud-scorer:v1:p99"
+    err_key = "error_rate:recommender:v1:spike"
+    async with Collector(w.servers, w.topics["alerts"]) as alerts, \
+            Collector(w.servers, w.topics["stats"]) as stats:
+        for b in batches:
+            model = b[0]["model"]
+            await produce(w.servers, w.topics["predictions"], [b if len(b) > 1 else b[0]],
+                          key=model.encode())
+        await alerts.until(lambda r: "resolve" in of_key(r, p99_key)
+                           and "resolve" in of_key(r, err_key), what="both resolves")
+        await stats.until(lambda r: len(r) >= 2 * len(plan), what="all windows")
+    for key in (p99_key, err_key):
+        assert of_key(alerts.records, key) == ["trigger", "resolve"], key
+    trigger = next(a for a in alerts.records if a["dedup_key"] == p99_key)
+    # Event time: the trigger is stamped with the end of the first bad window.
+    first_bad_end = datetime.fromtimestamp(T0 + 4 * WINDOW, UTC)
+    assert trigger["payload"]["timestamp"] == first_bad_end.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    assert trigger["payload"]["class"] == "latency_slo"
+    assert trigger["payload"]["custom_details"]["value"] > 300
+    resolve = next(a for a in alerts.records
+                   if a["dedup_key"] == p99_key and a["event_action"] == "resolve")
+    assert resolve["payload"]["severity"] == trigger["payload"]["severity"]
+    assert resolve["payload"]["summary"] and resolve["payload"]["source"] == "fraud-scorer@v1"
+    per_model: dict[str, list[int]] = {}
+    for s in stats.records:
+        per_model.setdefault(s["model"], []).append(s["count"])
+    assert per_model == {"fraud-scorer": [50] * len(plan), "recommender": [50] * len(plan)}
+
+
+async def test_outage_triggers_on_silence_and_resolves_on_traffic(
+        worker_factory: Callable[..., WorkerProcess]) -> None:
+    w = worker_factory({"outage": {"k": 10, "floor_s": 2, "min_arrivals": 1}})
+    now = time.time()
+    async with Collector(w.servers, w.topics["alerts"]) as alerts:
+        await produce(w.servers, w.topics["predictions"], [events("churn-model", now, 5, 20.0)],
+                      key=b"churn-model")
+        sent = time.time()
+        await alerts.until(lambda r: "trigger" in of_key(r, "outage:churn-model"), timeout=30,
+                           what="outage trigger")
+        noticed = time.time()
+        await produce(w.servers, w.topics["predictions"],
+                      [events("churn-model", time.time(), 5, 20.0)], key=b"churn-model")
+        await alerts.until(lambda r: "resolve" in of_key(r, "outage:churn-model"), timeout=30,
+                           what="outage resolve")
+    assert of_key(alerts.records, "outage:churn-model") == ["trigger", "resolve"]
+    # Silence is measured on the wall clock: not before the 2 s floor.
+    assert noticed - sent >= 2.0
+    trigger = alerts.records[0]
+    assert trigger["payload"]["severity"] == "critical"
+    assert trigger["payload"]["custom_details"]["value"] > 2.0
