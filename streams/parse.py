@@ -26,6 +26,7 @@ import orjson
 __all__ = ["DeadLetter", "PredictionColumns", "parse_predictions", "parse_time", "raw_text"]
 
 STATUSES = frozenset({"ok", "error", "timeout"})
+MAX_RAW_CHARS = 65_536
 
 
 class Invalid(ValueError):
@@ -42,10 +43,18 @@ class DeadLetter:
     def code(self) -> str:
         return self.reason.split(":", 1)[0]
 
-    def to_record(self, topic: str, partition: int, offset: int) -> dict[str, Any]:
-        """The ``ml.deadletter`` message (contract fields, plus ``index`` for batches)."""
+    def to_record(self, topic: str, partition: int, offset: int,
+                  max_raw: int = MAX_RAW_CHARS) -> dict[str, Any]:
+        """The ``ml.deadletter`` message (contract fields, plus ``index`` for batches).
+
+        ``raw`` longer than ``max_raw`` characters (an oversized message) is cut,
+        with ``raw_truncated`` and ``raw_length`` added: a dead letter must itself
+        fit in a Kafka message.
+        """
         rec: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset,
                                "reason": self.reason, "raw": self.raw}
+        if len(self.raw) > max_raw:
+            rec.update(raw=self.raw[:max_raw], raw_truncated=True, raw_length=len(self.raw))
         if self.index is not None:
             rec["index"] = self.index
         return rec

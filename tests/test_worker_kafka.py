@@ -6,6 +6,7 @@ in an instant, with timestamps in the past, and get deterministic windows.
 
 from __future__ import annotations
 
+import base64
 import random
 from datetime import UTC, datetime
 import time
@@ -109,3 +110,60 @@ async def test_outage_triggers_on_silence_and_resolves_on_traffic(
     trigger = alerts.records[0]
     assert trigger["payload"]["severity"] == "critical"
     assert trigger["payload"]["custom_details"]["value"] > 2.0
+
+
+MALFORMED: list[tuple[bytes, str]] = [
+    (b"{not json", "not_json"),
+    (b"\xff\xfe\x00garbage", "not_json"),
+    (b'"just a string"', "not_object"),
+    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v1"}', "missing_field"),
+    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v1", "latency_ms": "fast"}',
+     "bad_type"),
+    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v1", "latency_ms": NaN}',
+     "not_finite"),
+    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v1", "latency_ms": Infinity}',
+     "not_finite"),
+    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v1", "latency_ms": -4}',
+     "negative_latency"),
+    (b'{"event_id": "e", "ts": "yesterday", "model": "m", "version": "v1", "latency_ms": 4}',
+     "bad_timestamp"),
+    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v1", "latency_ms": 4, "pad": "'
+     + b"x" * 1_100_000 + b'"}', "oversized"),
+]
+
+
+async def test_malformed_inputs_go_to_the_deadletter_topic_and_processing_goes_on(
+        worker_factory: Callable[..., WorkerProcess]) -> None:
+    w = worker_factory(WINDOW_CFG)
+    good = events("m", T0, 20, 50.0)
+    batch = [good[0], {"event_id": "x", "model": "m"}, good[1], 42]  # two bad elements
+    late = events("m", T0 - 5 * WINDOW, 1, 50.0)[0]  # its window closed long before
+    closer = events("m", T0 + WINDOW, 1, 50.0)[0]     # closes the window of `good`
+    async with Collector(w.servers, w.topics["deadletter"]) as dead, \
+            Collector(w.servers, w.topics["stats"]) as stats:
+        bad_meta = await produce(w.servers, w.topics["predictions"],
+                                 [raw for raw, _ in MALFORMED], key=b"m")
+        batch_meta = await produce(w.servers, w.topics["predictions"], [batch], key=b"m")
+        await produce(w.servers, w.topics["predictions"], good[2:] + [closer, late], key=b"m")
+        expected = len(MALFORMED) + 2 + 1
+        await dead.until(lambda r: len(r) >= expected, what=f"{expected} dead letters")
+        await stats.until(lambda r: len(r) >= 1, what="the window of the good events")
+    by_offset = {(d["partition"], d["offset"], d.get("index")): d for d in dead.records}
+    for (raw, code), meta in zip(MALFORMED, bad_meta, strict=True):
+        d = by_offset[(meta.partition, meta.offset, None)]
+        assert d["topic"] == w.topics["predictions"]
+        assert d["reason"].split(":")[0] == code, d["reason"]
+        if code == "oversized":
+            assert d["raw_truncated"] and d["raw_length"] == len(raw)
+            assert raw.decode().startswith(d["raw"])
+        elif raw.startswith(b"\xff"):
+            assert base64.b64decode(d["raw"]) == raw  # not UTF-8: base64
+        else:
+            assert d["raw"] == raw.decode()  # the original message, as text
+    assert by_offset[(batch_meta[0].partition, batch_meta[0].offset, 1)]["reason"] \
+        .startswith("missing_field")
+    assert by_offset[(batch_meta[0].partition, batch_meta[0].offset, 3)]["reason"] \
+        .startswith("not_object")
+    assert [d["reason"].split(":")[0] for d in dead.records].count("late") == 1
+    # Every good event of the window was counted, the two from the batch included.
+    assert stats.records[0]["count"] == len(good)

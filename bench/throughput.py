@@ -1,0 +1,416 @@
+"""CPU cost of Sentinelle's prediction path, without Kafka.
+
+Measures, in one run, what the worker spends per prediction event in the code we
+own, between Faust handing over a micro-batch of ``ml.predictions`` messages and
+the :class:`~streams.pipeline.Outbox` coming back. Faust's own per-message cost
+(about 200 µs, consuming, batching and committing) is documented separately and
+is not part of these figures.
+
+Rows, each for two wire forms of the same events (one event per message, and the
+contract's batch form: a JSON array of 100 events per message):
+
+``baseline``
+    ``orjson.loads`` of every message's bytes, nothing else: the floor of any
+    JSON consumer.
+``parse``
+    :func:`streams.parse.parse_predictions` into a fresh
+    :class:`~streams.parse.PredictionColumns` per micro-batch (validation,
+    timestamp parsing, column building).
+``pipeline``
+    :meth:`streams.pipeline.PredictionPipeline.process` with default
+    ``Settings()``: parse, Polars frame, per-model split, event-time windows,
+    detectors, alert book and one state checkpoint (``to_dict``) per model per
+    micro-batch, as the worker does it.
+
+Speed is given as events per second and µs per event (wall clock; the CPU time
+of the whole process, Polars' threads included, is shown too), and as a ratio to
+the baseline row of the same wire form measured in the same run: machines are
+shared and noisy, so compare ratios between runs, not raw rates. Each row is
+timed ``--repeat`` times, rows interleaved, and the fastest run is reported
+along with the spread (slowest over fastest, minus one).
+
+Peak memory per row comes from one extra, untimed run under ``tracemalloc``
+(tracing slows Python down, so it never overlaps a timed run): the peak of the
+Python heap, numpy arrays included, above what was allocated before the run.
+Polars allocates its Arrow buffers in Rust, out of tracemalloc's sight; the
+process-wide high-water mark (``ru_maxrss``) is printed at the end for that.
+
+Workload choices:
+
+- 3 models (``fraud-scorer``, ``recommender``, ``churn-model``), events made by
+  :func:`streams.simulate.make_event` with a seeded ``random.Random`` and no
+  incident effects (normal traffic), interleaved in event-time order;
+- ``RATE`` = 50 events per model per simulated second, so 200,000 events span
+  about 22 simulated minutes: about 22 windows of 60 s close per model, each
+  holding about 3,000 events of that model;
+- each model keeps to one partition (as keyed by model in production), offsets
+  increase per partition;
+- single form: 2,000 messages per ``process()`` call (``worker.batch_max``, what
+  ``take_events`` hands over under load); batch form: 20 messages of 100 events
+  per call, so both forms fold 2,000 events per micro-batch;
+- ``now`` passed to ``process()`` is the newest event time of the micro-batch
+  plus 0.5 s, as if the worker kept up in real time;
+- inputs (message bytes, ``InMessage`` lists, micro-batch cuts) are built before
+  any timing; a fresh pipeline is made for every timed run.
+
+Run it with ``make bench`` or ``.venv/bin/python bench/throughput.py``; options:
+``--events N`` (default 200,000 per row), ``--repeat R`` (default 3),
+``--plot out.png`` (a bar chart of events/s per row, when matplotlib is
+installed; it is not a dependency). Nothing is asserted: it is a script that
+prints figures, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import random
+import resource
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import polars as pl
+
+from streams.config import Settings
+from streams.parse import PredictionColumns, parse_predictions
+from streams.pipeline import InMessage, PredictionPipeline
+from streams.simulate import ModelSpec, make_event
+
+TOPIC = "ml.predictions"
+MODELS = (ModelSpec("fraud-scorer", "v7"), ModelSpec("recommender", "v3"),
+          ModelSpec("churn-model", "v2"))
+RATE = 50.0                # events per model per simulated second
+T0 = 1_795_762_800.0       # 2026-11-27T07:00:00Z, aligned on a window boundary
+BATCH_EVENTS = 100         # events per message in the batch form
+SINGLE_PER_CALL = 2000     # messages per process() call, single form
+BATCH_PER_CALL = 20        # messages per process() call, batch form
+SEED = 7
+
+Chunk = tuple[list[InMessage], float]  # one micro-batch and the `now` to pass with it
+
+
+@dataclass(slots=True)
+class Workload:
+    form: str                          # "single" or "batch"
+    events: int
+    chunks: list[Chunk]
+
+
+@dataclass(slots=True)
+class Result:
+    """What one row's timed runs gave."""
+
+    form: str
+    stage: str
+    events: int
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    py_peak: int = 0                   # bytes, tracemalloc
+    windows: int | None = None
+    alerts: int | None = None
+    deadletters: int | None = None
+    folded: int | None = None
+
+    @property
+    def best(self) -> float:
+        return min(self.wall)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.best
+
+    @property
+    def us_per_event(self) -> float:
+        return self.best / self.events * 1e6
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        return self.cpu[self.wall.index(self.best)] / self.events * 1e6
+
+    @property
+    def spread(self) -> float:
+        return max(self.wall) / self.best - 1
+
+
+# -- inputs -------------------------------------------------------------------
+
+
+def make_events(n: int, seed: int = SEED) -> list[dict[str, Any]]:
+    """``n`` events of the three models, round robin, in event-time order."""
+    rng = random.Random(seed)
+    k = len(MODELS)
+    return [make_event(MODELS[i % k], T0 + (i // k) / RATE, rng, set(), i // k + 1)
+            for i in range(n)]
+
+
+def _wire(doc: Any) -> bytes:
+    # A compact copy: each buffer orjson.dumps returns keeps a few KiB of slack
+    # (about 80 MiB per 20,000 small events), which Kafka's message values don't.
+    return bytes(memoryview(orjson.dumps(doc)))
+
+
+def _cut(messages: list[InMessage], times: list[float], per_call: int) -> list[Chunk]:
+    return [(messages[i:i + per_call], max(times[i:i + per_call]) + 0.5)
+            for i in range(0, len(messages), per_call)]
+
+
+def single_form(events: list[dict[str, Any]], partitions: int) -> Workload:
+    part = {spec.model: i % partitions for i, spec in enumerate(MODELS)}
+    offsets = dict.fromkeys(range(partitions), 0)
+    messages, times = [], []
+    for ev in events:
+        p = part[ev["model"]]
+        messages.append(InMessage(_wire(ev), p, offsets[p]))
+        offsets[p] += 1
+        times.append(ev["ts"])
+    return Workload("single", len(events), _cut(messages, times, SINGLE_PER_CALL))
+
+
+def batch_form(events: list[dict[str, Any]], partitions: int) -> Workload:
+    """Per model, consecutive runs of ``BATCH_EVENTS`` events, in order of first event."""
+    part = {spec.model: i % partitions for i, spec in enumerate(MODELS)}
+    per_model: dict[str, list[dict[str, Any]]] = {spec.model: [] for spec in MODELS}
+    for ev in events:
+        per_model[ev["model"]].append(ev)
+    batches = [evs[i:i + BATCH_EVENTS] for evs in per_model.values()
+               for i in range(0, len(evs), BATCH_EVENTS)]
+    batches.sort(key=lambda b: (b[0]["ts"], b[0]["model"]))
+    offsets = dict.fromkeys(range(partitions), 0)
+    messages, times = [], []
+    for b in batches:
+        p = part[b[0]["model"]]
+        messages.append(InMessage(_wire(b), p, offsets[p]))
+        offsets[p] += 1
+        times.append(b[-1]["ts"])
+    return Workload("batch", len(events), _cut(messages, times, BATCH_PER_CALL))
+
+
+# -- the rows -----------------------------------------------------------------
+
+
+def run_baseline(work: Workload, settings: Settings) -> dict[str, int]:
+    loads = orjson.loads
+    for messages, _ in work.chunks:
+        for msg in messages:
+            loads(msg.value)  # type: ignore[arg-type]
+    return {}
+
+
+def run_parse(work: Workload, settings: Settings) -> dict[str, int]:
+    lim = settings.limits
+    dead = 0
+    for messages, _ in work.chunks:
+        cols = PredictionColumns()
+        for i, msg in enumerate(messages):
+            dead += len(parse_predictions(msg.value, cols, i, lim.max_message_bytes,
+                                          lim.max_batch_events))
+    return {"deadletters": dead}
+
+
+def run_pipeline(work: Workload, settings: Settings) -> dict[str, int]:
+    pipeline = PredictionPipeline(settings, TOPIC)
+    windows = alerts = dead = folded = 0
+    for messages, now in work.chunks:
+        box = pipeline.process(messages, now)
+        windows += len(box.stats)
+        alerts += len(box.alerts)
+        dead += len(box.deadletters)
+        folded += box.events
+    return {"windows": windows, "alerts": alerts, "deadletters": dead, "folded": folded}
+
+
+Runner = Callable[[Workload, Settings], dict[str, int]]
+STAGES: tuple[tuple[str, Runner], ...] = (
+    ("baseline", run_baseline), ("parse", run_parse), ("pipeline", run_pipeline))
+
+
+def timed(run: Runner, work: Workload, settings: Settings) -> tuple[float, float, dict[str, int]]:
+    gc.collect()
+    c0, t0 = time.process_time(), time.perf_counter()
+    info = run(work, settings)
+    t1, c1 = time.perf_counter(), time.process_time()
+    return t1 - t0, c1 - c0, info
+
+
+def traced_peak(run: Runner, work: Workload, settings: Settings) -> int:
+    """Peak Python-heap bytes allocated during one (untimed) run."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        run(work, settings)
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def measure(works: Sequence[Workload], settings: Settings, repeat: int,
+            memory: bool) -> list[Result]:
+    results = {(w.form, stage): Result(w.form, stage, w.events)
+               for w in works for stage, _ in STAGES}
+    # Warm-up: imports, Polars' thread pool, first-call caches.
+    for w in works:
+        for _, run in STAGES:
+            run(Workload(w.form, 0, w.chunks[:2]), settings)
+    for _ in range(repeat):  # rows interleaved, so slow spells of the machine hit all of them
+        for w in works:
+            for stage, run in STAGES:
+                wall, cpu, info = timed(run, w, settings)
+                res = results[(w.form, stage)]
+                res.wall.append(wall)
+                res.cpu.append(cpu)
+                for key, value in info.items():
+                    setattr(res, key, value)
+    if memory:
+        for w in works:
+            for stage, run in STAGES:
+                results[(w.form, stage)].py_peak = traced_peak(run, w, settings)
+    return list(results.values())
+
+
+# -- report -------------------------------------------------------------------
+
+
+def maxrss_mib() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes vs KiB
+
+
+def header(settings: Settings, events: int, repeat: int) -> str:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cpus = f"{os.cpu_count()}" + (f" ({affinity} usable)" if affinity is not None else "")
+    return "\n".join([
+        "Sentinelle prediction path, no Kafka (Faust's ~200 µs/message not included)",
+        f"python {platform.python_version()} ({platform.python_implementation()}) on "
+        f"{platform.system()} {platform.machine()}, {cpus} CPUs, "
+        f"polars {pl.__version__} ({pl.thread_pool_size()} threads), "
+        f"orjson {orjson.__version__}, numpy {np.__version__}",
+        f"{events:,} events per row, {len(MODELS)} models at {RATE:g} events/s each "
+        f"(event time), windows of {settings.windows.size_s:g} s; "
+        f"micro-batches: {SINGLE_PER_CALL} single messages or {BATCH_PER_CALL} batch "
+        f"messages of {BATCH_EVENTS} events; best of {repeat} run{'s' if repeat > 1 else ''}",
+    ])
+
+
+def table(results: Sequence[Result], memory: bool) -> str:
+    cols = ["form", "stage", "events/s", "µs/event", "cpu µs/ev", "vs base", "spread",
+            "py peak MiB", "windows", "alerts"]
+    base = {r.form: r.rate for r in results if r.stage == "baseline"}
+    rows = []
+    for r in results:
+        def opt(v: int | None) -> str:
+            return "-" if v is None else f"{v:,}"
+        rows.append([
+            r.form, r.stage, f"{r.rate:,.0f}", f"{r.us_per_event:.2f}",
+            f"{r.cpu_us_per_event:.2f}", f"{r.rate / base[r.form]:.3f}",
+            f"{r.spread:.0%}", f"{r.py_peak / 2**20:.1f}" if memory else "-",
+            opt(r.windows), opt(r.alerts),
+        ])
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    left = {0, 1}
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    out = [line(cols), line(["-" * w for w in widths])]
+    form = None
+    for r, row in zip(results, rows, strict=True):
+        if form is not None and r.form != form:
+            out.append("")
+        form = r.form
+        out.append(line(row))
+    return "\n".join(out)
+
+
+def checks(results: Sequence[Result]) -> list[str]:
+    """Sanity notes: every event folded, windows closed, nothing dead-lettered."""
+    notes = []
+    for r in results:
+        if r.deadletters:
+            notes.append(f"warning: {r.form}/{r.stage} dead-lettered {r.deadletters:,} events")
+        if r.stage != "pipeline":
+            continue
+        if r.folded != r.events:
+            notes.append(f"warning: {r.form}/pipeline folded {r.folded:,} of {r.events:,} events")
+        if not r.windows:
+            notes.append(f"warning: {r.form}/pipeline closed no window")
+    return notes
+
+
+def plot(results: Sequence[Result], path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed; not drawing {path}")
+        return
+    labels = [f"{r.form}\n{r.stage}" for r in results]
+    colours = {"baseline": "#999999", "parse": "#4c72b0", "pipeline": "#dd8452"}
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bars = ax.bar(labels, [r.rate for r in results], color=[colours[r.stage] for r in results])
+    ax.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in results], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("events/s (log scale)")
+    ax.set_title(f"Sentinelle prediction path, {results[0].events:,} events per row "
+                 f"(python {platform.python_version()}, {os.cpu_count()} CPUs)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=200_000, metavar="N",
+                        help="events per row (default 200,000)")
+    parser.add_argument("--repeat", type=int, default=3, metavar="R",
+                        help="timed runs per row; the fastest is reported (default 3)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the tracemalloc pass (saves about a third of the run)")
+    parser.add_argument("--plot", metavar="PNG", help="bar chart of events/s per row")
+    args = parser.parse_args(argv)
+    if args.events < 1 or args.repeat < 1:
+        parser.error("--events and --repeat must be at least 1")
+
+    settings = Settings()
+    started = time.perf_counter()
+    rss_before = maxrss_mib()
+    events = make_events(args.events)
+    works = [single_form(events, settings.kafka.partitions),
+             batch_form(events, settings.kafka.partitions)]
+    del events
+    gc.collect()
+    rss_inputs = maxrss_mib()
+    built = time.perf_counter() - started
+
+    print(header(settings, args.events, args.repeat))
+    print()
+    results = measure(works, settings, args.repeat, not args.no_memory)
+    print(table(results, not args.no_memory))
+    print()
+    for note in checks(results):
+        print(note)
+    print(f"inputs built in {built:.1f} s; process peak RSS (ru_maxrss) {maxrss_mib():.0f} MiB, "
+          f"building the inputs took it up {rss_inputs - rss_before:.0f} MiB; "
+          f"total {time.perf_counter() - started:.1f} s")
+    print("vs base: events/s over the baseline (orjson.loads) of the same wire form; "
+          "spread: slowest run over fastest, minus one; py peak: tracemalloc, "
+          "Polars' Rust buffers not included")
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
