@@ -1,0 +1,109 @@
+"""The whole prediction path of one micro-batch, without Kafka."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streams.config import Settings
+from streams.pipeline import InMessage, Outbox, PredictionPipeline
+
+T0 = 1_795_000_000.0
+SETTINGS = Settings(
+    windows={"size_s": 10, "allowed_lateness_s": 0},  # type: ignore[arg-type]
+    latency={"p99_threshold_ms": 300, "min_events": 5},  # type: ignore[arg-type]
+    burn_rate={"enabled": False},  # type: ignore[arg-type]
+    outage={"floor_s": 5, "k": 10, "min_arrivals": 1},  # type: ignore[arg-type]
+    worker={"idle_close_s": 30, "series_ttl_s": 100, "model_ttl_s": 1000},  # type: ignore[arg-type]
+)
+
+
+def ev(model: str, ts: float, latency: float, **kw: Any) -> dict[str, Any]:
+    return {"event_id": f"{model}{ts}", "ts": ts, "model": model, "version": "v1",
+            "latency_ms": latency, **kw}
+
+
+def stream(model: str = "m") -> list[InMessage]:
+    """Four 10 s windows, the middle two slow, as single and batch messages."""
+    msgs = []
+    for w, latency in enumerate([50.0, 900.0, 900.0, 50.0, 50.0]):
+        evs = [ev(model, T0 + 10 * w + i, latency) for i in range(10)]
+        msgs.append(orjson.dumps(evs[:5]))
+        msgs += [orjson.dumps(e) for e in evs[5:]]
+    return [InMessage(v, 0, i) for i, v in enumerate(msgs)]
+
+
+def actions(box: Outbox) -> list[tuple[str, str]]:
+    return [(a["event_action"], k) for k, a in box.alerts]
+
+
+def test_stream_gives_windows_and_one_trigger_one_resolve() -> None:
+    p = PredictionPipeline(SETTINGS, "ml.predictions")
+    box = p.process(stream(), now=100.0)
+    assert [s["count"] for _, s in box.stats] == [10, 10, 10, 10]
+    assert actions(box) == [("trigger", "latency_slo:m:v1:p99"),
+                            ("resolve", "latency_slo:m:v1:p99")]
+    assert box.events == 50 and box.deadletters == []
+    [(partition, model, state)] = box.checkpoints
+    assert (partition, model, state["offsets"]) == (0, "m", {"0": len(stream()) - 1})
+
+
+def test_replay_after_a_crash_is_not_counted_twice() -> None:
+    msgs = stream()
+    cut = 17
+    first = PredictionPipeline(SETTINGS, "ml.predictions")
+    a = first.process(msgs[:cut], now=100.0)
+    saved = orjson.loads(orjson.dumps(a.checkpoints[-1][2]))  # what the changelog holds
+    # The consumer offset was not committed: a new worker reads from an older offset.
+    second = PredictionPipeline(SETTINGS, "ml.predictions")
+    b = second.process(msgs[cut - 9:], now=101.0, saved=lambda m: saved)
+    uninterrupted = PredictionPipeline(SETTINGS, "ml.predictions").process(msgs, now=100.0)
+    assert [s for _, s in a.stats + b.stats] == [s for _, s in uninterrupted.stats]
+    assert actions(a) + actions(b) == actions(uninterrupted)
+
+
+def test_late_events_are_dead_lettered_with_their_origin() -> None:
+    p = PredictionPipeline(SETTINGS, "ml.predictions")
+    msgs = [InMessage(orjson.dumps(ev("m", T0 + 25, 10.0)), 1, 40),
+            InMessage(orjson.dumps([ev("m", T0 + 26, 10.0), ev("m", T0 + 3, 10.0)]), 1, 41)]
+    box = p.process(msgs, now=1.0)
+    [dead] = box.deadletters
+    assert (dead["partition"], dead["offset"], dead["index"]) == (1, 41, 1)
+    assert dead["reason"].startswith("late:") and orjson.loads(dead["raw"])["ts"] == T0 + 3
+
+
+def test_malformed_messages_do_not_stop_the_good_ones() -> None:
+    p = PredictionPipeline(SETTINGS, "ml.predictions")
+    msgs = [InMessage(b"{oops", 0, 0), InMessage(orjson.dumps(ev("m", T0, 10.0)), 0, 1),
+            InMessage(None, 0, 2)]
+    box = p.process(msgs, now=1.0)
+    assert [(d["offset"], d["reason"].split(":")[0]) for d in box.deadletters] == \
+        [(0, "not_json"), (2, "not_json")]
+    assert box.events == 1
+
+
+def test_wall_clock_checks_outage_idle_flush_and_expiry() -> None:
+    p = PredictionPipeline(SETTINGS, "ml.predictions")
+    p.process([InMessage(orjson.dumps(ev("m", T0, 10.0)), 0, 0)], now=0.0)
+    assert p.tick(4.0, []).alerts == []
+    out = p.tick(6.0, [])
+    assert actions(out) == [("trigger", "outage:m")]
+    assert p.tick(7.0, []).alerts == []  # still silent: no second trigger
+    flushed = p.tick(31.0, [])
+    assert [s["count"] for _, s in flushed.stats] == [1]  # idle: the open window closes
+    gone = p.tick(1001.0, [])
+    assert actions(gone) == [("resolve", "outage:m")]
+    assert gone.checkpoints == [(0, "m", None)] and p.monitors == {}
+
+
+def test_state_restored_by_tick_keeps_firing_alerts_and_grants_grace() -> None:
+    p = PredictionPipeline(SETTINGS, "ml.predictions")
+    p.process([InMessage(orjson.dumps(ev("m", T0, 10.0)), 0, 0)], now=0.0)
+    [(_, _, state)] = p.tick(6.0, []).checkpoints
+    other = PredictionPipeline(SETTINGS, "ml.predictions")
+    # Takeover at t=20: the silence clock restarts, the firing outage is remembered.
+    assert other.tick(20.0, [("m", orjson.loads(orjson.dumps(state)))]).alerts == []
+    back = other.process([InMessage(orjson.dumps(ev("m", T0 + 1, 10.0)), 0, 1)], now=21.0)
+    assert actions(back) == [("resolve", "outage:m")]
+    assert other.revoke({0}) == ["m"] and other.monitors == {}
