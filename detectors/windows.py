@@ -170,7 +170,7 @@ class TumblingWindows:
             acc.slow += slow
         buckets = frame.group_by([*keys, "bucket"]).agg(c=pl.len(), mx=pl.col("latency_ms").max())
         for (version, cohort, start), part in buckets.group_by(keys):
-            acc = self._open[(str(version), str(cohort), float(start))]  # type: ignore[arg-type]
+            acc = self._open[(str(version), str(cohort), float(start))]
             acc.sketch.add_counts(part["bucket"].to_list(), part["c"].to_list(),
                                   float(part["mx"].max()))  # type: ignore[arg-type]
 

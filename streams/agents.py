@@ -69,8 +69,10 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
 
     @app.agent(s.predictions, name="sentinelle.watch_predictions")
     async def watch_predictions(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.worker.batch_max,
-                                               within=settings.worker.batch_within_s):
+        # take_events (faust-streaming) is missing from the StreamT interface.
+        batches = stream.take_events  # type: ignore[attr-defined]
+        async for events in batches(settings.worker.batch_max,
+                                    within=settings.worker.batch_within_s):
             await handle(events)
 
     async def handle(events: Sequence[EventT]) -> None:
@@ -86,7 +88,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
         items: Iterable[tuple[str, Any]] = list(s.state.data.items())
         await publish(pipeline.tick(time.time(), items))
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         # The memory store keeps revoked partitions' keys; drop them, or this
         # worker would keep checking models another worker now owns.

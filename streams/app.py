@@ -35,7 +35,7 @@ class Sentinelle:
     alerts: faust.TopicT
     deadletter: faust.TopicT
     stats: faust.TopicT
-    state: faust.Table
+    state: faust.types.TableT
 
 
 def create_app(settings: Settings) -> Sentinelle:

@@ -125,7 +125,8 @@ class ModelMonitor:
         signal = self.outage.check(now)
         if signal is not None:
             self._emit(out, signal)
-        if self.windows.open_windows and now - self.last_arrival > self.settings.worker.idle_close_s:
+        idle = now - self.last_arrival > self.settings.worker.idle_close_s
+        if self.windows.open_windows and idle:
             self._evaluate(out, self.windows.flush())
         ttl = self.settings.worker.series_ttl_s
         for (version, cohort), series in list(self.series.items()):

@@ -105,7 +105,8 @@ class PredictionPipeline:
             "ts": cols.ts, "latency_ms": cols.latency_ms, "error": cols.error,
             "message": cols.message, "element": cols.element,
         }, schema_overrides={"ts": pl.Float64, "latency_ms": pl.Float64})
-        for (model,), rows in frame.partition_by("model", as_dict=True, maintain_order=True).items():
+        by_model = frame.partition_by("model", as_dict=True, maintain_order=True)
+        for (model,), rows in by_model.items():
             self._process_model(str(model), rows, messages, now, saved, box)
         return box
 

@@ -100,8 +100,11 @@ def make_event(spec: ModelSpec, ts: float, rng: random.Random, effects: set[str]
     return ev
 
 
+Batch = tuple[ModelSpec, list[dict[str, Any]]]
+
+
 def events_between(scenario: Scenario, t0: float, a: float, b: float, rate: float,
-                   rng: random.Random, counter: dict[str, int]) -> Iterator[tuple[ModelSpec, list[dict[str, Any]]]]:
+                   rng: random.Random, counter: dict[str, float]) -> Iterator[Batch]:
     """Events of each model with elapsed time in ``[a, b)``, ``rate`` per second each.
 
     Event times are evenly spread in the interval; ``counter`` carries the
@@ -116,7 +119,8 @@ def events_between(scenario: Scenario, t0: float, a: float, b: float, rate: floa
         out = []
         for j in range(n):
             t = a + (b - a) * (j + 0.5) / n
-            seq = counter[spec.model] = counter.get(spec.model, 0) + 1
+            seq = int(counter.get(spec.model, 0)) + 1
+            counter[spec.model] = seq
             out.append(make_event(spec, t0 + t, rng, _effects(scenario, spec.model, t), seq))
         yield spec, out
 
@@ -147,7 +151,7 @@ async def run(bootstrap_servers: str, topic: str, scenario: Scenario, rate: floa
                                 max_request_size=2_000_000)
     await producer.start()
     total = 0
-    counter: dict[str, int] = {}
+    counter: dict[str, float] = {}
     pending: dict[str, list[dict[str, Any]]] = {}
     end = scenario.duration_s if duration_s is None else duration_s
     t0 = time.time()

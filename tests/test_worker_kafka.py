@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import base64
 import random
-from datetime import UTC, datetime
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
