@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alerting.events import alert_event
+from alerting.events import alert_event, rfc3339
 from detectors.base import Signal
 
 __all__ = ["AlertBook"]
@@ -50,7 +50,7 @@ class AlertBook:
         if not signal.active and state is not None:
             del self._firing[signal.key]
             return alert_event(signal, "resolve", severity=state["severity"],
-                               extra={"firing_since": state["since"],
+                               extra={"firing_since": rfc3339(state["since"]),
                                       "trigger_summary": state["summary"]})
         return None
 
@@ -69,7 +69,7 @@ class AlertBook:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"firing": self._firing}
+        return {"firing": {key: dict(state) for key, state in self._firing.items()}}
 
     def load_dict(self, data: dict[str, Any]) -> None:
-        self._firing = dict(data["firing"])
+        self._firing = {key: dict(state) for key, state in data["firing"].items()}

@@ -17,7 +17,10 @@ class ErrorRateSpike:
     The baseline is an exponentially weighted mean of the series' error rate,
     learned only from windows that were not spiking, so a model that always fails
     2 % of requests is judged against 2 %, and the absolute ``threshold`` keeps a
-    near-zero baseline from making one error an incident.
+    near-zero baseline from making one error an incident. The floor is also an
+    absolute bound: a series that fails more than ``threshold`` from its very first
+    window is firing from the start (there is no healthy baseline to learn) and
+    resolves once a window is back under it.
 
     Parameters
     ----------
