@@ -167,3 +167,32 @@ async def test_malformed_inputs_go_to_the_deadletter_topic_and_processing_goes_o
     assert [d["reason"].split(":")[0] for d in dead.records].count("late") == 1
     # Every good event of the window was counted, the two from the batch included.
     assert stats.records[0]["count"] == len(good)
+
+
+async def test_a_restarted_worker_restores_state_no_second_trigger_and_still_resolves(
+        worker_factory: Callable[..., WorkerProcess]) -> None:
+    w = worker_factory(WINDOW_CFG)
+    key = "latency_slo:fraud-scorer:v1:p99"
+
+    def window(i: int, latency: float) -> list[dict[str, Any]]:
+        return events("fraud-scorer", T0 + i * WINDOW, 40, latency, seed=i)
+
+    async with Collector(w.servers, w.topics["alerts"]) as alerts:
+        for i in range(4):  # 1 healthy, 3 slow windows; the 4th stays open
+            await produce(w.servers, w.topics["predictions"],
+                          [window(i, 60.0 if i == 0 else 900.0)], key=b"fraud-scorer")
+        await alerts.until(lambda r: of_key(r, key) == ["trigger"], what="the trigger")
+        # Kill it hard: no clean leave, maybe no offset commit (the replay is skipped
+        # thanks to the offsets in the checkpoint).
+        assert w.proc is not None
+        w.proc.kill()
+        w.proc.wait()
+        w.start(timeout=120)
+        for i in range(4, 8):  # still slow for a while, then healthy
+            await produce(w.servers, w.topics["predictions"],
+                          [window(i, 900.0 if i < 6 else 60.0)], key=b"fraud-scorer")
+        await alerts.until(lambda r: "resolve" in of_key(r, key), timeout=90, what="the resolve")
+    assert of_key(alerts.records, key) == ["trigger", "resolve"]
+    resolve = alerts.records[-1]
+    assert resolve["payload"]["timestamp"] == datetime.fromtimestamp(
+        T0 + 7 * WINDOW, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")  # end of window 6
