@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint bench clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "installing Sentinelle and its dev extras into $(VENV) (log: $(VENV)/install.log) ..."
+	@$(PYTHON) -m venv $(VENV)
+	@( $(BIN)/pip install --upgrade pip && $(BIN)/pip install -e '.[dev]' ) \
+		> $(VENV)/install.log 2>&1 || { tail -40 $(VENV)/install.log; exit 1; }
+	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/sentinelle demo

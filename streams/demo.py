@@ -80,10 +80,13 @@ class _View:
             table.add_row(p["timestamp"][11:19], f"[{colour}]{a['event_action']}[/]",
                           p["severity"], a["dedup_key"], p["summary"])
         dead = ", ".join(f"{k} x{v}" for k, v in sorted(self.dead.items())) or "none yet"
-        progress = ProgressBar(total=self.duration, completed=min(self.elapsed, self.duration))
+        header = Table.grid(padding=(0, 2))
+        header.add_row(
+            ProgressBar(total=self.duration, completed=min(self.elapsed, self.duration), width=40),
+            f"t={self.elapsed:5.1f}s of {self.duration:.0f}s   events sent: {self.sent:,}   "
+            f"{self.status}")
         return Group(
-            Panel(Group(progress, f"{self.status}   t={self.elapsed:5.1f}s   "
-                                  f"events sent: {self.sent:,}"), title="Sentinelle demo"),
+            Panel(header, title="Sentinelle demo"),
             table,
             Panel(dead, title="ml.deadletter (by reason)"),
         )

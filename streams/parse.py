@@ -154,6 +154,12 @@ def _add_prediction(ev: Any, cols: PredictionColumns, message: int, element: int
     features = ev.get("features")
     if features is not None and not isinstance(features, dict):
         raise Invalid("bad_type: 'features' must be an object")
+    prediction = ev.get("prediction")
+    if prediction is not None:
+        if not isinstance(prediction, (str, int, float)):  # bool is an int
+            raise Invalid("bad_type: 'prediction' must be a number, string or bool")
+        if isinstance(prediction, float) and not math.isfinite(prediction):
+            raise Invalid(f"not_finite: 'prediction' is {prediction}")
     cols.model.append(model)  # type: ignore[arg-type]
     cols.version.append(version)  # type: ignore[arg-type]
     cols.cohort.append(cohort)

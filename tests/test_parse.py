@@ -36,6 +36,8 @@ def test_a_good_event_becomes_columns_with_defaults() -> None:
     ({"ts": [1]}, "bad_type"),
     ({"status": "maybe"}, "bad_value"),
     ({"features": [1, 2]}, "bad_type"),
+    ({"prediction": {"score": 1}}, "bad_type"),
+    ({"prediction": [0.1]}, "bad_type"),
 ])
 def test_each_contract_violation_has_its_reason(change: dict[str, object], code: str) -> None:
     ev = {**GOOD, **change}
@@ -52,6 +54,8 @@ def test_each_contract_violation_has_its_reason(change: dict[str, object], code:
      "not_finite"),
     (b'{"event_id": "e", "ts": -Infinity, "model": "m", "version": "v", "latency_ms": 1}',
      "not_finite"),
+    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v", "latency_ms": 1,'
+     b' "prediction": NaN}', "not_finite"),
 ])
 def test_undecodable_messages(data: bytes, code: str) -> None:
     assert reasons(data) == (0, [code])
@@ -79,6 +83,11 @@ def test_dead_letter_record_is_the_contract_shape_and_bounded() -> None:
         {"topic": "ml.predictions", "partition": 3, "offset": 99}
     assert rec["reason"].startswith("oversized") and rec["raw"] == "x" * 50
     assert rec["raw_truncated"] is True and rec["raw_length"] == 200
+
+
+def test_predictions_of_every_contract_type_are_accepted() -> None:
+    for prediction in (0.93, 1, "fraud", True):
+        assert reasons(orjson.dumps({**GOOD, "prediction": prediction})) == (1, [])
 
 
 def test_times() -> None:
