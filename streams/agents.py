@@ -9,6 +9,7 @@ A timer runs the wall-clock checks (outage, idle windows, expiry).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -16,12 +17,15 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka import AIOKafkaConsumer
 from faust.types import TP, EventT
 from prometheus_client import CollectorRegistry, generate_latest
 
 from streams.app import Sentinelle
 from streams.metrics import make_metrics
+from streams.parse import DeadLetter, raw_text
 from streams.pipeline import InMessage, Outbox, PredictionPipeline
+from streams.references import InvalidProfile, ReferenceStore
 
 __all__ = ["register"]
 
@@ -33,7 +37,9 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
     app, settings = s.app, s.settings
     registry = registry or CollectorRegistry()
     metrics = make_metrics(registry)
-    pipeline = PredictionPipeline(settings, s.predictions.get_topic_name())
+    references = ReferenceStore(settings.skew)
+    references_loaded = asyncio.Event()
+    pipeline = PredictionPipeline(settings, s.predictions.get_topic_name(), references)
     topic_name = s.predictions.get_topic_name()
 
     def saved(model: str) -> dict[str, Any] | None:
@@ -73,7 +79,50 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
         batches = stream.take_events  # type: ignore[attr-defined]
         async for events in batches(settings.worker.batch_max,
                                     within=settings.worker.batch_within_s):
+            await references_loaded.wait()  # never judge serving data before its profile
             await handle(events)
+
+    @app.task
+    async def follow_references() -> None:
+        """Read all of ml.references, then keep following it (outside the group)."""
+        topic = settings.topics.references
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers,
+                                    group_id=None, auto_offset_reset="earliest",
+                                    max_partition_fetch_bytes=8 * 1024 * 1024)
+        await consumer.start()
+        try:
+            parts = consumer.assignment()
+            while not parts:
+                await consumer.getmany(timeout_ms=100)
+                parts = consumer.assignment()
+            ends = await consumer.end_offsets(list(parts))
+            if all(ends[tp] == 0 for tp in parts):
+                references_loaded.set()
+            while True:
+                for tp, msgs in (await consumer.getmany(timeout_ms=500)).items():
+                    for msg in msgs:
+                        await load_reference(msg.key, msg.value, tp.partition, msg.offset)
+                positions = {tp: await consumer.position(tp) for tp in parts}
+                if not references_loaded.is_set() and all(
+                        positions[tp] >= ends[tp] for tp in parts):
+                    log.info("loaded %d reference profiles", len(references))
+                    references_loaded.set()
+        finally:
+            await consumer.stop()
+
+    async def load_reference(key: bytes | None, value: bytes | None, partition: int,
+                             offset: int) -> None:
+        if value is None:  # a tombstone: the profile was withdrawn
+            model, _, version = (key or b"").decode(errors="replace").partition(":")
+            references.remove(model, version)
+            return
+        try:
+            references.add(orjson.loads(value))
+        except (orjson.JSONDecodeError, InvalidProfile) as exc:
+            reason = str(exc) if isinstance(exc, InvalidProfile) else f"not_json: {exc}"
+            rec = DeadLetter(reason, raw_text(value)).to_record(
+                settings.topics.references, partition, offset)
+            await publish(Outbox(deadletters=[rec]))
 
     async def handle(events: Sequence[EventT]) -> None:
         messages = [InMessage(e.message.value, e.message.partition, e.message.offset)

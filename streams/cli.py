@@ -77,8 +77,8 @@ def worker(config_path: str | None, bootstrap_servers: str | None, loglevel: str
     servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
     t = settings.topics
     asyncio.run(ensure_topics(servers, [t.predictions, t.feedback, t.alerts, t.deadletter,
-                                        t.stats], settings.kafka.partitions,
-                              settings.kafka.replication_factor))
+                                        t.stats, t.references], settings.kafka.partitions,
+                              settings.kafka.replication_factor, compacted=[t.references]))
     s = create_app(settings)
     register(s)
     Worker(s.app, loglevel=loglevel).execute_from_commandline()
@@ -111,6 +111,45 @@ def simulate(config_path: str | None, bootstrap_servers: str | None, scenario: s
 
     sent = asyncio.run(go())
     click.echo(f"sent {sent} events")
+
+
+@main.group()
+def profile() -> None:
+    """Reference profiles of training data (ml.references)."""
+
+
+@profile.command("build")
+@click.argument("data")
+@click.option("--model", required=True)
+@click.option("--version", "version", required=True)
+@click.option("--bins", type=int, default=20, show_default=True,
+              help="quantile bins per numeric feature")
+@click.option("--max-categories", type=int, default=50, show_default=True,
+              help="categories kept per categorical feature; the rest become __other__")
+@click.option("--out", type=click.Path(dir_okay=False), help="write the profile JSON here")
+@click.option("--publish", is_flag=True, help="send it to ml.references")
+@config_option
+@servers_option
+def profile_build(data: str, model: str, version: str, bins: int, max_categories: int,
+                  out: str | None, publish: bool, config_path: str | None,
+                  bootstrap_servers: str | None) -> None:
+    """Profile DATA (Parquet or CSV, read lazily) for MODEL VERSION."""
+    from streams.profile_cli import profile_build as build
+
+    settings = _settings(config_path, bootstrap_servers)
+    try:
+        result = build(data, model, version, settings, bins, max_categories, out, publish)
+    except (ValueError, OSError, pl_errors()) as exc:
+        click.echo(f"sentinelle: cannot profile {data}: {exc}", err=True)
+        sys.exit(2)
+    if not out and not publish:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+def pl_errors() -> type[Exception]:
+    import polars.exceptions
+
+    return polars.exceptions.PolarsError
 
 
 @main.command()

@@ -45,6 +45,7 @@ class TopicSettings(_Section):
     alerts: str = "ml.alerts"
     deadletter: str = "ml.deadletter"
     stats: str = "ml.stats"
+    references: str = "ml.references"
 
 
 class WorkerSettings(_Section):
@@ -125,6 +126,25 @@ class OutageSettings(_Section):
     severity: str = "critical"
 
 
+class SkewSettings(_Section):
+    enabled: bool = True
+    window_events: int = Field(2000, ge=10, description="serving values compared at once")
+    hop_events: int = Field(500, ge=1, description="the window is tested every hop values")
+    run_length_events: float = Field(
+        60_480_000, gt=0,
+        description="expected events between false alarms per feature (1/week at 100/s)")
+    bootstrap_draws: int = Field(2000, ge=100)
+    severity: str = "warning"
+
+    @model_validator(mode="after")
+    def _hop_divides_window(self) -> SkewSettings:
+        if self.hop_events > self.window_events or self.window_events % self.hop_events:
+            raise ValueError("hop_events must divide window_events")
+        if self.run_length_events <= self.hop_events:
+            raise ValueError("run_length_events must exceed hop_events")
+        return self
+
+
 class Settings(BaseSettings):
     """Every setting of Sentinelle, frozen once loaded."""
 
@@ -140,6 +160,7 @@ class Settings(BaseSettings):
     burn_rate: BurnRateSettings = BurnRateSettings()
     error_rate: ErrorRateSettings = ErrorRateSettings()
     outage: OutageSettings = OutageSettings()
+    skew: SkewSettings = SkewSettings()
 
     @classmethod
     def settings_customise_sources(

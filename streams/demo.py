@@ -47,7 +47,8 @@ def demo_config(prefix: str = "") -> dict[str, Any]:
     """Settings that make a 95-second scenario tell its story (5 s windows)."""
     return {
         "topics": {name: f"{prefix}ml.{name}"
-                   for name in ("predictions", "feedback", "alerts", "deadletter", "stats")},
+                   for name in ("predictions", "feedback", "alerts", "deadletter", "stats",
+                                   "references")},
         "worker": {"app_id": f"{prefix}sentinelle-demo", "batch_within_s": 0.2, "tick_s": 0.5,
                    "idle_close_s": 8, "web_port": 0},
         "windows": {"size_s": 5, "allowed_lateness_s": 1},

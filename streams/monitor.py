@@ -14,6 +14,7 @@ and a model quiet for ``worker.model_ttl_s`` is forgotten altogether.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +25,15 @@ from alerting.lifecycle import AlertBook
 from detectors.base import Signal
 from detectors.errors import ErrorRateSpike
 from detectors.outage import OutageDetector
+from detectors.profile import category_key
+from detectors.skew import SkewDetector
 from detectors.slo import BurnRate, BurnRule, LatencyThreshold
 from detectors.windows import TumblingWindows, WindowStats
 from streams.config import Settings
+from streams.references import Reference
+
+ReferenceLookup = Callable[[str], "Reference | None"]
+_NUMBER = (int, float)
 
 __all__ = ["ModelMonitor", "Output"]
 
@@ -60,6 +67,23 @@ class _Series:
             BurnRate("availability", b.availability_objective, rules, b.min_events, b.min_bad),
         ] if b.enabled else []
         self.last_arrival = 0.0
+        self.skew: dict[str, SkewDetector] = {}
+        self.skew_reference: float | None = None  # created_at of the profile in use
+        self.saved_skew: dict[str, Any] = {}       # restored state, until the profile is back
+
+    def skew_detectors(self, model: str, version: str, cohort: str, ref: Reference,
+                       severity: str) -> dict[str, SkewDetector]:
+        """Detectors for ``ref``; rebuilt (state dropped) when a new profile arrives."""
+        if self.skew_reference != ref.created_at or not self.skew:
+            self.skew = {name: SkewDetector(model, version, bins, cal, cohort, severity=severity)
+                         for name, (bins, cal) in ref.features.items()}
+            if self.saved_skew.get("reference") == ref.created_at:
+                for name, state in self.saved_skew.get("features", {}).items():
+                    if name in self.skew:
+                        self.skew[name].load_dict(state)
+            self.saved_skew = {}
+            self.skew_reference = ref.created_at
+        return self.skew
 
     def evaluate(self, w: WindowStats) -> list[Signal]:
         out = [s for s in (self.latency.update(w), self.errors.update(w)) if s is not None]
@@ -68,14 +92,18 @@ class _Series:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        skew = ({"reference": self.skew_reference,
+                 "features": {n: d.to_dict() for n, d in self.skew.items()}}
+                if self.skew else self.saved_skew)
         return {"errors": self.errors.to_dict(), "burns": [b.to_dict() for b in self.burns],
-                "last_arrival": self.last_arrival}
+                "last_arrival": self.last_arrival, "skew": skew}
 
     def load_dict(self, data: dict[str, Any]) -> None:
         self.errors.load_dict(data["errors"])
         for burn, d in zip(self.burns, data["burns"], strict=False):
             burn.load_dict(d)
         self.last_arrival = data["last_arrival"]
+        self.saved_skew = data.get("skew") or {}
 
 
 class ModelMonitor:
@@ -108,8 +136,15 @@ class ModelMonitor:
 
     # -- processing -------------------------------------------------------
 
-    def ingest(self, frame: pl.DataFrame, now: float) -> Output:
-        """Fold this model's rows of a micro-batch in (columns of ``BATCH_SCHEMA``)."""
+    def ingest(self, frame: pl.DataFrame, now: float,
+               features: Sequence[dict[str, Any] | None] | None = None,
+               predictions: Sequence[Any] | None = None,
+               references: ReferenceLookup | None = None) -> Output:
+        """Fold this model's rows of a micro-batch in (columns of ``BATCH_SCHEMA``).
+
+        ``features`` and ``predictions`` are the rows' raw values, in frame order;
+        with ``references`` (version -> profile) they feed the skew detectors.
+        """
         out = Output()
         self.last_arrival = now
         self._emit(out, self.outage.observe(now))
@@ -117,7 +152,37 @@ class ModelMonitor:
             self._series(version, cohort).last_arrival = now
         out.late = self.windows.add(frame)
         self._evaluate(out, self.windows.close_ready())
+        if references is not None and features is not None and self.settings.skew.enabled:
+            self._skew(out, frame, out.late, features, predictions or [None] * frame.height,
+                       references)
         return out
+
+    def _skew(self, out: Output, frame: pl.DataFrame, late: np.ndarray,
+              features: Sequence[dict[str, Any] | None], predictions: Sequence[Any],
+              references: ReferenceLookup) -> None:
+        on_time = ~late
+        ts_all = frame["ts"].to_numpy()
+        keys = frame.select("version", "cohort").with_row_index("row")
+        for (version, cohort), part in keys.group_by(["version", "cohort"], maintain_order=True):
+            ref = references(str(version))
+            if ref is None:
+                continue
+            rows = part["row"].to_numpy()
+            rows = rows[on_time[rows]]
+            if rows.size == 0:
+                continue
+            series = self._series(str(version), str(cohort))
+            detectors = series.skew_detectors(self.model, str(version), str(cohort), ref,
+                                              self.settings.skew.severity)
+            ts = ts_all[rows]
+            feats = [features[i] for i in rows]
+            for name, det in detectors.items():
+                if name == "prediction":
+                    values = [predictions[i] for i in rows]
+                else:
+                    values = [f.get(name) if f else None for f in feats]
+                for signal in _skew_update(det, values, ts):
+                    self._emit(out, signal)
 
     def tick(self, now: float) -> Output:
         """Wall-clock checks: outage, idle windows, quiet series."""
@@ -193,3 +258,19 @@ class ModelMonitor:
             series.load_dict(s)
             series.last_arrival = max(series.last_arrival, now)
         return mon
+
+
+def _skew_update(det: SkewDetector, values: list[Any], ts: np.ndarray) -> list[Signal]:
+    """Bin one feature's values of a micro-batch (vectorised) and update its detector."""
+    bins = det.bins
+    if bins.kind == "numeric":
+        x = np.fromiter((v if type(v) in _NUMBER else np.nan for v in values), dtype=float,
+                        count=len(values))
+        ok = np.isfinite(x)
+        return det.update(bins.bin_numeric(x[ok]), ts[ok])
+    present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    cats = [category_key(v) for v in values if v is not None]
+    idx = bins.bin_categories(cats)
+    if idx.size and (idx >= bins.size - 2).any():
+        det.note_unseen([c for c in cats if c not in bins.index])
+    return det.update(idx, ts[present])

@@ -79,6 +79,8 @@ class PredictionColumns:
     latency_ms: list[float] = field(default_factory=list)
     error: list[bool] = field(default_factory=list)
     event_id: list[str] = field(default_factory=list)
+    features: list[dict[str, Any] | None] = field(default_factory=list)
+    prediction: list[Any] = field(default_factory=list)
     # For each event: which message (index into the caller's message list) and
     # which element of it, so a late event can be dead-lettered with its origin.
     message: list[int] = field(default_factory=list)
@@ -167,6 +169,8 @@ def _add_prediction(ev: Any, cols: PredictionColumns, message: int, element: int
     cols.latency_ms.append(latency)
     cols.error.append(status != "ok")
     cols.event_id.append(event_id)  # type: ignore[arg-type]
+    cols.features.append(features)
+    cols.prediction.append(prediction)
     cols.message.append(message)
     cols.element.append(element)
 

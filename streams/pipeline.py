@@ -27,6 +27,7 @@ from detectors.windows import WindowStats
 from streams.config import Settings
 from streams.monitor import ModelMonitor, Output
 from streams.parse import DeadLetter, PredictionColumns, parse_predictions
+from streams.references import ReferenceStore
 
 __all__ = ["InMessage", "Outbox", "PredictionPipeline", "stats_record"]
 
@@ -74,9 +75,11 @@ def _num(x: float) -> float | None:
 class PredictionPipeline:
     """Parse, window, detect and alert for the models of the assigned partitions."""
 
-    def __init__(self, settings: Settings, topic: str) -> None:
+    def __init__(self, settings: Settings, topic: str,
+                 references: ReferenceStore | None = None) -> None:
         self.settings = settings
         self.topic = topic
+        self.references = references
         self.monitors: dict[str, ModelMonitor] = {}
 
     def monitor(self, model: str, partition: int, now: float,
@@ -104,14 +107,15 @@ class PredictionPipeline:
             "model": cols.model, "version": cols.version, "cohort": cols.cohort,
             "ts": cols.ts, "latency_ms": cols.latency_ms, "error": cols.error,
             "message": cols.message, "element": cols.element,
-        }, schema_overrides={"ts": pl.Float64, "latency_ms": pl.Float64})
+        }, schema_overrides={"ts": pl.Float64, "latency_ms": pl.Float64}).with_row_index("row")
         by_model = frame.partition_by("model", as_dict=True, maintain_order=True)
         for (model,), rows in by_model.items():
-            self._process_model(str(model), rows, messages, now, saved, box)
+            self._process_model(str(model), rows, messages, now, saved, box, cols)
         return box
 
     def _process_model(self, model: str, rows: pl.DataFrame, messages: Sequence[InMessage],
-                       now: float, saved: Callable[[str], Record | None], box: Outbox) -> None:
+                       now: float, saved: Callable[[str], Record | None], box: Outbox,
+                       cols: PredictionColumns) -> None:
         idx = rows["message"].to_numpy()
         parts = np.fromiter((messages[i].partition for i in idx), dtype=np.int64, count=len(idx))
         offs = np.fromiter((messages[i].offset for i in idx), dtype=np.int64, count=len(idx))
@@ -122,7 +126,13 @@ class PredictionPipeline:
             rows, parts, offs = rows.filter(pl.Series(fresh)), parts[fresh], offs[fresh]
             if rows.height == 0:
                 return
-        out = mon.ingest(rows, now)
+        lookup = None
+        if self.references is not None and len(self.references):
+            store = self.references
+            lookup = lambda version: store.get(model, version)  # noqa: E731
+        picked = rows["row"].to_list()
+        out = mon.ingest(rows, now, [cols.features[i] for i in picked],
+                         [cols.prediction[i] for i in picked], lookup)
         box.events += rows.height
         box.add(model, out)
         if out.late is not None and out.late.any():

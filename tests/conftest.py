@@ -109,7 +109,8 @@ def test_config(prefix: str, overrides: dict[str, Any] | None = None) -> dict[st
     """A worker configuration with topics and group unique to ``prefix``."""
     cfg: dict[str, Any] = {
         "topics": {n: f"{prefix}.ml.{n}"
-                   for n in ("predictions", "feedback", "alerts", "deadletter", "stats")},
+                   for n in ("predictions", "feedback", "alerts", "deadletter", "stats",
+                           "references")},
         "worker": {"app_id": f"{prefix}-sentinelle", "batch_within_s": 0.1, "tick_s": 0.2,
                    "web_port": 0},
         "kafka": {"partitions": 2},

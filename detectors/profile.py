@@ -1,0 +1,192 @@
+"""Reference profiles of training data, and how serving values fall into them.
+
+A profile (the contract's ``ml.references`` message) describes each feature of
+the data a model version was trained on:
+
+- numeric: quantile bin edges (``bins``, ``len(counts) + 1`` of them, the first
+  the minimum and the last the maximum), the ``counts`` per bin, ``min``,
+  ``max`` and ``missing_rate`` (null or NaN);
+- categorical: ``frequencies`` (value -> share of non-missing rows) of the
+  ``max_categories`` most frequent values, the rest folded into ``__other__``,
+  and ``missing_rate``.
+
+``prediction`` and ``label`` columns, when present, are profiled the same way
+under their own keys. :func:`build_profile` works on a Polars ``LazyFrame``, so
+a Parquet or CSV file larger than memory is read in streaming passes.
+
+:class:`FeatureBins` maps serving values onto a profile's bins, vectorised.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+__all__ = ["build_profile", "FeatureBins", "OTHER", "UNSEEN", "category_key"]
+
+OTHER = "__other__"
+UNSEEN = "__unseen__"
+SPECIAL = ("prediction", "label")
+NOT_FEATURES = frozenset({"event_id", "ts", "model", "version", "cohort", "status",
+                          "latency_ms", "error"})
+
+
+def category_key(value: Any) -> str:
+    """The category a JSON value counts as (bools as ``true``/``false``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
+
+
+def _numeric_profile(lf: pl.LazyFrame, col: str, bins: int, rows: int) -> dict[str, Any]:
+    c = pl.col(col).cast(pl.Float64)
+    clean = c.filter(c.is_not_null() & c.is_not_nan())
+    qs = np.linspace(0, 1, bins + 1)
+    stats = lf.select(
+        clean.min().alias("min"), clean.max().alias("max"), clean.len().alias("n"),
+        *[clean.quantile(float(q), "linear").alias(f"q{i}") for i, q in enumerate(qs)],
+    ).collect(engine="streaming").row(0, named=True)
+    n = int(stats["n"])
+    if n == 0:
+        return {"type": "numeric", "bins": [], "counts": [], "min": None, "max": None,
+                "missing_rate": 1.0}
+    edges = np.unique(np.array([stats[f"q{i}"] for i in range(len(qs))], dtype=float))
+    if edges.size == 1:
+        edges = np.array([edges[0], edges[0]])
+    inner = edges[1:-1]
+    v = pl.col("v")
+    # Bin index = how many inner edges the value reaches (same rule as FeatureBins).
+    index = (pl.sum_horizontal([(v >= float(e)).cast(pl.Int32) for e in inner])
+             if inner.size else pl.lit(0, dtype=pl.Int32))
+    counted = (lf.select(clean.alias("v")).select(index.alias("b"))
+               .group_by("b").len().collect(engine="streaming"))
+    counts = np.zeros(edges.size - 1, dtype=np.int64)
+    for b, k in counted.iter_rows():
+        counts[int(b)] += int(k)
+    return {"type": "numeric", "bins": edges.tolist(), "counts": counts.tolist(),
+            "min": float(stats["min"]), "max": float(stats["max"]),
+            "missing_rate": round(1 - n / rows, 6) if rows else 0.0}
+
+
+def _categorical_profile(lf: pl.LazyFrame, col: str, max_categories: int,
+                         rows: int) -> dict[str, Any]:
+    dtype = lf.collect_schema()[col]
+    c = pl.col(col)
+    if dtype == pl.Boolean:
+        c = pl.when(c).then(pl.lit("true")).when(~c).then(pl.lit("false"))
+    vc = (lf.select(c.cast(pl.Utf8).alias("v")).drop_nulls().group_by("v").len()
+          .sort(["len", "v"], descending=[True, False]).collect(engine="streaming"))
+    n = int(vc["len"].sum()) if vc.height else 0
+    freqs: dict[str, float] = {}
+    for v, k in vc.head(max_categories).iter_rows():
+        freqs[str(v)] = k / n
+    rest = n - int(vc.head(max_categories)["len"].sum()) if n else 0
+    if rest:
+        freqs[OTHER] = rest / n
+    return {"type": "categorical", "frequencies": freqs,
+            "missing_rate": round(1 - n / rows, 6) if rows else 0.0}
+
+
+def build_profile(data: pl.LazyFrame, model: str, version: str, bins: int = 20,
+                  max_categories: int = 50, created_at: float | None = None) -> dict[str, Any]:
+    """The contract's reference profile of ``data``.
+
+    Every column is a feature except the contract's event fields (``event_id``,
+    ``ts``, ``latency_ms``…); ``prediction`` and ``label`` get their own keys.
+    Numeric dtypes are profiled as numeric, everything else as categorical.
+
+    >>> import polars as pl
+    >>> lf = pl.LazyFrame({"amount": [1.0, 2.0, 3.0, 4.0, None], "country": list("FFGGF")})
+    >>> p = build_profile(lf, "m", "v1", bins=2, created_at=0)
+    >>> amount = p["features"]["amount"]
+    >>> p["rows"], amount["bins"], amount["counts"], amount["missing_rate"]
+    (5, [1.0, 2.5, 4.0], [2, 2], 0.2)
+    >>> p["features"]["country"]["frequencies"]
+    {'F': 0.6, 'G': 0.4}
+    """
+    if bins < 1 or max_categories < 1:
+        raise ValueError("bins and max_categories must be >= 1")
+    schema = data.collect_schema()
+    rows = int(data.select(pl.len()).collect(engine="streaming").item())
+    profile: dict[str, Any] = {
+        "model": model, "version": version,
+        "created_at": created_at if created_at is not None else time.time(),
+        "rows": rows, "features": {},
+    }
+    for col, dtype in schema.items():
+        if col in NOT_FEATURES:
+            continue
+        if dtype.is_numeric():
+            prof = _numeric_profile(data, col, bins, rows)
+        else:
+            prof = _categorical_profile(data, col, max_categories, rows)
+        if col in SPECIAL:
+            profile[col] = prof
+        else:
+            profile["features"][col] = prof
+    return profile
+
+
+@dataclass(frozen=True)
+class FeatureBins:
+    """The reference distribution of one feature and how values map onto it.
+
+    Numeric values below the reference minimum fall in the first bin and above
+    the maximum in the last (they are also counted as out of range). Categorical
+    values the reference never saw land in ``__unseen__`` (reference share 0),
+    and values folded into ``__other__`` at build time in ``__other__``.
+    """
+
+    name: str
+    kind: str                       # "numeric" or "categorical"
+    reference: np.ndarray           # shares per bin (sums to 1)
+    labels: tuple[str, ...]         # bin labels (edges as text, or categories)
+    inner_edges: np.ndarray         # numeric only
+    index: dict[str, int]           # categorical only: category -> bin
+    lo: float = -np.inf
+    hi: float = np.inf
+
+    @classmethod
+    def from_profile(cls, name: str, prof: dict[str, Any]) -> FeatureBins | None:
+        """None when the profile has no usable distribution (all missing)."""
+        if prof.get("type") == "numeric":
+            counts = np.asarray(prof.get("counts") or [], dtype=float)
+            edges = np.asarray(prof.get("bins") or [], dtype=float)
+            if counts.size == 0 or counts.sum() <= 0 or edges.size != counts.size + 1:
+                return None
+            labels = tuple(f"[{a:.6g}, {b:.6g})" for a, b in zip(edges[:-1], edges[1:],
+                                                                   strict=True))
+            return cls(name, "numeric", counts / counts.sum(), labels, edges[1:-1], {},
+                       float(edges[0]), float(edges[-1]))
+        if prof.get("type") == "categorical":
+            freqs = dict(prof.get("frequencies") or {})
+            if not freqs:
+                return None
+            cats = [c for c in freqs if c != OTHER]
+            labels = (*cats, OTHER, UNSEEN)
+            ref = np.array([freqs[c] for c in cats] + [freqs.get(OTHER, 0.0), 0.0], dtype=float)
+            return cls(name, "categorical", ref / ref.sum(), labels, np.empty(0),
+                       {c: i for i, c in enumerate(cats)})
+        return None
+
+    @property
+    def size(self) -> int:
+        return int(self.reference.size)
+
+    def bin_numeric(self, values: np.ndarray) -> np.ndarray:
+        """Bin index of each finite value."""
+        return np.searchsorted(self.inner_edges, values, side="right")
+
+    def bin_categories(self, values: list[str]) -> np.ndarray:
+        unseen = self.size - 1
+        other = self.size - 2
+        # Values folded into __other__ at build time are unknown here: a value the
+        # reference had but did not list counts as "other" only if __other__ exists.
+        fallback = other if self.reference[other] > 0 else unseen
+        idx = self.index
+        return np.fromiter((idx.get(v, fallback) for v in values), dtype=np.int64,
+                           count=len(values))

@@ -1,0 +1,78 @@
+"""``sentinelle profile build``: a reference profile from training data."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from detectors.profile import build_profile
+from streams.config import Settings
+from streams.references import Reference
+
+__all__ = ["scan", "profile_build", "calibration_table"]
+
+
+def scan(path: str) -> pl.LazyFrame:
+    """A lazy frame over a Parquet or CSV file (or a glob of them)."""
+    suffix = Path(path.replace("*", "x")).suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pl.scan_parquet(path)
+    if suffix in (".csv", ".tsv", ".txt"):
+        return pl.scan_csv(path, separator="\t" if suffix == ".tsv" else ",",
+                           infer_schema_length=10_000)
+    raise ValueError(f"{path}: expected a .parquet or .csv file")
+
+
+def calibration_table(ref: Reference) -> Table:
+    table = Table(title=f"{ref.model} {ref.version}: calibrated skew thresholds "
+                        f"({ref.rows:,} reference rows)")
+    for col in ("feature", "type", "bins", "JS threshold", "false alarm per test",
+                "target run length", "bootstrap check", "achieved run length"):
+        table.add_column(col, justify="right" if col != "feature" else "left")
+    for name, (bins, cal) in sorted(ref.features.items()):
+        table.add_row(name, bins.kind, str(bins.size), f"{cal.threshold:.4f}",
+                      f"{cal.alpha:.2e}", f"{cal.run_length:,.0f} ev",
+                      f"x{cal.check_ratio:.2f}", f"{cal.achieved_run_length:,.0f} ev")
+    return table
+
+
+def profile_build(data: str, model: str, version: str, settings: Settings, bins: int,
+                  max_categories: int, out: str | None, publish: bool) -> dict[str, Any]:
+    console = Console(stderr=True)
+    profile = build_profile(scan(data), model, version, bins=bins,
+                            max_categories=max_categories)
+    ref = Reference.from_profile(profile, settings.skew)
+    profile["calibration"] = {name: cal.to_dict() for name, (_, cal) in ref.features.items()}
+    console.print(calibration_table(ref))
+    body = orjson.dumps(profile, option=orjson.OPT_INDENT_2)
+    if out:
+        Path(out).write_bytes(body)
+        console.print(f"wrote {out}")
+    if publish:
+        asyncio.run(_publish(settings, profile))
+        console.print(f"published to {settings.topics.references} as {model}:{version}")
+    return profile
+
+
+async def _publish(settings: Settings, profile: dict[str, Any]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from streams.broker import ensure_topics
+
+    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    topic = settings.topics.references
+    await ensure_topics(servers, [topic], settings.kafka.partitions,
+                        settings.kafka.replication_factor, compacted=[topic])
+    producer = AIOKafkaProducer(bootstrap_servers=servers, max_request_size=8 * 1024 * 1024)
+    await producer.start()
+    try:
+        key = f"{profile['model']}:{profile['version']}".encode()
+        await producer.send_and_wait(topic, orjson.dumps(profile), key=key)
+    finally:
+        await producer.stop()

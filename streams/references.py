@@ -1,0 +1,95 @@
+"""Reference profiles the worker compares serving data with.
+
+Profiles arrive on the compacted ``ml.references`` topic (key ``model:version``).
+Every worker needs every profile (a model's partition may land on any worker),
+so each worker reads the whole topic from the beginning with a plain consumer
+outside the consumer group, and keeps following it: a profile published while
+the worker runs takes effect on the next window. A profile that cannot be used
+is dead-lettered with its reason, like any bad input.
+
+:class:`Reference` is a profile made ready for serving: per feature, its bins
+and the threshold calibrated for the configured false-alarm budget
+(:func:`detectors.skew.calibrate`); calibration runs once per profile.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from detectors.profile import FeatureBins
+from detectors.skew import Calibration, calibrate
+from streams.config import SkewSettings
+
+__all__ = ["Reference", "ReferenceStore", "InvalidProfile"]
+
+log = logging.getLogger("sentinelle.references")
+
+
+class InvalidProfile(ValueError):
+    """A reference message that does not follow the contract."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    model: str
+    version: str
+    created_at: float
+    rows: int
+    features: dict[str, tuple[FeatureBins, Calibration]]
+
+    @classmethod
+    def from_profile(cls, profile: Any, skew: SkewSettings) -> Reference:
+        if not isinstance(profile, dict):
+            raise InvalidProfile("not_object: a profile is a JSON object")
+        for name in ("model", "version"):
+            if not isinstance(profile.get(name), str) or not profile[name]:
+                raise InvalidProfile(f"missing_field: '{name}' is required")
+        feats = profile.get("features")
+        if not isinstance(feats, dict):
+            raise InvalidProfile("missing_field: 'features' is required")
+        features: dict[str, tuple[FeatureBins, Calibration]] = {}
+        specs = dict(feats)
+        if isinstance(profile.get("prediction"), dict):
+            specs["prediction"] = profile["prediction"]
+        for name, spec in specs.items():
+            if not isinstance(spec, dict):
+                raise InvalidProfile(f"bad_type: feature '{name}' must be an object")
+            try:
+                bins = FeatureBins.from_profile(name, spec)
+            except (TypeError, ValueError) as exc:
+                raise InvalidProfile(f"bad_value: feature '{name}': {exc}") from None
+            if bins is None:
+                continue  # all missing in training: nothing to compare with
+            cal = calibrate(bins.reference, skew.window_events, skew.hop_events,
+                            skew.run_length_events, skew.bootstrap_draws)
+            features[name] = (bins, cal)
+        created = profile.get("created_at")
+        return cls(profile["model"], profile["version"],
+                   float(created) if isinstance(created, (int, float)) else 0.0,
+                   int(profile.get("rows") or 0), features)
+
+
+class ReferenceStore:
+    """The latest profile per (model, version)."""
+
+    def __init__(self, skew: SkewSettings) -> None:
+        self.skew = skew
+        self._refs: dict[tuple[str, str], Reference] = {}
+
+    def add(self, profile: Any) -> Reference:
+        ref = Reference.from_profile(profile, self.skew)
+        self._refs[(ref.model, ref.version)] = ref
+        log.info("reference profile for %s %s: %d features", ref.model, ref.version,
+                 len(ref.features))
+        return ref
+
+    def remove(self, model: str, version: str) -> None:
+        self._refs.pop((model, version), None)
+
+    def get(self, model: str, version: str) -> Reference | None:
+        return self._refs.get((model, version))
+
+    def __len__(self) -> int:
+        return len(self._refs)
