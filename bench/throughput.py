@@ -80,9 +80,11 @@ import numpy as np
 import orjson
 import polars as pl
 
+from detectors.profile import build_profile
 from streams.config import Settings
 from streams.parse import PredictionColumns, parse_predictions
 from streams.pipeline import InMessage, PredictionPipeline
+from streams.references import ReferenceStore
 from streams.simulate import ModelSpec, make_event
 
 TOPIC = "ml.predictions"
@@ -94,6 +96,10 @@ BATCH_EVENTS = 100         # events per message in the batch form
 SINGLE_PER_CALL = 2000     # messages per process() call, single form
 BATCH_PER_CALL = 20        # messages per process() call, batch form
 SEED = 7
+TRAIN_ROWS = 50_000        # rows of each (model, version)'s training frame
+TRAIN_SEED = 1_000         # training frames use seeds TRAIN_SEED + model index
+CREATED_AT = T0 - 86_400.0  # the profiles' created_at: a day before the traffic
+SKEW_CHECK = "training_serving_skew"
 
 Chunk = tuple[list[InMessage], float]  # one micro-batch and the `now` to pass with it
 
@@ -119,6 +125,8 @@ class Result:
     alerts: int | None = None
     deadletters: int | None = None
     folded: int | None = None
+    skew_alerts: int | None = None     # skew alerts triggered (pipeline+skew only)
+    skew_detectors: int | None = None  # (model, version, cohort, feature) detectors at the end
 
     @property
     def best(self) -> float:
@@ -141,15 +149,110 @@ class Result:
         return max(self.wall) / self.best - 1
 
 
+# -- features and reference profiles --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Numeric:
+    """A numeric feature: ``law`` is a ``numpy.random.Generator`` method and its arguments."""
+
+    name: str
+    law: str
+    args: tuple[float, ...]
+    decimals: int              # values are rounded, as a producer would send them
+
+
+@dataclass(frozen=True, slots=True)
+class Categorical:
+    """A categorical feature: categories with skewed probabilities."""
+
+    name: str
+    categories: tuple[str, ...]
+    weights: tuple[float, ...]  # normalised when drawing
+
+
+def _zipf(k: int, s: float) -> tuple[float, ...]:
+    return tuple(1 / (i + 1) ** s for i in range(k))
+
+
+def _geometric(k: int, r: float) -> tuple[float, ...]:
+    return tuple(r ** i for i in range(k))
+
+
+NUMERIC = (
+    Numeric("amount", "lognormal", (3.5, 1.0), 2),
+    Numeric("balance", "lognormal", (7.0, 1.5), 2),
+    Numeric("age", "normal", (41.0, 12.0), 1),
+    Numeric("credit_score", "normal", (680.0, 60.0), 0),
+    Numeric("risk_score", "uniform", (0.0, 1.0), 4),
+    Numeric("discount", "uniform", (0.0, 0.3), 4),
+    Numeric("session_s", "exponential", (120.0,), 1),
+    Numeric("days_since_last", "exponential", (9.0,), 2),
+)
+COUNTRIES = ("FR", "DE", "US", "GB", "ES", "IT", "NL", "BE", "PL", "SE",
+             "PT", "AT", "CH", "IE", "DK", "FI", "NO", "CZ", "RO", "GR")
+CATEGORICAL = (
+    Categorical("country", COUNTRIES, _zipf(20, 1.1)),
+    Categorical("device", ("mobile", "desktop", "tablet"), (0.62, 0.30, 0.08)),
+    Categorical("channel", ("organic", "search", "email", "social", "partner", "display",
+                            "referral"), _zipf(7, 1.5)),
+    Categorical("plan", tuple(f"plan-{i:02d}" for i in range(12)), _geometric(12, 0.6)),
+)
+FEATURES = len(NUMERIC) + len(CATEGORICAL)
+PREDICTION = Numeric("prediction", "beta", (2.0, 5.0), 4)  # a score, skewed low
+
+
+def draw_columns(rng: np.random.Generator, n: int) -> dict[str, list[Any]]:
+    """``n`` values of every feature and of ``prediction``, as plain Python lists."""
+    cols: dict[str, list[Any]] = {}
+    for f in (*NUMERIC, PREDICTION):
+        cols[f.name] = np.round(getattr(rng, f.law)(*f.args, size=n), f.decimals).tolist()
+    for c in CATEGORICAL:
+        p = np.asarray(c.weights) / sum(c.weights)
+        cats = np.asarray(c.categories, dtype=object)
+        cols[c.name] = cats[rng.choice(len(p), size=n, p=p)].tolist()
+    return cols
+
+
+def add_features(events: list[dict[str, Any]], seed: int = SEED) -> None:
+    """Give every event the 12 features and a ``prediction``, drawn afresh (in place)."""
+    cols = draw_columns(np.random.default_rng(seed), len(events))
+    names = [f.name for f in NUMERIC] + [c.name for c in CATEGORICAL]
+    feats = [cols[name] for name in names]
+    for ev, values, pred in zip(events, zip(*feats, strict=True), cols[PREDICTION.name],
+                                strict=True):
+        ev["features"] = dict(zip(names, values, strict=True))
+        ev["prediction"] = pred
+
+
+def training_profiles(rows: int = TRAIN_ROWS) -> list[dict[str, Any]]:
+    """One reference profile per (model, version), each from its own training frame."""
+    profiles = []
+    for i, spec in enumerate(MODELS):
+        frame = pl.DataFrame(draw_columns(np.random.default_rng(TRAIN_SEED + i), rows))
+        profiles.append(build_profile(frame.lazy(), spec.model, spec.version,
+                                      created_at=CREATED_AT))
+    return profiles
+
+
+def reference_store(settings: Settings, profiles: Sequence[dict[str, Any]]) -> ReferenceStore:
+    store = ReferenceStore(settings.skew)
+    for profile in profiles:
+        store.add(profile)
+    return store
+
+
 # -- inputs -------------------------------------------------------------------
 
 
 def make_events(n: int, seed: int = SEED) -> list[dict[str, Any]]:
-    """``n`` events of the three models, round robin, in event-time order."""
+    """``n`` events of the three models, round robin, in event-time order, 12 features each."""
     rng = random.Random(seed)
     k = len(MODELS)
-    return [make_event(MODELS[i % k], T0 + (i // k) / RATE, rng, set(), i // k + 1)
-            for i in range(n)]
+    events = [make_event(MODELS[i % k], T0 + (i // k) / RATE, rng, set(), i // k + 1)
+              for i in range(n)]
+    add_features(events, seed)
+    return events
 
 
 def _wire(doc: Any) -> bytes:
@@ -216,21 +319,36 @@ def run_parse(work: Workload, settings: Settings) -> dict[str, int]:
     return {"deadletters": dead}
 
 
-def run_pipeline(work: Workload, settings: Settings) -> dict[str, int]:
-    pipeline = PredictionPipeline(settings, TOPIC)
-    windows = alerts = dead = folded = 0
+def run_pipeline(work: Workload, settings: Settings,
+                 references: ReferenceStore | None = None) -> dict[str, int]:
+    pipeline = PredictionPipeline(settings, TOPIC, references)
+    windows = alerts = dead = folded = skew = 0
     for messages, now in work.chunks:
         box = pipeline.process(messages, now)
         windows += len(box.stats)
         alerts += len(box.alerts)
         dead += len(box.deadletters)
         folded += box.events
-    return {"windows": windows, "alerts": alerts, "deadletters": dead, "folded": folded}
+        skew += sum(1 for _, a in box.alerts
+                    if a["event_action"] == "trigger" and a["payload"]["class"] == SKEW_CHECK)
+    info = {"windows": windows, "alerts": alerts, "deadletters": dead, "folded": folded}
+    if references is not None:
+        info["skew_alerts"] = skew
+        info["skew_detectors"] = sum(len(s.skew) for mon in pipeline.monitors.values()
+                                     for s in mon.series.values())
+    return info
 
 
 Runner = Callable[[Workload, Settings], dict[str, int]]
-STAGES: tuple[tuple[str, Runner], ...] = (
-    ("baseline", run_baseline), ("parse", run_parse), ("pipeline", run_pipeline))
+Stages = tuple[tuple[str, Runner], ...]
+
+
+def stages(references: ReferenceStore) -> Stages:
+    """The rows, in order; ``pipeline+skew`` is ``pipeline`` given the reference profiles."""
+    def run_skew(work: Workload, settings: Settings) -> dict[str, int]:
+        return run_pipeline(work, settings, references)
+    return (("baseline", run_baseline), ("parse", run_parse), ("pipeline", run_pipeline),
+            ("pipeline+skew", run_skew))
 
 
 def timed(run: Runner, work: Workload, settings: Settings) -> tuple[float, float, dict[str, int]]:
@@ -254,17 +372,17 @@ def traced_peak(run: Runner, work: Workload, settings: Settings) -> int:
         tracemalloc.stop()
 
 
-def measure(works: Sequence[Workload], settings: Settings, repeat: int,
+def measure(works: Sequence[Workload], settings: Settings, rows: Stages, repeat: int,
             memory: bool) -> list[Result]:
     results = {(w.form, stage): Result(w.form, stage, w.events)
-               for w in works for stage, _ in STAGES}
+               for w in works for stage, _ in rows}
     # Warm-up: imports, Polars' thread pool, first-call caches.
     for w in works:
-        for _, run in STAGES:
+        for _, run in rows:
             run(Workload(w.form, 0, w.chunks[:2]), settings)
     for _ in range(repeat):  # rows interleaved, so slow spells of the machine hit all of them
         for w in works:
-            for stage, run in STAGES:
+            for stage, run in rows:
                 wall, cpu, info = timed(run, w, settings)
                 res = results[(w.form, stage)]
                 res.wall.append(wall)
@@ -273,7 +391,7 @@ def measure(works: Sequence[Workload], settings: Settings, repeat: int,
                     setattr(res, key, value)
     if memory:
         for w in works:
-            for stage, run in STAGES:
+            for stage, run in rows:
                 results[(w.form, stage)].py_peak = traced_peak(run, w, settings)
     return list(results.values())
 
@@ -299,22 +417,35 @@ def header(settings: Settings, events: int, repeat: int) -> str:
         f"(event time), windows of {settings.windows.size_s:g} s; "
         f"micro-batches: {SINGLE_PER_CALL} single messages or {BATCH_PER_CALL} batch "
         f"messages of {BATCH_EVENTS} events; best of {repeat} run{'s' if repeat > 1 else ''}",
+        f"every event carries {FEATURES} features ({len(NUMERIC)} numeric, "
+        f"{len(CATEGORICAL)} categorical) and a numeric prediction; pipeline+skew compares "
+        f"them with one reference profile per (model, version)",
     ])
 
 
+def pipeline_ratio(results: Sequence[Result]) -> dict[str, float]:
+    """Per wire form: events/s of ``pipeline+skew`` over those of ``pipeline``."""
+    plain = {r.form: r.rate for r in results if r.stage == "pipeline"}
+    return {r.form: r.rate / plain[r.form] for r in results
+            if r.stage == "pipeline+skew" and r.form in plain}
+
+
 def table(results: Sequence[Result], memory: bool) -> str:
-    cols = ["form", "stage", "events/s", "µs/event", "cpu µs/ev", "vs base", "spread",
-            "py peak MiB", "windows", "alerts"]
+    cols = ["form", "stage", "events/s", "µs/event", "cpu µs/ev", "vs base", "vs pipe",
+            "spread", "py peak MiB", "windows", "alerts", "skew alerts"]
     base = {r.form: r.rate for r in results if r.stage == "baseline"}
+    plain = {r.form: r.rate for r in results if r.stage == "pipeline"}
     rows = []
     for r in results:
         def opt(v: int | None) -> str:
             return "-" if v is None else f"{v:,}"
+        vs_pipe = (f"{r.rate / plain[r.form]:.3f}"
+                   if r.stage.startswith("pipeline") and r.form in plain else "-")
         rows.append([
             r.form, r.stage, f"{r.rate:,.0f}", f"{r.us_per_event:.2f}",
-            f"{r.cpu_us_per_event:.2f}", f"{r.rate / base[r.form]:.3f}",
+            f"{r.cpu_us_per_event:.2f}", f"{r.rate / base[r.form]:.3f}", vs_pipe,
             f"{r.spread:.0%}", f"{r.py_peak / 2**20:.1f}" if memory else "-",
-            opt(r.windows), opt(r.alerts),
+            opt(r.windows), opt(r.alerts), opt(r.skew_alerts),
         ])
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     left = {0, 1}
@@ -333,18 +464,39 @@ def table(results: Sequence[Result], memory: bool) -> str:
     return "\n".join(out)
 
 
+def skew_summary(results: Sequence[Result], settings: Settings) -> list[str]:
+    """The acceptance figure, per wire form, and how much skew testing went on."""
+    sk = settings.skew
+    per_model = -(-results[0].events // len(MODELS)) if results else 0
+    tests = max(0, per_model // sk.hop_events - sk.window_events // sk.hop_events + 1)
+    lines = []
+    for form, ratio in pipeline_ratio(results).items():
+        verdict = "meets" if ratio >= 0.5 else "MISSES"
+        lines.append(f"{form}: skew on ({FEATURES} features + prediction): {ratio:.0%} of the "
+                     f"skeleton pipeline rate ({verdict} the >= 50% criterion)")
+    lines.append(f"skew: window {sk.window_events:,} values, tested every {sk.hop_events:,}; "
+                 f"about {tests:,} tests per detector per run (stationary data: expect no "
+                 f"skew alert)")
+    return lines
+
+
 def checks(results: Sequence[Result]) -> list[str]:
-    """Sanity notes: every event folded, windows closed, nothing dead-lettered."""
+    """Sanity notes: every event folded, windows closed, nothing dead-lettered, skew ran."""
     notes = []
     for r in results:
         if r.deadletters:
             notes.append(f"warning: {r.form}/{r.stage} dead-lettered {r.deadletters:,} events")
-        if r.stage != "pipeline":
+        if not r.stage.startswith("pipeline"):
             continue
         if r.folded != r.events:
-            notes.append(f"warning: {r.form}/pipeline folded {r.folded:,} of {r.events:,} events")
+            notes.append(f"warning: {r.form}/{r.stage} folded {r.folded:,} of {r.events:,} "
+                         f"events")
         if not r.windows:
-            notes.append(f"warning: {r.form}/pipeline closed no window")
+            notes.append(f"warning: {r.form}/{r.stage} closed no window")
+        want = len(MODELS) * (FEATURES + 1)
+        if r.stage == "pipeline+skew" and r.skew_detectors != want:
+            notes.append(f"warning: {r.form}/{r.stage} ended with {r.skew_detectors} skew "
+                         f"detectors, not {want} ({len(MODELS)} models x {FEATURES + 1})")
     return notes
 
 
@@ -357,8 +509,9 @@ def plot(results: Sequence[Result], path: str) -> None:
         print(f"matplotlib is not installed; not drawing {path}")
         return
     labels = [f"{r.form}\n{r.stage}" for r in results]
-    colours = {"baseline": "#999999", "parse": "#4c72b0", "pipeline": "#dd8452"}
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = {"baseline": "#999999", "parse": "#4c72b0", "pipeline": "#dd8452",
+               "pipeline+skew": "#c44e52"}
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     bars = ax.bar(labels, [r.rate for r in results], color=[colours[r.stage] for r in results])
     ax.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in results], fontsize=8)
     ax.set_yscale("log")
@@ -394,20 +547,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.collect()
     rss_inputs = maxrss_mib()
     built = time.perf_counter() - started
+    t0 = time.perf_counter()
+    profiles = training_profiles()
+    t1 = time.perf_counter()
+    references = reference_store(settings, profiles)
+    t2 = time.perf_counter()
 
     print(header(settings, args.events, args.repeat))
     print()
-    results = measure(works, settings, args.repeat, not args.no_memory)
+    results = measure(works, settings, stages(references), args.repeat, not args.no_memory)
     print(table(results, not args.no_memory))
     print()
+    for line in skew_summary(results, settings):
+        print(line)
     for note in checks(results):
         print(note)
-    print(f"inputs built in {built:.1f} s; process peak RSS (ru_maxrss) {maxrss_mib():.0f} MiB, "
-          f"building the inputs took it up {rss_inputs - rss_before:.0f} MiB; "
-          f"total {time.perf_counter() - started:.1f} s")
+    print(f"inputs built in {built:.1f} s; {len(profiles)} reference profiles of "
+          f"{TRAIN_ROWS:,} training rows built in {t1 - t0:.1f} s (build_profile), "
+          f"calibrated in {t2 - t1:.1f} s (ReferenceStore.add); process peak RSS "
+          f"(ru_maxrss) {maxrss_mib():.0f} MiB, building the inputs took it up "
+          f"{rss_inputs - rss_before:.0f} MiB; total {time.perf_counter() - started:.1f} s")
     print("vs base: events/s over the baseline (orjson.loads) of the same wire form; "
+          "vs pipe: over the plain pipeline row of the same wire form; "
           "spread: slowest run over fastest, minus one; py peak: tracemalloc, "
-          "Polars' Rust buffers not included")
+          "Polars' Rust buffers not included; skew alerts: training_serving_skew triggers")
     if args.plot:
         plot(results, args.plot)
     return 0

@@ -4,9 +4,11 @@
    in ``KAFKA_BOOTSTRAP_SERVERS``, with topic names made unique for this run);
 2. a Sentinelle worker, as a child process, with a demo configuration that
    shrinks windows to 5 s so incidents show within seconds;
-3. the ``demo`` simulator scenario: a latency regression, an error spike and an
-   outage on three models, then recovery, with malformed messages mixed in;
-4. a live view of ``ml.alerts`` and ``ml.deadletter``, then a summary.
+3. training profiles of the three model versions, published to ``ml.references``;
+4. the ``demo`` simulator scenario: a latency regression, an error spike, an
+   outage and training/serving skew on three models, then recovery, with
+   malformed messages mixed in;
+5. a live view of ``ml.alerts`` and ``ml.deadletter``, then a summary.
 
 Exits 0 when every expected alert class was triggered and then resolved and
 the malformed messages were dead-lettered; 1 otherwise.
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import polars as pl
 import yaml
 from aiokafka import AIOKafkaConsumer
 from rich.console import Console, Group
@@ -35,8 +38,11 @@ from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from detectors.profile import build_profile
 from streams.broker import EmbeddedBroker, ensure_topics
-from streams.simulate import SCENARIOS, run
+from streams.config import load_settings
+from streams.profile_cli import publish_profile
+from streams.simulate import SCENARIOS, run, training_rows
 
 __all__ = ["run_demo", "demo_config"]
 
@@ -55,6 +61,7 @@ def demo_config(prefix: str = "") -> dict[str, Any]:
         "latency": {"p99_threshold_ms": 400, "min_events": 20},
         "error_rate": {"threshold": 0.05, "min_events": 20},
         "outage": {"k": 10, "floor_s": 6, "min_arrivals": 10},
+        "skew": {"window_events": 400, "hop_events": 100, "run_length_events": 1_000_000},
         "burn_rate": {"slow_ms": 400, "rules": [
             {"name": "page", "long_s": 60, "short_s": 10, "factor": 14.4, "severity": "critical"},
             {"name": "ticket", "long_s": 180, "short_s": 30, "factor": 6, "severity": "error"},
@@ -127,7 +134,13 @@ def run_demo(rate: float = 40.0, bootstrap_servers: str | None = None) -> int:
     view = _View(scenario.duration_s)
     try:
         topics = cfg["topics"]
-        asyncio.run(ensure_topics(servers, topics.values(), 4))
+        asyncio.run(ensure_topics(servers, topics.values(), 4, compacted=[topics["references"]]))
+        settings = load_settings(cfg_path, servers)
+        for spec in scenario.models:  # what each version was trained on
+            profile = build_profile(pl.LazyFrame(training_rows(spec, 5000)), spec.model,
+                                    spec.version)
+            asyncio.run(publish_profile(settings, profile))
+        console.print(f"published training profiles of {len(scenario.models)} model versions")
         with log_path.open("wb") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "streams.cli", "worker", "--config", str(cfg_path)],

@@ -15,7 +15,7 @@ from detectors.profile import build_profile
 from streams.config import Settings
 from streams.references import Reference
 
-__all__ = ["scan", "profile_build", "calibration_table"]
+__all__ = ["scan", "profile_build", "calibration_table", "publish_profile"]
 
 
 def scan(path: str) -> pl.LazyFrame:
@@ -55,12 +55,12 @@ def profile_build(data: str, model: str, version: str, settings: Settings, bins:
         Path(out).write_bytes(body)
         console.print(f"wrote {out}")
     if publish:
-        asyncio.run(_publish(settings, profile))
+        asyncio.run(publish_profile(settings, profile))
         console.print(f"published to {settings.topics.references} as {model}:{version}")
     return profile
 
 
-async def _publish(settings: Settings, profile: dict[str, Any]) -> None:
+async def publish_profile(settings: Settings, profile: dict[str, Any]) -> None:
     from aiokafka import AIOKafkaProducer
 
     from streams.broker import ensure_topics

@@ -19,7 +19,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-__all__ = ["Scenario", "ModelSpec", "Incident", "SCENARIOS", "events_between", "malformed", "run"]
+__all__ = ["Scenario", "ModelSpec", "Incident", "SCENARIOS", "events_between", "malformed", "run",
+           "training_rows"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class ModelSpec:
 @dataclass(frozen=True)
 class Incident:
     model: str
-    kind: str                 # "latency", "errors" or "silent"
+    kind: str                 # "latency", "errors", "silent" or "skew" (amounts x4)
     start_s: float
     end_s: float
 
@@ -57,15 +58,17 @@ SCENARIOS = {
     "demo": Scenario(
         name="demo",
         description=("normal traffic; fraud-scorer latency regression at 20-45 s; recommender "
-                     "error spike at 30-55 s; churn-model silent at 45-70 s; all recover"),
+                     "error spike at 30-55 s; churn-model silent at 45-70 s; recommender "
+                     "amounts skewed against its training profile at 60-78 s; all recover"),
         models=(ModelSpec("fraud-scorer", "v7", batch=20), ModelSpec("recommender", "v3"),
                 ModelSpec("churn-model", "v2")),
         incidents=(Incident("fraud-scorer", "latency", 20, 45),
                    Incident("recommender", "errors", 30, 55),
-                   Incident("churn-model", "silent", 45, 70)),
+                   Incident("churn-model", "silent", 45, 70),
+                   Incident("recommender", "skew", 60, 78)),
         duration_s=95,
         malformed_every_s=4,
-        expect=("latency_slo", "error_rate", "outage"),
+        expect=("latency_slo", "error_rate", "outage", "training_serving_skew"),
     ),
     "steady": Scenario(
         name="steady", description="healthy traffic, forever",
@@ -91,7 +94,8 @@ def make_event(spec: ModelSpec, ts: float, rng: random.Random, effects: set[str]
         "version": spec.version,
         "latency_ms": round(rng.lognormvariate(math.log(median), 0.5), 2),
         "status": "error" if failed else "ok",
-        "features": {"amount": round(rng.expovariate(1 / 80), 2),
+        "features": {"amount": round(rng.expovariate(1 / 80) * (4 if "skew" in effects else 1),
+                                     2),
                      "country": rng.choice(["FR", "DE", "US", "GB"])},
         "prediction": round(rng.random(), 4),
     }
@@ -101,6 +105,16 @@ def make_event(spec: ModelSpec, ts: float, rng: random.Random, effects: set[str]
 
 
 Batch = tuple[ModelSpec, list[dict[str, Any]]]
+
+
+def training_rows(spec: ModelSpec, n: int, seed: int = 1) -> list[dict[str, Any]]:
+    """Rows like the training data of ``spec``: healthy traffic's features and predictions."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        ev = make_event(spec, 0.0, rng, set(), i)
+        rows.append({**ev["features"], "prediction": ev["prediction"]})
+    return rows
 
 
 def events_between(scenario: Scenario, t0: float, a: float, b: float, rate: float,
