@@ -38,7 +38,7 @@ from detectors.base import Signal, dedup_key
 from detectors.distance import js_distance, linf_distance
 from detectors.profile import FeatureBins
 
-__all__ = ["Calibration", "calibrate", "SkewDetector"]
+__all__ = ["Calibration", "calibrate", "ChunkCounter", "SkewDetector"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +77,20 @@ def _jsd_rows(samples: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def calibrate(reference: np.ndarray, window: int, hop: int, run_length: float,
-              draws: int = 2000, seed: int = 0) -> Calibration:
+              draws: int = 2000, seed: int = 0, baseline: int | None = None) -> Calibration:
     """Threshold on the JS distance for a false alarm every ``run_length`` events.
+
+    With ``baseline=None`` the window is compared with the reference shares
+    themselves (skew); with ``baseline=n`` it is compared with another sample of
+    ``n`` values from the same distribution (drift against a trailing window),
+    and ``n`` enters the effective sample size ``window * n / (window + n)``.
 
     >>> import numpy as np
     >>> cal = calibrate(np.full(10, 0.1), window=2000, hop=500, run_length=6.048e7)
     >>> 0.05 < cal.threshold < 0.15, f"{cal.alpha:.3e}"
     (True, '8.267e-06')
+    >>> calibrate(np.full(10, 0.1), 2000, 500, 6.048e7, baseline=8000).threshold > cal.threshold
+    True
     """
     if window < 1 or not 1 <= hop <= window:
         raise ValueError("need window >= 1 and 1 <= hop <= window")
@@ -93,6 +100,7 @@ def calibrate(reference: np.ndarray, window: int, hop: int, run_length: float,
     alpha = hop / run_length
     support = q[q > 0]
     dof = support.size - 1
+    n_eff = window if baseline is None else window * baseline / (window + baseline)
     if dof == 0:  # a constant feature: any value elsewhere is a change
         jsd_one_off = float(_jsd_rows(np.array([[1 - 1 / window, 1 / window]]),
                                       np.array([1.0, 0.0]))[0])
@@ -100,14 +108,71 @@ def calibrate(reference: np.ndarray, window: int, hop: int, run_length: float,
                            hop, 0, 1.0, 0)
     rng = np.random.default_rng(seed)
     sample = rng.multinomial(window, support, size=draws) / window
-    stat = 8 * window * _jsd_rows(sample, support)
+    if baseline is None:
+        jsd = _jsd_rows(sample, support)
+    else:
+        other = rng.multinomial(baseline, support, size=draws) / baseline
+        jsd = _jsd_pairs(sample, other)
+    stat = 8 * n_eff * jsd
     scale = float(stat.mean() / dof)
-    jsd = scale * float(stats.chi2.isf(alpha, dof)) / (8 * window)
-    threshold = math.sqrt(min(jsd, math.log(2)) / math.log(2))
+    limit = scale * float(stats.chi2.isf(alpha, dof)) / (8 * n_eff)
+    threshold = math.sqrt(min(limit, math.log(2)) / math.log(2))
     # Check the fitted tail where the bootstrap can see it: the share of reference
     # windows beyond the model's 1 % point should be 1 %.
     check = float((stat > scale * stats.chi2.isf(0.01, dof)).mean()) / 0.01
     return Calibration(threshold, alpha, run_length, window, hop, dof, scale, draws, check)
+
+
+def _jsd_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon divergence (nats) of each row of ``a`` against the same row of ``b``."""
+    m = 0.5 * (a + b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(a > 0, a * np.log(a / m), 0.0).sum(axis=1)
+        y = np.where(b > 0, b * np.log(b / m), 0.0).sum(axis=1)
+    return np.maximum(0.0, 0.5 * (x + y))
+
+
+class ChunkCounter:
+    """Cuts a stream of bin indices into chunks of exactly ``hop`` values.
+
+    Whatever the micro-batch boundaries, chunks hold the same values, so the
+    checks built on them do not depend on how the stream was batched.
+    """
+
+    def __init__(self, size: int, hop: int) -> None:
+        self.size, self.hop = size, hop
+        self.current = np.zeros(size, dtype=np.int64)
+        self.fill = 0
+        self.total = 0.0  # sum of the raw values of the current chunk (numeric only)
+
+    def add(self, idx: np.ndarray, values: np.ndarray | None = None
+            ) -> list[tuple[int, np.ndarray, float]]:
+        """Completed chunks: (position in ``idx`` of their last value, counts, mean)."""
+        done, pos, n = [], 0, idx.size
+        while pos < n:
+            take = min(self.hop - self.fill, n - pos)
+            self.current += np.bincount(idx[pos:pos + take], minlength=self.size)
+            if values is not None:
+                self.total += float(values[pos:pos + take].sum())
+            self.fill += take
+            pos += take
+            if self.fill == self.hop:
+                done.append((pos - 1, self.current, self.total / self.hop))
+                self.current = np.zeros(self.size, dtype=np.int64)
+                self.fill = 0
+                self.total = 0.0
+        return done
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"current": self.current.tolist(), "fill": self.fill, "total": self.total}
+
+    def load_dict(self, data: dict[str, Any]) -> bool:
+        """False (and nothing loaded) when the saved chunk has another number of bins."""
+        if len(data["current"]) != self.size:
+            return False
+        self.current = np.asarray(data["current"], dtype=np.int64)
+        self.fill, self.total = int(data["fill"]), float(data.get("total", 0.0))
+        return True
 
 
 class SkewDetector:
@@ -136,8 +201,7 @@ class SkewDetector:
         self.check = check
         self.severity = severity
         self._chunks: deque[np.ndarray] = deque()
-        self._current = np.zeros(bins.size, dtype=np.int64)
-        self._fill = 0
+        self._counter = ChunkCounter(bins.size, calibration.hop)
         self._unseen: dict[str, int] = {}
 
     @property
@@ -150,24 +214,17 @@ class SkewDetector:
             if v in self._unseen or len(self._unseen) < 10:
                 self._unseen[v] = self._unseen.get(v, 0) + 1
 
-    def update(self, idx: np.ndarray, ts: np.ndarray) -> list[Signal]:
+    def update(self, idx: np.ndarray, ts: np.ndarray,
+               values: np.ndarray | None = None) -> list[Signal]:
         """Fold bin indices (with their event times) in; one signal per full window tested."""
-        cal, out = self.calibration, []
-        chunks_per_window = cal.window // cal.hop
-        pos, n = 0, idx.size
-        while pos < n:
-            take = min(cal.hop - self._fill, n - pos)
-            self._current += np.bincount(idx[pos:pos + take], minlength=self.bins.size)
-            self._fill += take
-            pos += take
-            if self._fill == cal.hop:
-                self._chunks.append(self._current)
-                if len(self._chunks) > chunks_per_window:
-                    self._chunks.popleft()
-                self._current = np.zeros(self.bins.size, dtype=np.int64)
-                self._fill = 0
-                if len(self._chunks) == chunks_per_window:
-                    out.append(self._evaluate(float(ts[pos - 1])))
+        out = []
+        chunks_per_window = self.calibration.window // self.calibration.hop
+        for last, counts, _ in self._counter.add(idx, values):
+            self._chunks.append(counts)
+            if len(self._chunks) > chunks_per_window:
+                self._chunks.popleft()
+            if len(self._chunks) == chunks_per_window:
+                out.append(self._evaluate(float(ts[last])))
         return out
 
     def _evaluate(self, ts: float) -> Signal:
@@ -198,13 +255,11 @@ class SkewDetector:
                       details=details)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"chunks": [c.tolist() for c in self._chunks], "current": self._current.tolist(),
-                "fill": self._fill, "unseen": dict(self._unseen)}
+        return {"chunks": [c.tolist() for c in self._chunks], **self._counter.to_dict(),
+                "unseen": dict(self._unseen)}
 
     def load_dict(self, data: dict[str, Any]) -> None:
-        if len(data["current"]) != self.bins.size:
+        if not self._counter.load_dict(data):
             return  # the reference changed shape: start afresh
         self._chunks = deque(np.asarray(c, dtype=np.int64) for c in data["chunks"])
-        self._current = np.asarray(data["current"], dtype=np.int64)
-        self._fill = int(data["fill"])
         self._unseen = dict(data["unseen"])

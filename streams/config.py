@@ -145,6 +145,14 @@ class SkewSettings(_Section):
         return self
 
 
+class DriftSettings(_Section):
+    """Drift over time; windows and false-alarm budget are ``skew``'s."""
+
+    enabled: bool = True
+    baseline_factor: int = Field(4, ge=1, description="baseline length, in recent windows")
+    severity: str = "warning"
+
+
 class Settings(BaseSettings):
     """Every setting of Sentinelle, frozen once loaded."""
 
@@ -161,6 +169,7 @@ class Settings(BaseSettings):
     error_rate: ErrorRateSettings = ErrorRateSettings()
     outage: OutageSettings = OutageSettings()
     skew: SkewSettings = SkewSettings()
+    drift: DriftSettings = DriftSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -23,6 +23,7 @@ import polars as pl
 
 from alerting.lifecycle import AlertBook
 from detectors.base import Signal
+from detectors.drift import DriftDetector
 from detectors.errors import ErrorRateSpike
 from detectors.outage import OutageDetector
 from detectors.profile import category_key
@@ -67,20 +68,31 @@ class _Series:
             BurnRate("availability", b.availability_objective, rules, b.min_events, b.min_bad),
         ] if b.enabled else []
         self.last_arrival = 0.0
-        self.skew: dict[str, SkewDetector] = {}
+        self.skew: dict[str, list[SkewDetector | DriftDetector]] = {}
         self.skew_reference: float | None = None  # created_at of the profile in use
         self.saved_skew: dict[str, Any] = {}       # restored state, until the profile is back
 
-    def skew_detectors(self, model: str, version: str, cohort: str, ref: Reference,
-                       severity: str) -> dict[str, SkewDetector]:
-        """Detectors for ``ref``; rebuilt (state dropped) when a new profile arrives."""
+    def reference_detectors(self, model: str, version: str, cohort: str, ref: Reference,
+                            s: Settings) -> dict[str, list[SkewDetector | DriftDetector]]:
+        """Skew and drift detectors per feature of ``ref``; rebuilt when a new profile
+        arrives (their windows are on the profile's bins)."""
         if self.skew_reference != ref.created_at or not self.skew:
-            self.skew = {name: SkewDetector(model, version, bins, cal, cohort, severity=severity)
-                         for name, (bins, cal) in ref.features.items()}
+            self.skew = {}
+            for name, fr in ref.features.items():
+                dets: list[SkewDetector | DriftDetector] = []
+                if s.skew.enabled:
+                    dets.append(SkewDetector(model, version, fr.bins, fr.skew, cohort,
+                                             severity=s.skew.severity))
+                if s.drift.enabled:
+                    check = "prediction_drift" if name == "prediction" else "feature_drift"
+                    dets.append(DriftDetector(model, version, fr.bins, fr.drift,
+                                              s.drift.baseline_factor, cohort, check,
+                                              s.drift.severity))
+                self.skew[name] = dets
             if self.saved_skew.get("reference") == ref.created_at:
-                for name, state in self.saved_skew.get("features", {}).items():
-                    if name in self.skew:
-                        self.skew[name].load_dict(state)
+                for name, states in self.saved_skew.get("features", {}).items():
+                    for det, state in zip(self.skew.get(name, []), states, strict=False):
+                        det.load_dict(state)
             self.saved_skew = {}
             self.skew_reference = ref.created_at
         return self.skew
@@ -93,7 +105,7 @@ class _Series:
 
     def to_dict(self) -> dict[str, Any]:
         skew = ({"reference": self.skew_reference,
-                 "features": {n: d.to_dict() for n, d in self.skew.items()}}
+                 "features": {n: [d.to_dict() for d in ds] for n, ds in self.skew.items()}}
                 if self.skew else self.saved_skew)
         return {"errors": self.errors.to_dict(), "burns": [b.to_dict() for b in self.burns],
                 "last_arrival": self.last_arrival, "skew": skew}
@@ -152,7 +164,8 @@ class ModelMonitor:
             self._series(version, cohort).last_arrival = now
         out.late = self.windows.add(frame)
         self._evaluate(out, self.windows.close_ready())
-        if references is not None and features is not None and self.settings.skew.enabled:
+        checks_on = self.settings.skew.enabled or self.settings.drift.enabled
+        if references is not None and features is not None and checks_on:
             self._skew(out, frame, out.late, features, predictions or [None] * frame.height,
                        references)
         return out
@@ -172,16 +185,16 @@ class ModelMonitor:
             if rows.size == 0:
                 continue
             series = self._series(str(version), str(cohort))
-            detectors = series.skew_detectors(self.model, str(version), str(cohort), ref,
-                                              self.settings.skew.severity)
+            detectors = series.reference_detectors(self.model, str(version), str(cohort), ref,
+                                                   self.settings)
             ts = ts_all[rows]
             feats = [features[i] for i in rows]
-            for name, det in detectors.items():
+            for name, dets in detectors.items():
                 if name == "prediction":
                     values = [predictions[i] for i in rows]
                 else:
                     values = [f.get(name) if f else None for f in feats]
-                for signal in _skew_update(det, values, ts):
+                for signal in _compare(dets, values, ts):
                     self._emit(out, signal)
 
     def tick(self, now: float) -> Output:
@@ -260,17 +273,28 @@ class ModelMonitor:
         return mon
 
 
-def _skew_update(det: SkewDetector, values: list[Any], ts: np.ndarray) -> list[Signal]:
-    """Bin one feature's values of a micro-batch (vectorised) and update its detector."""
-    bins = det.bins
+def _compare(dets: list[SkewDetector | DriftDetector], values: list[Any],
+             ts: np.ndarray) -> list[Signal]:
+    """Bin one feature's values of a micro-batch once (vectorised); update its detectors."""
+    if not dets:
+        return []
+    bins = dets[0].bins
+    out: list[Signal] = []
     if bins.kind == "numeric":
         x = np.fromiter((v if type(v) in _NUMBER else np.nan for v in values), dtype=float,
                         count=len(values))
         ok = np.isfinite(x)
-        return det.update(bins.bin_numeric(x[ok]), ts[ok])
+        idx, x, ts = bins.bin_numeric(x[ok]), x[ok], ts[ok]
+        for det in dets:
+            out.extend(det.update(idx, ts, x))
+        return out
     present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
     cats = [category_key(v) for v in values if v is not None]
     idx = bins.bin_categories(cats)
-    if idx.size and (idx >= bins.size - 2).any():
-        det.note_unseen([c for c in cats if c not in bins.index])
-    return det.update(idx, ts[present])
+    unseen = ([c for c in cats if c not in bins.index]
+              if idx.size and (idx >= bins.size - 2).any() else [])
+    for det in dets:
+        if unseen and isinstance(det, SkewDetector):
+            det.note_unseen(unseen)
+        out.extend(det.update(idx, ts[present]))
+    return out

@@ -35,7 +35,8 @@ def calibration_table(ref: Reference) -> Table:
     for col in ("feature", "type", "bins", "JS threshold", "false alarm per test",
                 "target run length", "bootstrap check", "achieved run length"):
         table.add_column(col, justify="right" if col != "feature" else "left")
-    for name, (bins, cal) in sorted(ref.features.items()):
+    for name, fr in sorted(ref.features.items()):
+        bins, cal = fr.bins, fr.skew
         table.add_row(name, bins.kind, str(bins.size), f"{cal.threshold:.4f}",
                       f"{cal.alpha:.2e}", f"{cal.run_length:,.0f} ev",
                       f"x{cal.check_ratio:.2f}", f"{cal.achieved_run_length:,.0f} ev")
@@ -47,8 +48,9 @@ def profile_build(data: str, model: str, version: str, settings: Settings, bins:
     console = Console(stderr=True)
     profile = build_profile(scan(data), model, version, bins=bins,
                             max_categories=max_categories)
-    ref = Reference.from_profile(profile, settings.skew)
-    profile["calibration"] = {name: cal.to_dict() for name, (_, cal) in ref.features.items()}
+    ref = Reference.from_profile(profile, settings.skew, settings.drift.baseline_factor)
+    profile["calibration"] = {name: {"skew": fr.skew.to_dict(), "drift": fr.drift.to_dict()}
+                              for name, fr in ref.features.items()}
     console.print(calibration_table(ref))
     body = orjson.dumps(profile, option=orjson.OPT_INDENT_2)
     if out:

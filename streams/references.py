@@ -32,15 +32,26 @@ class InvalidProfile(ValueError):
 
 
 @dataclass(frozen=True)
+class FeatureRef:
+    """One feature of a profile, ready to compare with: bins and both thresholds."""
+
+    bins: FeatureBins
+    skew: Calibration    # serving window vs the reference shares
+    drift: Calibration   # recent window vs trailing baseline window
+
+
+@dataclass(frozen=True)
 class Reference:
     model: str
     version: str
     created_at: float
     rows: int
-    features: dict[str, tuple[FeatureBins, Calibration]]
+    features: dict[str, FeatureRef]
+    source: str = "published"  # or "first_events": taken from the version's first events
 
     @classmethod
-    def from_profile(cls, profile: Any, skew: SkewSettings) -> Reference:
+    def from_profile(cls, profile: Any, skew: SkewSettings, baseline_factor: int = 4,
+                     source: str = "published") -> Reference:
         if not isinstance(profile, dict):
             raise InvalidProfile("not_object: a profile is a JSON object")
         for name in ("model", "version"):
@@ -49,7 +60,7 @@ class Reference:
         feats = profile.get("features")
         if not isinstance(feats, dict):
             raise InvalidProfile("missing_field: 'features' is required")
-        features: dict[str, tuple[FeatureBins, Calibration]] = {}
+        features: dict[str, FeatureRef] = {}
         specs = dict(feats)
         if isinstance(profile.get("prediction"), dict):
             specs["prediction"] = profile["prediction"]
@@ -62,24 +73,27 @@ class Reference:
                 raise InvalidProfile(f"bad_value: feature '{name}': {exc}") from None
             if bins is None:
                 continue  # all missing in training: nothing to compare with
-            cal = calibrate(bins.reference, skew.window_events, skew.hop_events,
-                            skew.run_length_events, skew.bootstrap_draws)
-            features[name] = (bins, cal)
+            args = (bins.reference, skew.window_events, skew.hop_events,
+                    skew.run_length_events, skew.bootstrap_draws)
+            features[name] = FeatureRef(
+                bins, calibrate(*args),
+                calibrate(*args, baseline=baseline_factor * skew.window_events))
         created = profile.get("created_at")
         return cls(profile["model"], profile["version"],
                    float(created) if isinstance(created, (int, float)) else 0.0,
-                   int(profile.get("rows") or 0), features)
+                   int(profile.get("rows") or 0), features, source)
 
 
 class ReferenceStore:
     """The latest profile per (model, version)."""
 
-    def __init__(self, skew: SkewSettings) -> None:
+    def __init__(self, skew: SkewSettings, baseline_factor: int = 4) -> None:
         self.skew = skew
+        self.baseline_factor = baseline_factor
         self._refs: dict[tuple[str, str], Reference] = {}
 
     def add(self, profile: Any) -> Reference:
-        ref = Reference.from_profile(profile, self.skew)
+        ref = Reference.from_profile(profile, self.skew, self.baseline_factor)
         self._refs[(ref.model, ref.version)] = ref
         log.info("reference profile for %s %s: %d features", ref.model, ref.version,
                  len(ref.features))

@@ -134,6 +134,10 @@ def skew_alerts(box: Outbox) -> list[tuple[str, str]]:
     return [(a["event_action"], k) for k, a in box.alerts if "skew" in k]
 
 
+def alert_of(box: Outbox, key: str) -> dict[str, Any]:
+    return next(a for k, a in box.alerts if k == key)
+
+
 def test_pipeline_raises_and_resolves_skew_against_the_published_profile() -> None:
     store = ReferenceStore(SKEW_SETTINGS.skew)
     store.add(orjson.loads(orjson.dumps(build_profile(training_frame().lazy(), "m", "v1",
@@ -151,7 +155,7 @@ def test_pipeline_raises_and_resolves_skew_against_the_published_profile() -> No
     assert skew_alerts(send(serving(2000, 0.0, seed=1))) == []
     drifted = send(serving(1000, 20.0, seed=2, shift=3.0))  # amounts triple
     assert skew_alerts(drifted) == [("trigger", "training_serving_skew:m:v1:amount")]
-    evidence = next(a for _, a in drifted.alerts)["payload"]["custom_details"]
+    evidence = alert_of(drifted, "training_serving_skew:m:v1:amount")["payload"]["custom_details"]
     assert evidence["statistic"] == "jensen_shannon" and evidence["value"] > evidence["threshold"]
     assert evidence["calibration"]["run_length_events"] == 1e6
     assert evidence["window"]["events"] == 400
@@ -160,7 +164,24 @@ def test_pipeline_raises_and_resolves_skew_against_the_published_profile() -> No
     unseen = send(serving(1000, 60.0, seed=4, country="ZZ"))
     [(action, key)] = skew_alerts(unseen)
     assert (action, key) == ("trigger", "training_serving_skew:m:v1:country")
-    details = next(a for _, a in unseen.alerts)["payload"]["custom_details"]
+    details = alert_of(unseen, "training_serving_skew:m:v1:country")["payload"]["custom_details"]
     # Caught within the first hop of ZZ traffic: a quarter of the window moved.
     assert details["unseen_categories"] == ["ZZ"] and details["linf"] >= 0.2
     assert not math.isnan(details["value"])
+
+
+def test_pipeline_reports_feature_drift_against_the_trailing_baseline() -> None:
+    store = ReferenceStore(SKEW_SETTINGS.skew, SKEW_SETTINGS.drift.baseline_factor)
+    store.add(build_profile(training_frame().lazy(), "m", "v1", created_at=1.0))
+    p = PredictionPipeline(SKEW_SETTINGS, "ml.predictions", store)
+    evs = serving(2500, 0.0, seed=1) + serving(1000, 30.0, seed=2, shift=3.0)
+    msgs = [InMessage(orjson.dumps(evs[i:i + 100]), 0, j)
+            for j, i in enumerate(range(0, len(evs), 100))]
+    box = p.process(msgs[:25], now=0.0)
+    assert [k for k, _ in box.alerts] == []
+    box = p.process(msgs[25:], now=1.0)
+    drift = alert_of(box, "feature_drift:m:v1:amount")
+    assert drift["payload"]["class"] == "feature_drift"
+    details = drift["payload"]["custom_details"]
+    assert details["window"]["baseline_events"] == 4 * details["window"]["events"] == 1600
+    assert "prediction_drift:m:v1" not in [k for k, _ in box.alerts]
