@@ -153,6 +153,16 @@ class DriftSettings(_Section):
     severity: str = "warning"
 
 
+class QualitySettings(_Section):
+    """Data quality per feature; the false-alarm budget is ``skew.run_length_events``."""
+
+    enabled: bool = True
+    window_events: int = Field(2000, ge=10, description="events per test")
+    min_excess: float = Field(0.01, ge=0, lt=1,
+                              description="smallest rate above the reference rate that alerts")
+    severity: str = "warning"
+
+
 class Settings(BaseSettings):
     """Every setting of Sentinelle, frozen once loaded."""
 
@@ -170,6 +180,7 @@ class Settings(BaseSettings):
     outage: OutageSettings = OutageSettings()
     skew: SkewSettings = SkewSettings()
     drift: DriftSettings = DriftSettings()
+    quality: QualitySettings = QualitySettings()
 
     @classmethod
     def settings_customise_sources(

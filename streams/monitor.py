@@ -27,6 +27,7 @@ from detectors.drift import DriftDetector
 from detectors.errors import ErrorRateSpike
 from detectors.outage import OutageDetector
 from detectors.profile import category_key
+from detectors.quality import QualityDetector
 from detectors.skew import SkewDetector
 from detectors.slo import BurnRate, BurnRule, LatencyThreshold
 from detectors.windows import TumblingWindows, WindowStats
@@ -69,6 +70,7 @@ class _Series:
         ] if b.enabled else []
         self.last_arrival = 0.0
         self.skew: dict[str, list[SkewDetector | DriftDetector]] = {}
+        self.quality: QualityDetector | None = None
         self.skew_reference: float | None = None  # created_at of the profile in use
         self.saved_skew: dict[str, Any] = {}       # restored state, until the profile is back
 
@@ -89,7 +91,13 @@ class _Series:
                                               s.drift.baseline_factor, cohort, check,
                                               s.drift.severity))
                 self.skew[name] = dets
+            q = s.quality
+            self.quality = QualityDetector(
+                model, version, list(ref.specs), q.window_events, s.skew.run_length_events,
+                q.min_excess, cohort, q.severity) if q.enabled and ref.specs else None
             if self.saved_skew.get("reference") == ref.created_at:
+                if self.quality is not None and self.saved_skew.get("quality"):
+                    self.quality.load_dict(self.saved_skew["quality"])
                 for name, states in self.saved_skew.get("features", {}).items():
                     for det, state in zip(self.skew.get(name, []), states, strict=False):
                         det.load_dict(state)
@@ -105,7 +113,8 @@ class _Series:
 
     def to_dict(self) -> dict[str, Any]:
         skew = ({"reference": self.skew_reference,
-                 "features": {n: [d.to_dict() for d in ds] for n, ds in self.skew.items()}}
+                 "features": {n: [d.to_dict() for d in ds] for n, ds in self.skew.items()},
+                 "quality": self.quality.to_dict() if self.quality else None}
                 if self.skew else self.saved_skew)
         return {"errors": self.errors.to_dict(), "burns": [b.to_dict() for b in self.burns],
                 "last_arrival": self.last_arrival, "skew": skew}
@@ -164,7 +173,8 @@ class ModelMonitor:
             self._series(version, cohort).last_arrival = now
         out.late = self.windows.add(frame)
         self._evaluate(out, self.windows.close_ready())
-        checks_on = self.settings.skew.enabled or self.settings.drift.enabled
+        st = self.settings
+        checks_on = st.skew.enabled or st.drift.enabled or st.quality.enabled
         if references is not None and features is not None and checks_on:
             self._skew(out, frame, out.late, features, predictions or [None] * frame.height,
                        references)
@@ -189,6 +199,9 @@ class ModelMonitor:
                                                    self.settings)
             ts = ts_all[rows]
             feats = [features[i] for i in rows]
+            if series.quality is not None:
+                for signal in series.quality.update(feats, ts):
+                    self._emit(out, signal)
             for name, dets in detectors.items():
                 if name == "prediction":
                     values = [predictions[i] for i in rows]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from detectors.profile import FeatureBins
+from detectors.quality import FeatureSpec
 from detectors.skew import Calibration, calibrate
 from streams.config import SkewSettings
 
@@ -47,6 +48,7 @@ class Reference:
     created_at: float
     rows: int
     features: dict[str, FeatureRef]
+    specs: tuple[FeatureSpec, ...] = ()  # every feature, for the data-quality checks
     source: str = "published"  # or "first_events": taken from the version's first events
 
     @classmethod
@@ -61,10 +63,10 @@ class Reference:
         if not isinstance(feats, dict):
             raise InvalidProfile("missing_field: 'features' is required")
         features: dict[str, FeatureRef] = {}
-        specs = dict(feats)
+        compared = dict(feats)
         if isinstance(profile.get("prediction"), dict):
-            specs["prediction"] = profile["prediction"]
-        for name, spec in specs.items():
+            compared["prediction"] = profile["prediction"]
+        for name, spec in compared.items():
             if not isinstance(spec, dict):
                 raise InvalidProfile(f"bad_type: feature '{name}' must be an object")
             try:
@@ -79,9 +81,11 @@ class Reference:
                 bins, calibrate(*args),
                 calibrate(*args, baseline=baseline_factor * skew.window_events))
         created = profile.get("created_at")
+        rows = int(profile.get("rows") or 0)
         return cls(profile["model"], profile["version"],
-                   float(created) if isinstance(created, (int, float)) else 0.0,
-                   int(profile.get("rows") or 0), features, source)
+                   float(created) if isinstance(created, (int, float)) else 0.0, rows, features,
+                   tuple(FeatureSpec.from_profile(n, spec, rows) for n, spec in feats.items()),
+                   source)
 
 
 class ReferenceStore:

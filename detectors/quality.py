@@ -1,0 +1,183 @@
+"""Data quality of serving features, each issue judged against its reference rate.
+
+Per (model, version), the features of every ``window`` consecutive events are
+counted for: missing values, type mismatches (a string where the profile says
+numeric, an object or a list anywhere), NaN/inf, numbers outside the training
+range, and features the profile does not know. One bad event is not an
+incident: an issue fires when, over a whole window, its count is both
+
+- significantly above the reference rate (a one-sided binomial test at the
+  false-alarm budget ``alpha = window / run_length``, the same budget as the
+  distribution checks), and
+- above the reference rate by at least ``min_excess`` (default 1 point), so a
+  huge window does not page for a 0.01 % change.
+
+Reference rates: ``missing_rate`` from the profile; type mismatches and NaN/inf
+are 0 in a typed training table; out-of-range gets ``2 / (rows + 1)``, the
+chance that a new value from the training distribution falls outside the
+training sample's min and max; an unknown feature is expected in no event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from detectors.base import Signal, dedup_key
+
+__all__ = ["FeatureSpec", "QualityDetector", "ISSUES"]
+
+ISSUES = ("missing", "type_mismatch", "non_finite", "out_of_range")
+_NUMBER = (int, float)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """What the reference says of one feature."""
+
+    name: str
+    kind: str                 # "numeric" or "categorical"
+    missing_rate: float
+    lo: float = -np.inf
+    hi: float = np.inf
+    rows: int = 0
+
+    @classmethod
+    def from_profile(cls, name: str, prof: dict[str, Any], rows: int) -> FeatureSpec:
+        lo, hi = prof.get("min"), prof.get("max")
+        return cls(name, str(prof.get("type")), float(prof.get("missing_rate") or 0.0),
+                   -np.inf if lo is None else float(lo), np.inf if hi is None else float(hi),
+                   rows)
+
+    def expected(self, issue: str) -> float:
+        if issue == "missing":
+            return self.missing_rate
+        if issue == "out_of_range" and self.kind == "numeric":
+            return 2 / (self.rows + 1) if self.rows else 0.0
+        return 0.0
+
+
+class QualityDetector:
+    """Counts quality issues of one (model, version) over tumbling windows of events.
+
+    Parameters
+    ----------
+    model, version, cohort
+        The series.
+    specs
+        The reference's features (:class:`FeatureSpec`).
+    window
+        Events per test.
+    run_length
+        Expected events between false alarms per issue.
+    min_excess
+        Smallest rate above the reference rate worth an alert.
+    """
+
+    def __init__(self, model: str, version: str, specs: list[FeatureSpec], window: int = 2000,
+                 run_length: float = 60_480_000, min_excess: float = 0.01,
+                 cohort: str = "stable", severity: str = "warning") -> None:
+        if window < 1 or run_length <= window:
+            raise ValueError("need window >= 1 and run_length > window")
+        if not 0 <= min_excess < 1:
+            raise ValueError("min_excess must be in [0, 1)")
+        self.model, self.version, self.cohort = model, version, cohort
+        self.specs = {s.name: s for s in specs}
+        self.window = window
+        self.run_length = run_length
+        self.min_excess = min_excess
+        self.severity = severity
+        self.alpha = window / run_length
+        self._n = 0
+        self._counts: dict[str, dict[str, int]] = {}
+        self._unknown: dict[str, int] = {}
+
+    def update(self, features: list[dict[str, Any] | None], ts: np.ndarray) -> list[Signal]:
+        """Fold a micro-batch's feature objects in; signals at each full window."""
+        out: list[Signal] = []
+        pos, n = 0, len(features)
+        while pos < n:
+            take = min(self.window - self._n, n - pos)
+            self._count(features[pos:pos + take])
+            self._n += take
+            pos += take
+            if self._n == self.window:
+                out.extend(self._evaluate(float(ts[pos - 1])))
+                self._n, self._counts, self._unknown = 0, {}, {}
+        return out
+
+    def _count(self, feats: list[dict[str, Any] | None]) -> None:
+        known = self.specs
+        for name, spec in known.items():
+            values = [f.get(name) if f else None for f in feats]
+            c = self._counts.setdefault(name, dict.fromkeys(ISSUES, 0))
+            c["missing"] += sum(v is None for v in values)
+            if spec.kind == "numeric":
+                mismatch = sum(v is not None and type(v) not in _NUMBER for v in values)
+                x = np.fromiter((v if type(v) in _NUMBER else np.nan for v in values),
+                                dtype=float, count=len(values))
+                finite = np.isfinite(x)
+                numeric = np.fromiter((type(v) in _NUMBER for v in values), dtype=bool,
+                                      count=len(values))
+                c["non_finite"] += int((numeric & ~finite).sum())
+                c["out_of_range"] += int(((x[finite] < spec.lo) | (x[finite] > spec.hi)).sum())
+            else:
+                mismatch = sum(isinstance(v, (dict, list)) for v in values)
+            c["type_mismatch"] += mismatch
+        for f in feats:
+            if f:
+                for name in f.keys() - known.keys():
+                    self._unknown[name] = self._unknown.get(name, 0) + 1
+
+    def _significant(self, count: int, expected: float) -> tuple[bool, float]:
+        rate = count / self.window
+        p = float(stats.binom.sf(count - 1, self.window, min(max(expected, 1e-12), 1.0)))
+        return (p < self.alpha and rate > expected + self.min_excess), p
+
+    def _evaluate(self, ts: float) -> list[Signal]:
+        out = []
+        for name, spec in self.specs.items():
+            c = self._counts.get(name, dict.fromkeys(ISSUES, 0))
+            for issue in ISSUES:
+                if issue in ("non_finite", "out_of_range") and spec.kind != "numeric":
+                    continue
+                expected = spec.expected(issue)
+                active, p = self._significant(c[issue], expected)
+                out.append(self._signal(f"{name}:{issue}", active, ts, {
+                    "feature": name, "issue": issue, "statistic": f"{issue}_rate",
+                    "value": round(c[issue] / self.window, 5),
+                    "threshold": round(expected + self.min_excess, 5),
+                    "reference_rate": round(expected, 6), "count": c[issue],
+                    "p_value": p}, f"feature '{name}': {issue.replace('_', ' ')} "
+                       f"{c[issue] / self.window:.1%} vs {expected:.1%} in training"))
+        unknown = sorted(n for n, k in self._unknown.items() if k / self.window > self.min_excess)
+        out.append(self._signal("schema:unknown_features", bool(unknown), ts, {
+            "issue": "unknown_features", "statistic": "features_not_in_reference",
+            "value": len(unknown), "threshold": 0, "features": unknown[:20],
+            "counts": {n: self._unknown[n] for n in unknown[:20]}},
+            f"features not in the training profile: {', '.join(unknown[:5]) or 'none'}"))
+        return out
+
+    def _signal(self, part: str, active: bool, ts: float, details: dict[str, Any],
+                what: str) -> Signal:
+        details = {**details, "cohort": self.cohort, "window": {"events": self.window,
+                                                                "end_ts": ts},
+                   "alpha_per_test": self.alpha}
+        return Signal(check="data_quality",
+                      key=dedup_key("data_quality", self.model, self.version, self.cohort,
+                                    part),
+                      active=active, severity=self.severity,
+                      summary=f"{self.model} {self.version}: {what}", timestamp=ts,
+                      model=self.model, version=self.version, details=details)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self._n, "counts": {k: dict(v) for k, v in self._counts.items()},
+                "unknown": dict(self._unknown)}
+
+    def load_dict(self, data: dict[str, Any]) -> None:
+        self._n = int(data["n"])
+        self._counts = {k: dict(v) for k, v in data["counts"].items()}
+        self._unknown = dict(data["unknown"])
