@@ -134,6 +134,9 @@ class SkewSettings(_Section):
         60_480_000, gt=0,
         description="expected events between false alarms per feature (1/week at 100/s)")
     bootstrap_draws: int = Field(2000, ge=100)
+    first_events: int = Field(
+        5000, ge=0, description="without a published profile, learn one from the version's "
+                                "first N events (0: only published profiles)")
     severity: str = "warning"
 
     @model_validator(mode="after")

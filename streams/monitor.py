@@ -15,7 +15,7 @@ and a model quiet for ``worker.model_ttl_s`` is forgotten altogether.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from detectors.base import Signal
 from detectors.drift import DriftDetector
 from detectors.errors import ErrorRateSpike
 from detectors.outage import OutageDetector
-from detectors.profile import category_key
+from detectors.profile import build_profile, category_key
 from detectors.quality import QualityDetector
 from detectors.skew import SkewDetector
 from detectors.slo import BurnRate, BurnRule, LatencyThreshold
@@ -71,6 +71,11 @@ class _Series:
         self.last_arrival = 0.0
         self.skew: dict[str, list[SkewDetector | DriftDetector]] = {}
         self.quality: QualityDetector | None = None
+        # Without a published profile: the first events' rows, then their profile.
+        self.first_rows: list[dict[str, Any]] = []
+        self.first_profile: dict[str, Any] | None = None
+        self.profile_just_built = False
+        self._first_ref: Reference | None = None
         self.skew_reference: float | None = None  # created_at of the profile in use
         self.saved_skew: dict[str, Any] = {}       # restored state, until the profile is back
 
@@ -111,13 +116,49 @@ class _Series:
             out.extend(burn.update(w))
         return out
 
+    def first_events_reference(self, model: str, version: str,
+                               feats: list[dict[str, Any] | None], preds: list[Any],
+                               s: Settings) -> Reference | None:
+        """A profile of this version's first ``skew.first_events`` events (0: never).
+
+        The rows collected are not checkpointed (a takeover starts collecting
+        again); the profile, once built, is.
+        """
+        self.profile_just_built = False
+        n = s.skew.first_events
+        if n == 0:
+            return None
+        if self.first_profile is None:
+            for f, p in zip(feats, preds, strict=True):
+                if len(self.first_rows) >= n:
+                    break
+                row = dict(f or {})
+                if p is not None:
+                    row["prediction"] = p
+                self.first_rows.append(row)
+            if len(self.first_rows) < n:
+                return None
+            try:
+                frame = pl.from_dicts(self.first_rows, infer_schema_length=None, strict=False)
+                self.first_profile = build_profile(frame.lazy(), model, version, created_at=0.0)
+            except (pl.exceptions.PolarsError, TypeError, ValueError):
+                self.first_profile = {"model": model, "version": version, "created_at": 0.0,
+                                      "rows": 0, "features": {}}  # nothing usable to learn
+            self.first_rows = []
+            self.profile_just_built = True
+        if self._first_ref is None:
+            self._first_ref = Reference.from_profile(self.first_profile, s.skew,
+                                                     s.drift.baseline_factor, "first_events")
+        return self._first_ref
+
     def to_dict(self) -> dict[str, Any]:
         skew = ({"reference": self.skew_reference,
                  "features": {n: [d.to_dict() for d in ds] for n, ds in self.skew.items()},
                  "quality": self.quality.to_dict() if self.quality else None}
                 if self.skew else self.saved_skew)
         return {"errors": self.errors.to_dict(), "burns": [b.to_dict() for b in self.burns],
-                "last_arrival": self.last_arrival, "skew": skew}
+                "last_arrival": self.last_arrival, "skew": skew,
+                "first_profile": self.first_profile}
 
     def load_dict(self, data: dict[str, Any]) -> None:
         self.errors.load_dict(data["errors"])
@@ -125,6 +166,7 @@ class _Series:
             burn.load_dict(d)
         self.last_arrival = data["last_arrival"]
         self.saved_skew = data.get("skew") or {}
+        self.first_profile = data.get("first_profile")
 
 
 class ModelMonitor:
@@ -187,28 +229,35 @@ class ModelMonitor:
         ts_all = frame["ts"].to_numpy()
         keys = frame.select("version", "cohort").with_row_index("row")
         for (version, cohort), part in keys.group_by(["version", "cohort"], maintain_order=True):
-            ref = references(str(version))
-            if ref is None:
-                continue
             rows = part["row"].to_numpy()
             rows = rows[on_time[rows]]
             if rows.size == 0:
                 continue
             series = self._series(str(version), str(cohort))
+            feats = [features[i] for i in rows]
+            ref = references(str(version))
+            if ref is None:  # no training profile: learn one from the first events
+                ref = series.first_events_reference(
+                    self.model, str(version), feats, [predictions[i] for i in rows],
+                    self.settings)
+                if ref is None or series.profile_just_built:
+                    continue
             detectors = series.reference_detectors(self.model, str(version), str(cohort), ref,
                                                    self.settings)
             ts = ts_all[rows]
-            feats = [features[i] for i in rows]
+            signals: list[Signal] = []
             if series.quality is not None:
-                for signal in series.quality.update(feats, ts):
-                    self._emit(out, signal)
+                signals.extend(series.quality.update(feats, ts))
             for name, dets in detectors.items():
                 if name == "prediction":
                     values = [predictions[i] for i in rows]
                 else:
                     values = [f.get(name) if f else None for f in feats]
-                for signal in _compare(dets, values, ts):
-                    self._emit(out, signal)
+                signals.extend(_compare(dets, values, ts))
+            for signal in signals:
+                if ref.source != "published":
+                    signal = _note_source(signal, ref)
+                self._emit(out, signal)
 
     def tick(self, now: float) -> Output:
         """Wall-clock checks: outage, idle windows, quiet series."""
@@ -311,3 +360,10 @@ def _compare(dets: list[SkewDetector | DriftDetector], values: list[Any],
             det.note_unseen(unseen)
         out.extend(det.update(idx, ts[present]))
     return out
+
+
+def _note_source(signal: Signal, ref: Reference) -> Signal:
+    """Say in the alert that the reference was learned from serving, not training."""
+    note = f"the version's first {ref.rows} events (no training profile was published)"
+    return replace(signal, summary=f"{signal.summary}; reference: {note}",
+                   details={**signal.details, "reference": note})

@@ -127,7 +127,7 @@ class PredictionPipeline:
             if rows.height == 0:
                 return
         lookup = None
-        if self.references is not None and len(self.references):
+        if self.references is not None:
             store = self.references
             lookup = lambda version: store.get(model, version)  # noqa: E731
         picked = rows["row"].to_list()

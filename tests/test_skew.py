@@ -185,3 +185,26 @@ def test_pipeline_reports_feature_drift_against_the_trailing_baseline() -> None:
     details = drift["payload"]["custom_details"]
     assert details["window"]["baseline_events"] == 4 * details["window"]["events"] == 1600
     assert "prediction_drift:m:v1" not in [k for k, _ in box.alerts]
+
+
+def test_without_a_published_profile_the_first_events_become_the_reference() -> None:
+    settings = Settings(
+        windows={"size_s": 10, "allowed_lateness_s": 0},  # type: ignore[arg-type]
+        skew={"window_events": 400, "hop_events": 100,  # type: ignore[arg-type]
+              "run_length_events": 1e6, "first_events": 1000},
+        drift={"enabled": False},  # type: ignore[arg-type]
+    )
+    p = PredictionPipeline(settings, "ml.predictions", ReferenceStore(settings.skew))
+    evs = serving(2000, 0.0, seed=1) + serving(1000, 30.0, seed=2, shift=3.0)
+    msgs = [InMessage(orjson.dumps(evs[i:i + 100]), 0, j)
+            for j, i in enumerate(range(0, len(evs), 100))]
+    quiet = p.process(msgs[:20], now=0.0)
+    assert skew_alerts(quiet) == []
+    [(_, _, state)] = quiet.checkpoints
+    [series] = state["series"]
+    assert series["first_profile"]["rows"] == 1000  # learned, and checkpointed
+    box = p.process(msgs[20:], now=1.0)
+    assert skew_alerts(box) == [("trigger", "training_serving_skew:m:v1:amount")]
+    alert = alert_of(box, "training_serving_skew:m:v1:amount")["payload"]
+    assert "first 1000 events" in alert["summary"]
+    assert "no training profile" in alert["custom_details"]["reference"]
