@@ -91,13 +91,19 @@ def _categorical_profile(lf: pl.LazyFrame, col: str, max_categories: int,
             "missing_rate": round(1 - n / rows, 6) if rows else 0.0}
 
 
+def _distinct(lf: pl.LazyFrame, col: str) -> int:
+    return int(lf.select(pl.col(col).n_unique()).collect(engine="streaming").item())
+
+
 def build_profile(data: pl.LazyFrame, model: str, version: str, bins: int = 20,
                   max_categories: int = 50, created_at: float | None = None) -> dict[str, Any]:
     """The contract's reference profile of ``data``.
 
     Every column is a feature except the contract's event fields (``event_id``,
     ``ts``, ``latency_ms``…); ``prediction`` and ``label`` get their own keys.
-    Numeric dtypes are profiled as numeric, everything else as categorical.
+    Numeric dtypes are profiled as numeric, except integer columns with at most
+    ``bins`` distinct values (codes, 0/1 labels), which are categorical like
+    everything else.
 
     >>> import polars as pl
     >>> lf = pl.LazyFrame({"amount": [1.0, 2.0, 3.0, 4.0, None], "country": list("FFGGF")})
@@ -120,7 +126,11 @@ def build_profile(data: pl.LazyFrame, model: str, version: str, bins: int = 20,
     for col, dtype in schema.items():
         if col in NOT_FEATURES:
             continue
-        if dtype.is_numeric():
+        if dtype.is_integer() and _distinct(data, col) <= bins:
+            # A few integer codes (a 0/1 label, a star rating) are categories:
+            # quantile bins would merge them into one.
+            prof = _categorical_profile(data, col, max_categories, rows)
+        elif dtype.is_numeric():
             prof = _numeric_profile(data, col, bins, rows)
         else:
             prof = _categorical_profile(data, col, max_categories, rows)
@@ -128,7 +138,27 @@ def build_profile(data: pl.LazyFrame, model: str, version: str, bins: int = 20,
             profile[col] = prof
         else:
             profile["features"][col] = prof
+    if "prediction" in schema and "label" in schema:
+        perf = _performance(data, schema["prediction"], schema["label"])
+        if perf:
+            profile["performance"] = perf
     return profile
+
+
+def _performance(data: pl.LazyFrame, pred: pl.DataType, label: pl.DataType) -> dict[str, float]:
+    """The model's quality on this data: accuracy (classification) or MAE (regression)."""
+    p, y = pl.col("prediction"), pl.col("label")
+    both = data.filter(p.is_not_null() & y.is_not_null())
+    if pred.is_numeric() and (label == pl.Boolean or label.is_integer()):
+        labels = both.select(y.cast(pl.Int64).unique()).collect(engine="streaming")["label"]
+        if set(labels.to_list()) <= {0, 1}:
+            acc = both.select(((p >= 0.5).cast(pl.Int64) == y.cast(pl.Int64)).mean())
+            return {"accuracy": float(acc.collect(engine="streaming").item())}
+    if pred.is_numeric() and label.is_numeric():
+        mae = both.select((p.cast(pl.Float64) - y.cast(pl.Float64)).abs().mean())
+        return {"mae": float(mae.collect(engine="streaming").item())}
+    acc = both.select((p.cast(pl.Utf8) == y.cast(pl.Utf8)).mean())
+    return {"accuracy": float(acc.collect(engine="streaming").item())}
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
             checkpoint(partition, model, value)
         metrics.models.set(len(pipeline.monitors))
 
-    @app.agent(s.predictions, name="sentinelle.watch_predictions")
+    @app.agent(s.inputs, name="sentinelle.watch_predictions")
     async def watch_predictions(stream: faust.StreamT) -> None:
         # take_events (faust-streaming) is missing from the StreamT interface.
         batches = stream.take_events  # type: ignore[attr-defined]
@@ -125,9 +125,9 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
             await publish(Outbox(deadletters=[rec]))
 
     async def handle(events: Sequence[EventT]) -> None:
-        messages = [InMessage(e.message.value, e.message.partition, e.message.offset)
-                    for e in events]
-        metrics.messages.labels(topic_name).inc(len(messages))
+        messages = [InMessage(e.message.value, e.message.partition, e.message.offset,
+                              e.message.topic) for e in events]
+        metrics.messages.labels("inputs").inc(len(messages))
         box = pipeline.process(messages, time.time(), saved)
         metrics.events.labels(topic_name).inc(box.events)
         await publish(box)

@@ -31,6 +31,7 @@ class Sentinelle:
 
     app: faust.App
     settings: Settings
+    inputs: faust.TopicT       # ml.predictions and ml.feedback, co-partitioned by model
     predictions: faust.TopicT
     alerts: faust.TopicT
     deadletter: faust.TopicT
@@ -60,11 +61,12 @@ def create_app(settings: Settings) -> Sentinelle:
         web_in_thread=False,
     )
 
-    def raw(name: str) -> faust.TopicT:
-        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+    def raw(*names: str) -> faust.TopicT:
+        return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
                          value_serializer="raw", partitions=k.partitions)
 
     state = app.Table("model-state", partitions=k.partitions, help="ModelMonitor checkpoints")
-    return Sentinelle(app=app, settings=settings, predictions=raw(t.predictions),
+    return Sentinelle(app=app, settings=settings, inputs=raw(t.predictions, t.feedback),
+                      predictions=raw(t.predictions),
                       alerts=raw(t.alerts), deadletter=raw(t.deadletter), stats=raw(t.stats),
                       state=state)

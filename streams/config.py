@@ -166,6 +166,22 @@ class QualitySettings(_Section):
     severity: str = "warning"
 
 
+class LabelSettings(_Section):
+    """Ground truth from ``ml.feedback``, joined to predictions by ``event_id``."""
+
+    enabled: bool = True
+    join_max: int = Field(20_000, ge=1, description="predictions kept per model awaiting a label")
+    join_ttl_s: float = Field(3600.0, gt=0, description="event time a prediction waits")
+    join_checkpoint_s: float = Field(30.0, gt=0,
+                                     description="wall-clock period of the join-buffer checkpoint")
+    window: int = Field(500, ge=10, description="labelled predictions per quality test")
+    min_drop: float = Field(0.02, ge=0, lt=1,
+                            description="accuracy points (or relative MAE) worth an alert")
+    estimate: bool = Field(True, description="estimate accuracy from confidence without labels")
+    estimate_window: int = Field(2000, ge=10)
+    severity: str = "error"
+
+
 class Settings(BaseSettings):
     """Every setting of Sentinelle, frozen once loaded."""
 
@@ -184,6 +200,7 @@ class Settings(BaseSettings):
     skew: SkewSettings = SkewSettings()
     drift: DriftSettings = DriftSettings()
     quality: QualitySettings = QualitySettings()
+    labels: LabelSettings = LabelSettings()
 
     @classmethod
     def settings_customise_sources(

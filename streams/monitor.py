@@ -32,6 +32,7 @@ from detectors.skew import SkewDetector
 from detectors.slo import BurnRate, BurnRule, LatencyThreshold
 from detectors.windows import TumblingWindows, WindowStats
 from streams.config import Settings
+from streams.labels import LabelTracker
 from streams.references import Reference
 
 ReferenceLookup = Callable[[str], "Reference | None"]
@@ -195,18 +196,22 @@ class ModelMonitor:
         self.book = AlertBook()
         self.series: dict[tuple[str, str], _Series] = {}
         self.offsets: dict[int, int] = {}  # input partition -> last offset folded in
+        self.feedback_offsets: dict[int, int] = {}  # the same, for ml.feedback
         self.last_arrival = 0.0
+        self.labels = LabelTracker(model, settings)
 
     # -- processing -------------------------------------------------------
 
     def ingest(self, frame: pl.DataFrame, now: float,
                features: Sequence[dict[str, Any] | None] | None = None,
                predictions: Sequence[Any] | None = None,
-               references: ReferenceLookup | None = None) -> Output:
+               references: ReferenceLookup | None = None,
+               event_ids: Sequence[str] | None = None) -> Output:
         """Fold this model's rows of a micro-batch in (columns of ``BATCH_SCHEMA``).
 
-        ``features`` and ``predictions`` are the rows' raw values, in frame order;
-        with ``references`` (version -> profile) they feed the skew detectors.
+        ``features``, ``predictions`` and ``event_ids`` are the rows' raw values,
+        in frame order; with ``references`` (version -> profile) they feed the
+        skew, drift and quality checks, and the label join.
         """
         out = Output()
         self.last_arrival = now
@@ -220,6 +225,21 @@ class ModelMonitor:
         if references is not None and features is not None and checks_on:
             self._skew(out, frame, out.late, features, predictions or [None] * frame.height,
                        references)
+        if st.labels.enabled and predictions is not None and event_ids is not None:
+            for signal in self.labels.on_predictions(
+                    event_ids, frame["ts"].to_numpy(), frame["version"].to_list(),
+                    frame["cohort"].to_list(), predictions, self.windows.watermark):
+                self._emit(out, signal)
+        return out
+
+    def ingest_labels(self, event_ids: Sequence[str], ts: Sequence[float],
+                      labels: Sequence[Any], now: float,
+                      references: ReferenceLookup | None = None) -> Output:
+        """Fold labels from ``ml.feedback`` in (joined to predictions by ``event_id``)."""
+        out = Output()
+        if self.settings.labels.enabled:
+            for signal in self.labels.on_labels(event_ids, ts, labels, references):
+                self._emit(out, signal)
         return out
 
     def _skew(self, out: Output, frame: pl.DataFrame, late: np.ndarray,
@@ -310,12 +330,14 @@ class ModelMonitor:
             "model": self.model,
             "partition": self.partition,
             "offsets": {str(p): o for p, o in self.offsets.items()},
+            "feedback_offsets": {str(p): o for p, o in self.feedback_offsets.items()},
             "last_arrival": self.last_arrival,
             "windows": self.windows.to_dict(),
             "outage": self.outage.to_dict(),
             "alerts": self.book.to_dict(),
             "series": [{"version": v, "cohort": c, **s.to_dict()}
                        for (v, c), s in self.series.items()],
+            "labels": self.labels.to_dict(),
         }
 
     @classmethod
@@ -323,6 +345,8 @@ class ModelMonitor:
         """Restore a checkpoint; ``now`` restarts the silence clock (we were away)."""
         mon = cls(data["model"], settings, data["partition"])
         mon.offsets = {int(p): int(o) for p, o in data["offsets"].items()}
+        mon.feedback_offsets = {int(p): int(o)
+                                for p, o in (data.get("feedback_offsets") or {}).items()}
         mon.last_arrival = max(data["last_arrival"], now)
         mon.windows.load_dict(data["windows"])
         mon.outage.load_dict(data["outage"])
@@ -332,6 +356,7 @@ class ModelMonitor:
             series = mon._series(s["version"], s["cohort"])
             series.load_dict(s)
             series.last_arrival = max(series.last_arrival, now)
+        mon.labels.load_dict(data.get("labels") or {})
         return mon
 
 

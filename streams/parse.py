@@ -17,13 +17,15 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
 
-__all__ = ["DeadLetter", "PredictionColumns", "parse_predictions", "parse_time", "raw_text"]
+__all__ = ["DeadLetter", "PredictionColumns", "FeedbackColumns", "parse_predictions",
+           "parse_feedback", "parse_time", "raw_text"]
 
 STATUSES = frozenset({"ok", "error", "timeout"})
 MAX_RAW_CHARS = 65_536
@@ -185,6 +187,25 @@ def parse_predictions(data: bytes | None, cols: PredictionColumns, message: int 
     >>> len(cols), [(d.index, d.reason) for d in bad]
     (1, [(1, "missing_field: 'ts' is required")])
     """
+    return _parse(data, lambda ev, i: _add_prediction(ev, cols, message, i), max_bytes,
+                  max_events)
+
+
+def parse_feedback(data: bytes | None, cols: FeedbackColumns, message: int = 0,
+                   max_bytes: int = 1_000_000, max_events: int = 10_000) -> list[DeadLetter]:
+    """The same for ``ml.feedback``: ``event_id``, ``ts``, ``model``, ``version``, ``label``.
+
+    >>> cols = FeedbackColumns()
+    >>> parse_feedback(b'{"event_id": "a", "ts": 1, "model": "m", "version": "v1", "label": 1}',
+    ...                cols), cols.label
+    ([], [1])
+    """
+    return _parse(data, lambda ev, i: _add_feedback(ev, cols), max_bytes,
+                  max_events)
+
+
+def _parse(data: bytes | None, add: Callable[[Any, int], None], max_bytes: int,
+           max_events: int) -> list[DeadLetter]:
     if data is None:
         return [DeadLetter("not_json: empty message (no value)", "")]
     if len(data) > max_bytes:
@@ -200,7 +221,7 @@ def parse_predictions(data: bytes | None, cols: PredictionColumns, message: int 
             return [DeadLetter(f"not_json: {exc}", raw_text(data))]
     if isinstance(doc, dict):
         try:
-            _add_prediction(doc, cols, message, 0)
+            add(doc, 0)
         except Invalid as exc:
             return [DeadLetter(str(exc), raw_text(data))]
         return []
@@ -213,10 +234,47 @@ def parse_predictions(data: bytes | None, cols: PredictionColumns, message: int 
     dead = []
     for i, ev in enumerate(doc):
         try:
-            _add_prediction(ev, cols, message, i)
+            add(ev, i)
         except Invalid as exc:
             dead.append(DeadLetter(str(exc), _element_text(ev), index=i))
     return dead
+
+
+@dataclass(slots=True)
+class FeedbackColumns:
+    """Valid feedback events (labels), column by column."""
+
+    model: list[str] = field(default_factory=list)
+    version: list[str] = field(default_factory=list)
+    ts: list[float] = field(default_factory=list)
+    event_id: list[str] = field(default_factory=list)
+    label: list[Any] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+def _add_feedback(ev: Any, cols: FeedbackColumns) -> None:
+    if not isinstance(ev, dict):
+        raise Invalid(f"not_object: expected a JSON object, got {type(ev).__name__}")
+    event_id = _string(ev, "event_id")
+    if "ts" not in ev or ev["ts"] is None:
+        raise Invalid("missing_field: 'ts' is required")
+    ts = parse_time(ev["ts"])
+    model = _string(ev, "model")
+    version = _string(ev, "version")
+    label = ev.get("label")
+    if label is None:
+        raise Invalid("missing_field: 'label' is required")
+    if not isinstance(label, (str, int, float)):
+        raise Invalid("bad_type: 'label' must be a number, string or bool")
+    if isinstance(label, float) and not math.isfinite(label):
+        raise Invalid(f"not_finite: 'label' is {label}")
+    cols.model.append(model)  # type: ignore[arg-type]
+    cols.version.append(version)  # type: ignore[arg-type]
+    cols.ts.append(ts)
+    cols.event_id.append(event_id)  # type: ignore[arg-type]
+    cols.label.append(label)
 
 
 def _element_text(ev: Any) -> str:

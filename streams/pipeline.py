@@ -26,7 +26,13 @@ from alerting.events import rfc3339
 from detectors.windows import WindowStats
 from streams.config import Settings
 from streams.monitor import ModelMonitor, Output
-from streams.parse import DeadLetter, PredictionColumns, parse_predictions
+from streams.parse import (
+    DeadLetter,
+    FeedbackColumns,
+    PredictionColumns,
+    parse_feedback,
+    parse_predictions,
+)
 from streams.references import ReferenceStore
 
 __all__ = ["InMessage", "Outbox", "PredictionPipeline", "stats_record"]
@@ -39,6 +45,10 @@ class InMessage:
     value: bytes | None
     partition: int
     offset: int
+    topic: str | None = None  # None: the predictions topic
+
+
+LABELS_SUFFIX = "#labels"  # state-table key of a model's label-join buffer
 
 
 @dataclass(slots=True)
@@ -76,9 +86,11 @@ class PredictionPipeline:
     """Parse, window, detect and alert for the models of the assigned partitions."""
 
     def __init__(self, settings: Settings, topic: str,
-                 references: ReferenceStore | None = None) -> None:
+                 references: ReferenceStore | None = None,
+                 feedback_topic: str | None = None) -> None:
         self.settings = settings
         self.topic = topic
+        self.feedback_topic = feedback_topic or settings.topics.feedback
         self.references = references
         self.monitors: dict[str, ModelMonitor] = {}
 
@@ -89,6 +101,9 @@ class PredictionPipeline:
             data = saved(model)
             mon = (ModelMonitor.from_dict(data, self.settings, now) if data is not None
                    else ModelMonitor(model, self.settings, partition))
+            join = saved(model + LABELS_SUFFIX)
+            if join is not None and "waiting" in join:
+                mon.labels.join.load_dict(join)
             self.monitors[model] = mon
         return mon
 
@@ -97,6 +112,10 @@ class PredictionPipeline:
         box = Outbox()
         cols = PredictionColumns()
         lim = self.settings.limits
+        feedback = [m for m in messages if m.topic == self.feedback_topic]
+        if feedback:
+            self._process_feedback(feedback, now, saved, box)
+            messages = [m for m in messages if m.topic != self.feedback_topic]
         for i, msg in enumerate(messages):
             for dl in parse_predictions(msg.value, cols, i, lim.max_message_bytes,
                                           lim.max_batch_events):
@@ -132,7 +151,8 @@ class PredictionPipeline:
             lookup = lambda version: store.get(model, version)  # noqa: E731
         picked = rows["row"].to_list()
         out = mon.ingest(rows, now, [cols.features[i] for i in picked],
-                         [cols.prediction[i] for i in picked], lookup)
+                         [cols.prediction[i] for i in picked], lookup,
+                         [cols.event_id[i] for i in picked])
         box.events += rows.height
         box.add(model, out)
         if out.late is not None and out.late.any():
@@ -144,7 +164,48 @@ class PredictionPipeline:
         for p in np.unique(parts):
             mon.offsets[int(p)] = int(offs[parts == p].max())
         mon.partition = int(parts[-1])
-        box.checkpoints.append((mon.partition, model, mon.to_dict()))
+        self._checkpoint(mon, now, box)
+
+    def _checkpoint(self, mon: ModelMonitor, now: float, box: Outbox) -> None:
+        box.checkpoints.append((mon.partition, mon.model, mon.to_dict()))
+        labels = mon.labels
+        due = now - labels.join_saved_at >= self.settings.labels.join_checkpoint_s
+        if len(labels.join) and due:
+            box.checkpoints.append((mon.partition, mon.model + LABELS_SUFFIX,
+                                    {"partition": mon.partition, **labels.join.to_dict()}))
+            labels.join_saved_at = now
+
+    def _process_feedback(self, messages: Sequence[InMessage], now: float,
+                          saved: Callable[[str], Record | None], box: Outbox) -> None:
+        lim = self.settings.limits
+        cols = FeedbackColumns()
+        where: list[int] = []
+        for i, msg in enumerate(messages):
+            before = len(cols)
+            for dl in parse_feedback(msg.value, cols, i, lim.max_message_bytes,
+                                     lim.max_batch_events):
+                box.deadletters.append(dl.to_record(self.feedback_topic, msg.partition,
+                                                    msg.offset))
+            where.extend([i] * (len(cols) - before))
+        by_model: dict[str, list[int]] = {}
+        for j, model in enumerate(cols.model):
+            by_model.setdefault(model, []).append(j)
+        for model, rows in by_model.items():
+            msgs = [messages[where[j]] for j in rows]
+            mon = self.monitor(model, msgs[-1].partition, now, saved)
+            fresh = [j for j, m in zip(rows, msgs, strict=True)
+                     if m.offset > mon.feedback_offsets.get(m.partition, -1)]
+            for m in msgs:
+                mon.feedback_offsets[m.partition] = max(mon.feedback_offsets.get(m.partition, -1),
+                                                        m.offset)
+            if not fresh:
+                continue
+            store = self.references
+            lookup = (lambda version: store.get(model, version)) if store is not None else None
+            out = mon.ingest_labels([cols.event_id[j] for j in fresh], [cols.ts[j] for j in fresh],
+                                    [cols.label[j] for j in fresh], now, lookup)
+            box.add(model, out)
+            self._checkpoint(mon, now, box)
 
     def _late(self, msg: InMessage, element: int, watermark: str) -> Record:
         reason = (f"late: its window closed before it arrived "
@@ -162,6 +223,8 @@ class PredictionPipeline:
         """Wall-clock checks for every model whose state this worker holds."""
         box = Outbox()
         for model, data in saved_models:
+            if model.endswith(LABELS_SUFFIX):
+                continue  # loaded with its model
             if model not in self.monitors and data is not None:
                 self.monitors[model] = ModelMonitor.from_dict(data, self.settings, now)
         for model, mon in list(self.monitors.items()):
@@ -171,6 +234,7 @@ class PredictionPipeline:
                 del self.monitors[model]
                 box.add(model, out)
                 box.checkpoints.append((mon.partition, model, None))
+                box.checkpoints.append((mon.partition, model + LABELS_SUFFIX, None))
                 continue
             box.add(model, out)
             if out.stats or out.alerts:

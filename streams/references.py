@@ -50,6 +50,8 @@ class Reference:
     features: dict[str, FeatureRef]
     specs: tuple[FeatureSpec, ...] = ()  # every feature, for the data-quality checks
     source: str = "published"  # or "first_events": taken from the version's first events
+    label: FeatureRef | None = None      # the label distribution, for label drift
+    performance: dict[str, float] | None = None  # e.g. {"accuracy": 0.93} or {"mae": 4.1}
 
     @classmethod
     def from_profile(cls, profile: Any, skew: SkewSettings, baseline_factor: int = 4,
@@ -64,8 +66,9 @@ class Reference:
             raise InvalidProfile("missing_field: 'features' is required")
         features: dict[str, FeatureRef] = {}
         compared = dict(feats)
-        if isinstance(profile.get("prediction"), dict):
-            compared["prediction"] = profile["prediction"]
+        for special in ("prediction", "label"):
+            if isinstance(profile.get(special), dict):
+                compared[special] = profile[special]
         for name, spec in compared.items():
             if not isinstance(spec, dict):
                 raise InvalidProfile(f"bad_type: feature '{name}' must be an object")
@@ -82,10 +85,14 @@ class Reference:
                 calibrate(*args, baseline=baseline_factor * skew.window_events))
         created = profile.get("created_at")
         rows = int(profile.get("rows") or 0)
+        label = features.pop("label", None)
+        perf = profile.get("performance")
+        perf = ({k: float(v) for k, v in perf.items() if isinstance(v, (int, float))}
+                if isinstance(perf, dict) else None)
         return cls(profile["model"], profile["version"],
                    float(created) if isinstance(created, (int, float)) else 0.0, rows, features,
                    tuple(FeatureSpec.from_profile(n, spec, rows) for n, spec in feats.items()),
-                   source)
+                   source, label, perf or None)
 
 
 class ReferenceStore:

@@ -94,7 +94,8 @@ def test_wall_clock_checks_outage_idle_flush_and_expiry() -> None:
     assert [s["count"] for _, s in flushed.stats] == [1]  # idle: the open window closes
     gone = p.tick(1001.0, [])
     assert actions(gone) == [("resolve", "outage:m")]
-    assert gone.checkpoints == [(0, "m", None)] and p.monitors == {}
+    # Tombstones for the model's state and for its label-join buffer.
+    assert gone.checkpoints == [(0, "m", None), (0, "m#labels", None)] and p.monitors == {}
 
 
 def test_state_restored_by_tick_keeps_firing_alerts_and_grants_grace() -> None:

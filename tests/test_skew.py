@@ -200,7 +200,7 @@ def test_without_a_published_profile_the_first_events_become_the_reference() -> 
             for j, i in enumerate(range(0, len(evs), 100))]
     quiet = p.process(msgs[:20], now=0.0)
     assert skew_alerts(quiet) == []
-    [(_, _, state)] = quiet.checkpoints
+    [state] = [v for _, key, v in quiet.checkpoints if key == "m"]
     [series] = state["series"]
     assert series["first_profile"]["rows"] == 1000  # learned, and checkpointed
     box = p.process(msgs[20:], now=1.0)

@@ -1,0 +1,167 @@
+"""Labels of one model: the feedback join, quality per version, label drift, estimates.
+
+:class:`LabelTracker` is owned by a :class:`~streams.monitor.ModelMonitor`. It
+remembers recent predictions (``event_id`` -> version, cohort, prediction) in a
+bounded :class:`~detectors.performance.LabelJoin`; a label from ``ml.feedback``
+finds its prediction there, is scored by the version's
+:class:`~detectors.performance.PerformanceCheck`, and feeds the ``label_drift``
+check against the profile's label distribution. While a series has no labels,
+:class:`~detectors.performance.ConfidenceEstimate` estimates its accuracy from
+the prediction scores (when they look like probabilities: numbers in [0, 1]).
+
+The join buffer is the only large state Sentinelle keeps; it is checkpointed
+under its own key (``<model>#labels``) every ``labels.join_checkpoint_s``
+instead of with every micro-batch, so a takeover can lose the predictions of
+the last few seconds: their labels are then counted as unmatched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from detectors.base import Signal
+from detectors.performance import ConfidenceEstimate, LabelJoin, PerformanceCheck
+from detectors.profile import category_key
+from detectors.skew import SkewDetector
+from streams.config import Settings
+from streams.references import Reference
+
+__all__ = ["LabelTracker"]
+
+ReferenceLookup = Callable[[str], "Reference | None"]
+
+
+def _is_probability(v: Any) -> bool:
+    return type(v) in (int, float) and 0 <= v <= 1
+
+
+class LabelTracker:
+    """Feedback join and label-based checks of one model."""
+
+    def __init__(self, model: str, settings: Settings) -> None:
+        self.model = model
+        self.settings = settings
+        lab = settings.labels
+        self.join = LabelJoin(lab.join_max, lab.join_ttl_s)
+        self.checks: dict[tuple[str, str], PerformanceCheck] = {}
+        self.estimates: dict[tuple[str, str], ConfidenceEstimate] = {}
+        self.label_drift: dict[tuple[str, str], SkewDetector] = {}
+        self._saved_drift: dict[tuple[str, str], dict[str, Any]] = {}
+        self.join_saved_at = -np.inf  # the first checkpoint is written at once
+
+    def on_predictions(self, event_ids: Sequence[str], ts: np.ndarray, versions: Sequence[str],
+                       cohorts: Sequence[str], predictions: Sequence[Any],
+                       watermark: float) -> list[Signal]:
+        """Remember predictions for the join; estimate accuracy where no label came yet."""
+        lab = self.settings.labels
+        add = self.join.add
+        for eid, t, v, c, p in zip(event_ids, ts.tolist(), versions, cohorts, predictions,
+                                   strict=True):
+            if p is not None:
+                add(eid, t, v, c, p)
+        self.join.expire(watermark)
+        if not lab.estimate:
+            return []
+        out: list[Signal] = []
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (v, c) in enumerate(zip(versions, cohorts, strict=True)):
+            groups.setdefault((v, c), []).append(i)
+        for series, rows in groups.items():
+            check = self.checks.get(series)
+            if check is not None and check.task is not None:
+                continue  # labels arrive: measure, don't estimate
+            preds = [predictions[i] for i in rows]
+            if not preds or not all(_is_probability(p) for p in preds):
+                continue
+            est = self.estimates.get(series)
+            if est is None:
+                est = self.estimates[series] = ConfidenceEstimate(
+                    self.model, series[0], lab.estimate_window,
+                    self.settings.skew.run_length_events, lab.min_drop, series[1])
+            out.extend(est.update(np.asarray(preds, dtype=float), ts[rows]))
+        return out
+
+    def on_labels(self, event_ids: Sequence[str], ts: Sequence[float], labels: Sequence[Any],
+                  references: ReferenceLookup | None) -> list[Signal]:
+        """Join labels to their predictions; score them; watch the label distribution."""
+        lab = self.settings.labels
+        out: list[Signal] = []
+        drift_values: dict[tuple[str, str], tuple[list[Any], list[float]]] = {}
+        for eid, t, label in zip(event_ids, ts, labels, strict=True):
+            entry = self.join.match(eid)
+            if entry is None:
+                continue  # counted by the join as unmatched
+            _, version, cohort, prediction = entry
+            series = (version, cohort)
+            check = self.checks.get(series)
+            if check is None:
+                ref = references(version) if references is not None else None
+                perf = ref.performance if ref is not None else None
+                reference = None if not perf else perf.get("accuracy", perf.get("mae"))
+                check = self.checks[series] = PerformanceCheck(
+                    self.model, version, lab.window, self.settings.skew.run_length_events,
+                    lab.min_drop, reference, cohort, lab.severity)
+            signal = check.update(prediction, label, t)
+            if signal is not None:
+                out.append(signal)
+            values, times = drift_values.setdefault(series, ([], []))
+            values.append(label)
+            times.append(t)
+        for (version, cohort), (values, times) in drift_values.items():
+            det = self._label_drift(version, cohort, references)
+            if det is not None:
+                out.extend(_update_bins(det, values, np.asarray(times)))
+        return out
+
+    def _label_drift(self, version: str, cohort: str,
+                     references: ReferenceLookup | None) -> SkewDetector | None:
+        det = self.label_drift.get((version, cohort))
+        if det is None and references is not None:
+            ref = references(version)
+            if ref is not None and ref.label is not None:
+                det = self.label_drift[(version, cohort)] = SkewDetector(
+                    self.model, version, ref.label.bins, ref.label.skew, cohort,
+                    check="label_drift", severity=self.settings.skew.severity)
+                saved = self._saved_drift.pop((version, cohort), None)
+                if saved is not None:
+                    det.load_dict(saved)
+        return det
+
+    def stats(self) -> dict[str, int]:
+        return self.join.stats()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Small state, checkpointed with the model (the join buffer is not)."""
+        return {
+            "checks": [[v, c, chk.to_dict()] for (v, c), chk in self.checks.items()],
+            "estimates": [[v, c, e.to_dict()] for (v, c), e in self.estimates.items()],
+            "label_drift": [[v, c, d.to_dict()] for (v, c), d in self.label_drift.items()]
+            + [[v, c, d] for (v, c), d in self._saved_drift.items()],
+        }
+
+    def load_dict(self, data: dict[str, Any]) -> None:
+        lab = self.settings.labels
+        for v, c, d in data.get("checks", []):
+            chk = self.checks[(v, c)] = PerformanceCheck(
+                self.model, v, lab.window, self.settings.skew.run_length_events, lab.min_drop,
+                None, c, lab.severity)
+            chk.load_dict(d)
+        for v, c, d in data.get("estimates", []):
+            est = self.estimates[(v, c)] = ConfidenceEstimate(
+                self.model, v, lab.estimate_window, self.settings.skew.run_length_events,
+                lab.min_drop, c)
+            est.load_dict(d)
+        self._saved_drift = {(v, c): d for v, c, d in data.get("label_drift", [])}
+
+
+def _update_bins(det: SkewDetector, values: list[Any], ts: np.ndarray) -> list[Signal]:
+    bins = det.bins
+    if bins.kind == "numeric":
+        x = np.fromiter((float(v) if type(v) in (int, float, bool) else np.nan for v in values),
+                        dtype=float, count=len(values))
+        ok = np.isfinite(x)
+        return det.update(bins.bin_numeric(x[ok]), ts[ok])
+    return det.update(bins.bin_categories([category_key(v) for v in values]), ts)

@@ -1,0 +1,153 @@
+"""Labels: the feedback join, quality against the reference, label drift, estimates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import polars as pl
+
+from detectors.performance import LabelJoin, PerformanceCheck
+from detectors.profile import build_profile
+from streams.config import Settings
+from streams.pipeline import InMessage, Outbox, PredictionPipeline
+from streams.references import ReferenceStore
+
+SETTINGS = Settings(
+    windows={"size_s": 10, "allowed_lateness_s": 0},  # type: ignore[arg-type]
+    skew={"window_events": 400, "hop_events": 100,  # type: ignore[arg-type]
+          "run_length_events": 1e6},
+    drift={"enabled": False}, quality={"enabled": False},  # type: ignore[arg-type]
+    labels={"window": 200, "estimate_window": 400},  # type: ignore[arg-type]
+)
+
+
+def scored(n: int, seed: int, positive: float = 0.3, skill: float = 0.9
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Labels, and probabilities right with probability ``skill``."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < positive).astype(int)
+    right = rng.random(n) < skill
+    conf = rng.uniform(0.6, 1.0, n)
+    p = np.where(right == (y == 1), conf, 1 - conf)
+    return y, p
+
+
+def reference_store() -> ReferenceStore:
+    y, p = scored(20_000, seed=0)
+    store = ReferenceStore(SETTINGS.skew)
+    store.add(build_profile(pl.LazyFrame({"prediction": p, "label": y}), "m", "v1",
+                            created_at=1.0))
+    return store
+
+
+class Feed:
+    """Predictions and feedback for one model, as Kafka messages with offsets."""
+
+    def __init__(self) -> None:
+        self.pipeline = PredictionPipeline(SETTINGS, "ml.predictions", reference_store())
+        self.offsets = {"ml.predictions": 0, "ml.feedback": 0}
+        self.t = 0.0
+
+    def send(self, topic: str, docs: list[dict[str, Any]]) -> Outbox:
+        msgs = []
+        for i in range(0, len(docs), 100):
+            msgs.append(InMessage(orjson.dumps(docs[i:i + 100]), 0, self.offsets[topic], topic))
+            self.offsets[topic] += 1
+        return self.pipeline.process(msgs, now=self.t)
+
+    def predict_and_label(self, y: np.ndarray, p: np.ndarray, tag: str) -> Outbox:
+        preds, labels = [], []
+        for i, (yi, pi) in enumerate(zip(y.tolist(), p.tolist(), strict=True)):
+            eid = f"{tag}-{i}"
+            self.t += 0.01
+            preds.append({"event_id": eid, "ts": self.t, "model": "m", "version": "v1",
+                          "latency_ms": 5.0, "prediction": pi})
+            labels.append({"event_id": eid, "ts": self.t + 1, "model": "m", "version": "v1",
+                           "label": yi})
+        box = self.send("ml.predictions", preds)
+        fb = self.send("ml.feedback", labels)
+        box.alerts += fb.alerts
+        box.deadletters += fb.deadletters
+        return box
+
+
+def keys(box: Outbox, action: str = "trigger") -> list[str]:
+    """Label-based alerts (the prediction distribution moves too: skew is tested elsewhere)."""
+    return [k for k, a in box.alerts if a["event_action"] == action
+            and k.split(":")[0] in ("performance_degradation", "label_drift")]
+
+
+def test_a_model_that_gets_worse_raises_performance_degradation_then_resolves() -> None:
+    feed = Feed()
+    assert keys(feed.predict_and_label(*scored(1000, seed=1), tag="a")) == []
+    worse = feed.predict_and_label(*scored(400, seed=2, skill=0.6), tag="b")
+    assert keys(worse) == ["performance_degradation:m:v1:accuracy"]
+    alert = next(a for k, a in worse.alerts if k.startswith("performance"))["payload"]
+    details = alert["custom_details"]
+    assert details["reference_source"] == "profile" and details["estimate"] is False
+    assert details["value"] < details["reference"] - 0.2 and details["log_loss"] > 0
+    better = feed.predict_and_label(*scored(400, seed=3), tag="c")
+    assert keys(better, "resolve") == ["performance_degradation:m:v1:accuracy"]
+
+
+def test_label_distribution_moving_raises_label_drift() -> None:
+    feed = Feed()
+    feed.predict_and_label(*scored(600, seed=4), tag="a")
+    moved = feed.predict_and_label(*scored(600, seed=5, positive=0.8), tag="b")
+    assert "label_drift:m:v1:label" in keys(moved)
+
+
+def test_labels_for_unknown_predictions_are_counted_and_bad_feedback_dead_lettered() -> None:
+    feed = Feed()
+    feed.predict_and_label(*scored(10, seed=6), tag="a")
+    box = feed.send("ml.feedback", [
+        {"event_id": "never-seen", "ts": 1.0, "model": "m", "version": "v1", "label": 1},
+        {"event_id": "x", "ts": 1.0, "model": "m", "version": "v1"},
+    ])
+    assert [d["reason"].split(":")[0] for d in box.deadletters] == ["missing_field"]
+    assert box.deadletters[0]["topic"] == "ml.feedback"
+    stats = feed.pipeline.monitors["m"].labels.stats()
+    assert stats["matched"] == 10 and stats["unmatched"] == 1
+
+
+def test_without_labels_accuracy_is_estimated_from_confidence() -> None:
+    feed = Feed()
+    rng = np.random.default_rng(7)
+    sure = np.where(rng.random(800) < 0.5, rng.uniform(0.9, 1, 800), rng.uniform(0, 0.1, 800))
+    unsure = rng.uniform(0.35, 0.65, 800)
+    docs = [{"event_id": f"e{i}", "ts": i * 0.01, "model": "m", "version": "v1",
+             "latency_ms": 5.0, "prediction": float(p)}
+            for i, p in enumerate(np.concatenate([sure, unsure]))]
+    box = feed.send("ml.predictions", docs)
+    assert keys(box) == ["performance_degradation:m:v1:estimated_accuracy"]
+    details = next(a for k, a in box.alerts if k.startswith("performance"))["payload"][
+        "custom_details"]
+    assert details["estimate"] is True and "confidence" in details["method"]
+
+
+def test_the_join_buffer_is_checkpointed_on_its_own_key_and_restored() -> None:
+    feed = Feed()
+    y, p = scored(50, seed=8)
+    box = feed.send("ml.predictions", [
+        {"event_id": f"k{i}", "ts": i * 0.01, "model": "m", "version": "v1",
+         "latency_ms": 5.0, "prediction": float(pi)} for i, pi in enumerate(p)])
+    saved = {key: orjson.loads(orjson.dumps(v)) for _, key, v in box.checkpoints}
+    assert len(saved["m#labels"]["waiting"]) == 50
+    other = PredictionPipeline(SETTINGS, "ml.predictions", reference_store())
+    other.process([InMessage(orjson.dumps({"event_id": "k3", "ts": 2.0, "model": "m",
+                                           "version": "v1", "label": int(y[3])}),
+                             0, 0, "ml.feedback")], now=1.0, saved=saved.get)
+    assert other.monitors["m"].labels.stats()["matched"] == 1
+
+
+def test_join_and_check_units() -> None:
+    j = LabelJoin(max_size=10, ttl_s=5)
+    for i in range(3):
+        j.add(str(i), float(i), "v1", "stable", 0.5)
+    assert j.expire(watermark=6.5) == 2 and len(j) == 1
+    chk = PerformanceCheck("m", "v1", window=10, run_length=1e6)
+    for _ in range(10):
+        chk.update(3.0, 2.0, 0.0)  # regression: MAE 1 becomes the reference
+    assert chk.task == "regression" and chk.reference == 1.0
