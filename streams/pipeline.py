@@ -112,16 +112,24 @@ class PredictionPipeline:
         box = Outbox()
         cols = PredictionColumns()
         lim = self.settings.limits
+        # Predictions first, then labels: a label can only join a prediction the
+        # worker has seen (one that arrives before its prediction counts as unmatched).
         feedback = [m for m in messages if m.topic == self.feedback_topic]
         if feedback:
-            self._process_feedback(feedback, now, saved, box)
             messages = [m for m in messages if m.topic != self.feedback_topic]
         for i, msg in enumerate(messages):
             for dl in parse_predictions(msg.value, cols, i, lim.max_message_bytes,
                                           lim.max_batch_events):
                 box.deadletters.append(dl.to_record(self.topic, msg.partition, msg.offset))
-        if not len(cols):
-            return box
+        if len(cols):
+            self._process_predictions(cols, messages, now, saved, box)
+        if feedback:
+            self._process_feedback(feedback, now, saved, box)
+        return box
+
+    def _process_predictions(self, cols: PredictionColumns, messages: Sequence[InMessage],
+                             now: float, saved: Callable[[str], Record | None],
+                             box: Outbox) -> None:
         frame = pl.DataFrame({
             "model": cols.model, "version": cols.version, "cohort": cols.cohort,
             "ts": cols.ts, "latency_ms": cols.latency_ms, "error": cols.error,
@@ -130,7 +138,6 @@ class PredictionPipeline:
         by_model = frame.partition_by("model", as_dict=True, maintain_order=True)
         for (model,), rows in by_model.items():
             self._process_model(str(model), rows, messages, now, saved, box, cols)
-        return box
 
     def _process_model(self, model: str, rows: pl.DataFrame, messages: Sequence[InMessage],
                        now: float, saved: Callable[[str], Record | None], box: Outbox,

@@ -151,3 +151,13 @@ def test_join_and_check_units() -> None:
     for _ in range(10):
         chk.update(3.0, 2.0, 0.0)  # regression: MAE 1 becomes the reference
     assert chk.task == "regression" and chk.reference == 1.0
+
+
+def test_predictions_and_their_labels_in_one_micro_batch_join() -> None:
+    p = PredictionPipeline(SETTINGS, "ml.predictions", reference_store())
+    pred = {"event_id": "z", "ts": 1.0, "model": "m", "version": "v1", "latency_ms": 1.0,
+            "prediction": 0.9}
+    label = {"event_id": "z", "ts": 2.0, "model": "m", "version": "v1", "label": 1}
+    p.process([InMessage(orjson.dumps(label), 0, 0, "ml.feedback"),
+               InMessage(orjson.dumps(pred), 0, 0, "ml.predictions")], now=0.0)
+    assert p.monitors["m"].labels.stats()["matched"] == 1

@@ -42,3 +42,32 @@ async def test_published_profile_skewed_traffic_triggers_then_resolves(
     assert details["feature"] == "amount" and details["value"] > details["threshold"]
     assert details["largest_moves"] and details["calibration"]["window_events"] == 400
     assert orjson.dumps(trigger)  # the evidence is plain JSON
+
+
+async def test_feedback_is_joined_and_a_worse_model_raises_performance_degradation(
+        worker_factory: Callable[..., WorkerProcess]) -> None:
+    from tests.test_labels import scored
+
+    w = worker_factory({"labels": {"window": 100, "estimate": False},
+                        "skew": {"enabled": False}, "drift": {"enabled": False},
+                        "quality": {"enabled": False}})
+    key = "performance_degradation:m:v1:accuracy"
+    t0 = time.time() - 600
+    async with Collector(w.servers, w.topics["alerts"]) as alerts:
+        for phase, skill in enumerate((0.95, 0.95, 0.5)):
+            y, p = scored(100, seed=phase, skill=skill)
+            ids = [f"p{phase}-{i}" for i in range(100)]
+            preds = [{"event_id": e, "ts": t0 + phase * 10 + i * 0.01, "model": "m",
+                      "version": "v1", "latency_ms": 4.0, "prediction": float(pi)}
+                     for i, (e, pi) in enumerate(zip(ids, p, strict=True))]
+            labels = [{"event_id": e, "ts": t0 + phase * 10 + 5, "model": "m", "version": "v1",
+                       "label": int(yi)} for e, yi in zip(ids, y, strict=True)]
+            await produce(w.servers, w.topics["predictions"], [preds], key=b"m")
+            await produce(w.servers, w.topics["feedback"], [labels], key=b"m")
+        await alerts.until(lambda r: any(a["dedup_key"] == key for a in r),
+                           what="performance_degradation")
+    alert = next(a for a in alerts.records if a["dedup_key"] == key)
+    details = alert["payload"]["custom_details"]
+    # No profile was published: the first window of labels is the reference.
+    assert details["reference_source"] == "first_window" and details["reference"] > 0.9
+    assert details["value"] < 0.7 and alert["payload"]["class"] == "performance_degradation"
