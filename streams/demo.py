@@ -46,7 +46,7 @@ from streams.simulate import SCENARIOS, run, training_rows
 
 __all__ = ["run_demo", "demo_config"]
 
-GRACE_S = 25.0  # after the traffic ends, wait this long at most for the last resolves
+GRACE_S = 30.0  # after the scenario, wait this long at most for the last resolves
 
 
 def demo_config(prefix: str = "") -> dict[str, Any]:
@@ -56,12 +56,16 @@ def demo_config(prefix: str = "") -> dict[str, Any]:
                    for name in ("predictions", "feedback", "alerts", "deadletter", "stats",
                                    "references")},
         "worker": {"app_id": f"{prefix}sentinelle-demo", "batch_within_s": 0.2, "tick_s": 0.5,
-                   "idle_close_s": 8, "web_port": 0},
+                   "idle_close_s": 8, "web_port": 0,
+                   # recommender v3 is replaced by v4 mid-demo: forget it (and resolve
+                   # what it still had firing) after 20 s of silence
+                   "series_ttl_s": 20},
         "windows": {"size_s": 5, "allowed_lateness_s": 1},
         "latency": {"p99_threshold_ms": 400, "min_events": 20},
         "error_rate": {"threshold": 0.05, "min_events": 20},
         "outage": {"k": 10, "floor_s": 6, "min_arrivals": 10},
         "skew": {"window_events": 400, "hop_events": 100, "run_length_events": 1_000_000},
+        "quality": {"window_events": 200},
         "burn_rate": {"slow_ms": 400, "rules": [
             {"name": "page", "long_s": 60, "short_s": 10, "factor": 14.4, "severity": "critical"},
             {"name": "ticket", "long_s": 180, "short_s": 30, "factor": 6, "severity": "error"},
@@ -136,11 +140,11 @@ def run_demo(rate: float = 40.0, bootstrap_servers: str | None = None) -> int:
         topics = cfg["topics"]
         asyncio.run(ensure_topics(servers, topics.values(), 4, compacted=[topics["references"]]))
         settings = load_settings(cfg_path, servers)
-        for spec in scenario.models:  # what each version was trained on
-            profile = build_profile(pl.LazyFrame(training_rows(spec, 5000)), spec.model,
-                                    spec.version)
+        profiles = [(spec, v) for spec in scenario.models for v in spec.versions]
+        for spec, version in profiles:  # what each version was trained on
+            profile = build_profile(pl.LazyFrame(training_rows(spec, 5000)), spec.model, version)
             asyncio.run(publish_profile(settings, profile))
-        console.print(f"published training profiles of {len(scenario.models)} model versions")
+        console.print(f"published training profiles of {len(profiles)} model versions")
         with log_path.open("wb") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "streams.cli", "worker", "--config", str(cfg_path)],
@@ -182,17 +186,21 @@ async def _live(servers: str, topics: dict[str, str], scenario: Any, rate: float
     try:
         with Live(view.render(), console=console, refresh_per_second=4) as live:
             view.status = "traffic flowing"
+            # Healthy traffic goes on after the scenario (silence would be an outage)
+            # until every alert has resolved, GRACE_S at most.
             sim = asyncio.create_task(run(servers, topics["predictions"], scenario, rate,
+                                          duration_s=scenario.duration_s + GRACE_S,
                                           on_progress=progress))
             while not sim.done():
+                if view.elapsed >= scenario.duration_s:
+                    if not _firing(view.alerts):
+                        sim.cancel()
+                        break
+                    view.status = "scenario over, healthy traffic: waiting for the last resolves"
                 live.update(view.render())
                 await asyncio.sleep(0.25)
-            await sim
-            view.status = "traffic done; waiting for the last resolves"
-            deadline = time.monotonic() + GRACE_S
-            while time.monotonic() < deadline and _firing(view.alerts):
-                live.update(view.render())
-                await asyncio.sleep(0.25)
+            with contextlib.suppress(asyncio.CancelledError):
+                await sim
             view.status = "done"
             live.update(view.render())
     finally:

@@ -80,8 +80,11 @@ class Reference:
                 continue  # all missing in training: nothing to compare with
             args = (bins.reference, skew.window_events, skew.hop_events,
                     skew.run_length_events, skew.bootstrap_draws)
+            # The reference is itself a sample of `rows` values: its noise adds to
+            # the window's (a two-sample test), which matters for small profiles.
+            ref_rows = int(profile.get("rows") or 0)
             features[name] = FeatureRef(
-                bins, calibrate(*args),
+                bins, calibrate(*args, baseline=ref_rows or None),
                 calibrate(*args, baseline=baseline_factor * skew.window_events))
         created = profile.get("created_at")
         rows = int(profile.get("rows") or 0)

@@ -30,12 +30,19 @@ class ModelSpec:
     batch: int = 1            # events per Kafka message; > 1 uses the contract's batch form
     latency_median_ms: float = 40.0
     error_rate: float = 0.002
+    next_version: str | None = None  # served from the first "new_version" incident on
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        return (self.version,) if self.next_version is None else (self.version,
+                                                                   self.next_version)
 
 
 @dataclass(frozen=True)
 class Incident:
     model: str
-    kind: str                 # "latency", "errors", "silent" or "skew" (amounts x4)
+    kind: str  # "latency", "errors", "silent", "skew" (amounts x4), "missing" (30 % of
+    #            amounts missing), or "new_version" (the model's next_version serves from then on)
     start_s: float
     end_s: float
 
@@ -58,17 +65,22 @@ SCENARIOS = {
     "demo": Scenario(
         name="demo",
         description=("normal traffic; fraud-scorer latency regression at 20-45 s; recommender "
-                     "error spike at 30-55 s; churn-model silent at 45-70 s; recommender "
-                     "amounts skewed against its training profile at 60-78 s; all recover"),
-        models=(ModelSpec("fraud-scorer", "v7", batch=20), ModelSpec("recommender", "v3"),
+                     "error spike at 30-55 s; churn-model silent at 45-70 s; fraud-scorer "
+                     "amounts missing at 50-65 s; recommender v4 rolled out at 58 s, its "
+                     "amounts skewed against its training profile at 60-76 s; all recover"),
+        models=(ModelSpec("fraud-scorer", "v7", batch=20),
+                ModelSpec("recommender", "v3", next_version="v4"),
                 ModelSpec("churn-model", "v2")),
         incidents=(Incident("fraud-scorer", "latency", 20, 45),
                    Incident("recommender", "errors", 30, 55),
                    Incident("churn-model", "silent", 45, 70),
-                   Incident("recommender", "skew", 60, 78)),
+                   Incident("fraud-scorer", "missing", 50, 65),
+                   Incident("recommender", "new_version", 58, math.inf),
+                   Incident("recommender", "skew", 60, 76)),
         duration_s=95,
         malformed_every_s=4,
-        expect=("latency_slo", "error_rate", "outage", "training_serving_skew"),
+        expect=("latency_slo", "error_rate", "outage", "training_serving_skew",
+                "data_quality"),
     ),
     "steady": Scenario(
         name="steady", description="healthy traffic, forever",
@@ -85,13 +97,14 @@ def _effects(scenario: Scenario, model: str, t: float) -> set[str]:
 def make_event(spec: ModelSpec, ts: float, rng: random.Random, effects: set[str],
                n: int) -> dict[str, Any]:
     median = spec.latency_median_ms * (15 if "latency" in effects else 1)
+    version = spec.next_version if "new_version" in effects and spec.next_version else spec.version
     err_rate = 0.25 if "errors" in effects else spec.error_rate
     failed = rng.random() < err_rate
     ev: dict[str, Any] = {
         "event_id": f"{spec.model}-{n}",
         "ts": round(ts, 3),
         "model": spec.model,
-        "version": spec.version,
+        "version": version,
         "latency_ms": round(rng.lognormvariate(math.log(median), 0.5), 2),
         "status": "error" if failed else "ok",
         "features": {"amount": round(rng.expovariate(1 / 80) * (4 if "skew" in effects else 1),
@@ -101,6 +114,8 @@ def make_event(spec: ModelSpec, ts: float, rng: random.Random, effects: set[str]
     }
     if failed:
         ev["error"] = "upstream feature store timeout"
+    if "missing" in effects and rng.random() < 0.3:
+        del ev["features"]["amount"]
     return ev
 
 
