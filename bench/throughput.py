@@ -43,7 +43,10 @@ are about twice as large, so every row here is slower than in runs of this
 script before the features were added.) A line per ``pipeline+*`` row and wire
 form states that ratio against the 50% criterion, with the skew, drift and
 quality alerts it triggered; the data are stationary, so about none are
-expected.
+expected. Every ``pipeline*`` row also runs whatever else ``Settings()``
+enables (the label join, for one: it buffers every prediction awaiting its
+label); the header says which, and an environment override such as
+``SENTINELLE_LABELS__ENABLED=false`` leaves it out of all rows alike.
 
 Speed is given as events per second and µs per event (wall clock; the CPU time
 of the whole process, Polars' threads included, is shown too), and as a ratio to
@@ -63,8 +66,8 @@ Workload choices:
 - 3 models (``fraud-scorer``, ``recommender``, ``churn-model``), events made by
   :func:`streams.simulate.make_event` with a seeded ``random.Random`` and no
   incident effects (normal traffic), interleaved in event-time order;
-- ``RATE`` = 50 events per model per simulated second, so 100,000 events span
-  about 11 simulated minutes: about 11 windows of 60 s close per model, each
+- ``RATE`` = 50 events per model per simulated second, so 60,000 events span
+  about 7 simulated minutes: about 6 windows of 60 s close per model, each
   holding about 3,000 events of that model;
 - features: 8 numeric (lognormal, normal, uniform and exponential laws, rounded
   as a producer would send them) and 4 categorical (3 to 20 categories with
@@ -88,8 +91,9 @@ Workload choices:
   any timing; a fresh pipeline is made for every timed run.
 
 Run it with ``make bench`` or ``.venv/bin/python bench/throughput.py``; options:
-``--events N`` (default 100,000 per row), ``--repeat R`` (default 3),
-``--no-memory`` (skip the tracemalloc pass, about half the run time),
+``--events N`` (default 60,000 per row; the whole run then takes 60 to 90 s on
+2 cores), ``--repeat R`` (default 3), ``--no-memory`` (skip the tracemalloc
+pass, about half the run time),
 ``--plot out.png`` (a bar chart of events/s per row, when matplotlib is
 installed; it is not a dependency). Nothing is asserted: it is a script that
 prints figures, not a test.
@@ -379,8 +383,9 @@ def run_pipeline(work: Workload, settings: Settings,
         info["drift_alerts"] = sum(triggers.get(c, 0) for c in DRIFT_CHECKS)
         info["quality_alerts"] = triggers.get(QUALITY_CHECK, 0)
         # (series, feature) pairs compared with a reference, at the end of the run
-        info["compared"] = sum(len(s.skew) for mon in pipeline.monitors.values()
-                               for s in mon.series.values())
+        # (private layout of streams.monitor: read defensively, a sanity figure only)
+        info["compared"] = sum(len(getattr(s, "skew", ())) for mon in pipeline.monitors.values()
+                               for s in getattr(mon, "series", {}).values())
     return info
 
 
@@ -405,8 +410,15 @@ def stages(settings: Settings, references: ReferenceStore) -> Stages:
     def run_all(work: Workload, settings: Settings) -> dict[str, int]:
         return run_pipeline(work, settings, references)
 
+    labelled = settings.model_copy(update={
+        "labels": settings.labels.model_copy(update={"enabled": True})})
+
+    def run_labels(work: Workload, settings: Settings) -> dict[str, int]:
+        return run_pipeline(work, labelled, references)
+
     return (("baseline", run_baseline), ("parse", run_parse), ("pipeline", run_pipeline),
-            ("pipeline+skew", run_skew), ("pipeline+all", run_all))
+            ("pipeline+skew", run_skew), ("pipeline+all", run_all),
+            ("pipeline+all+labels", run_labels))
 
 
 def timed(run: Runner, work: Workload, settings: Settings) -> tuple[float, float, dict[str, int]]:
@@ -478,6 +490,8 @@ def header(settings: Settings, events: int, repeat: int) -> str:
         f"every event carries {FEATURES} features ({len(NUMERIC)} numeric, "
         f"{len(CATEGORICAL)} categorical) and a numeric prediction; pipeline+skew and "
         f"pipeline+all compare them with one reference profile per (model, version)",
+        f"every pipeline row runs the other capabilities as Settings() has them: "
+        f"{other_capabilities(settings)}",
     ])
 
 
@@ -518,6 +532,15 @@ def table(results: Sequence[Result], memory: bool) -> str:
         form = r.form
         out.append(line(row))
     return "\n".join(out)
+
+
+def other_capabilities(settings: Settings) -> str:
+    """Settings sections, besides the reference checks, that add work to every pipeline row."""
+    labels = getattr(settings, "labels", None)
+    if labels is None:
+        return "none besides the skeleton's"
+    return (f"label join {'on' if labels.enabled else 'off'} "
+            f"(SENTINELLE_LABELS__ENABLED=false leaves it out)")
 
 
 def reference_checks(settings: Settings) -> str:
@@ -582,7 +605,8 @@ def plot(results: Sequence[Result], path: str) -> None:
         return
     labels = [f"{r.form}\n{r.stage}" for r in results]
     colours = {"baseline": "#999999", "parse": "#4c72b0", "pipeline": "#dd8452",
-               "pipeline+skew": "#c44e52", "pipeline+all": "#8172b3"}
+               "pipeline+skew": "#c44e52", "pipeline+all": "#8172b3",
+               "pipeline+all+labels": "#937860"}
     fig, ax = plt.subplots(figsize=(11, 4.5))
     bars = ax.bar(labels, [r.rate for r in results], color=[colours[r.stage] for r in results])
     ax.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in results], fontsize=8)
@@ -598,8 +622,8 @@ def plot(results: Sequence[Result], path: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=100_000, metavar="N",
-                        help="events per row (default 100,000)")
+    parser.add_argument("--events", type=int, default=60_000, metavar="N",
+                        help="events per row (default 60,000)")
     parser.add_argument("--repeat", type=int, default=3, metavar="R",
                         help="timed runs per row; the fastest is reported (default 3)")
     parser.add_argument("--no-memory", action="store_true",
@@ -609,7 +633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.events < 1 or args.repeat < 1:
         parser.error("--events and --repeat must be at least 1")
 
-    settings = Settings()
+    # The skeleton: no label join (the +labels row adds it, with the reference checks).
+    settings = Settings(labels={"enabled": False})  # type: ignore[arg-type]
     started = time.perf_counter()
     rss_before = maxrss_mib()
     events = make_events(args.events)

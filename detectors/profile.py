@@ -217,6 +217,5 @@ class FeatureBins:
         # Values folded into __other__ at build time are unknown here: a value the
         # reference had but did not list counts as "other" only if __other__ exists.
         fallback = other if self.reference[other] > 0 else unseen
-        idx = self.index
-        return np.fromiter((idx.get(v, fallback) for v in values), dtype=np.int64,
-                           count=len(values))
+        get = self.index.get
+        return np.array([get(v, fallback) for v in values], dtype=np.int64)

@@ -28,10 +28,40 @@ from scipy import stats
 
 from detectors.base import Signal, dedup_key
 
-__all__ = ["FeatureSpec", "QualityDetector", "ISSUES"]
+__all__ = ["FeatureSpec", "FeatureColumns", "QualityDetector", "ISSUES"]
 
 ISSUES = ("missing", "type_mismatch", "non_finite", "out_of_range")
 _NUMBER = (int, float)
+_EMPTY: dict[str, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureColumns:
+    """A micro-batch's feature objects, pulled apart once per feature.
+
+    Every check of the batch reads these columns, so each value is touched a
+    fixed, small number of times (Python list comprehensions and
+    ``numpy.fromiter``), never once per check.
+    """
+
+    values: dict[str, list[Any]]     # raw values (None when absent)
+    numbers: dict[str, np.ndarray]   # numeric features: the value, NaN when absent or not a number
+    events: list[dict[str, Any]]     # the feature objects ({} when absent)
+    extra: frozenset[str]            # keys present in the batch but not asked for
+
+    @classmethod
+    def extract(cls, features: list[dict[str, Any] | None], names: list[str],
+                numeric: set[str]) -> FeatureColumns:
+        events = [f if f is not None else _EMPTY for f in features]
+        values = {n: [f.get(n) for f in events] for n in names}
+        numbers = {n: np.fromiter((v if type(v) in _NUMBER else np.nan for v in values[n]),
+                                  dtype=float, count=len(events))
+                   for n in names if n in numeric}
+        seen = set().union(*events) if events else set()
+        return cls(values, numbers, events, frozenset(seen - set(names)))
+
+    def __len__(self) -> int:
+        return len(self.events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +125,21 @@ class QualityDetector:
         self._counts: dict[str, dict[str, int]] = {}
         self._unknown: dict[str, int] = {}
 
-    def update(self, features: list[dict[str, Any] | None], ts: np.ndarray) -> list[Signal]:
-        """Fold a micro-batch's feature objects in; signals at each full window."""
+    def columns(self, features: list[dict[str, Any] | None]) -> FeatureColumns:
+        """The columns this detector reads (when no other check extracted them)."""
+        return FeatureColumns.extract(features, list(self.specs),
+                                      {n for n, s in self.specs.items() if s.kind == "numeric"})
+
+    def update(self, cols: FeatureColumns | list[dict[str, Any] | None],
+               ts: np.ndarray) -> list[Signal]:
+        """Fold a micro-batch in (its columns, or its feature objects); signals per window."""
+        if not isinstance(cols, FeatureColumns):
+            cols = self.columns(cols)
         out: list[Signal] = []
-        pos, n = 0, len(features)
+        pos, n = 0, len(cols)
         while pos < n:
             take = min(self.window - self._n, n - pos)
-            self._count(features[pos:pos + take])
+            self._count(cols, pos, pos + take)
             self._n += take
             pos += take
             if self._n == self.window:
@@ -109,27 +147,29 @@ class QualityDetector:
                 self._n, self._counts, self._unknown = 0, {}, {}
         return out
 
-    def _count(self, feats: list[dict[str, Any] | None]) -> None:
-        known = self.specs
-        for name, spec in known.items():
-            values = [f.get(name) if f else None for f in feats]
+    def _count(self, cols: FeatureColumns, a: int, b: int) -> None:
+        """Count rows ``a:b``. NaN (which JSON cannot carry) counts as a type mismatch,
+        like any non-number in a numeric feature; +-inf counts as non-finite."""
+        for name, spec in self.specs.items():
+            values = cols.values[name][a:b]
             c = self._counts.setdefault(name, dict.fromkeys(ISSUES, 0))
-            c["missing"] += sum(v is None for v in values)
+            missing = values.count(None)
+            c["missing"] += missing
             if spec.kind == "numeric":
-                mismatch = sum(v is not None and type(v) not in _NUMBER for v in values)
-                x = np.fromiter((v if type(v) in _NUMBER else np.nan for v in values),
-                                dtype=float, count=len(values))
-                finite = np.isfinite(x)
-                numeric = np.fromiter((type(v) in _NUMBER for v in values), dtype=bool,
-                                      count=len(values))
-                c["non_finite"] += int((numeric & ~finite).sum())
-                c["out_of_range"] += int(((x[finite] < spec.lo) | (x[finite] > spec.hi)).sum())
+                x = cols.numbers[name][a:b]
+                nan = np.isnan(x)
+                c["type_mismatch"] += int(nan.sum()) - missing
+                inf = np.isinf(x)
+                c["non_finite"] += int(inf.sum())
+                finite = x[~(nan | inf)]
+                c["out_of_range"] += int(((finite < spec.lo) | (finite > spec.hi)).sum())
             else:
-                mismatch = sum(isinstance(v, (dict, list)) for v in values)
-            c["type_mismatch"] += mismatch
-        for f in feats:
-            if f:
-                for name in f.keys() - known.keys():
+                c["type_mismatch"] += sum(type(v) in (dict, list) for v in values
+                                          if v is not None and type(v) is not str)
+        if cols.extra:
+            extra = cols.extra
+            for f in cols.events[a:b]:
+                for name in extra.intersection(f):
                     self._unknown[name] = self._unknown.get(name, 0) + 1
 
     def _significant(self, count: int, expected: float) -> tuple[bool, float]:

@@ -27,7 +27,7 @@ from detectors.drift import DriftDetector
 from detectors.errors import ErrorRateSpike
 from detectors.outage import OutageDetector
 from detectors.profile import build_profile, category_key
-from detectors.quality import QualityDetector
+from detectors.quality import FeatureColumns, QualityDetector
 from detectors.skew import SkewDetector
 from detectors.slo import BurnRate, BurnRule, LatencyThreshold
 from detectors.windows import TumblingWindows, WindowStats
@@ -265,15 +265,19 @@ class ModelMonitor:
             detectors = series.reference_detectors(self.model, str(version), str(cohort), ref,
                                                    self.settings)
             ts = ts_all[rows]
+            cols = _columns(ref, feats)
             signals: list[Signal] = []
             if series.quality is not None:
-                signals.extend(series.quality.update(feats, ts))
+                signals.extend(series.quality.update(cols, ts))
             for name, dets in detectors.items():
                 if name == "prediction":
-                    values = [predictions[i] for i in rows]
+                    preds = [predictions[i] for i in rows]
+                    x = (np.fromiter((v if type(v) in _NUMBER else np.nan for v in preds),
+                                     dtype=float, count=len(preds))
+                         if dets and dets[0].bins.kind == "numeric" else None)
+                    signals.extend(_compare(dets, preds, x, ts))
                 else:
-                    values = [f.get(name) if f else None for f in feats]
-                signals.extend(_compare(dets, values, ts))
+                    signals.extend(_compare(dets, cols.values[name], cols.numbers.get(name), ts))
             for signal in signals:
                 if ref.source != "published":
                     signal = _note_source(signal, ref)
@@ -360,23 +364,31 @@ class ModelMonitor:
         return mon
 
 
+def _columns(ref: Reference, feats: list[dict[str, Any] | None]) -> FeatureColumns:
+    """Every feature the reference knows, extracted once for all the checks."""
+    names = [spec.name for spec in ref.specs]
+    names += [n for n in ref.features if n != "prediction" and n not in names]
+    numeric = {spec.name for spec in ref.specs if spec.kind == "numeric"}
+    numeric |= {n for n, fr in ref.features.items() if fr.bins.kind == "numeric"}
+    return FeatureColumns.extract(feats, names, numeric)
+
+
 def _compare(dets: list[SkewDetector | DriftDetector], values: list[Any],
-             ts: np.ndarray) -> list[Signal]:
+             numbers: np.ndarray | None, ts: np.ndarray) -> list[Signal]:
     """Bin one feature's values of a micro-batch once (vectorised); update its detectors."""
     if not dets:
         return []
     bins = dets[0].bins
     out: list[Signal] = []
     if bins.kind == "numeric":
-        x = np.fromiter((v if type(v) in _NUMBER else np.nan for v in values), dtype=float,
-                        count=len(values))
-        ok = np.isfinite(x)
-        idx, x, ts = bins.bin_numeric(x[ok]), x[ok], ts[ok]
+        assert numbers is not None
+        ok = np.isfinite(numbers)
+        idx, x, t = bins.bin_numeric(numbers[ok]), numbers[ok], ts[ok]
         for det in dets:
-            out.extend(det.update(idx, ts, x))
+            out.extend(det.update(idx, t, x))
         return out
     present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
-    cats = [category_key(v) for v in values if v is not None]
+    cats = [v if type(v) is str else category_key(v) for v in values if v is not None]
     idx = bins.bin_categories(cats)
     unseen = ([c for c in cats if c not in bins.index]
               if idx.size and (idx >= bins.size - 2).any() else [])
