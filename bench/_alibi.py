@@ -7,9 +7,10 @@ is installed (``--alibi-python``), and talks to it over pipes:
 
 1. stdin, first line: the job (JSON): reference samples, ERT, window sizes,
    stream lengths, repetitions, seeds;
-2. this process configures the thresholds, runs the stationary streams and the
-   detection-delay runs (while the parent measures Sentinelle), printing a
-   progress line per stage on stderr;
+2. this process configures the thresholds, then runs the stationary streams
+   and the detection-delay runs, one feature per task in a pool of worker
+   processes (while the parent measures Sentinelle), printing progress lines
+   on stderr;
 3. stdin, second line: ``speed``, sent once the parent is idle; this process
    then times ``predict`` alone on the machine and writes the results (JSON)
    on stdout.
@@ -124,7 +125,7 @@ def main() -> int:
     feats = {f.name: f for f in syn.NUMERIC}
     names: list[str] = job["features"]
     ws: list[int] = job["window_sizes"]
-    min_ws, arm = min(ws), 2 * max(ws)
+    arm = 2 * max(ws)
     out: dict[str, Any] = {
         "version": alibi_detect.__version__, "python": platform.python_version(),
         "numpy": np.__version__, "numba": numba.__version__,

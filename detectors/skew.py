@@ -233,19 +233,23 @@ class SkewDetector:
         ref = self.bins.reference
         js = js_distance(serving, ref)
         active = js > self.calibration.threshold
-        moved = np.argsort(-np.abs(serving - ref))[:3]
         details: dict[str, Any] = {
             "feature": self.bins.name, "statistic": "jensen_shannon", "value": round(js, 5),
             "threshold": round(self.calibration.threshold, 5), "cohort": self.cohort,
-            "feature_type": self.bins.kind,
-            "largest_moves": [{"bin": self.bins.labels[i], "serving": round(float(serving[i]), 4),
-                               "reference": round(float(ref[i]), 4)} for i in moved],
             "window": {"events": int(counts.sum()), "end_ts": ts},
-            "calibration": self.calibration.to_dict(),
         }
-        if self.bins.kind == "categorical":
-            details["linf"] = linf_distance(serving, ref)
-            details["unseen_categories"] = sorted(self._unseen)
+        if active:  # the evidence; a quiet test (most of them) only needs the figures
+            moved = np.argsort(-np.abs(serving - ref))[:3]
+            details.update({
+                "feature_type": self.bins.kind,
+                "largest_moves": [{"bin": self.bins.labels[i],
+                                   "serving": round(float(serving[i]), 4),
+                                   "reference": round(float(ref[i]), 4)} for i in moved],
+                "calibration": self.calibration.to_dict(),
+            })
+            if self.bins.kind == "categorical":
+                details["linf"] = linf_distance(serving, ref)
+                details["unseen_categories"] = sorted(self._unseen)
         what = "training/serving skew" if self.check == "training_serving_skew" else "drift"
         summary = (f"{self.model} {self.version}: {what} on feature '{self.bins.name}' "
                    f"(JS distance {js:.3f} {'>' if active else '<='} "

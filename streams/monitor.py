@@ -247,9 +247,7 @@ class ModelMonitor:
               references: ReferenceLookup) -> None:
         on_time = ~late
         ts_all = frame["ts"].to_numpy()
-        keys = frame.select("version", "cohort").with_row_index("row")
-        for (version, cohort), part in keys.group_by(["version", "cohort"], maintain_order=True):
-            rows = part["row"].to_numpy()
+        for (version, cohort), rows in _series_rows(frame):
             rows = rows[on_time[rows]]
             if rows.size == 0:
                 continue
@@ -362,6 +360,16 @@ class ModelMonitor:
             series.last_arrival = max(series.last_arrival, now)
         mon.labels.load_dict(data.get("labels") or {})
         return mon
+
+
+def _series_rows(frame: pl.DataFrame) -> list[tuple[tuple[str, str], np.ndarray]]:
+    """Row numbers of each (version, cohort) in ``frame``, in order of appearance."""
+    versions, cohorts = frame["version"], frame["cohort"]
+    if versions.n_unique() == 1 and cohorts.n_unique() == 1:  # the usual case: one series
+        return [((str(versions[0]), str(cohorts[0])), np.arange(frame.height))]
+    keys = frame.select("version", "cohort").with_row_index("row")
+    return [((str(v), str(c)), part["row"].to_numpy())
+            for (v, c), part in keys.group_by(["version", "cohort"], maintain_order=True)]
 
 
 def _columns(ref: Reference, feats: list[dict[str, Any] | None]) -> FeatureColumns:
