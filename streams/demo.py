@@ -66,6 +66,7 @@ def demo_config(prefix: str = "") -> dict[str, Any]:
         "outage": {"k": 10, "floor_s": 6, "min_arrivals": 10},
         "skew": {"window_events": 400, "hop_events": 100, "run_length_events": 1_000_000},
         "quality": {"window_events": 200},
+        "drift": {"baseline_factor": 1},  # 400 recent values against the 400 before
         "burn_rate": {"slow_ms": 400, "rules": [
             {"name": "page", "long_s": 60, "short_s": 10, "factor": 14.4, "severity": "critical"},
             {"name": "ticket", "long_s": 180, "short_s": 30, "factor": 6, "severity": "error"},

@@ -41,8 +41,9 @@ class ModelSpec:
 @dataclass(frozen=True)
 class Incident:
     model: str
-    kind: str  # "latency", "errors", "silent", "skew" (amounts x4), "missing" (30 % of
-    #            amounts missing), or "new_version" (the model's next_version serves from then on)
+    kind: str  # "latency", "errors", "silent", "skew" (amounts x4), "drift" (amounts x2.5),
+    #            "missing" (30 % of amounts missing), or "new_version" (the model's
+    #            next_version serves from then on)
     start_s: float
     end_s: float
 
@@ -66,8 +67,9 @@ SCENARIOS = {
         name="demo",
         description=("normal traffic; fraud-scorer latency regression at 20-45 s; recommender "
                      "error spike at 30-55 s; churn-model silent at 45-70 s; fraud-scorer "
-                     "amounts missing at 50-65 s; recommender v4 rolled out at 58 s, its "
-                     "amounts skewed against its training profile at 60-76 s; all recover"),
+                     "amounts missing at 50-65 s, then drifting up at 66-80 s; recommender v4 "
+                     "rolled out at 58 s, its amounts skewed against its training profile at "
+                     "60-76 s; all recover"),
         models=(ModelSpec("fraud-scorer", "v7", batch=20),
                 ModelSpec("recommender", "v3", next_version="v4"),
                 ModelSpec("churn-model", "v2")),
@@ -75,12 +77,13 @@ SCENARIOS = {
                    Incident("recommender", "errors", 30, 55),
                    Incident("churn-model", "silent", 45, 70),
                    Incident("fraud-scorer", "missing", 50, 65),
+                   Incident("fraud-scorer", "drift", 66, 80),
                    Incident("recommender", "new_version", 58, math.inf),
                    Incident("recommender", "skew", 60, 76)),
         duration_s=95,
         malformed_every_s=4,
         expect=("latency_slo", "error_rate", "outage", "training_serving_skew",
-                "data_quality"),
+                "data_quality", "feature_drift"),
     ),
     "steady": Scenario(
         name="steady", description="healthy traffic, forever",
@@ -92,6 +95,10 @@ SCENARIOS = {
 
 def _effects(scenario: Scenario, model: str, t: float) -> set[str]:
     return {i.kind for i in scenario.incidents if i.model == model and i.active(t)}
+
+
+def _amount_factor(effects: set[str]) -> float:
+    return 4.0 if "skew" in effects else 2.5 if "drift" in effects else 1.0
 
 
 def make_event(spec: ModelSpec, ts: float, rng: random.Random, effects: set[str],
@@ -107,8 +114,7 @@ def make_event(spec: ModelSpec, ts: float, rng: random.Random, effects: set[str]
         "version": version,
         "latency_ms": round(rng.lognormvariate(math.log(median), 0.5), 2),
         "status": "error" if failed else "ok",
-        "features": {"amount": round(rng.expovariate(1 / 80) * (4 if "skew" in effects else 1),
-                                     2),
+        "features": {"amount": round(rng.expovariate(1 / 80) * _amount_factor(effects), 2),
                      "country": rng.choice(["FR", "DE", "US", "GB"])},
         "prediction": round(rng.random(), 4),
     }
