@@ -67,15 +67,6 @@ class Calibration:
                 "achieved_run_length_events": round(self.achieved_run_length)}
 
 
-def _jsd_rows(samples: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Jensen-Shannon divergence (nats) of each row of ``samples`` against ``q``."""
-    m = 0.5 * (samples + q)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(samples > 0, samples * np.log(samples / m), 0.0).sum(axis=1)
-        b = np.where(q > 0, q * np.log(q / m), 0.0).sum(axis=1)
-    return np.maximum(0.0, 0.5 * (a + b))
-
-
 def calibrate(reference: np.ndarray, window: int, hop: int, run_length: float,
               draws: int = 2000, seed: int = 0, baseline: int | None = None) -> Calibration:
     """Threshold on the JS distance for a false alarm every ``run_length`` events.
@@ -102,14 +93,14 @@ def calibrate(reference: np.ndarray, window: int, hop: int, run_length: float,
     dof = support.size - 1
     n_eff = window if baseline is None else window * baseline / (window + baseline)
     if dof == 0:  # a constant feature: any value elsewhere is a change
-        jsd_one_off = float(_jsd_rows(np.array([[1 - 1 / window, 1 / window]]),
+        jsd_one_off = float(_jsd_pairs(np.array([[1 - 1 / window, 1 / window]]),
                                       np.array([1.0, 0.0]))[0])
         return Calibration(math.sqrt(jsd_one_off / math.log(2)), alpha, run_length, window,
                            hop, 0, 1.0, 0)
     rng = np.random.default_rng(seed)
     sample = rng.multinomial(window, support, size=draws) / window
     if baseline is None:
-        jsd = _jsd_rows(sample, support)
+        jsd = _jsd_pairs(sample, support)
     else:
         other = rng.multinomial(baseline, support, size=draws) / baseline
         jsd = _jsd_pairs(sample, other)
@@ -124,7 +115,8 @@ def calibrate(reference: np.ndarray, window: int, hop: int, run_length: float,
 
 
 def _jsd_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Jensen-Shannon divergence (nats) of each row of ``a`` against the same row of ``b``."""
+    """Jensen-Shannon divergence (nats) of each row of ``a`` against the same row of ``b``
+    (or against ``b`` itself, when it is one distribution)."""
     m = 0.5 * (a + b)
     with np.errstate(divide="ignore", invalid="ignore"):
         x = np.where(a > 0, a * np.log(a / m), 0.0).sum(axis=1)

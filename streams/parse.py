@@ -128,6 +128,13 @@ def _string(ev: dict[str, Any], name: str, required: bool = True) -> str | None:
     return v
 
 
+def _required(ev: dict[str, Any], name: str) -> str:
+    v = _string(ev, name)
+    if v is None:  # pragma: no cover - _string raised already
+        raise Invalid(f"missing_field: '{name}' is required")
+    return v
+
+
 def _number(ev: dict[str, Any], name: str) -> float:
     v = ev.get(name)
     if v is None:
@@ -139,15 +146,19 @@ def _number(ev: dict[str, Any], name: str) -> float:
     return float(v)
 
 
-def _add_prediction(ev: Any, cols: PredictionColumns, message: int, element: int) -> None:
+def _header(ev: Any) -> tuple[str, float, str, str]:
+    """``event_id``, ``ts``, ``model`` and ``version``: what every input event has."""
     if not isinstance(ev, dict):
         raise Invalid(f"not_object: expected a JSON object, got {type(ev).__name__}")
-    event_id = _string(ev, "event_id")
+    event_id = _required(ev, "event_id")
     if "ts" not in ev or ev["ts"] is None:
         raise Invalid("missing_field: 'ts' is required")
     ts = parse_time(ev["ts"])
-    model = _string(ev, "model")
-    version = _string(ev, "version")
+    return event_id, ts, _required(ev, "model"), _required(ev, "version")
+
+
+def _add_prediction(ev: Any, cols: PredictionColumns, message: int, element: int) -> None:
+    event_id, ts, model, version = _header(ev)
     latency = _number(ev, "latency_ms")
     if latency < 0:
         raise Invalid(f"negative_latency: 'latency_ms' is {latency}")
@@ -164,13 +175,13 @@ def _add_prediction(ev: Any, cols: PredictionColumns, message: int, element: int
             raise Invalid("bad_type: 'prediction' must be a number, string or bool")
         if isinstance(prediction, float) and not math.isfinite(prediction):
             raise Invalid(f"not_finite: 'prediction' is {prediction}")
-    cols.model.append(model)  # type: ignore[arg-type]
-    cols.version.append(version)  # type: ignore[arg-type]
+    cols.model.append(model)
+    cols.version.append(version)
     cols.cohort.append(cohort)
     cols.ts.append(ts)
     cols.latency_ms.append(latency)
     cols.error.append(status != "ok")
-    cols.event_id.append(event_id)  # type: ignore[arg-type]
+    cols.event_id.append(event_id)
     cols.features.append(features)
     cols.prediction.append(prediction)
     cols.message.append(message)
@@ -255,14 +266,7 @@ class FeedbackColumns:
 
 
 def _add_feedback(ev: Any, cols: FeedbackColumns) -> None:
-    if not isinstance(ev, dict):
-        raise Invalid(f"not_object: expected a JSON object, got {type(ev).__name__}")
-    event_id = _string(ev, "event_id")
-    if "ts" not in ev or ev["ts"] is None:
-        raise Invalid("missing_field: 'ts' is required")
-    ts = parse_time(ev["ts"])
-    model = _string(ev, "model")
-    version = _string(ev, "version")
+    event_id, ts, model, version = _header(ev)
     label = ev.get("label")
     if label is None:
         raise Invalid("missing_field: 'label' is required")
@@ -270,10 +274,10 @@ def _add_feedback(ev: Any, cols: FeedbackColumns) -> None:
         raise Invalid("bad_type: 'label' must be a number, string or bool")
     if isinstance(label, float) and not math.isfinite(label):
         raise Invalid(f"not_finite: 'label' is {label}")
-    cols.model.append(model)  # type: ignore[arg-type]
-    cols.version.append(version)  # type: ignore[arg-type]
+    cols.model.append(model)
+    cols.version.append(version)
     cols.ts.append(ts)
-    cols.event_id.append(event_id)  # type: ignore[arg-type]
+    cols.event_id.append(event_id)
     cols.label.append(label)
 
 
