@@ -136,6 +136,9 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
     async def wall_clock_checks() -> None:
         items: Iterable[tuple[str, Any]] = list(s.state.data.items())
         await publish(pipeline.tick(time.time(), items))
+        for model, mon in pipeline.monitors.items():
+            for outcome, n in mon.labels.stats().items():
+                metrics.labels.labels(model, outcome).set(n)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:

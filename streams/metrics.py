@@ -17,6 +17,7 @@ class Metrics:
     alerts: Counter
     windows: Counter
     models: Gauge
+    labels: Gauge
 
 
 def make_metrics(registry: CollectorRegistry) -> Metrics:
@@ -33,4 +34,7 @@ def make_metrics(registry: CollectorRegistry) -> Metrics:
                         registry=registry),
         models=Gauge("sentinelle_models", "Models whose state this worker holds",
                      registry=registry),
+        labels=Gauge("sentinelle_labels", "Feedback join, since the worker started: labels "
+                     "matched or unmatched, predictions expired or dropped unlabelled, waiting",
+                     ["model", "outcome"], registry=registry),
     )
