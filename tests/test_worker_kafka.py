@@ -6,15 +6,18 @@ in an instant, with timestamps in the past, and get deterministic windows.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from streams.broker import free_port
 from tests.conftest import WorkerProcess
 from tests.kafka_io import Collector, produce
 
@@ -134,7 +137,8 @@ MALFORMED: list[tuple[bytes, str]] = [
 
 async def test_malformed_inputs_go_to_the_deadletter_topic_and_processing_goes_on(
         worker_factory: Callable[..., WorkerProcess]) -> None:
-    w = worker_factory(WINDOW_CFG)
+    port = free_port()
+    w = worker_factory({**WINDOW_CFG, "worker": {"web_port": port}})
     good = events("m", T0, 20, 50.0)
     batch = [good[0], {"event_id": "x", "model": "m"}, good[1], 42]  # two bad elements
     late = events("m", T0 - 5 * WINDOW, 1, 50.0)[0]  # its window closed long before
@@ -167,6 +171,12 @@ async def test_malformed_inputs_go_to_the_deadletter_topic_and_processing_goes_o
     assert [d["reason"].split(":")[0] for d in dead.records].count("late") == 1
     # Every good event of the window was counted, the two from the batch included.
     assert stats.records[0]["count"] == len(good)
+    # ... and every dead letter is counted by reason on the worker's /metrics page.
+    url = f"http://127.0.0.1:{port}/metrics"
+    page = (await asyncio.to_thread(urllib.request.urlopen, url, None, 10)).read().decode()
+    topic = w.topics["predictions"]
+    assert f'sentinelle_deadletters_total{{reason="not_json",topic="{topic}"}} 2.0' in page
+    assert f'sentinelle_deadletters_total{{reason="late",topic="{topic}"}} 1.0' in page
 
 
 async def test_a_restarted_worker_restores_state_no_second_trigger_and_still_resolves(
