@@ -191,6 +191,70 @@ def format_record(what: str, rec: Any) -> str:
     return orjson.dumps(rec).decode()
 
 
+@main.group()
+def bridge() -> None:
+    """Forward ml.alerts to an incident tool (at least once, in order)."""
+
+
+def _bridge(settings: Settings, name: str, url: str, rate: float,
+            body_of: Any) -> None:
+    import aiohttp
+
+    from alerting.bridge_service import http_poster, run_bridge
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    async def go() -> None:
+        async with aiohttp.ClientSession() as session:
+            await run_bridge(settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP,
+                             settings.topics.alerts, settings.topics.deadletter,
+                             f"{settings.worker.app_id}-bridge-{name}",
+                             http_poster(session, url), body_of, rate)
+
+    click.echo(f"forwarding {settings.topics.alerts} to {name} ({url.split('?')[0]})")
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        pass
+
+
+@bridge.command("pagerduty")
+@click.option("--url", default="https://events.pagerduty.com/v2/enqueue", show_default=True)
+@click.option("--routing-key-env", default="PAGERDUTY_ROUTING_KEY", show_default=True,
+              help="environment variable holding the integration's routing key")
+@click.option("--rate", type=float, default=10.0, show_default=True, help="requests/s at most")
+@config_option
+@servers_option
+def bridge_pagerduty(url: str, routing_key_env: str, rate: float, config_path: str | None,
+                     bootstrap_servers: str | None) -> None:
+    """Post every alert to PagerDuty's Events API v2 (routing key added)."""
+    import os
+
+    from alerting.bridge import pagerduty_body
+
+    key = os.environ.get(routing_key_env)
+    if not key:
+        click.echo(f"sentinelle: set {routing_key_env} to the PagerDuty routing key", err=True)
+        sys.exit(2)
+    settings = _settings(config_path, bootstrap_servers)
+    _bridge(settings, "pagerduty", url, rate, lambda alert: pagerduty_body(alert, key))
+
+
+@bridge.command("webhook")
+@click.option("--url", required=True, help="the endpoint; its query string is never printed")
+@click.option("--slack", is_flag=True, help="send a Slack-compatible {'text': …} body")
+@click.option("--rate", type=float, default=10.0, show_default=True, help="requests/s at most")
+@config_option
+@servers_option
+def bridge_webhook(url: str, slack: bool, rate: float, config_path: str | None,
+                   bootstrap_servers: str | None) -> None:
+    """Post every alert, as published (or as a Slack message), to any HTTP endpoint."""
+    from alerting.bridge import slack_body
+
+    settings = _settings(config_path, bootstrap_servers)
+    _bridge(settings, "webhook", url, rate, slack_body if slack else (lambda alert: alert))
+
+
 @main.command()
 @click.option("--rate", type=float, default=40.0, show_default=True,
               help="events per second per model")
