@@ -84,7 +84,23 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
 
     @app.task
     async def follow_references() -> None:
-        """Read all of ml.references, then keep following it (outside the group)."""
+        """Read all of ml.references, then keep following it (outside the group).
+
+        Predictions wait until the topic has been read once; if reading fails,
+        the worker says so, goes on without the profiles it could not read (an
+        unreferenced version learns from its first events), and tries again.
+        """
+        while True:
+            try:
+                await read_references()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the broker or the topic: log, keep serving, retry
+                log.exception("cannot read %s; retrying in 5 s", settings.topics.references)
+                references_loaded.set()
+                await asyncio.sleep(5)
+
+    async def read_references() -> None:
         topic = settings.topics.references
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers,
                                     group_id=None, auto_offset_reset="earliest",
@@ -128,7 +144,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
         messages = [InMessage(e.message.value, e.message.partition, e.message.offset,
                               e.message.topic) for e in events]
         metrics.messages.labels("inputs").inc(len(messages))
-        box = pipeline.process(messages, time.time(), saved)
+        box = pipeline.process_safely(messages, time.time(), saved)
         metrics.events.labels(topic_name).inc(box.events)
         await publish(box)
 

@@ -14,6 +14,7 @@ that model instead of being counted twice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,12 +33,15 @@ from streams.parse import (
     PredictionColumns,
     parse_feedback,
     parse_predictions,
+    raw_text,
 )
 from streams.references import ReferenceStore
 
 __all__ = ["InMessage", "Outbox", "PredictionPipeline", "stats_record"]
 
 Record = dict[str, Any]
+
+log = logging.getLogger("sentinelle.worker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,37 @@ class PredictionPipeline:
                 mon.labels.join.load_dict(join)
             self.monitors[model] = mon
         return mon
+
+    def process_safely(self, messages: Sequence[InMessage], now: float,
+                       saved: Callable[[str], Record | None] = lambda m: None) -> Outbox:
+        """:meth:`process`, but a bug met on some input costs only that input.
+
+        If the micro-batch raises, its messages are processed one at a time and
+        any message that raises again is dead-lettered (``internal_error``)
+        instead of stopping the worker in a crash loop on the same batch.
+        """
+        try:
+            return self.process(messages, now, saved)
+        except Exception:
+            log.exception("a micro-batch of %d messages failed; retrying one by one",
+                          len(messages))
+        box = Outbox()
+        for msg in messages:
+            try:
+                one = self.process([msg], now, saved)
+            except Exception as exc:
+                log.exception("message %s/%s failed; dead-lettered", msg.partition, msg.offset)
+                topic = msg.topic or self.topic
+                box.deadletters.append(DeadLetter(
+                    f"internal_error: {type(exc).__name__}: {exc}"[:500],
+                    raw_text(msg.value or b"")).to_record(topic, msg.partition, msg.offset))
+                continue
+            box.deadletters += one.deadletters
+            box.stats += one.stats
+            box.alerts += one.alerts
+            box.checkpoints += one.checkpoints
+            box.events += one.events
+        return box
 
     def process(self, messages: Sequence[InMessage], now: float,
                 saved: Callable[[str], Record | None] = lambda m: None) -> Outbox:

@@ -108,3 +108,20 @@ def test_state_restored_by_tick_keeps_firing_alerts_and_grants_grace() -> None:
     back = other.process([InMessage(orjson.dumps(ev("m", T0 + 1, 10.0)), 0, 1)], now=21.0)
     assert actions(back) == [("resolve", "outage:m")]
     assert other.revoke({0}) == ["m"] and other.monitors == {}
+
+
+def test_a_bug_on_one_message_costs_only_that_message(monkeypatch: Any) -> None:
+    p = PredictionPipeline(SETTINGS, "ml.predictions")
+    real = p.process
+
+    def flaky(messages: list[InMessage], now: float, saved: Any = None) -> Outbox:
+        if any(m.offset == 1 for m in messages):
+            raise RuntimeError("a bug")
+        return real(messages, now)
+
+    monkeypatch.setattr(p, "process", flaky)
+    msgs = [InMessage(orjson.dumps(ev("m", T0 + i, 10.0)), 0, i) for i in range(3)]
+    box = p.process_safely(msgs, now=0.0)
+    assert box.events == 2
+    [dead] = box.deadletters
+    assert (dead["offset"], dead["reason"]) == (1, "internal_error: RuntimeError: a bug")
