@@ -39,6 +39,10 @@ from detectors.base import Signal
 
 __all__ = ["ManagerSettings", "Silence", "AlertManager", "inhibited", "Lifecycle"]
 
+# Resolved by their own rule, not by a value crossing a threshold: an outage
+# resolves when traffic is back; a burn-rate rule when its short window clears.
+NO_HYSTERESIS = frozenset({"outage"})
+WALL_CLOCK_CHECKS = frozenset({"outage", "pipeline_stalled"})
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 OUTAGE_INHIBITS = frozenset({"latency_slo", "error_rate", "feature_drift", "prediction_drift",
                              "training_serving_skew", "data_quality", "label_drift",
@@ -105,7 +109,9 @@ class Lifecycle:
     notified: bool = False             # a trigger went out and no resolve since
     last_notified: float = 0.0
     group_key: str | None = None
-    last: Signal | None = None         # the latest signal, for releases and resolves
+    last: Signal | None = None         # the latest active signal, for releases and repeats
+    trigger_severity: str = ""         # what the trigger said, for its resolve
+    trigger_summary: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         s = self.last
@@ -113,6 +119,8 @@ class Lifecycle:
                 "flapping": self.flapping, "last_active": self.last_active,
                 "direction": self.direction, "notified": self.notified,
                 "last_notified": self.last_notified, "group_key": self.group_key,
+                "trigger_severity": self.trigger_severity,
+                "trigger_summary": self.trigger_summary,
                 "last": None if s is None else {
                     "check": s.check, "key": s.key, "active": s.active, "severity": s.severity,
                     "summary": s.summary, "timestamp": s.timestamp, "model": s.model,
@@ -123,7 +131,8 @@ class Lifecycle:
         last = d.get("last")
         return cls(d["state"], d["since"], list(d["changes"]), d["flapping"], d["last_active"],
                    d["direction"], d["notified"], d["last_notified"], d["group_key"],
-                   None if last is None else Signal(**last))
+                   None if last is None else Signal(**last), d.get("trigger_severity", ""),
+                   d.get("trigger_summary", ""))
 
 
 def inhibited(signal: Signal, firing: dict[str, Lifecycle]) -> str | None:
@@ -194,6 +203,8 @@ class AlertManager:
         st = self.settings
         if lc.flapping and now - lc.last_active < st.flap_hold_s:
             return False  # flapping: hold it firing until things are quiet
+        if s.check in NO_HYSTERESIS or s.details.get("statistic") == "burn_rate":
+            return True  # traffic is back / the short window cleared: that is the rule
         value, threshold = s.details.get("value"), s.details.get("threshold")
         if not isinstance(value, (int, float)) or not isinstance(threshold, (int, float)):
             return True
@@ -202,11 +213,18 @@ class AlertManager:
 
     # -- the chain -------------------------------------------------------------
 
-    def process(self, signals: list[Signal], now: float | None = None) -> list[dict[str, Any]]:
-        """Notifications caused by ``signals`` (``now``: each signal's own time)."""
+    def process(self, signals: list[Signal],
+                wall_now: float | None = None) -> list[dict[str, Any]]:
+        """Notifications caused by ``signals``.
+
+        Each alert keeps time with its own signals' timestamps (event time for
+        window checks, the wall clock for outage); silences, set by people, are
+        judged on ``wall_now`` (default: the signal's time).
+        """
         out: list[dict[str, Any]] = []
         for s in signals:
-            t = s.timestamp if now is None else now
+            t = s.timestamp
+            wall = t if wall_now is None else wall_now
             lc = self.alerts.get(s.key)
             if lc is None:
                 if not s.active:
@@ -216,17 +234,52 @@ class AlertManager:
                 lc.last = s  # the latest active signal: what a trigger or repeat says
             firing = self._advance(lc, s, t)
             if firing and not lc.notified:
-                event = self._release(lc, t)
+                event = self._release(lc, t, wall)
                 if event is not None:
                     out.append(event)
             elif not firing and lc.state == "inactive" and lc.notified:
                 out.append(self._notify(lc, s, "resolve", t))
+                out.extend(self._releases(wall))  # what it inhibited may go out now
         return out
 
-    def tick(self, now: float) -> list[dict[str, Any]]:
-        """Releases (inhibitor resolved, silence expired) and repeats, on the clock."""
+    def _releases(self, wall_now: float) -> list[dict[str, Any]]:
+        out = []
+        for lc in list(self.alerts.values()):
+            if lc.state == "firing" and not lc.notified and lc.last is not None:
+                event = self._release(lc, lc.last.timestamp, wall_now)
+                if event is not None:
+                    out.append(event)
+        return out
+
+    def resolve_where(self, reason: str, now: float, model: str,
+                      version: str | None = None) -> list[dict[str, Any]]:
+        """Close every alert (of ``version``, if given): its series is gone."""
         out = []
         for key, lc in list(self.alerts.items()):
+            last = lc.last
+            if last is None or (version is not None and last.version != version):
+                continue
+            if lc.notified:
+                sig = Signal(last.check, key, False, last.severity, f"{key}: {reason}", now,
+                             model, last.version, {"reason": reason})
+                out.append(self._notify(lc, sig, "resolve", now))
+            del self.alerts[key]
+        return out
+
+    @property
+    def firing(self) -> dict[str, Lifecycle]:
+        return {k: lc for k, lc in self.alerts.items() if lc.state == "firing"}
+
+    def tick(self, wall_now: float, event_now: float | None = None) -> list[dict[str, Any]]:
+        """Releases (silence expired) and repeats, on the clock.
+
+        ``event_now`` (the model's watermark) is the clock of event-time alerts;
+        outage alerts, and silences, go by ``wall_now``.
+        """
+        out = []
+        for key, lc in list(self.alerts.items()):
+            wall_clocked = lc.last is None or lc.last.check in WALL_CLOCK_CHECKS
+            now = wall_now if wall_clocked or event_now is None else event_now
             if lc.state == "inactive" and not lc.notified and all(
                     t <= now - self.settings.flap_window_s for t in lc.changes):
                 del self.alerts[key]  # nothing left to remember (bounded memory)
@@ -234,7 +287,7 @@ class AlertManager:
             if lc.state != "firing" or lc.last is None:
                 continue
             if not lc.notified:
-                event = self._release(lc, now)
+                event = self._release(lc, now, wall_now)
             elif now - lc.last_notified >= self.settings.repeat_interval_s:
                 event = self._notify(lc, lc.last, "trigger", now,
                                      {"notify_reason": "repeat interval elapsed"})
@@ -244,13 +297,13 @@ class AlertManager:
                 out.append(event)
         return out
 
-    def _release(self, lc: Lifecycle, now: float) -> dict[str, Any] | None:
+    def _release(self, lc: Lifecycle, now: float, wall_now: float) -> dict[str, Any] | None:
         """The trigger, unless an inhibition or a silence holds it back."""
         s = lc.last
         assert s is not None
         if inhibited(s, self.alerts) is not None:
             return None
-        if any(sil.matches(s, now) for sil in self.silences.values()):
+        if any(sil.matches(s, wall_now) for sil in self.silences.values()):
             return None
         return self._notify(lc, s, "trigger", now)
 
@@ -260,15 +313,19 @@ class AlertManager:
         if action == "trigger":
             lc.group_key = lc.group_key or self._group(s, now)
             lc.notified, lc.last_notified = True, now
+            if not lc.trigger_severity or details.get("notify_reason") is None:
+                lc.trigger_severity, lc.trigger_summary = s.severity, s.summary
+            severity = s.severity
         else:
             lc.notified = False
+            # The resolve keeps the trigger's severity, so downstream rules match it.
+            severity = lc.trigger_severity or s.severity
+            details["trigger_summary"] = lc.trigger_summary
+            fired = lc.changes[:-1] or [lc.since]
+            details["firing_since"] = rfc3339(fired[-1])
         details["group_key"] = lc.group_key
         if lc.flapping:
             details["flapping"] = True
-        severity = lc.last.severity if lc.last is not None else s.severity
-        if action == "resolve":
-            fired = [t for t in lc.changes[:-1]] or [lc.since]
-            details["firing_since"] = rfc3339(fired[-1])
         return alert_event(s, action, details, severity=severity)
 
     def _group(self, s: Signal, now: float) -> str:

@@ -33,7 +33,7 @@ stdout. Nothing is asserted: it is a script that prints figures, not a test.
 
 **A false alarm** is an alert that starts on a stationary stream: a transition
 of the detector's signals from inactive to active, which is what the alert
-lifecycle (:class:`alerting.lifecycle.AlertBook`) turns into one ``trigger``,
+lifecycle (:class:`alerting.manager.AlertManager`) turns into one ``trigger``,
 once per excursion however many windows it lasts. The raw share of active tests
 is reported too. The target is the configured run length L: one false alarm
 every L events per feature, so ``1e6 / L`` per million events. Sentinelle sets

@@ -3,7 +3,7 @@
 A detector looks at one window (or one instant, for silence) and says whether
 its condition holds *now*. It does not remember whether it already said so:
 turning a stream of signals into one trigger and one resolve is the alert
-lifecycle's job (:mod:`alerting.lifecycle`).
+manager's job (:mod:`alerting.manager`).
 """
 
 from __future__ import annotations

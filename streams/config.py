@@ -182,6 +182,20 @@ class LabelSettings(_Section):
     severity: str = "error"
 
 
+class AlertSettings(_Section):
+    """The alert manager (``alerting/manager.py``); Alertmanager's defaults where they apply."""
+
+    for_s: float = Field(0.0, ge=0, description="a condition must hold this long to fire")
+    hysteresis: float = Field(0.05, ge=0, lt=1,
+                              description="resolve only this share of the threshold past it")
+    flap_window_s: float = Field(600.0, gt=0)
+    flap_changes: int = Field(4, ge=2, description="state changes in the window that mean flapping")
+    flap_hold_s: float = Field(600.0, ge=0,
+                               description="quiet time before a flapping alert resolves")
+    group_wait_s: float = Field(30.0, ge=0)
+    repeat_interval_s: float = Field(4 * 3600.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Every setting of Sentinelle, frozen once loaded."""
 
@@ -201,6 +215,7 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     quality: QualitySettings = QualitySettings()
     labels: LabelSettings = LabelSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -67,6 +67,8 @@ def demo_config(prefix: str = "") -> dict[str, Any]:
         "skew": {"window_events": 400, "hop_events": 100, "run_length_events": 1_000_000},
         "quality": {"window_events": 200},
         "drift": {"baseline_factor": 1},  # 400 recent values against the 400 before
+        # a flapping alert resolves after 15 s of quiet (10 min in production)
+        "alerts": {"flap_window_s": 120, "flap_hold_s": 15},
         "burn_rate": {"slow_ms": 400, "rules": [
             {"name": "page", "long_s": 60, "short_s": 10, "factor": 14.4, "severity": "critical"},
             {"name": "ticket", "long_s": 180, "short_s": 30, "factor": 6, "severity": "error"},

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from alerting.lifecycle import AlertBook
+from alerting.manager import AlertManager, ManagerSettings
 from detectors.base import Signal
 from detectors.drift import DriftDetector
 from detectors.errors import ErrorRateSpike
@@ -193,12 +193,13 @@ class ModelMonitor:
                                        settings.burn_rate.slow_ms, w.percentile_accuracy)
         o = settings.outage
         self.outage = OutageDetector(model, o.k, o.floor_s, o.min_arrivals, severity=o.severity)
-        self.book = AlertBook()
+        self.book = AlertManager(ManagerSettings(**settings.alerts.model_dump()))
         self.series: dict[tuple[str, str], _Series] = {}
         self.offsets: dict[int, int] = {}  # input partition -> last offset folded in
         self.feedback_offsets: dict[int, int] = {}  # the same, for ml.feedback
         self.last_arrival = 0.0
         self.labels = LabelTracker(model, settings)
+        self._wall = 0.0  # the wall clock of the call in progress (silences go by it)
 
     # -- processing -------------------------------------------------------
 
@@ -214,7 +215,7 @@ class ModelMonitor:
         skew, drift and quality checks, and the label join.
         """
         out = Output()
-        self.last_arrival = now
+        self.last_arrival = self._wall = now
         self._emit(out, self.outage.observe(now))
         for version, cohort in frame.select("version", "cohort").unique().iter_rows():
             self._series(version, cohort).last_arrival = now
@@ -237,6 +238,7 @@ class ModelMonitor:
                       references: ReferenceLookup | None = None) -> Output:
         """Fold labels from ``ml.feedback`` in (joined to predictions by ``event_id``)."""
         out = Output()
+        self._wall = now
         if self.settings.labels.enabled:
             for signal in self.labels.on_labels(event_ids, ts, labels, references):
                 self._emit(out, signal)
@@ -284,9 +286,12 @@ class ModelMonitor:
     def tick(self, now: float) -> Output:
         """Wall-clock checks: outage, idle windows, quiet series."""
         out = Output()
+        self._wall = now
         signal = self.outage.check(now)
         if signal is not None:
             self._emit(out, signal)
+        watermark = self.windows.watermark
+        out.alerts.extend(self.book.tick(now, watermark if watermark > -np.inf else None))
         idle = now - self.last_arrival > self.settings.worker.idle_close_s
         if self.windows.open_windows and idle:
             self._evaluate(out, self.windows.flush())
@@ -321,9 +326,7 @@ class ModelMonitor:
                 self._emit(out, signal)
 
     def _emit(self, out: Output, signal: Signal) -> None:
-        event = self.book.apply(signal)
-        if event is not None:
-            out.alerts.append(event)
+        out.alerts.extend(self.book.process([signal], self._wall))
 
     # -- checkpoint -------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""AlertBook (one trigger, one resolve per incident) and the ml.alerts event shape."""
+"""One trigger and one resolve per incident (the alert manager with its other stages
+quiet), and the ml.alerts event shape."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import orjson
 import pytest
 
 from alerting.events import GROUP_OF_CHECK, MAX_SUMMARY, alert_event, rfc3339
-from alerting.lifecycle import AlertBook
+from alerting.manager import AlertManager, ManagerSettings
 from detectors.base import SEVERITIES, Signal
 from detectors.slo import LatencyThreshold
 from detectors.windows import WindowStats
@@ -27,6 +28,32 @@ def sig(active: bool, t: float, key: str = "latency_slo:m:v1:p99", severity: str
         details: dict[str, Any] | None = None) -> Signal:
     return Signal(check, key, active, severity, summary, t, "m", version,
                   details if details is not None else {"value": 900.0})
+
+
+class AlertBook:
+    """The manager as a plain lifecycle: no hysteresis, flap control or grouping."""
+
+    def __init__(self) -> None:
+        self.manager = AlertManager(ManagerSettings(hysteresis=0.0, flap_changes=10**6))
+
+    def apply(self, signal: Signal) -> dict[str, Any] | None:
+        events = self.manager.process([signal])
+        assert len(events) <= 1
+        return events[0] if events else None
+
+    @property
+    def firing(self) -> dict[str, Any]:
+        return self.manager.firing
+
+    def resolve_where(self, reason: str, now: float, model: str,
+                      version: str | None = None) -> list[dict[str, Any]]:
+        return self.manager.resolve_where(reason, now, model, version)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.manager.to_dict()
+
+    def load_dict(self, data: dict[str, Any]) -> None:
+        self.manager.load_dict(data)
 
 
 def parse(ts: str) -> float:
