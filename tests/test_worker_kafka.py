@@ -206,3 +206,24 @@ async def test_a_restarted_worker_restores_state_no_second_trigger_and_still_res
     resolve = alerts.records[-1]
     assert resolve["payload"]["timestamp"] == datetime.fromtimestamp(
         T0 + 7 * WINDOW, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")  # end of window 6
+
+
+async def test_an_outage_holds_back_the_latency_alert_of_the_same_model(
+        worker_factory: Callable[..., WorkerProcess]) -> None:
+    # The model turns slow, then silent: the slow window closes (idle flush) while
+    # the outage fires, so its latency alert waits for the outage to end.
+    w = worker_factory({**WINDOW_CFG, "outage": {"k": 10, "floor_s": 2, "min_arrivals": 1},
+                        "worker": {"idle_close_s": 4}})
+    now = time.time()
+    slow_start = (now - 100) // WINDOW * WINDOW  # one whole window, left open
+    async with Collector(w.servers, w.topics["alerts"]) as alerts, \
+            Collector(w.servers, w.topics["stats"]) as stats:
+        await produce(w.servers, w.topics["predictions"],
+                      [events("m", slow_start, 30, 900.0)], key=b"m")
+        await stats.until(lambda r: len(r) >= 1, timeout=30, what="the slow window, flushed")
+        await produce(w.servers, w.topics["predictions"], [events("m", now, 5, 20.0)], key=b"m")
+        await alerts.until(lambda r: len(r) >= 3, timeout=30, what="three alerts")
+    order = [(a["event_action"], a["dedup_key"]) for a in alerts.records[:3]]
+    assert order == [("trigger", "outage:m"), ("resolve", "outage:m"),
+                     ("trigger", "latency_slo:m:v1:p99")]
+    assert stats.records[0]["latency_ms"]["p99"] > 300
