@@ -17,11 +17,12 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka import AIOKafkaConsumer
 from faust.types import TP, EventT
 from prometheus_client import CollectorRegistry, generate_latest
 
+from alerting.manager import Silence
 from streams.app import Sentinelle
+from streams.follow import follow_topic
 from streams.metrics import make_metrics
 from streams.parse import DeadLetter, raw_text
 from streams.pipeline import InMessage, Outbox, PredictionPipeline
@@ -39,7 +40,10 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
     metrics = make_metrics(registry)
     references = ReferenceStore(settings.skew, settings.drift.baseline_factor)
     references_loaded = asyncio.Event()
-    pipeline = PredictionPipeline(settings, s.predictions.get_topic_name(), references)
+    silences: dict[str, Silence] = {}  # shared by every model's alert manager
+    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    pipeline = PredictionPipeline(settings, s.predictions.get_topic_name(), references,
+                                  silences=silences)
     topic_name = s.predictions.get_topic_name()
 
     def saved(model: str) -> dict[str, Any] | None:
@@ -84,47 +88,30 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
 
     @app.task
     async def follow_references() -> None:
-        """Read all of ml.references, then keep following it (outside the group).
+        """Every profile, before any prediction is judged (see streams/follow.py)."""
+        await follow_topic(servers, settings.topics.references, load_reference,
+                           references_loaded)
 
-        Predictions wait until the topic has been read once; if reading fails,
-        the worker says so, goes on without the profiles it could not read (an
-        unreferenced version learns from its first events), and tries again.
-        """
-        while True:
-            try:
-                await read_references()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the broker or the topic: log, keep serving, retry
-                log.exception("cannot read %s; retrying in 5 s", settings.topics.references)
-                references_loaded.set()
-                await asyncio.sleep(5)
+    @app.task
+    async def follow_silences() -> None:
+        """Every silence, shared by the alert managers of all the models."""
+        await follow_topic(servers, settings.topics.silences, load_silence, asyncio.Event())
 
-    async def read_references() -> None:
-        topic = settings.topics.references
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers,
-                                    group_id=None, auto_offset_reset="earliest",
-                                    max_partition_fetch_bytes=8 * 1024 * 1024)
-        await consumer.start()
+    async def load_silence(key: bytes | None, value: bytes | None, partition: int,
+                           offset: int) -> None:
+        sid = (key or b"").decode(errors="replace")
+        if value is None:
+            silences.pop(sid, None)
+            return
         try:
-            parts = consumer.assignment()
-            while not parts:
-                await consumer.getmany(timeout_ms=100)
-                parts = consumer.assignment()
-            ends = await consumer.end_offsets(list(parts))
-            if all(ends[tp] == 0 for tp in parts):
-                references_loaded.set()
-            while True:
-                for tp, msgs in (await consumer.getmany(timeout_ms=500)).items():
-                    for msg in msgs:
-                        await load_reference(msg.key, msg.value, tp.partition, msg.offset)
-                positions = {tp: await consumer.position(tp) for tp in parts}
-                if not references_loaded.is_set() and all(
-                        positions[tp] >= ends[tp] for tp in parts):
-                    log.info("loaded %d reference profiles", len(references))
-                    references_loaded.set()
-        finally:
-            await consumer.stop()
+            silence = Silence.from_dict(orjson.loads(value))
+        except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+            rec = DeadLetter(f"bad_value: not a silence: {exc}", raw_text(value)).to_record(
+                settings.topics.silences, partition, offset)
+            await publish(Outbox(deadletters=[rec]))
+            return
+        silences[silence.id] = silence
+        log.info("silence %s: %s until %s", silence.id, silence.matchers, silence.ends_at)
 
     async def load_reference(key: bytes | None, value: bytes | None, partition: int,
                              offset: int) -> None:

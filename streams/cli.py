@@ -77,8 +77,9 @@ def worker(config_path: str | None, bootstrap_servers: str | None, loglevel: str
     servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
     t = settings.topics
     asyncio.run(ensure_topics(servers, [t.predictions, t.feedback, t.alerts, t.deadletter,
-                                        t.stats, t.references], settings.kafka.partitions,
-                              settings.kafka.replication_factor, compacted=[t.references]))
+                                        t.stats, t.references, t.silences],
+                              settings.kafka.partitions, settings.kafka.replication_factor,
+                              compacted=[t.references, t.silences]))
     s = create_app(settings)
     register(s)
     Worker(s.app, loglevel=loglevel).execute_from_commandline()
@@ -189,6 +190,92 @@ def format_record(what: str, rec: Any) -> str:
         return (f"{p['timestamp']}  {rec['event_action']:<8} {p['severity']:<8} "
                 f"{rec['dedup_key']}  {p['summary']}")
     return orjson.dumps(rec).decode()
+
+
+@main.group()
+def silence() -> None:
+    """Hold alerts back for a while (ml.silences): add, list, expire."""
+
+
+@silence.command("add")
+@click.option("--match", "matches", multiple=True, required=True,
+              help="FIELD=PATTERN (class, model, version, severity, dedup_key); repeatable")
+@click.option("--for", "duration", default="2h", show_default=True, help="30m, 2h, 1d…")
+@click.option("--by", "created_by", default="", help="who")
+@click.option("--comment", default="", help="why")
+@config_option
+@servers_option
+def silence_add(matches: tuple[str, ...], duration: str, created_by: str, comment: str,
+                config_path: str | None, bootstrap_servers: str | None) -> None:
+    """Silence the alerts that match every --match."""
+    from streams.admin_cli import add_silence, parse_duration, parse_matchers
+
+    settings = _settings(config_path, bootstrap_servers)
+    try:
+        matchers, seconds = parse_matchers(matches), parse_duration(duration)
+    except ValueError as exc:
+        click.echo(f"sentinelle: {exc}", err=True)
+        sys.exit(2)
+    s = asyncio.run(add_silence(settings, matchers, seconds, created_by, comment))
+    click.echo(f"silence {s.id}: {matchers} until {_time(s.ends_at)}")
+
+
+@silence.command("list")
+@config_option
+@servers_option
+def silence_list(config_path: str | None, bootstrap_servers: str | None) -> None:
+    """The silences in force."""
+    import time
+
+    from streams.admin_cli import read_silences
+
+    settings = _settings(config_path, bootstrap_servers)
+    now = time.time()
+    active = [s for s in asyncio.run(read_silences(settings)).values() if s.ends_at > now]
+    for s in sorted(active, key=lambda s: s.ends_at):
+        click.echo(f"{s.id}  until {_time(s.ends_at)}  {s.matchers}  {s.created_by} "
+                   f"{s.comment}".rstrip())
+    if not active:
+        click.echo("no silence in force")
+
+
+@silence.command("expire")
+@click.argument("silence_id")
+@config_option
+@servers_option
+def silence_expire(silence_id: str, config_path: str | None,
+                   bootstrap_servers: str | None) -> None:
+    """End a silence now: what it held back goes out."""
+    from streams.admin_cli import expire_silence
+
+    settings = _settings(config_path, bootstrap_servers)
+    try:
+        s = asyncio.run(expire_silence(settings, silence_id))
+    except ValueError as exc:
+        click.echo(f"sentinelle: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"silence {s.id} expired")
+
+
+def _time(epoch: float) -> str:
+    from alerting.events import rfc3339
+
+    return rfc3339(epoch)
+
+
+@main.command()
+@config_option
+@servers_option
+def alerts(config_path: str | None, bootstrap_servers: str | None) -> None:
+    """The alerts firing now (triggered and not resolved, from ml.alerts)."""
+    from streams.admin_cli import firing_alerts
+
+    settings = _settings(config_path, bootstrap_servers)
+    firing = asyncio.run(firing_alerts(settings))
+    for alert in firing:
+        click.echo(format_record("alerts", alert))
+    if not firing:
+        click.echo("nothing is firing")
 
 
 @main.group()

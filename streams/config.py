@@ -46,6 +46,7 @@ class TopicSettings(_Section):
     deadletter: str = "ml.deadletter"
     stats: str = "ml.stats"
     references: str = "ml.references"
+    silences: str = "ml.silences"
 
 
 class WorkerSettings(_Section):

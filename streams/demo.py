@@ -54,7 +54,7 @@ def demo_config(prefix: str = "") -> dict[str, Any]:
     return {
         "topics": {name: f"{prefix}ml.{name}"
                    for name in ("predictions", "feedback", "alerts", "deadletter", "stats",
-                                   "references")},
+                                   "references", "silences")},
         "worker": {"app_id": f"{prefix}sentinelle-demo", "batch_within_s": 0.2, "tick_s": 0.5,
                    "idle_close_s": 8, "web_port": 0,
                    # recommender v3 is replaced by v4 mid-demo: forget it (and resolve

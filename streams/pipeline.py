@@ -24,6 +24,7 @@ import orjson
 import polars as pl
 
 from alerting.events import rfc3339
+from alerting.manager import Silence
 from detectors.windows import WindowStats
 from streams.config import Settings
 from streams.monitor import ModelMonitor, Output
@@ -91,8 +92,10 @@ class PredictionPipeline:
 
     def __init__(self, settings: Settings, topic: str,
                  references: ReferenceStore | None = None,
-                 feedback_topic: str | None = None) -> None:
+                 feedback_topic: str | None = None,
+                 silences: dict[str, Silence] | None = None) -> None:
         self.settings = settings
+        self.silences = silences if silences is not None else {}
         self.topic = topic
         self.feedback_topic = feedback_topic or settings.topics.feedback
         self.references = references
@@ -105,6 +108,7 @@ class PredictionPipeline:
             data = saved(model)
             mon = (ModelMonitor.from_dict(data, self.settings, now) if data is not None
                    else ModelMonitor(model, self.settings, partition))
+            mon.book.silences = self.silences
             join = saved(model + LABELS_SUFFIX)
             if join is not None and "waiting" in join:
                 mon.labels.join.load_dict(join)
@@ -268,7 +272,8 @@ class PredictionPipeline:
             if model.endswith(LABELS_SUFFIX):
                 continue  # loaded with its model
             if model not in self.monitors and data is not None:
-                self.monitors[model] = ModelMonitor.from_dict(data, self.settings, now)
+                mon = self.monitors[model] = ModelMonitor.from_dict(data, self.settings, now)
+                mon.book.silences = self.silences
         for model, mon in list(self.monitors.items()):
             out = mon.tick(now)
             if mon.expired(now):

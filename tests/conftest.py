@@ -110,7 +110,7 @@ def test_config(prefix: str, overrides: dict[str, Any] | None = None) -> dict[st
     cfg: dict[str, Any] = {
         "topics": {n: f"{prefix}.ml.{n}"
                    for n in ("predictions", "feedback", "alerts", "deadletter", "stats",
-                           "references")},
+                           "references", "silences")},
         "worker": {"app_id": f"{prefix}-sentinelle", "batch_within_s": 0.1, "tick_s": 0.2,
                    "web_port": 0},
         "kafka": {"partitions": 2},

@@ -1,0 +1,144 @@
+"""``sentinelle silence …`` and ``sentinelle alerts``: what a person on call types.
+
+Silences live on the compacted ``ml.silences`` topic (key: the silence id), which
+every worker follows; expiring one republishes it with ``ends_at`` = now, so the
+worker releases what it held back at its next tick.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from alerting.manager import Silence
+from streams.broker import ensure_topics
+from streams.config import Settings
+
+__all__ = ["parse_duration", "parse_matchers", "add_silence", "read_silences", "expire_silence",
+           "firing_alerts"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``2h``, ``1d`` (or a number of seconds) to seconds.
+
+    >>> parse_duration("2h"), parse_duration("90")
+    (7200.0, 90.0)
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (try 30m, 2h, 1d)")
+    return float(m.group(1)) * _UNITS.get(m.group(2) or "s", 1)
+
+
+def parse_matchers(items: tuple[str, ...]) -> dict[str, str]:
+    """``class=latency_slo model=fraud-*`` to a dict; only the fields alerts have."""
+    allowed = {"class", "model", "version", "severity", "dedup_key"}
+    out = {}
+    for item in items:
+        name, sep, pattern = item.partition("=")
+        if not sep or name not in allowed or not pattern:
+            raise ValueError(f"bad matcher {item!r}: use FIELD=PATTERN with FIELD one of "
+                             f"{', '.join(sorted(allowed))}")
+        out[name] = pattern
+    if not out:
+        raise ValueError("a silence needs at least one --match")
+    return out
+
+
+async def _producer(settings: Settings) -> AIOKafkaProducer:
+    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    await ensure_topics(servers, [settings.topics.silences], settings.kafka.partitions,
+                        settings.kafka.replication_factor, compacted=[settings.topics.silences])
+    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    await producer.start()
+    return producer
+
+
+async def add_silence(settings: Settings, matchers: dict[str, str], duration_s: float,
+                      created_by: str = "", comment: str = "",
+                      now: float | None = None) -> Silence:
+    start = time.time() if now is None else now
+    silence = Silence(uuid.uuid4().hex[:12], matchers, start, start + duration_s, created_by,
+                      comment)
+    producer = await _producer(settings)
+    try:
+        await producer.send_and_wait(settings.topics.silences, orjson.dumps(silence.to_dict()),
+                                     key=silence.id.encode())
+    finally:
+        await producer.stop()
+    return silence
+
+
+async def _read_all(servers: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, group_id=None,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = consumer.assignment()
+        while not parts:
+            await consumer.getmany(timeout_ms=100)
+            parts = consumer.assignment()
+        ends = await consumer.end_offsets(list(parts))
+        out: list[tuple[bytes | None, bytes | None]] = []
+        while any([await consumer.position(tp) < ends[tp] for tp in parts]):
+            for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                out.extend((m.key, m.value) for m in msgs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def read_silences(settings: Settings) -> dict[str, Silence]:
+    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    await ensure_topics(servers, [settings.topics.silences], settings.kafka.partitions,
+                        settings.kafka.replication_factor, compacted=[settings.topics.silences])
+    found: dict[str, Silence] = {}
+    for key, value in await _read_all(servers, settings.topics.silences):
+        if value is None:
+            found.pop((key or b"").decode(), None)
+            continue
+        try:
+            s = Silence.from_dict(orjson.loads(value))
+        except (ValueError, KeyError, TypeError):
+            continue
+        found[s.id] = s
+    return found
+
+
+async def expire_silence(settings: Settings, silence_id: str) -> Silence:
+    current = (await read_silences(settings)).get(silence_id)
+    if current is None:
+        raise ValueError(f"no silence {silence_id!r}")
+    ended = Silence(current.id, current.matchers, current.starts_at,
+                    min(current.ends_at, time.time()), current.created_by, current.comment)
+    producer = await _producer(settings)
+    try:
+        await producer.send_and_wait(settings.topics.silences, orjson.dumps(ended.to_dict()),
+                                     key=ended.id.encode())
+    finally:
+        await producer.stop()
+    return ended
+
+
+async def firing_alerts(settings: Settings) -> list[dict[str, Any]]:
+    """Alerts triggered and not resolved, from the whole ``ml.alerts`` topic."""
+    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    firing: dict[str, dict[str, Any]] = {}
+    for _, value in await _read_all(servers, settings.topics.alerts):
+        try:
+            alert = orjson.loads(value or b"null")
+            key, action = alert["dedup_key"], alert["event_action"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if action == "trigger":
+            firing[key] = alert
+        else:
+            firing.pop(key, None)
+    return sorted(firing.values(), key=lambda a: a["payload"]["timestamp"])
