@@ -62,3 +62,22 @@ async def test_a_flapping_signal_gives_one_trigger_and_one_final_resolve(
     assert of_key(alerts.records, KEY) == ["trigger", "resolve"]
     resolve = [a for a in alerts.records if a["dedup_key"] == KEY][-1]
     assert resolve["payload"]["custom_details"]["flapping"] is True
+
+
+async def test_silences_are_listed_and_expired(kafka_bootstrap: str) -> None:
+    import uuid
+
+    from streams.admin_cli import expire_silence, read_silences
+    from streams.config import Settings
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    settings = Settings(topics={"silences": f"{prefix}.ml.silences"},  # type: ignore[arg-type]
+                        kafka={"partitions": 1}).with_bootstrap(kafka_bootstrap)
+    s = await add_silence(settings, {"model": "fraud-*"}, 3600, "alice", "migration")
+    listed = await read_silences(settings)
+    assert listed[s.id].matchers == {"model": "fraud-*"} and listed[s.id].ends_at > time.time()
+    ended = await expire_silence(settings, s.id)
+    assert ended.ends_at <= time.time()
+    assert (await read_silences(settings))[s.id].ends_at == ended.ends_at
+    with pytest.raises(ValueError, match="no silence"):
+        await expire_silence(settings, "nope")
