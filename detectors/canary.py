@@ -1,0 +1,124 @@
+"""Canary analysis: one event-time window of the canary version against the stable one.
+
+The verdict of a window is ``pass``, ``fail`` or ``inconclusive``; too little
+traffic on either side is inconclusive, never a pass. A window fails when any
+of these holds (each one says why, with its evidence):
+
+- **error rate**: a one-sided two-proportion z-test says the canary's error rate
+  is higher than the stable one's at ``error_alpha``, *and* the difference is at
+  least ``error_min_diff`` (a clear effect-size floor: with enough traffic, a
+  0.01-point difference is "significant" and irrelevant);
+- **latency**: the canary's p95 or p99 is more than ``latency_ratio`` times the
+  stable one's;
+- **predictions**: the Jensen-Shannon distance between the two cohorts'
+  prediction histograms (on shared bins) exceeds ``prediction_js``;
+- **alerts**: a drift, skew, quality or performance alert is firing on the
+  canary version.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from detectors.distance import js_distance, normalise
+from detectors.windows import WindowStats
+
+__all__ = ["CanaryAnalysis", "Verdict", "two_proportion_p"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str                        # "pass", "fail" or "inconclusive"
+    reasons: tuple[str, ...] = ()
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def two_proportion_p(errors_a: int, n_a: int, errors_b: int, n_b: int) -> float:
+    """One-sided p-value that rate a is higher than rate b (pooled z-test).
+
+    >>> round(two_proportion_p(40, 1000, 4, 1000), 6)
+    0.0
+    >>> two_proportion_p(4, 1000, 4, 1000)
+    0.5
+    """
+    pooled = (errors_a + errors_b) / (n_a + n_b)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    if se == 0:
+        return 0.5 if errors_a / n_a == errors_b / n_b else (0.0 if errors_a / n_a >
+                                                             errors_b / n_b else 1.0)
+    z = (errors_a / n_a - errors_b / n_b) / se
+    return float(stats.norm.sf(z))
+
+
+class CanaryAnalysis:
+    """Judges one window of canary against stable.
+
+    Parameters
+    ----------
+    min_requests
+        Requests each cohort needs in the window for a verdict.
+    error_alpha
+        Significance of the error-rate test.
+    error_min_diff
+        Smallest error-rate difference (absolute) that can fail a canary.
+    latency_ratio
+        Largest tolerated canary/stable ratio of p95 and p99.
+    prediction_js
+        Largest tolerated JS distance between the cohorts' prediction histograms.
+    """
+
+    def __init__(self, min_requests: int = 200, error_alpha: float = 0.01,
+                 error_min_diff: float = 0.01, latency_ratio: float = 1.5,
+                 prediction_js: float = 0.2) -> None:
+        if min_requests < 1 or not 0 < error_alpha < 1 or latency_ratio <= 1:
+            raise ValueError("need min_requests >= 1, 0 < error_alpha < 1, latency_ratio > 1")
+        self.min_requests = min_requests
+        self.error_alpha = error_alpha
+        self.error_min_diff = error_min_diff
+        self.latency_ratio = latency_ratio
+        self.prediction_js = prediction_js
+
+    def judge(self, stable: WindowStats, canary: WindowStats,
+              canary_alerts: tuple[str, ...] = (),
+              predictions: tuple[np.ndarray, np.ndarray] | None = None) -> Verdict:
+        """The verdict of one window (``predictions``: stable and canary histograms)."""
+        evidence: dict[str, Any] = {
+            "window": {"start": canary.start, "end": canary.end},
+            "requests": {"stable": stable.count, "canary": canary.count},
+        }
+        if min(stable.count, canary.count) < self.min_requests:
+            return Verdict("inconclusive", (f"too little traffic: canary {canary.count}, "
+                                            f"stable {stable.count} requests (need "
+                                            f"{self.min_requests} each)",), evidence)
+        reasons = []
+        p = two_proportion_p(canary.errors, canary.count, stable.errors, stable.count)
+        diff = canary.error_rate - stable.error_rate
+        evidence["error_rate"] = {"stable": round(stable.error_rate, 5),
+                                  "canary": round(canary.error_rate, 5), "p_value": p,
+                                  "min_diff": self.error_min_diff}
+        if p < self.error_alpha and diff >= self.error_min_diff:
+            reasons.append(f"canary {canary.version} error rate {canary.error_rate:.1%} vs "
+                           f"stable {stable.error_rate:.1%} over {canary.count:,} requests")
+        for q in ("p95", "p99"):
+            s_val, c_val = getattr(stable, q), getattr(canary, q)
+            ratio = c_val / s_val if s_val > 0 else math.inf
+            evidence[f"latency_{q}"] = {"stable": round(s_val, 3), "canary": round(c_val, 3),
+                                        "ratio": round(ratio, 3)}
+            if ratio > self.latency_ratio:
+                reasons.append(f"canary {q} latency {c_val:.0f} ms is {ratio:.1f}x stable's")
+        if predictions is not None:
+            js = js_distance(normalise(predictions[1]), normalise(predictions[0]))
+            evidence["predictions"] = {"jensen_shannon": round(js, 4),
+                                       "threshold": self.prediction_js}
+            if js > self.prediction_js:
+                reasons.append(f"canary predictions diverge from stable's (JS {js:.2f})")
+        if canary_alerts:
+            evidence["firing_alerts"] = list(canary_alerts)
+            reasons.append(f"{len(canary_alerts)} alert(s) firing on the canary: "
+                           f"{', '.join(canary_alerts[:3])}")
+        return Verdict("fail" if reasons else "pass", tuple(reasons), evidence)
