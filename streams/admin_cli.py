@@ -13,11 +13,12 @@ import uuid
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from alerting.manager import Silence
 from streams.broker import ensure_topics
 from streams.config import Settings
+from streams.follow import read_all
 
 __all__ = ["parse_duration", "parse_matchers", "add_silence", "read_silences", "expire_silence",
            "firing_alerts"]
@@ -76,31 +77,12 @@ async def add_silence(settings: Settings, matchers: dict[str, str], duration_s: 
     return silence
 
 
-async def _read_all(servers: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, group_id=None,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        parts = consumer.assignment()
-        while not parts:
-            await consumer.getmany(timeout_ms=100)
-            parts = consumer.assignment()
-        ends = await consumer.end_offsets(list(parts))
-        out: list[tuple[bytes | None, bytes | None]] = []
-        while any([await consumer.position(tp) < ends[tp] for tp in parts]):
-            for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend((m.key, m.value) for m in msgs)
-        return out
-    finally:
-        await consumer.stop()
-
-
 async def read_silences(settings: Settings) -> dict[str, Silence]:
     servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
     await ensure_topics(servers, [settings.topics.silences], settings.kafka.partitions,
                         settings.kafka.replication_factor, compacted=[settings.topics.silences])
     found: dict[str, Silence] = {}
-    for key, value in await _read_all(servers, settings.topics.silences):
+    for key, value in await read_all(servers, settings.topics.silences):
         if value is None:
             found.pop((key or b"").decode(), None)
             continue
@@ -131,7 +113,7 @@ async def firing_alerts(settings: Settings) -> list[dict[str, Any]]:
     """Alerts triggered and not resolved, from the whole ``ml.alerts`` topic."""
     servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
     firing: dict[str, dict[str, Any]] = {}
-    for _, value in await _read_all(servers, settings.topics.alerts):
+    for _, value in await read_all(servers, settings.topics.alerts):
         try:
             alert = orjson.loads(value or b"null")
             key, action = alert["dedup_key"], alert["event_action"]

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer
 
-__all__ = ["follow_topic"]
+__all__ = ["follow_topic", "read_all"]
 
 log = logging.getLogger("sentinelle.follow")
 
@@ -36,16 +36,35 @@ async def follow_topic(servers: str, topic: str, on_record: OnRecord,
             await asyncio.sleep(retry_s)
 
 
-async def _read(servers: str, topic: str, on_record: OnRecord, loaded: asyncio.Event) -> None:
+async def _start(servers: str, topic: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, group_id=None,
                                 auto_offset_reset="earliest",
                                 max_partition_fetch_bytes=8 * 1024 * 1024)
     await consumer.start()
+    while not consumer.assignment():  # partitions are known once metadata arrives
+        await consumer.getmany(timeout_ms=100)
+    return consumer
+
+
+async def read_all(servers: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """(key, value) of every record now in ``topic``, oldest first per partition."""
+    consumer = await _start(servers, topic)
     try:
         parts = consumer.assignment()
-        while not parts:
-            await consumer.getmany(timeout_ms=100)
-            parts = consumer.assignment()
+        ends = await consumer.end_offsets(list(parts))
+        out: list[tuple[bytes | None, bytes | None]] = []
+        while any([await consumer.position(tp) < ends[tp] for tp in parts]):
+            for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                out.extend((m.key, m.value) for m in msgs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _read(servers: str, topic: str, on_record: OnRecord, loaded: asyncio.Event) -> None:
+    consumer = await _start(servers, topic)
+    try:
+        parts = consumer.assignment()
         ends = await consumer.end_offsets(list(parts))
         if all(ends[tp] == 0 for tp in parts):
             loaded.set()

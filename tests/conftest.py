@@ -27,6 +27,7 @@ import yaml
 from streams.broker import EmbeddedBroker
 
 ROOT = Path(__file__).resolve().parents[1]
+POLL_S = 0.1  # how often a wait re-checks its condition
 
 
 def docker_available() -> bool:
@@ -92,7 +93,7 @@ class WorkerProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {text!r} in the worker log after {timeout} s:\n"
                                      f"{self.log()[-4000:]}")
-            time.sleep(0.1)
+            time.sleep(POLL_S)  # poll the log for the line
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -11,6 +11,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
+POLL_S = 0.05  # how often `until` re-checks its condition
+
 
 async def produce(servers: str, topic: str, values: Sequence[bytes | Any],
                   key: bytes | None = None) -> list[RecordMetadata]:
@@ -66,5 +68,5 @@ class Collector:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what} not met on {self.topic} within {timeout} s; "
                                      f"saw {len(self.records)}: {self.records[-10:]}")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(POLL_S)  # poll the condition
         return self.records

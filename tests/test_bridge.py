@@ -23,7 +23,7 @@ from alerting.bridge import (
 )
 from alerting.bridge_service import http_poster, run_bridge
 from streams.broker import ensure_topics, free_port
-from tests.kafka_io import Collector, produce
+from tests.kafka_io import POLL_S, Collector, produce
 
 
 def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
@@ -107,7 +107,7 @@ class FakeEndpoint:
     async def until(self, n: int, timeout: float = 60) -> None:
         async with asyncio.timeout(timeout):
             while len(self.received) < n:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(POLL_S)  # poll the condition
 
 
 def alert(key: str) -> dict[str, Any]:
