@@ -53,28 +53,27 @@ def parse_matchers(items: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-async def _producer(settings: Settings) -> AIOKafkaProducer:
+async def _publish(settings: Settings, silence: Silence) -> Silence:
+    """Write ``silence`` to the compacted silences topic (created if missing)."""
     servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
     await ensure_topics(servers, [settings.topics.silences], settings.kafka.partitions,
                         settings.kafka.replication_factor, compacted=[settings.topics.silences])
     producer = AIOKafkaProducer(bootstrap_servers=servers)
     await producer.start()
-    return producer
-
-
-async def add_silence(settings: Settings, matchers: dict[str, str], duration_s: float,
-                      created_by: str = "", comment: str = "",
-                      now: float | None = None) -> Silence:
-    start = time.time() if now is None else now
-    silence = Silence(uuid.uuid4().hex[:12], matchers, start, start + duration_s, created_by,
-                      comment)
-    producer = await _producer(settings)
     try:
         await producer.send_and_wait(settings.topics.silences, orjson.dumps(silence.to_dict()),
                                      key=silence.id.encode())
     finally:
         await producer.stop()
     return silence
+
+
+async def add_silence(settings: Settings, matchers: dict[str, str], duration_s: float,
+                      created_by: str = "", comment: str = "",
+                      now: float | None = None) -> Silence:
+    start = time.time() if now is None else now
+    return await _publish(settings, Silence(uuid.uuid4().hex[:12], matchers, start,
+                                            start + duration_s, created_by, comment))
 
 
 async def read_silences(settings: Settings) -> dict[str, Silence]:
@@ -98,15 +97,9 @@ async def expire_silence(settings: Settings, silence_id: str) -> Silence:
     current = (await read_silences(settings)).get(silence_id)
     if current is None:
         raise ValueError(f"no silence {silence_id!r}")
-    ended = Silence(current.id, current.matchers, current.starts_at,
-                    min(current.ends_at, time.time()), current.created_by, current.comment)
-    producer = await _producer(settings)
-    try:
-        await producer.send_and_wait(settings.topics.silences, orjson.dumps(ended.to_dict()),
-                                     key=ended.id.encode())
-    finally:
-        await producer.stop()
-    return ended
+    return await _publish(settings, Silence(
+        current.id, current.matchers, current.starts_at, min(current.ends_at, time.time()),
+        current.created_by, current.comment))
 
 
 async def firing_alerts(settings: Settings) -> list[dict[str, Any]]:
