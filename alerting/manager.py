@@ -41,7 +41,7 @@ __all__ = ["ManagerSettings", "Silence", "AlertManager", "inhibited", "Lifecycle
 
 # Resolved by their own rule, not by a value crossing a threshold: an outage
 # resolves when traffic is back; a burn-rate rule when its short window clears.
-NO_HYSTERESIS = frozenset({"outage"})
+NO_HYSTERESIS = frozenset({"outage", "canary_regression"})
 WALL_CLOCK_CHECKS = frozenset({"outage", "pipeline_stalled"})
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 OUTAGE_INHIBITS = frozenset({"latency_slo", "error_rate", "feature_drift", "prediction_drift",

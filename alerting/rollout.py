@@ -8,25 +8,48 @@ A :class:`Rollout` follows one model's canary and turns window verdicts
   version, linked to the ``canary_regression`` alert;
 - after ``pass_windows`` passing windows in a row: ``promote`` to the next step
   of the ``ladder`` (5 -> 25 -> 50 -> 100 %); a step above ``approval_above``
-  percent waits for an approval on ``ml.deploy.approvals`` and says so;
+  percent waits for an approval on ``ml.deploy.approvals``, and says so once
+  with the same command carrying ``requires_approval: true`` (a controller
+  must not act on it; its ``command_id`` ends in ``:awaiting-approval``, so
+  the approved command, sent later, is not mistaken for a duplicate);
 - inconclusive windows (too little traffic) neither pass nor fail: they reset
   nothing and count for nothing;
-- after any command, verdicts are ignored for ``cooldown_s`` (the controller
-  is moving traffic; the next windows would judge a mix).
+- after any command, verdicts of windows ending before ``cooldown_s`` has
+  passed are ignored (the controller is moving traffic; they would judge a mix).
 
 ``command_id`` is stable for a decision (``action:model:canary:step``), so a
 controller that sees a command twice acts once.
+
+:class:`RolloutTracker` holds a model's rollouts: which version is stable and
+which is canary, at what share and in which environment, learned from
+``ml.deployments`` (the controller's announcements) or, without them, from the
+cohorts of the model's traffic. It pairs the canary and stable windows of each
+event-time window, asks :class:`~detectors.canary.CanaryAnalysis` for the
+verdict and returns the commands and ``canary_regression`` signals. Time is
+event time throughout: window ends for verdicts, and the model's watermark
+for control messages (deployments, approvals), so a replay decides the same.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from alerting.events import rfc3339
-from detectors.canary import Verdict
+import numpy as np
 
-__all__ = ["RolloutPolicy", "Rollout", "Decision"]
+from alerting.events import rfc3339
+from detectors.base import Signal, dedup_key
+from detectors.canary import CanaryAnalysis, Verdict
+from detectors.windows import WindowStats
+
+__all__ = ["RolloutPolicy", "Rollout", "Decision", "RolloutTracker", "TrackerOutput",
+           "DEPLOYMENT_PHASES"]
+
+#: ``phase`` values of ``ml.deployments`` records (README: "Deployments").
+DEPLOYMENT_PHASES = ("started", "step", "paused", "promoted", "rolled_back", "aborted")
+_ENDED = ("promoted", "rolled_back", "aborted")
+_DONE_KEPT = 50  # finished canary versions remembered per model (never re-judged)
 
 
 @dataclass(frozen=True)
@@ -46,10 +69,18 @@ class RolloutPolicy:
         if self.on_failure not in ("rollback", "pause"):
             raise ValueError("on_failure is 'rollback' or 'pause'")
 
+    def nearest_step(self, percent: float) -> int:
+        """The ladder step closest to an observed traffic share.
+
+        >>> RolloutPolicy().nearest_step(7.2), RolloutPolicy().nearest_step(40)
+        (5, 50)
+        """
+        return min(self.ladder, key=lambda s: (abs(s - percent), s))
+
 
 @dataclass(frozen=True)
 class Decision:
-    """A command to publish, or a promotion waiting for its approval."""
+    """A command to publish; ``waiting`` says a promotion waits for its approval."""
 
     command: dict[str, Any] | None = None
     waiting: str | None = None
@@ -68,6 +99,8 @@ class Rollout:
     finished: bool = False
     awaiting: int | None = None              # the step waiting for an approval
     approved: set[int] = field(default_factory=set)
+    environment: str | None = None
+    learned_from: str = "traffic"            # or "deployments"
 
     def _next_step(self) -> int | None:
         later = [s for s in self.policy.ladder if s > self.traffic_percent]
@@ -80,23 +113,38 @@ class Rollout:
         if verdict.outcome == "fail":
             self.failed, self.passed = self.failed + 1, 0
             if self.failed >= self.policy.fail_windows:
-                return self._fail(verdict, now)
+                return self.fail("; ".join(verdict.reasons), now, verdict.evidence)
             return None
         self.passed, self.failed = self.passed + 1, 0
         if self.passed < self.policy.pass_windows:
             return None
         step = self._next_step()
-        if step is None:
-            return None
+        if step is None or step == self.awaiting:
+            return None  # nothing left to promote to, or already said it waits
         if step > self.policy.approval_above and step not in self.approved:
             self.awaiting = step
-            return Decision(waiting=f"promote {self.model} {self.canary} to {step}% waits for "
-                                    f"an approval on ml.deploy.approvals")
-        return self._promote(step, now, self.passed)
+            note = (f"promote {self.model} {self.canary} to {step}% waits for an approval "
+                    f"on ml.deploy.approvals")
+            command = self._command("promote", step, note, now, traffic_percent=step,
+                                    requires_approval=True)
+            command["command_id"] += ":awaiting-approval"
+            return Decision(command=command, waiting=note)
+        return self._promote(step, now, f"canary {self.canary} passed {self.passed} "
+                                        f"windows in a row")
 
-    def approve(self, version: str, action: str, now: float) -> Decision | None:
-        """An approval from ``ml.deploy.approvals``; releases a waiting promotion."""
-        if version != self.canary or action != "promote" or self.finished:
+    def approve(self, version: str, action: str, now: float,
+                approved_by: str = "someone") -> Decision | None:
+        """An approval from ``ml.deploy.approvals``.
+
+        ``promote`` releases a waiting promotion (or, ahead of time, the next
+        step when it comes); ``rollback`` rolls the canary back now (a person
+        decided, whatever the windows say).
+        """
+        if version != self.canary or self.finished:
+            return None
+        if action == "rollback":
+            return self.fail(f"rollback of {self.canary} approved by {approved_by}", now, {})
+        if action != "promote":
             return None
         step = self.awaiting if self.awaiting is not None else self._next_step()
         if step is None:
@@ -105,26 +153,38 @@ class Rollout:
         if self.awaiting is None:
             return None  # approved ahead of time: used when the step comes
         self.awaiting = None
-        return self._promote(step, now, self.passed)
+        return self._promote(step, now, f"canary {self.canary} passed its windows; step to "
+                                        f"{step}% approved by {approved_by}")
 
-    def _promote(self, step: int, now: float, windows: int) -> Decision:
+    def apply_deployment(self, phase: str, traffic_percent: int | None, now: float) -> None:
+        """What the controller says it did (``ml.deployments``)."""
+        if phase in _ENDED:
+            self.finished = True
+            return
+        if traffic_percent is not None and traffic_percent != self.traffic_percent:
+            self.traffic_percent = traffic_percent
+            self.passed = self.failed = 0
+            if self.awaiting is not None and self.awaiting <= traffic_percent:
+                self.awaiting = None
+            self.quiet_until = max(self.quiet_until, now + self.policy.cooldown_s)
+
+    def _promote(self, step: int, now: float, reason: str) -> Decision:
         self.traffic_percent = step
         self.passed = 0
         self.quiet_until = now + self.policy.cooldown_s
         if step >= self.policy.ladder[-1]:
             self.finished = True
-        return Decision(command=self._command(
-            "promote", step, f"canary {self.canary} passed {windows} windows in a row",
-            now, traffic_percent=step))
+        return Decision(command=self._command("promote", step, reason, now,
+                                              traffic_percent=step))
 
-    def _fail(self, verdict: Verdict, now: float) -> Decision:
-        self.finished = True  # at most one rollback (or pause) per canary version
+    def fail(self, reason: str, now: float, evidence: dict[str, Any]) -> Decision:
+        """Roll back (or pause) now: at most once per canary version."""
+        self.finished = True
         self.quiet_until = now + self.policy.cooldown_s
         action = self.policy.on_failure
         return Decision(command=self._command(
-            action, self.traffic_percent, "; ".join(verdict.reasons), now,
-            evidence=verdict.evidence,
-            alert_dedup_keys=[f"canary_regression:{self.model}:{self.canary}"]))
+            action, self.traffic_percent, reason, now, evidence=evidence,
+            alert_dedup_keys=[dedup_key("canary_regression", self.model, self.canary)]))
 
     def _command(self, action: str, step: int, reason: str, now: float,
                  **extra: Any) -> dict[str, Any]:
@@ -134,7 +194,220 @@ class Rollout:
             "action": action, "model": self.model, "from_version": self.canary,
             "to_version": to_version, "reason": reason[:1024],
             "alert_dedup_keys": extra.pop("alert_dedup_keys", []),
-            "requires_approval": False, "issued_at": rfc3339(now),
+            "requires_approval": extra.pop("requires_approval", False),
+            "issued_at": rfc3339(now),
         }
+        if self.environment:
+            command["environment"] = self.environment
         command.update(extra)
         return command
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stable": self.stable, "canary": self.canary,
+                "traffic_percent": self.traffic_percent, "failed": self.failed,
+                "passed": self.passed, "quiet_until": self.quiet_until,
+                "finished": self.finished, "awaiting": self.awaiting,
+                "approved": sorted(self.approved), "environment": self.environment,
+                "learned_from": self.learned_from}
+
+    @classmethod
+    def from_dict(cls, model: str, d: dict[str, Any], policy: RolloutPolicy) -> Rollout:
+        return cls(model, d["stable"], d["canary"], int(d["traffic_percent"]), policy,
+                   d["failed"], d["passed"], d["quiet_until"], d["finished"], d["awaiting"],
+                   set(d["approved"]), d.get("environment"), d.get("learned_from", "traffic"))
+
+
+@dataclass(slots=True)
+class TrackerOutput:
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    signals: list[Signal] = field(default_factory=list)
+    verdicts: list[tuple[str, Verdict]] = field(default_factory=list)  # (canary, verdict)
+
+    def add(self, decision: Decision | None, rollout: Rollout, severity: str,
+            timestamp: float) -> None:
+        if decision is None or decision.command is None:
+            return
+        cmd = decision.command
+        self.commands.append(cmd)
+        if cmd["action"] in ("rollback", "pause"):
+            self.signals.append(Signal(
+                "canary_regression", cmd["alert_dedup_keys"][0], True, severity,
+                f"{rollout.model}: canary {rollout.canary} regressed against stable "
+                f"{rollout.stable}: {cmd['reason']}; {cmd['action']} sent",
+                timestamp, rollout.model, rollout.canary,
+                {"statistic": "canary_analysis", "command_id": cmd["command_id"],
+                 "action": cmd["action"], "traffic_percent": rollout.traffic_percent,
+                 **cmd.get("evidence", {})}))
+
+
+class RolloutTracker:
+    """The rollouts of one model: state, window pairing, decisions.
+
+    Parameters
+    ----------
+    model
+        The model name.
+    analysis
+        Judges one window of canary against stable.
+    policy
+        Turns verdicts into commands.
+    severity
+        Severity of ``canary_regression``.
+    """
+
+    def __init__(self, model: str, analysis: CanaryAnalysis, policy: RolloutPolicy,
+                 severity: str = "critical") -> None:
+        self.model = model
+        self.analysis = analysis
+        self.policy = policy
+        self.severity = severity
+        self.active: Rollout | None = None
+        self.done: dict[str, float] = {}  # finished canary version -> when
+        # prediction histograms of the open windows: start -> cohort -> counts
+        self.hist: dict[float, dict[str, np.ndarray]] = {}
+
+    # -- what the controller and people say ----------------------------------
+
+    def on_deployment(self, rec: dict[str, Any], now: float) -> TrackerOutput:
+        """An ``ml.deployments`` record (validated by :func:`streams.parse.parse_control`)."""
+        out = TrackerOutput()
+        phase, canary = rec["phase"], rec.get("canary_version")
+        percent = rec.get("traffic_percent")
+        step = None if percent is None else int(round(percent))
+        r = self.active
+        if canary is None or phase in _ENDED:
+            ended = canary or (r.canary if r is not None else None)
+            if r is not None and (canary is None or r.canary == canary):
+                r.apply_deployment(phase if phase in _ENDED else "aborted", step, now)
+                self._finish(r, now)
+            if ended is not None and phase in ("rolled_back", "aborted"):
+                out.signals.append(self._cleared(ended, f"canary {ended} {phase.replace('_', ' ')}"
+                                                 f" (ml.deployments)", now))
+            return out
+        if r is None or r.canary != canary:
+            if canary in self.done and phase != "started":
+                return out  # a late step of a rollout already over
+            if r is not None:
+                self._finish(r, now)
+            r = self.active = Rollout(self.model, rec["stable_version"], canary,
+                                      step if step is not None else self.policy.ladder[0],
+                                      self.policy, learned_from="deployments")
+            self.done.pop(canary, None)
+        r.learned_from = "deployments"
+        r.stable = rec["stable_version"]
+        r.environment = rec.get("environment") or r.environment
+        r.apply_deployment(phase, step, now)
+        return out
+
+    def on_approval(self, rec: dict[str, Any], now: float) -> TrackerOutput:
+        """An ``ml.deploy.approvals`` record."""
+        out = TrackerOutput()
+        r = self.active
+        if r is None:
+            return out
+        out.add(r.approve(rec["version"], rec["action"], now, rec.get("approved_by", "someone")),
+                r, self.severity, now)
+        if r.finished:
+            self._finish(r, now)
+        return out
+
+    # -- what the traffic says ------------------------------------------------
+
+    def watching(self) -> tuple[str, str] | None:
+        """(stable, canary) versions whose predictions should be histogrammed."""
+        r = self.active
+        return None if r is None or r.finished else (r.stable, r.canary)
+
+    def add_predictions(self, cohort: str, starts: np.ndarray, bins: np.ndarray,
+                        size: int) -> None:
+        """Count one cohort's binned predictions into their windows' histograms."""
+        for start in np.unique(starts):
+            counts = np.bincount(bins[starts == start], minlength=size).astype(float)
+            per = self.hist.setdefault(float(start), {})
+            prev = per.get(cohort)
+            per[cohort] = counts if prev is None or prev.size != size else prev + counts
+        while len(self.hist) > 16:  # windows that never closed (bounded memory)
+            del self.hist[min(self.hist)]
+
+    def on_windows(self, closed: list[WindowStats],
+                   firing_on: Callable[[str], tuple[str, ...]]) -> TrackerOutput:
+        """Judge the canary in every closed window that has canary traffic."""
+        out = TrackerOutput()
+        by_start: dict[float, list[WindowStats]] = {}
+        for w in closed:
+            by_start.setdefault(w.start, []).append(w)
+        for start in sorted(by_start):
+            ws = by_start[start]
+            hist = self.hist.pop(start, {})
+            canaries = [w for w in ws if w.cohort == "canary"]
+            if not canaries:
+                continue
+            r = self._rollout_for(canaries, ws)
+            if r is None or r.finished:
+                continue
+            canary = next((w for w in canaries if w.version == r.canary), None)
+            if canary is None:
+                continue
+            stable = next((w for w in ws if w.cohort == "stable" and w.version == r.stable),
+                          None) or _empty(canary, r.stable)
+            preds = (hist["stable"], hist["canary"]) if len(hist) == 2 else None
+            verdict = self.analysis.judge(stable, canary, firing_on(r.canary), preds)
+            out.verdicts.append((r.canary, verdict))
+            out.add(r.observe(verdict, canary.end), r, self.severity, canary.end)
+            if r.finished:
+                self._finish(r, canary.end)
+        for start in [s for s in self.hist if by_start and s < min(by_start)]:
+            del self.hist[start]
+        return out
+
+    def _rollout_for(self, canaries: list[WindowStats], ws: list[WindowStats]) -> Rollout | None:
+        """The rollout these windows belong to; one is started when traffic shows a new
+        canary (no controller announced it) and the current one has no traffic."""
+        r = self.active
+        versions = {w.version for w in canaries}
+        if r is not None and (r.canary in versions or r.learned_from == "deployments"):
+            return r
+        fresh = [w for w in canaries if w.version not in self.done]
+        stables = [w for w in ws if w.cohort == "stable"]
+        if not fresh or not stables:
+            return r
+        c = max(fresh, key=lambda w: w.count)
+        s = max(stables, key=lambda w: w.count)
+        if r is not None:
+            self._finish(r, c.end)
+        share = 100.0 * c.count / max(1, c.count + s.count)
+        self.active = Rollout(self.model, s.version, c.version, self.policy.nearest_step(share),
+                              self.policy)
+        return self.active
+
+    def _finish(self, r: Rollout, now: float) -> None:
+        r.finished = True
+        self.done[r.canary] = now
+        while len(self.done) > _DONE_KEPT:
+            del self.done[min(self.done, key=self.done.__getitem__)]
+
+    def _cleared(self, canary: str, reason: str, now: float) -> Signal:
+        return Signal("canary_regression", dedup_key("canary_regression", self.model, canary),
+                      False, self.severity, f"{self.model}: {reason}", now, self.model, canary,
+                      {"reason": reason})
+
+    # -- checkpoint -------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"active": None if self.active is None else self.active.to_dict(),
+                "done": self.done,
+                "hist": {str(s): {c: h.tolist() for c, h in per.items()}
+                         for s, per in self.hist.items()}}
+
+    def load_dict(self, data: dict[str, Any]) -> None:
+        a = data.get("active")
+        self.active = None if a is None else Rollout.from_dict(self.model, a, self.policy)
+        self.done = {str(k): float(v) for k, v in (data.get("done") or {}).items()}
+        self.hist = {float(s): {c: np.asarray(h, dtype=float) for c, h in per.items()}
+                     for s, per in (data.get("hist") or {}).items()}
+
+
+def _empty(like: WindowStats, version: str) -> WindowStats:
+    nan = float("nan")
+    return WindowStats(like.model, version, "stable", like.start, like.end, 0, 0, 0,
+                       nan, nan, nan, nan)

@@ -73,6 +73,10 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
             log.info("alert %s %s: %s", alert["event_action"], key, alert["payload"]["summary"])
             await s.alerts.send(key=alert["payload"]["component"].encode(),
                                 value=orjson.dumps(alert))
+        for model, command in box.commands:
+            metrics.commands.labels(command["action"]).inc()
+            log.info("command %s: %s", command["command_id"], command["reason"])
+            await s.commands.send(key=model.encode(), value=orjson.dumps(command))
         for partition, model, value in box.checkpoints:
             checkpoint(partition, model, value)
         metrics.models.set(len(pipeline.monitors))

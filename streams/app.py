@@ -7,6 +7,8 @@ Sentinelle's own (:mod:`streams.parse`); outputs are JSON written with orjson.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 
 import faust
@@ -31,11 +33,14 @@ class Sentinelle:
 
     app: faust.App
     settings: Settings
-    inputs: faust.TopicT       # ml.predictions and ml.feedback, co-partitioned by model
+    # ml.predictions, ml.feedback, ml.deployments and ml.deploy.approvals: all keyed
+    # (so co-partitioned) by model, read by one agent
+    inputs: faust.TopicT
     predictions: faust.TopicT
     alerts: faust.TopicT
     deadletter: faust.TopicT
     stats: faust.TopicT
+    commands: faust.TopicT
     state: faust.types.TableT
 
 
@@ -49,6 +54,9 @@ def create_app(settings: Settings) -> Sentinelle:
         # State lives in memory and is rebuilt from its changelog topic on start or
         # takeover; writes are one per model per micro-batch (see agents.py).
         store="memory://",
+        # Faust's data directory holds nothing we need (the store is in memory);
+        # keep it out of the working directory.
+        datadir=os.path.join(tempfile.gettempdir(), f"sentinelle-{w.app_id}-data"),
         topic_partitions=k.partitions,
         topic_replication_factor=k.replication_factor,
         broker_rebalance_timeout=k.rebalance_timeout_s,
@@ -66,7 +74,8 @@ def create_app(settings: Settings) -> Sentinelle:
                          value_serializer="raw", partitions=k.partitions)
 
     state = app.Table("model-state", partitions=k.partitions, help="ModelMonitor checkpoints")
-    return Sentinelle(app=app, settings=settings, inputs=raw(t.predictions, t.feedback),
-                      predictions=raw(t.predictions),
-                      alerts=raw(t.alerts), deadletter=raw(t.deadletter), stats=raw(t.stats),
-                      state=state)
+    return Sentinelle(app=app, settings=settings,
+                      inputs=raw(t.predictions, t.feedback, t.deployments, t.approvals),
+                      predictions=raw(t.predictions), alerts=raw(t.alerts),
+                      deadletter=raw(t.deadletter), stats=raw(t.stats),
+                      commands=raw(t.commands), state=state)

@@ -76,10 +76,8 @@ def worker(config_path: str | None, bootstrap_servers: str | None, loglevel: str
 
     servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
     t = settings.topics
-    asyncio.run(ensure_topics(servers, [t.predictions, t.feedback, t.alerts, t.deadletter,
-                                        t.stats, t.references, t.silences],
-                              settings.kafka.partitions, settings.kafka.replication_factor,
-                              compacted=[t.references, t.silences]))
+    asyncio.run(ensure_topics(servers, t.all(), settings.kafka.partitions,
+                              settings.kafka.replication_factor, compacted=t.compacted()))
     s = create_app(settings)
     register(s)
     Worker(s.app, loglevel=loglevel).execute_from_commandline()

@@ -17,10 +17,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = ["Settings", "ConfigError", "load_settings"]
@@ -47,6 +54,17 @@ class TopicSettings(_Section):
     stats: str = "ml.stats"
     references: str = "ml.references"
     silences: str = "ml.silences"
+    deployments: str = "ml.deployments"
+    commands: str = "ml.deploy.commands"
+    approvals: str = "ml.deploy.approvals"
+
+    def all(self) -> list[str]:
+        """Every topic Sentinelle reads or writes (what ``ensure_topics`` creates)."""
+        return list(self.model_dump().values())
+
+    def compacted(self) -> list[str]:
+        """The topics that hold a latest state per key."""
+        return [self.references, self.silences, self.deployments]
 
 
 class WorkerSettings(_Section):
@@ -197,6 +215,38 @@ class AlertSettings(_Section):
     repeat_interval_s: float = Field(4 * 3600.0, gt=0)
 
 
+class CanarySettings(_Section):
+    """Canary analysis and rollout commands (``detectors/canary.py``, ``alerting/rollout.py``)."""
+
+    enabled: bool = True
+    min_requests: int = Field(200, ge=1, description="requests per cohort per window for a verdict")
+    error_alpha: float = Field(0.01, gt=0, lt=1, description="significance of the error-rate test")
+    error_min_diff: float = Field(0.01, ge=0, description="error-rate increase that can fail")
+    latency_ratio: float = Field(1.5, gt=1, description="tolerated canary/stable p95 and p99")
+    prediction_js: float = Field(0.1, ge=0, le=1,
+                                 description="tolerated JS distance of the prediction histograms")
+    prediction_alpha: float = Field(0.001, gt=0, lt=1,
+                                    description="significance of the prediction chi-square test")
+    fail_windows: int = Field(2, ge=1, description="failed windows in a row before rollback")
+    pass_windows: int = Field(3, ge=1, description="passing windows in a row before promote")
+    ladder: tuple[int, ...] = Field((5, 25, 50, 100), description="canary traffic steps, %")
+    approval_above: int = Field(50, ge=0, le=100,
+                                description="steps above this share wait for an approval")
+    cooldown_s: float = Field(300.0, ge=0,
+                              description="event time after a command before judging again")
+    on_failure: Literal["rollback", "pause"] = "rollback"
+    pause_models: tuple[str, ...] = Field(
+        (), description="models whose failed canary is paused, not rolled back")
+    severity: str = "critical"
+
+    @field_validator("ladder")
+    @classmethod
+    def _increasing(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or list(v) != sorted(set(v)) or v[0] <= 0 or v[-1] != 100:
+            raise ValueError("must be increasing percentages ending at 100")
+        return v
+
+
 class Settings(BaseSettings):
     """Every setting of Sentinelle, frozen once loaded."""
 
@@ -217,6 +267,7 @@ class Settings(BaseSettings):
     quality: QualitySettings = QualitySettings()
     labels: LabelSettings = LabelSettings()
     alerts: AlertSettings = AlertSettings()
+    canary: CanarySettings = CanarySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -18,6 +18,7 @@ class Metrics:
     windows: Counter
     models: Gauge
     labels: Gauge
+    commands: Counter
 
 
 def make_metrics(registry: CollectorRegistry) -> Metrics:
@@ -37,4 +38,6 @@ def make_metrics(registry: CollectorRegistry) -> Metrics:
         labels=Gauge("sentinelle_labels", "Feedback join, since the worker started: labels "
                      "matched or unmatched, predictions expired or dropped unlabelled, waiting",
                      ["model", "outcome"], registry=registry),
+        commands=Counter("sentinelle_commands_total", "Deployment commands published",
+                         ["action"], registry=registry),
     )

@@ -22,7 +22,9 @@ import numpy as np
 import polars as pl
 
 from alerting.manager import AlertManager, ManagerSettings
+from alerting.rollout import RolloutPolicy, RolloutTracker, TrackerOutput
 from detectors.base import Signal
+from detectors.canary import CanaryAnalysis, Verdict
 from detectors.drift import DriftDetector
 from detectors.errors import ErrorRateSpike
 from detectors.outage import OutageDetector
@@ -37,6 +39,9 @@ from streams.references import Reference
 
 ReferenceLookup = Callable[[str], "Reference | None"]
 _NUMBER = (int, float)
+#: Alerts on a canary version that fail its canary analysis.
+CANARY_CHECKS = frozenset({"feature_drift", "training_serving_skew", "prediction_drift",
+                           "label_drift", "performance_degradation", "data_quality"})
 
 __all__ = ["ModelMonitor", "Output"]
 
@@ -48,10 +53,14 @@ class Output:
     stats: list[WindowStats] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     late: np.ndarray | None = None
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    verdicts: list[tuple[str, Verdict]] = field(default_factory=list)
 
     def extend(self, other: Output) -> None:
         self.stats.extend(other.stats)
         self.alerts.extend(other.alerts)
+        self.commands.extend(other.commands)
+        self.verdicts.extend(other.verdicts)
 
 
 class _Series:
@@ -76,7 +85,7 @@ class _Series:
         self.first_rows: list[dict[str, Any]] = []
         self.first_profile: dict[str, Any] | None = None
         self.profile_just_built = False
-        self._first_ref: Reference | None = None
+        self.first_ref: Reference | None = None
         self.skew_reference: float | None = None  # created_at of the profile in use
         self.saved_skew: dict[str, Any] = {}       # restored state, until the profile is back
 
@@ -147,10 +156,10 @@ class _Series:
                                       "rows": 0, "features": {}}  # nothing usable to learn
             self.first_rows = []
             self.profile_just_built = True
-        if self._first_ref is None:
-            self._first_ref = Reference.from_profile(self.first_profile, s.skew,
+        if self.first_ref is None:
+            self.first_ref = Reference.from_profile(self.first_profile, s.skew,
                                                      s.drift.baseline_factor, "first_events")
-        return self._first_ref
+        return self.first_ref
 
     def to_dict(self) -> dict[str, Any]:
         skew = ({"reference": self.skew_reference,
@@ -199,6 +208,8 @@ class ModelMonitor:
         self.feedback_offsets: dict[int, int] = {}  # the same, for ml.feedback
         self.last_arrival = 0.0
         self.labels = LabelTracker(model, settings)
+        self.rollouts = _tracker(model, settings)
+        self.control_offsets: dict[str, int] = {}  # "topic:partition" -> last offset
         self._wall = 0.0  # the wall clock of the call in progress (silences go by it)
 
     # -- processing -------------------------------------------------------
@@ -220,6 +231,8 @@ class ModelMonitor:
         for version, cohort in frame.select("version", "cohort").unique().iter_rows():
             self._series(version, cohort).last_arrival = now
         out.late = self.windows.add(frame)
+        if self.rollouts is not None and predictions is not None:
+            self._histogram(frame, out.late, predictions, references)
         self._evaluate(out, self.windows.close_ready())
         st = self.settings
         checks_on = st.skew.enabled or st.drift.enabled or st.quality.enabled
@@ -243,6 +256,74 @@ class ModelMonitor:
             for signal in self.labels.on_labels(event_ids, ts, labels, references):
                 self._emit(out, signal)
         return out
+
+    def ingest_control(self, kind: str, records: Sequence[dict[str, Any]],
+                       now: float) -> Output:
+        """``ml.deployments`` (``kind="deployment"``) or ``ml.deploy.approvals`` records.
+
+        They take effect at the model's watermark (the event time its traffic has
+        reached; the record's ``ts`` when no traffic was seen yet).
+        """
+        out = Output()
+        self._wall = now
+        if self.rollouts is None:
+            return out
+        for rec in records:
+            wm = self.windows.watermark
+            clock = wm if wm > -np.inf else rec["ts"]
+            res = (self.rollouts.on_deployment(rec, clock) if kind == "deployment"
+                   else self.rollouts.on_approval(rec, clock))
+            self._take(out, res)
+        return out
+
+    def _take(self, out: Output, res: TrackerOutput) -> None:
+        out.commands.extend(res.commands)
+        out.verdicts.extend(res.verdicts)
+        for signal in res.signals:
+            self._emit(out, signal)
+
+    def _histogram(self, frame: pl.DataFrame, late: np.ndarray, predictions: Sequence[Any],
+                   references: ReferenceLookup | None) -> None:
+        """Bin the stable and canary predictions of the rollout under way, per window."""
+        assert self.rollouts is not None
+        pair = self.rollouts.watching() or _traffic_pair(frame, self.rollouts.done)
+        if pair is None:
+            return
+        bins = self._prediction_bins(pair[0], references)
+        if bins is None:
+            return
+        size = self.settings.windows.size_s
+        ts_all = frame["ts"].to_numpy()
+        for (version, cohort), rows in _series_rows(frame):
+            if (cohort, version) not in (("stable", pair[0]), ("canary", pair[1])):
+                continue
+            rows = rows[~late[rows]]
+            preds = [predictions[i] for i in rows]
+            if bins.kind == "numeric":
+                x = np.fromiter((v if type(v) in _NUMBER else np.nan for v in preds),
+                                dtype=float, count=len(preds))
+                ok = np.isfinite(x)
+                idx = bins.bin_numeric(x[ok])
+            else:
+                ok = np.fromiter((v is not None for v in preds), dtype=bool, count=len(preds))
+                idx = bins.bin_categories([v if type(v) is str else category_key(v)
+                                           for v in preds if v is not None])
+            starts = np.floor(ts_all[rows][ok] / size) * size
+            self.rollouts.add_predictions(cohort, starts, idx, bins.size)
+
+    def _prediction_bins(self, stable: str, references: ReferenceLookup | None) -> Any:
+        """Bins of the stable version's prediction profile (published, or learned)."""
+        ref = references(stable) if references is not None else None
+        if ref is None:
+            series = self.series.get((stable, "stable"))
+            ref = series.first_ref if series is not None else None
+        fr = ref.features.get("prediction") if ref is not None else None
+        return fr.bins if fr is not None else None
+
+    def _firing_on(self, version: str) -> tuple[str, ...]:
+        return tuple(sorted(k for k, lc in self.book.firing.items()
+                            if lc.last is not None and lc.last.version == version
+                            and lc.last.check in CANARY_CHECKS))
 
     def _skew(self, out: Output, frame: pl.DataFrame, late: np.ndarray,
               features: Sequence[dict[str, Any] | None], predictions: Sequence[Any],
@@ -324,6 +405,8 @@ class ModelMonitor:
             out.stats.append(w)
             for signal in self._series(w.version, w.cohort).evaluate(w):
                 self._emit(out, signal)
+        if self.rollouts is not None and closed:
+            self._take(out, self.rollouts.on_windows(closed, self._firing_on))
 
     def _emit(self, out: Output, signal: Signal) -> None:
         out.alerts.extend(self.book.process([signal], self._wall))
@@ -343,6 +426,8 @@ class ModelMonitor:
             "series": [{"version": v, "cohort": c, **s.to_dict()}
                        for (v, c), s in self.series.items()],
             "labels": self.labels.to_dict(),
+            "rollouts": None if self.rollouts is None else self.rollouts.to_dict(),
+            "control_offsets": self.control_offsets,
         }
 
     @classmethod
@@ -362,7 +447,32 @@ class ModelMonitor:
             series.load_dict(s)
             series.last_arrival = max(series.last_arrival, now)
         mon.labels.load_dict(data.get("labels") or {})
+        if mon.rollouts is not None and data.get("rollouts"):
+            mon.rollouts.load_dict(data["rollouts"])
+        mon.control_offsets = {str(k): int(v)
+                               for k, v in (data.get("control_offsets") or {}).items()}
         return mon
+
+
+def _traffic_pair(frame: pl.DataFrame, done: dict[str, float]) -> tuple[str, str] | None:
+    """(stable, canary): the busiest of each cohort, when a canary not yet judged serves."""
+    counts = frame.group_by("cohort", "version").len().sort("len", descending=True)
+    canary = counts.filter((pl.col("cohort") == "canary") & ~pl.col("version").is_in(list(done)))
+    stable = counts.filter(pl.col("cohort") == "stable")
+    if canary.height == 0 or stable.height == 0:
+        return None
+    return str(stable["version"][0]), str(canary["version"][0])
+
+
+def _tracker(model: str, s: Settings) -> RolloutTracker | None:
+    c = s.canary
+    if not c.enabled:
+        return None
+    analysis = CanaryAnalysis(c.min_requests, c.error_alpha, c.error_min_diff, c.latency_ratio,
+                              c.prediction_js, c.prediction_alpha)
+    policy = RolloutPolicy(c.fail_windows, c.pass_windows, c.ladder, c.approval_above,
+                           c.cooldown_s, "pause" if model in c.pause_models else c.on_failure)
+    return RolloutTracker(model, analysis, policy, c.severity)
 
 
 def _series_rows(frame: pl.DataFrame) -> list[tuple[tuple[str, str], np.ndarray]]:

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 __all__ = ["DeadLetter", "PredictionColumns", "FeedbackColumns", "parse_predictions",
-           "parse_feedback", "parse_time", "raw_text"]
+           "parse_feedback", "parse_control", "parse_time", "raw_text"]
 
 STATUSES = frozenset({"ok", "error", "timeout"})
 MAX_RAW_CHARS = 65_536
@@ -279,6 +279,67 @@ def _add_feedback(ev: Any, cols: FeedbackColumns) -> None:
     cols.ts.append(ts)
     cols.event_id.append(event_id)
     cols.label.append(label)
+
+
+PHASES = ("started", "step", "paused", "promoted", "rolled_back", "aborted")
+APPROVAL_ACTIONS = ("promote", "rollback")
+
+
+def parse_control(data: bytes | None, kind: str, out: list[dict[str, Any]],
+                  max_bytes: int = 1_000_000) -> list[DeadLetter]:
+    """An ``ml.deployments`` (``kind="deployment"``) or ``ml.deploy.approvals`` record.
+
+    Valid records are appended to ``out`` normalised (``ts`` in epoch seconds).
+
+    >>> out = []
+    >>> parse_control(b'{"model": "m", "version": "v8", "action": "promote", '
+    ...               b'"approved_by": "ana", "ts": 5}', "approval", out), out[0]["ts"]
+    ([], 5.0)
+    >>> parse_control(b'{"model": "m", "phase": "sideways", "stable_version": "v7", '
+    ...               b'"ts": 5}', "deployment", out)[0].reason
+    "bad_value: 'phase' must be one of started, step, paused, promoted, rolled_back, aborted"
+    """
+    add = _add_deployment if kind == "deployment" else _add_approval
+    return _parse(data, lambda ev, i: out.append(add(ev)), max_bytes, 1000)
+
+
+def _control_header(ev: Any) -> dict[str, Any]:
+    if not isinstance(ev, dict):
+        raise Invalid(f"not_object: expected a JSON object, got {type(ev).__name__}")
+    if ev.get("ts") is None:
+        raise Invalid("missing_field: 'ts' is required")
+    return {**ev, "model": _required(ev, "model"), "ts": parse_time(ev["ts"])}
+
+
+def _one_of(ev: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:
+    v = _required(ev, name)
+    if v not in allowed:
+        raise Invalid(f"bad_value: '{name}' must be one of {', '.join(allowed)}")
+    return v
+
+
+def _add_deployment(ev: Any) -> dict[str, Any]:
+    rec = _control_header(ev)
+    rec["phase"] = _one_of(ev, "phase", PHASES)
+    rec["stable_version"] = _required(ev, "stable_version")
+    rec["canary_version"] = _string(ev, "canary_version", required=False)
+    rec["environment"] = _string(ev, "environment", required=False)
+    if ev.get("traffic_percent") is not None:
+        pct = _number(ev, "traffic_percent")
+        if not 0 <= pct <= 100:
+            raise Invalid(f"bad_value: 'traffic_percent' {pct} is not within 0-100")
+        rec["traffic_percent"] = pct
+    elif rec["canary_version"] is not None and rec["phase"] in ("started", "step"):
+        raise Invalid("missing_field: 'traffic_percent' is required with a canary_version")
+    return rec
+
+
+def _add_approval(ev: Any) -> dict[str, Any]:
+    rec = _control_header(ev)
+    rec["version"] = _required(ev, "version")
+    rec["action"] = _one_of(ev, "action", APPROVAL_ACTIONS)
+    rec["approved_by"] = _required(ev, "approved_by")
+    return rec
 
 
 def _element_text(ev: Any) -> str:

@@ -32,6 +32,7 @@ from streams.parse import (
     DeadLetter,
     FeedbackColumns,
     PredictionColumns,
+    parse_control,
     parse_feedback,
     parse_predictions,
     raw_text,
@@ -64,11 +65,25 @@ class Outbox:
     stats: list[tuple[str, Record]] = field(default_factory=list)
     alerts: list[tuple[str, Record]] = field(default_factory=list)
     checkpoints: list[tuple[int, str, Record | None]] = field(default_factory=list)
+    commands: list[tuple[str, Record]] = field(default_factory=list)
     events: int = 0
 
     def add(self, model: str, out: Output) -> None:
         self.stats.extend((model, stats_record(w)) for w in out.stats)
         self.alerts.extend((a["dedup_key"], a) for a in out.alerts)
+        self.commands.extend((model, c) for c in out.commands)
+        for canary, v in out.verdicts:
+            log.info("canary %s %s, window ending %s: %s%s", model, canary,
+                     v.evidence["window"]["end"] if "window" in v.evidence else "-", v.outcome,
+                     f" ({'; '.join(v.reasons)})" if v.reasons else "")
+
+    def merge(self, other: Outbox) -> None:
+        self.deadletters += other.deadletters
+        self.stats += other.stats
+        self.alerts += other.alerts
+        self.checkpoints += other.checkpoints
+        self.commands += other.commands
+        self.events += other.events
 
 
 def stats_record(w: WindowStats) -> Record:
@@ -100,6 +115,8 @@ class PredictionPipeline:
         self.feedback_topic = feedback_topic or settings.topics.feedback
         self.references = references
         self.monitors: dict[str, ModelMonitor] = {}
+        t = settings.topics
+        self.control_topics = {t.deployments: "deployment", t.approvals: "approval"}
 
     def monitor(self, model: str, partition: int, now: float,
                 saved: Callable[[str], Record | None]) -> ModelMonitor:
@@ -139,16 +156,29 @@ class PredictionPipeline:
                     f"internal_error: {type(exc).__name__}: {exc}"[:500],
                     raw_text(msg.value or b"")).to_record(topic, msg.partition, msg.offset))
                 continue
-            box.deadletters += one.deadletters
-            box.stats += one.stats
-            box.alerts += one.alerts
-            box.checkpoints += one.checkpoints
-            box.events += one.events
+            box.merge(one)
         return box
 
     def process(self, messages: Sequence[InMessage], now: float,
                 saved: Callable[[str], Record | None] = lambda m: None) -> Outbox:
         box = Outbox()
+        # Control messages (deployments, approvals) are rare: they cut the
+        # micro-batch into runs, so each acts exactly where it arrived.
+        run: list[InMessage] = []
+        for msg in messages:
+            if msg.topic in self.control_topics:
+                if run:
+                    self._process_data(run, now, saved, box)
+                    run = []
+                self._process_control([msg], now, saved, box)
+            else:
+                run.append(msg)
+        if run:
+            self._process_data(run, now, saved, box)
+        return box
+
+    def _process_data(self, messages: Sequence[InMessage], now: float,
+                      saved: Callable[[str], Record | None], box: Outbox) -> None:
         cols = PredictionColumns()
         lim = self.settings.limits
         # Predictions first, then labels: a label can only join a prediction the
@@ -164,7 +194,6 @@ class PredictionPipeline:
             self._process_predictions(cols, messages, now, saved, box)
         if feedback:
             self._process_feedback(feedback, now, saved, box)
-        return box
 
     def _process_predictions(self, cols: PredictionColumns, messages: Sequence[InMessage],
                              now: float, saved: Callable[[str], Record | None],
@@ -253,6 +282,26 @@ class PredictionPipeline:
             box.add(model, out)
             self._checkpoint(mon, now, box)
 
+    def _process_control(self, messages: Sequence[InMessage], now: float,
+                         saved: Callable[[str], Record | None], box: Outbox) -> None:
+        """``ml.deployments`` and ``ml.deploy.approvals``: the rollout state of models."""
+        for msg in messages:
+            topic = msg.topic or ""
+            kind = self.control_topics[topic]
+            records: list[Record] = []
+            for dl in parse_control(msg.value, kind, records,
+                                    self.settings.limits.max_message_bytes):
+                box.deadletters.append(dl.to_record(topic, msg.partition, msg.offset))
+            for model in dict.fromkeys(r["model"] for r in records):
+                mon = self.monitor(model, msg.partition, now, saved)
+                where = f"{topic}:{msg.partition}"
+                if msg.offset <= mon.control_offsets.get(where, -1):
+                    continue  # folded in before a restart
+                mon.control_offsets[where] = msg.offset
+                out = mon.ingest_control(kind, [r for r in records if r["model"] == model], now)
+                box.add(model, out)
+                self._checkpoint(mon, now, box)
+
     def _late(self, msg: InMessage, element: int, watermark: str) -> Record:
         reason = (f"late: its window closed before it arrived "
                   f"(watermark {watermark}, allowed lateness "
@@ -284,7 +333,7 @@ class PredictionPipeline:
                 box.checkpoints.append((mon.partition, model + LABELS_SUFFIX, None))
                 continue
             box.add(model, out)
-            if out.stats or out.alerts:
+            if out.stats or out.alerts or out.commands:
                 box.checkpoints.append((mon.partition, model, mon.to_dict()))
         return box
 

@@ -59,15 +59,23 @@ def test_an_equal_canary_is_promoted_step_by_step_then_waits_for_approval() -> N
     steps, waiting = [], []
     for i, v in enumerate(vs):
         d = r.observe(v, now=i * 60.0)
-        if d is not None and d.command is not None:
+        if d is not None and d.waiting is not None:
+            waiting.append(d)
+        elif d is not None and d.command is not None:
             steps.append((i, d.command["traffic_percent"]))
-        elif d is not None:
-            waiting.append(d.waiting)
     assert [s for _, s in steps] == [25, 50]
     # 3 passes again, after the window inside the 120 s cooldown was ignored
     assert steps[1][0] - steps[0][0] == 3 + 1
-    assert waiting and "waits for an approval" in waiting[0]
-    assert r.approve("v8", "promote", now=99 * 60.0).command["traffic_percent"] == 100
+    # the wait is said once, as a command no controller may act on
+    [wait] = waiting
+    assert wait.waiting is not None and "waits for an approval" in wait.waiting
+    assert wait.command is not None and wait.command["requires_approval"] is True
+    assert wait.command["command_id"] == "promote:m:v8:100:awaiting-approval"
+    assert not r.finished and r.traffic_percent == 50
+    d = r.approve("v8", "promote", now=99 * 60.0)
+    assert d is not None and d.command is not None
+    assert (d.command["traffic_percent"], d.command["requires_approval"]) == (100, False)
+    assert d.command["command_id"] == "promote:m:v8:100"
     assert r.finished
 
 
@@ -82,7 +90,7 @@ def test_commands_are_idempotent_across_a_replay() -> None:
     first = drive(Rollout("m", "v7", "v8", 5, RolloutPolicy(cooldown_s=0)), vs)
     again = drive(Rollout("m", "v7", "v8", 5, RolloutPolicy(cooldown_s=0)), vs)
     assert [c["command_id"] for c in first] == [c["command_id"] for c in again] == \
-        ["promote:m:v8:25", "promote:m:v8:50"]
+        ["promote:m:v8:25", "promote:m:v8:50", "promote:m:v8:100:awaiting-approval"]
 
 
 def test_pause_instead_of_rollback() -> None:
@@ -104,7 +112,7 @@ def test_latency_predictions_and_alerts_each_fail_a_window() -> None:
     stable = window("v7", "stable", 1000, 0.0, seed=1)
     assert a.judge(stable, window("v8", "canary", 1000, 0.0, 2, p99=400)).outcome == "fail"
     same = window("v8", "canary", 1000, 0.0, seed=3)
-    hist = (np.array([50.0, 30, 20]), np.array([5.0, 15, 80]))
+    hist = (np.array([500.0, 300, 200]), np.array([50.0, 150, 800]))
     assert a.judge(stable, same, predictions=hist).reasons[0].startswith("canary predictions")
     assert a.judge(stable, same, ("feature_drift:m:v8:amount",)).outcome == "fail"
     assert a.judge(stable, same).outcome == "pass"
