@@ -44,7 +44,7 @@ from detectors.canary import CanaryAnalysis, Verdict
 from detectors.windows import WindowStats
 
 __all__ = ["RolloutPolicy", "Rollout", "Decision", "RolloutTracker", "TrackerOutput",
-           "DEPLOYMENT_PHASES"]
+           "DEPLOYMENT_PHASES", "make_command"]
 
 #: ``phase`` values of ``ml.deployments`` records (README: "Deployments").
 DEPLOYMENT_PHASES = ("started", "step", "paused", "promoted", "rolled_back", "aborted")
@@ -188,19 +188,8 @@ class Rollout:
 
     def _command(self, action: str, step: int, reason: str, now: float,
                  **extra: Any) -> dict[str, Any]:
-        to_version = self.stable if action == "rollback" else self.canary
-        command = {
-            "command_id": f"{action}:{self.model}:{self.canary}:{step}",
-            "action": action, "model": self.model, "from_version": self.canary,
-            "to_version": to_version, "reason": reason[:1024],
-            "alert_dedup_keys": extra.pop("alert_dedup_keys", []),
-            "requires_approval": extra.pop("requires_approval", False),
-            "issued_at": rfc3339(now),
-        }
-        if self.environment:
-            command["environment"] = self.environment
-        command.update(extra)
-        return command
+        return make_command(action, self.model, self.stable, self.canary, step, reason, now,
+                            environment=self.environment, **extra)
 
     def to_dict(self) -> dict[str, Any]:
         return {"stable": self.stable, "canary": self.canary,
@@ -215,6 +204,27 @@ class Rollout:
         return cls(model, d["stable"], d["canary"], int(d["traffic_percent"]), policy,
                    d["failed"], d["passed"], d["quiet_until"], d["finished"], d["awaiting"],
                    set(d["approved"]), d.get("environment"), d.get("learned_from", "traffic"))
+
+
+def make_command(action: str, model: str, stable: str, canary: str, step: int, reason: str,
+                 now: float, environment: str | None = None, **extra: Any) -> dict[str, Any]:
+    """An ``ml.deploy.commands`` message; ``command_id`` is ``action:model:canary:step``.
+
+    >>> make_command("rollback", "m", "v7", "v8", 5, "errors", 0)["command_id"]
+    'rollback:m:v8:5'
+    """
+    command = {
+        "command_id": f"{action}:{model}:{canary}:{step}",
+        "action": action, "model": model, "from_version": canary,
+        "to_version": stable if action == "rollback" else canary, "reason": reason[:1024],
+        "alert_dedup_keys": extra.pop("alert_dedup_keys", []),
+        "requires_approval": extra.pop("requires_approval", False),
+        "issued_at": rfc3339(now),
+    }
+    if environment:
+        command["environment"] = environment
+    command.update(extra)
+    return command
 
 
 @dataclass(slots=True)

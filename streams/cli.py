@@ -104,9 +104,12 @@ def simulate(config_path: str | None, bootstrap_servers: str | None, scenario: s
     click.echo(f"scenario {sc.name}: {sc.description}")
 
     async def go() -> int:
-        await ensure_topics(servers, [settings.topics.predictions], settings.kafka.partitions,
-                            settings.kafka.replication_factor)
-        return await run(servers, settings.topics.predictions, sc, rate, seed, duration)
+        t = settings.topics
+        await ensure_topics(servers, t.all(), settings.kafka.partitions,
+                            settings.kafka.replication_factor, compacted=t.compacted())
+        # traffic follows the canary shares a controller announces on ml.deployments
+        return await run(servers, t.predictions, sc, rate, seed, duration,
+                         deployments_topic=t.deployments)
 
     sent = asyncio.run(go())
     click.echo(f"sent {sent} events")
@@ -154,11 +157,12 @@ def pl_errors() -> type[Exception]:
 @main.command()
 @config_option
 @servers_option
-@click.argument("what", type=click.Choice(["alerts", "deadletter", "stats"]), default="alerts")
+@click.argument("what", type=click.Choice(["alerts", "deadletter", "stats", "commands",
+                                           "deployments"]), default="alerts")
 @click.option("--from-beginning", is_flag=True, help="start at the oldest message")
 def tail(config_path: str | None, bootstrap_servers: str | None, what: str,
          from_beginning: bool) -> None:
-    """Follow ml.alerts (or ml.deadletter, ml.stats) from any terminal."""
+    """Follow ml.alerts (or ml.deadletter, ml.stats, ml.deploy.commands, ml.deployments)."""
     from aiokafka import AIOKafkaConsumer
 
     settings = _settings(config_path, bootstrap_servers)
@@ -187,6 +191,9 @@ def format_record(what: str, rec: Any) -> str:
         p = rec["payload"]
         return (f"{p['timestamp']}  {rec['event_action']:<8} {p['severity']:<8} "
                 f"{rec['dedup_key']}  {p['summary']}")
+    if what == "commands" and isinstance(rec, dict) and "command_id" in rec:
+        wait = "  (waits for an approval)" if rec.get("requires_approval") else ""
+        return f"{rec['issued_at']}  {rec['command_id']}  {rec['reason']}{wait}"
     return orjson.dumps(rec).decode()
 
 
@@ -338,6 +345,133 @@ def bridge_webhook(url: str, slack: bool, rate: float, config_path: str | None,
 
     settings = _settings(config_path, bootstrap_servers)
     _bridge(settings, "webhook", url, rate, slack_body if slack else (lambda alert: alert))
+
+
+@main.group()
+def rollout() -> None:
+    """Step into a canary rollout by hand (ml.deploy.commands, ml.deploy.approvals)."""
+
+
+def _rollout_action(action: str, model: str, by: str, to_percent: int | None,
+                    canary: str | None, stable: str | None, config_path: str | None,
+                    bootstrap_servers: str | None) -> None:
+    from streams.rollout_cli import latest_deployment, manual_command, publish
+
+    settings = _settings(config_path, bootstrap_servers)
+    deployment = ({"stable_version": stable, "canary_version": canary}
+                  if canary and stable else asyncio.run(latest_deployment(settings, model)))
+    try:
+        if deployment is None:
+            raise ValueError(f"no rollout of {model} on {settings.topics.deployments} "
+                             f"(pass --canary and --stable)")
+        cmd = manual_command(settings, action, model, deployment, by, to_percent)
+    except ValueError as exc:
+        click.echo(f"sentinelle: {exc}", err=True)
+        sys.exit(2)
+    asyncio.run(publish(settings, settings.topics.commands, model, cmd))
+    click.echo(f"published {cmd['command_id']} to {settings.topics.commands}")
+
+
+def _rollout_options(f: Any) -> Any:
+    for option in reversed([
+            click.argument("model"),
+            click.option("--by", default="someone", show_default=True, help="who"),
+            click.option("--canary", help="canary version (default: from ml.deployments)"),
+            click.option("--stable", help="stable version (default: from ml.deployments)"),
+            config_option, servers_option]):
+        f = option(f)
+    return f
+
+
+@rollout.command("fail")
+@_rollout_options
+def rollout_fail(model: str, by: str, canary: str | None, stable: str | None,
+                 config_path: str | None, bootstrap_servers: str | None) -> None:
+    """Roll MODEL's canary back to the stable version now."""
+    _rollout_action("fail", model, by, None, canary, stable, config_path, bootstrap_servers)
+
+
+@rollout.command("pause")
+@_rollout_options
+def rollout_pause(model: str, by: str, canary: str | None, stable: str | None,
+                  config_path: str | None, bootstrap_servers: str | None) -> None:
+    """Freeze MODEL's canary at its current traffic share."""
+    _rollout_action("pause", model, by, None, canary, stable, config_path, bootstrap_servers)
+
+
+@rollout.command("promote")
+@_rollout_options
+@click.option("--to", "to_percent", type=click.IntRange(1, 100),
+              help="traffic percent (default: the next step of canary.ladder)")
+def rollout_promote(model: str, by: str, canary: str | None, stable: str | None,
+                    to_percent: int | None, config_path: str | None,
+                    bootstrap_servers: str | None) -> None:
+    """Move MODEL's canary to the next traffic step now."""
+    _rollout_action("promote", model, by, to_percent, canary, stable, config_path,
+                    bootstrap_servers)
+
+
+@rollout.command("approve")
+@click.argument("model")
+@click.option("--by", required=True, help="who approves")
+@click.option("--version", "version", help="the canary version (default: from ml.deployments)")
+@click.option("--rollback", is_flag=True, help="approve a rollback instead of a promotion")
+@config_option
+@servers_option
+def rollout_approve(model: str, by: str, version: str | None, rollback: bool,
+                    config_path: str | None, bootstrap_servers: str | None) -> None:
+    """Approve the promotion of MODEL's canary that waits (ml.deploy.approvals)."""
+    from streams.rollout_cli import approval, latest_deployment, publish
+
+    settings = _settings(config_path, bootstrap_servers)
+    if version is None:
+        d = asyncio.run(latest_deployment(settings, model)) or {}
+        version = d.get("canary_version")
+    if not version:
+        click.echo(f"sentinelle: no canary of {model} known; pass --version", err=True)
+        sys.exit(2)
+    rec = approval(model, version, by, "rollback" if rollback else "promote")
+    asyncio.run(publish(settings, settings.topics.approvals, model, rec))
+    click.echo(f"approved {rec['action']} of {model} {version} by {by}")
+
+
+@main.command()
+@click.option("--state", "state_path", type=click.Path(dir_okay=False), required=True,
+              help="the rollout state file (JSON), created if missing")
+@click.option("--start", "starts", multiple=True,
+              help="MODEL:STABLE:CANARY[:PERCENT] starts a canary rollout; repeatable")
+@click.option("--environment", help="where the rollouts run (announced on ml.deployments)")
+@config_option
+@servers_option
+def controller(state_path: str, starts: tuple[str, ...], environment: str | None,
+               config_path: str | None, bootstrap_servers: str | None) -> None:
+    """Reference deployment controller: apply ml.deploy.commands, announce ml.deployments."""
+    from pathlib import Path
+
+    from streams.broker import ensure_topics
+    from streams.controller import parse_start, run_controller
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = _settings(config_path, bootstrap_servers)
+    try:
+        parsed = [parse_start(s) for s in starts]
+    except ValueError as exc:
+        click.echo(f"sentinelle: {exc}", err=True)
+        sys.exit(2)
+    servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
+    t = settings.topics
+
+    async def go() -> None:
+        await ensure_topics(servers, t.all(), settings.kafka.partitions,
+                            settings.kafka.replication_factor, compacted=t.compacted())
+        await run_controller(servers, t.commands, t.deployments, Path(state_path),
+                             f"{settings.worker.app_id}-controller", parsed, environment)
+
+    click.echo(f"applying {t.commands} to {state_path}; announcing on {t.deployments}")
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()

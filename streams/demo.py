@@ -31,30 +31,33 @@ from typing import Any
 import orjson
 import polars as pl
 import yaml
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from detectors.profile import build_profile
 from streams.broker import EmbeddedBroker, ensure_topics
-from streams.config import load_settings
+from streams.config import TopicSettings, load_settings
+from streams.controller import run_controller
 from streams.profile_cli import publish_profile
+from streams.rollout_cli import approval
 from streams.simulate import SCENARIOS, run, training_rows
 
 __all__ = ["run_demo", "demo_config"]
 
 GRACE_S = 30.0  # after the scenario, wait this long at most for the last resolves
+APPROVE_AFTER_S = 4.0  # the demo's "person" approves a waiting promotion after this long
 
 
 def demo_config(prefix: str = "") -> dict[str, Any]:
     """Settings that make a 95-second scenario tell its story (5 s windows)."""
     return {
-        "topics": {name: f"{prefix}ml.{name}"
-                   for name in ("predictions", "feedback", "alerts", "deadletter", "stats",
-                                   "references", "silences")},
+        "topics": {name: f"{prefix}{topic}"
+                   for name, topic in TopicSettings().model_dump().items()},
         "worker": {"app_id": f"{prefix}sentinelle-demo", "batch_within_s": 0.2, "tick_s": 0.5,
                    "idle_close_s": 8, "web_port": 0,
                    # recommender v3 is replaced by v4 mid-demo: forget it (and resolve
@@ -69,6 +72,9 @@ def demo_config(prefix: str = "") -> dict[str, Any]:
         "drift": {"baseline_factor": 1},  # 400 recent values against the 400 before
         # a flapping alert resolves after 15 s of quiet (10 min in production)
         "alerts": {"flap_window_s": 120, "flap_hold_s": 15},
+        # canaries at 5 % of 200 events/s: ~50 requests per 5 s window; approvals above 25 %
+        "canary": {"min_requests": 25, "pass_windows": 2, "fail_windows": 2, "cooldown_s": 5,
+                   "approval_above": 25},
         "burn_rate": {"slow_ms": 400, "rules": [
             {"name": "page", "long_s": 60, "short_s": 10, "factor": 14.4, "severity": "critical"},
             {"name": "ticket", "long_s": 180, "short_s": 30, "factor": 6, "severity": "error"},
@@ -84,6 +90,9 @@ class _View:
         self.alerts: list[dict[str, Any]] = []
         self.dead: Counter[str] = Counter()
         self.status = "starting"
+        self.commands: list[dict[str, Any]] = []
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self.approved: list[str] = []
 
     def render(self) -> Group:
         table = Table(title="ml.alerts", expand=True)
@@ -100,9 +109,22 @@ class _View:
             ProgressBar(total=self.duration, completed=min(self.elapsed, self.duration), width=40),
             f"t={self.elapsed:5.1f}s of {self.duration:.0f}s   events sent: {self.sent:,}   "
             f"{self.status}")
+        rollouts = Table(title="canary rollouts: ml.deploy.commands and ml.deployments",
+                         expand=True)
+        for col in ("model", "phase", "traffic", "latest command"):
+            rollouts.add_column(col, overflow="fold")
+        for model, d in sorted(self.deployments.items()):
+            last = next((c for c in reversed(self.commands) if c["model"] == model), None)
+            said = "-" if last is None else (
+                escape(f"{last['command_id']}: {last['reason']}")
+                + (" [yellow](waiting)[/]" if last.get("requires_approval") else ""))
+            weights = ", ".join(f"{v} {p}%" for v, p in d.get("weights", {}).items())
+            colour = {"rolled_back": "red", "promoted": "green"}.get(d["phase"], "cyan")
+            rollouts.add_row(model, f"[{colour}]{d['phase']}[/]", weights, said)
         return Group(
             Panel(header, title="Sentinelle demo"),
             table,
+            rollouts,
             Panel(dead, title="ml.deadletter (by reason)"),
         )
 
@@ -119,7 +141,7 @@ def _wait_ready(log_path: Path, proc: subprocess.Popen[bytes], timeout: float) -
 
 
 def run_demo(rate: float = 40.0, bootstrap_servers: str | None = None) -> int:
-    console = Console()
+    console = Console(emoji=False)  # ":100:" in a command id is not an emoji
     scenario = SCENARIOS["demo"]
     workdir = Path(tempfile.mkdtemp(prefix="sentinelle-demo-"))
     broker: EmbeddedBroker | None = None
@@ -141,8 +163,9 @@ def run_demo(rate: float = 40.0, bootstrap_servers: str | None = None) -> int:
     view = _View(scenario.duration_s)
     try:
         topics = cfg["topics"]
-        asyncio.run(ensure_topics(servers, topics.values(), 4, compacted=[topics["references"]]))
         settings = load_settings(cfg_path, servers)
+        asyncio.run(ensure_topics(servers, topics.values(), 4,
+                                  compacted=settings.topics.compacted()))
         profiles = [(spec, v) for spec in scenario.models for v in spec.versions]
         for spec, version in profiles:  # what each version was trained on
             profile = build_profile(pl.LazyFrame(training_rows(spec, 5000)), spec.model, version)
@@ -155,7 +178,8 @@ def run_demo(rate: float = 40.0, bootstrap_servers: str | None = None) -> int:
         console.print(f"starting a Sentinelle worker (pid {worker.pid}, log {log_path}) ...")
         _wait_ready(log_path, worker, timeout=90)
         console.print(f"worker ready; scenario: {scenario.description}")
-        asyncio.run(_live(servers, topics, scenario, rate, view, console))
+        asyncio.run(_live(servers, topics, scenario, rate, view, console,
+                          workdir / "rollouts.json", cfg["worker"]["app_id"]))
     finally:
         if worker is not None and worker.poll() is None:
             worker.terminate()
@@ -165,23 +189,47 @@ def run_demo(rate: float = 40.0, bootstrap_servers: str | None = None) -> int:
                 worker.kill()
         if broker is not None:
             broker.stop()
-    return _summary(console, view, scenario.expect)
+    return _summary(console, view, scenario)
 
 
 async def _live(servers: str, topics: dict[str, str], scenario: Any, rate: float, view: _View,
-                console: Console) -> None:
-    consumer = AIOKafkaConsumer(topics["alerts"], topics["deadletter"], bootstrap_servers=servers,
+                console: Console, state_path: Path, app_id: str) -> None:
+    consumer = AIOKafkaConsumer(topics["alerts"], topics["deadletter"], topics["commands"],
+                                topics["deployments"], bootstrap_servers=servers,
                                 group_id=None, auto_offset_reset="earliest")
     await consumer.start()
+    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    await producer.start()
+    stop = asyncio.Event()
+    controller = asyncio.create_task(run_controller(
+        servers, topics["commands"], topics["deployments"], state_path, f"{app_id}-controller",
+        list(scenario.rollouts), "demo", stop=stop))
 
     def progress(t: float, sent: int) -> None:
         view.elapsed, view.sent = t, sent
+
+    async def approve_later(cmd: dict[str, Any]) -> None:
+        """The demo's person on call: approves a waiting promotion a few seconds later."""
+        await asyncio.sleep(APPROVE_AFTER_S)
+        rec = approval(cmd["model"], cmd["from_version"], "demo-operator")
+        await producer.send_and_wait(topics["approvals"], orjson.dumps(rec),
+                                     key=cmd["model"].encode())
+        view.approved.append(f"{cmd['model']} {cmd['from_version']} to "
+                             f"{cmd['traffic_percent']}%")
+
+    approvals: list[asyncio.Task[None]] = []
 
     async def watch() -> None:
         async for msg in consumer:
             rec = orjson.loads(msg.value or b"null")
             if msg.topic == topics["alerts"]:
                 view.alerts.append(rec)
+            elif msg.topic == topics["commands"]:
+                view.commands.append(rec)
+                if rec.get("requires_approval"):
+                    approvals.append(asyncio.create_task(approve_later(rec)))
+            elif msg.topic == topics["deployments"]:
+                view.deployments[rec["model"]] = rec
             else:
                 view.dead[rec["reason"].split(":", 1)[0]] += 1
 
@@ -193,10 +241,11 @@ async def _live(servers: str, topics: dict[str, str], scenario: Any, rate: float
             # until every alert has resolved, GRACE_S at most.
             sim = asyncio.create_task(run(servers, topics["predictions"], scenario, rate,
                                           duration_s=scenario.duration_s + GRACE_S,
-                                          on_progress=progress))
+                                          on_progress=progress,
+                                          deployments_topic=topics["deployments"]))
             while not sim.done():
                 if view.elapsed >= scenario.duration_s:
-                    if not _firing(view.alerts):
+                    if not _firing(view.alerts) and _rollouts_over(view):
                         sim.cancel()
                         break
                     view.status = "scenario over, healthy traffic: waiting for the last resolves"
@@ -207,10 +256,19 @@ async def _live(servers: str, topics: dict[str, str], scenario: Any, rate: float
             view.status = "done"
             live.update(view.render())
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        stop.set()
+        for task in (watcher, *approvals):
+            task.cancel()
+        for task in (watcher, *approvals, controller):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await consumer.stop()
+        await producer.stop()
+
+
+def _rollouts_over(view: _View) -> bool:
+    return all(d["phase"] in ("promoted", "rolled_back", "aborted")
+               for d in view.deployments.values())
 
 
 def _firing(alerts: list[dict[str, Any]]) -> set[str]:
@@ -220,7 +278,8 @@ def _firing(alerts: list[dict[str, Any]]) -> set[str]:
     return firing
 
 
-def _summary(console: Console, view: _View, expect: tuple[str, ...]) -> int:
+def _summary(console: Console, view: _View, scenario: Any) -> int:
+    expect: tuple[str, ...] = scenario.expect
     triggered: Counter[str] = Counter()
     resolved: Counter[str] = Counter()
     for a in view.alerts:
@@ -236,10 +295,21 @@ def _summary(console: Console, view: _View, expect: tuple[str, ...]) -> int:
     still = _firing(view.alerts)
     if still:
         console.print(f"still firing: {', '.join(sorted(still))}")
+    for c in view.commands:
+        wait = " (waits for an approval)" if c.get("requires_approval") else ""
+        console.print(f"command {c['command_id']}: {c['reason']}{wait}")
+    for note in view.approved:
+        console.print(f"approved by demo-operator: {note}")
+    phases = {m: d["phase"] for m, d in view.deployments.items()}
+    console.print(f"rollouts: {phases}")
     missing = [c for c in expect if not (triggered[c] and resolved[c])]
+    missing += [f"{model} {want}" for model, _, _, _ in scenario.rollouts
+                for want in ("rolled_back" if model == "pricing" else "promoted",)
+                if phases.get(model) != want]
     ok = not missing and sum(view.dead.values()) > 0
     if ok:
-        console.print("[bold green]demo passed[/]: every incident was caught and resolved")
+        console.print("[bold green]demo passed[/]: every incident was caught and resolved; the "
+                      "bad canary was rolled back and the good one promoted")
         return 0
-    console.print(f"[bold red]demo incomplete[/]: not triggered and resolved: {missing}")
+    console.print(f"[bold red]demo incomplete[/]: not as expected: {missing}")
     return 1

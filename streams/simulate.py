@@ -9,6 +9,7 @@ to Kafka in real time, keyed by model, with malformed messages mixed in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import time
@@ -18,6 +19,8 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+
+from streams.follow import follow_topic
 
 __all__ = ["Scenario", "ModelSpec", "Incident", "SCENARIOS", "events_between", "malformed", "run",
            "training_rows"]
@@ -31,11 +34,13 @@ class ModelSpec:
     latency_median_ms: float = 40.0
     error_rate: float = 0.002
     next_version: str | None = None  # served from the first "new_version" incident on
+    canary_version: str | None = None  # gets the canary share ml.deployments announces
+    canary_error_rate: float | None = None  # its error rate (None: the same as stable)
+    rate_factor: float = 1.0  # this model's traffic, relative to the run's rate
 
     @property
     def versions(self) -> tuple[str, ...]:
-        return (self.version,) if self.next_version is None else (self.version,
-                                                                   self.next_version)
+        return tuple(v for v in (self.version, self.next_version, self.canary_version) if v)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,12 @@ class Scenario:
     duration_s: float = math.inf
     malformed_every_s: float = 0.0
     expect: tuple[str, ...] = field(default=())  # alert classes that trigger and resolve
+    # canary rollouts a controller starts with the scenario: (model, stable, canary, %)
+    rollouts: tuple[tuple[str, str, str, int], ...] = ()
+
+
+#: model -> (stable version, canary version or None, canary share %), from ml.deployments
+Routes = dict[str, tuple[str, str | None, float]]
 
 
 SCENARIOS = {
@@ -69,10 +80,15 @@ SCENARIOS = {
                      "error spike at 30-55 s; churn-model silent at 45-70 s; fraud-scorer "
                      "amounts missing at 50-65 s, then drifting up at 66-80 s; recommender v4 "
                      "rolled out at 58 s, its amounts skewed against its training profile at "
-                     "60-76 s; all recover"),
+                     "60-76 s; all recover. Canaries from 0 s: pricing p2 (15% errors) must "
+                     "be rolled back, ranker r6 promoted 5 -> 25 -> 50 -> 100 %, with "
+                     "approvals above 25 %"),
         models=(ModelSpec("fraud-scorer", "v7", batch=20),
                 ModelSpec("recommender", "v3", next_version="v4"),
-                ModelSpec("churn-model", "v2")),
+                ModelSpec("churn-model", "v2"),
+                ModelSpec("pricing", "p1", batch=50, canary_version="p2",
+                          canary_error_rate=0.15, rate_factor=5),
+                ModelSpec("ranker", "r5", batch=50, canary_version="r6", rate_factor=5)),
         incidents=(Incident("fraud-scorer", "latency", 20, 45),
                    Incident("recommender", "errors", 30, 55),
                    Incident("churn-model", "silent", 45, 70),
@@ -83,7 +99,16 @@ SCENARIOS = {
         duration_s=95,
         malformed_every_s=4,
         expect=("latency_slo", "error_rate", "outage", "training_serving_skew",
-                "data_quality", "feature_drift"),
+                "data_quality", "feature_drift", "canary_regression"),
+        rollouts=(("pricing", "p1", "p2", 5), ("ranker", "r5", "r6", 5)),
+    ),
+    "canary": Scenario(
+        name="canary",
+        description="two canaries: pricing p2 regresses (15% errors), ranker r6 is healthy",
+        models=(ModelSpec("pricing", "p1", batch=50, canary_version="p2",
+                          canary_error_rate=0.15),
+                ModelSpec("ranker", "r5", batch=50, canary_version="r6")),
+        rollouts=(("pricing", "p1", "p2", 5), ("ranker", "r5", "r6", 5)),
     ),
     "steady": Scenario(
         name="steady", description="healthy traffic, forever",
@@ -102,10 +127,17 @@ def _amount_factor(effects: set[str]) -> float:
 
 
 def make_event(spec: ModelSpec, ts: float, rng: random.Random, effects: set[str],
-               n: int) -> dict[str, Any]:
+               n: int, route: tuple[str, str | None, float] | None = None) -> dict[str, Any]:
     median = spec.latency_median_ms * (15 if "latency" in effects else 1)
     version = spec.next_version if "new_version" in effects and spec.next_version else spec.version
+    cohort = "stable"
+    if route is not None:
+        version = route[0]
+        if route[1] is not None and rng.random() < route[2] / 100:
+            version, cohort = route[1], "canary"
     err_rate = 0.25 if "errors" in effects else spec.error_rate
+    if version == spec.canary_version and spec.canary_error_rate is not None:
+        err_rate = spec.canary_error_rate
     failed = rng.random() < err_rate
     ev: dict[str, Any] = {
         "event_id": f"{spec.model}-{n}",
@@ -118,6 +150,8 @@ def make_event(spec: ModelSpec, ts: float, rng: random.Random, effects: set[str]
                      "country": rng.choice(["FR", "DE", "US", "GB"])},
         "prediction": round(rng.random(), 4),
     }
+    if cohort != "stable":
+        ev["cohort"] = cohort
     if failed:
         ev["error"] = "upstream feature store timeout"
     if "missing" in effects and rng.random() < 0.3:
@@ -139,14 +173,17 @@ def training_rows(spec: ModelSpec, n: int, seed: int = 1) -> list[dict[str, Any]
 
 
 def events_between(scenario: Scenario, t0: float, a: float, b: float, rate: float,
-                   rng: random.Random, counter: dict[str, float]) -> Iterator[Batch]:
-    """Events of each model with elapsed time in ``[a, b)``, ``rate`` per second each.
+                   rng: random.Random, counter: dict[str, float],
+                   routes: Routes | None = None) -> Iterator[Batch]:
+    """Events of each model with elapsed time in ``[a, b)``, ``rate`` per second each
+    (times the model's ``rate_factor``), versions split as ``routes`` say.
 
     Event times are evenly spread in the interval; ``counter`` carries the
     per-model fractional remainder and event numbers between calls.
     """
+    routes = routes or {}
     for spec in scenario.models:
-        due = counter.get(spec.model + "/due", 0.0) + rate * (b - a)
+        due = counter.get(spec.model + "/due", 0.0) + rate * spec.rate_factor * (b - a)
         n = int(due)
         counter[spec.model + "/due"] = due - n
         if n == 0 or "silent" in _effects(scenario, spec.model, a):
@@ -156,7 +193,8 @@ def events_between(scenario: Scenario, t0: float, a: float, b: float, rate: floa
             t = a + (b - a) * (j + 0.5) / n
             seq = int(counter.get(spec.model, 0)) + 1
             counter[spec.model] = seq
-            out.append(make_event(spec, t0 + t, rng, _effects(scenario, spec.model, t), seq))
+            out.append(make_event(spec, t0 + t, rng, _effects(scenario, spec.model, t), seq,
+                                  routes.get(spec.model)))
         yield spec, out
 
 
@@ -177,11 +215,43 @@ def malformed(k: int, now: float) -> tuple[bytes, bytes]:
     return b"recommender", kinds[k % len(kinds)]()
 
 
+def follow_routes(record: dict[str, Any], routes: Routes) -> None:
+    """Update ``routes`` from one ``ml.deployments`` record (as a service mesh would).
+
+    >>> routes: Routes = {}
+    >>> follow_routes({"model": "m", "stable_version": "v1", "canary_version": "v2",
+    ...                "traffic_percent": 25, "phase": "step"}, routes); routes
+    {'m': ('v1', 'v2', 25.0)}
+    >>> follow_routes({"model": "m", "stable_version": "v1", "canary_version": "v2",
+    ...                "traffic_percent": 0, "phase": "rolled_back"}, routes); routes
+    {'m': ('v1', None, 0.0)}
+    """
+    ended = record.get("phase") in ("promoted", "rolled_back", "aborted")
+    canary = None if ended else record.get("canary_version")
+    routes[record["model"]] = (record["stable_version"], canary,
+                               float(record.get("traffic_percent") or 0) if canary else 0.0)
+
+
 async def run(bootstrap_servers: str, topic: str, scenario: Scenario, rate: float,
               seed: int = 7, duration_s: float | None = None, tick_s: float = 0.1,
-              on_progress: Callable[[float, int], None] | None = None) -> int:
-    """Send the scenario in real time; return the number of events sent."""
+              on_progress: Callable[[float, int], None] | None = None,
+              deployments_topic: str | None = None) -> int:
+    """Send the scenario in real time; return the number of events sent.
+
+    With ``deployments_topic``, traffic follows the rollouts announced there:
+    a model's canary gets the share its controller set.
+    """
     rng = random.Random(seed)
+    routes: Routes = {}
+    follower = None
+    if deployments_topic is not None:
+        async def on_record(key: bytes | None, value: bytes | None, p: int, o: int) -> None:
+            if value is not None:
+                with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+                    follow_routes(orjson.loads(value), routes)
+
+        follower = asyncio.create_task(follow_topic(bootstrap_servers, deployments_topic,
+                                                    on_record, asyncio.Event()))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5,
                                 max_request_size=2_000_000)
     await producer.start()
@@ -197,7 +267,8 @@ async def run(bootstrap_servers: str, topic: str, scenario: Scenario, rate: floa
         while prev < end:
             await asyncio.sleep(tick_s)
             now = min(time.time() - t0, end)
-            for spec, evs in events_between(scenario, t0, prev, now, rate, rng, counter):
+            for spec, evs in events_between(scenario, t0, prev, now, rate, rng, counter,
+                                            routes):
                 buf = pending.setdefault(spec.model, [])
                 buf.extend(evs)
                 key = spec.model.encode()
@@ -216,5 +287,9 @@ async def run(bootstrap_servers: str, topic: str, scenario: Scenario, rate: floa
                 on_progress(now, total)
         await producer.flush()
     finally:
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         await producer.stop()
     return total

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from streams.broker import EmbeddedBroker
+from streams.config import TopicSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.1  # how often a wait re-checks its condition
@@ -109,9 +110,8 @@ class WorkerProcess:
 def test_config(prefix: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """A worker configuration with topics and group unique to ``prefix``."""
     cfg: dict[str, Any] = {
-        "topics": {n: f"{prefix}.ml.{n}"
-                   for n in ("predictions", "feedback", "alerts", "deadletter", "stats",
-                           "references", "silences")},
+        "topics": {name: f"{prefix}.{topic}"
+                   for name, topic in TopicSettings().model_dump().items()},
         "worker": {"app_id": f"{prefix}-sentinelle", "batch_within_s": 0.1, "tick_s": 0.2,
                    "web_port": 0},
         "kafka": {"partitions": 2},

@@ -1,0 +1,88 @@
+"""``sentinelle rollout fail|pause|promote|approve MODEL``: a person steps in.
+
+``fail``, ``pause`` and ``promote`` publish the same commands the worker
+would (same shape, same ``command_id`` scheme, so a controller that already
+got the worker's command for that decision acts once), straight to
+``ml.deploy.commands``: a person must be able to roll back while the worker
+is down. The canary in flight is read from ``ml.deployments`` (its latest
+record for the model), unless ``--canary`` and ``--stable`` say it.
+``approve`` publishes an approval on ``ml.deploy.approvals``, which the
+worker holding the model uses to release a promotion waiting for it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from alerting.events import rfc3339
+from alerting.rollout import make_command
+from streams.broker import ensure_topics
+from streams.config import Settings
+from streams.follow import read_all
+
+__all__ = ["latest_deployment", "manual_command", "publish", "approval"]
+
+
+async def latest_deployment(settings: Settings, model: str) -> dict[str, Any] | None:
+    """The newest ``ml.deployments`` record of ``model``, if any."""
+    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    t = settings.topics
+    await ensure_topics(servers, [t.deployments], settings.kafka.partitions,
+                        settings.kafka.replication_factor, compacted=[t.deployments])
+    latest = None
+    for key, value in await read_all(servers, t.deployments):
+        if key == model.encode() and value is not None:
+            latest = orjson.loads(value)
+    return latest
+
+
+def manual_command(settings: Settings, action: str, model: str, deployment: dict[str, Any],
+                   by: str, to_percent: int | None = None, now: float | None = None
+                   ) -> dict[str, Any]:
+    """The command a person's ``fail``/``pause``/``promote`` publishes.
+
+    >>> s = Settings()
+    >>> d = {"stable_version": "v7", "canary_version": "v8", "traffic_percent": 25}
+    >>> c = manual_command(s, "promote", "m", d, "ana", now=0)
+    >>> c["command_id"], c["traffic_percent"], c["reason"]
+    ('promote:m:v8:50', 50, 'promoted by hand by ana')
+    >>> manual_command(s, "fail", "m", d, "ana", now=0)["command_id"]
+    'rollback:m:v8:25'
+    """
+    canary, stable = deployment.get("canary_version"), deployment.get("stable_version")
+    if not canary or not stable:
+        raise ValueError(f"no canary of {model} is in flight (pass --canary and --stable)")
+    pct = int(round(deployment.get("traffic_percent") or 0))
+    t = time.time() if now is None else now
+    env = deployment.get("environment")
+    if action == "promote":
+        later = [s for s in settings.canary.ladder if s > pct]
+        step = to_percent if to_percent is not None else (later[0] if later else 100)
+        return make_command("promote", model, stable, canary, step, f"promoted by hand by {by}",
+                            t, env, traffic_percent=step)
+    act = "pause" if action == "pause" else "rollback"
+    return make_command(act, model, stable, canary, pct, f"{act} by hand by {by}", t, env,
+                        alert_dedup_keys=[f"canary_regression:{model}:{canary}"])
+
+
+def approval(model: str, version: str, by: str, action: str = "promote",
+             now: float | None = None) -> dict[str, Any]:
+    """An ``ml.deploy.approvals`` record."""
+    return {"model": model, "version": version, "action": action, "approved_by": by,
+            "ts": rfc3339(time.time() if now is None else now)}
+
+
+async def publish(settings: Settings, topic: str, model: str, record: dict[str, Any]) -> None:
+    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    await ensure_topics(servers, [topic], settings.kafka.partitions,
+                        settings.kafka.replication_factor)
+    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, orjson.dumps(record), key=model.encode())
+    finally:
+        await producer.stop()
