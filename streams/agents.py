@@ -24,6 +24,7 @@ from alerting.manager import Silence
 from streams.app import Sentinelle
 from streams.follow import follow_topic
 from streams.metrics import make_metrics
+from streams.operations import OpsOutbox, OpsPipeline
 from streams.parse import DeadLetter, raw_text
 from streams.pipeline import InMessage, Outbox, PredictionPipeline
 from streams.references import InvalidProfile, ReferenceStore
@@ -45,21 +46,24 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
     pipeline = PredictionPipeline(settings, s.predictions.get_topic_name(), references,
                                   silences=silences)
     topic_name = s.predictions.get_topic_name()
+    ops = OpsPipeline(settings, s.pool_usage.get_topic_name(), references, silences)
 
     def saved(model: str) -> dict[str, Any] | None:
         value = s.state.data.get(model)
         return value if isinstance(value, dict) else None
 
-    def checkpoint(partition: int, model: str, value: dict[str, Any] | None) -> None:
+    def checkpoint(partition: int, model: str, value: dict[str, Any] | None,
+                   table: Any = None) -> None:
         # One changelog write per model per micro-batch, on the model's own
         # partition. (Faust's ``table[key] = value`` would take the partition from
         # the current event, which a micro-batch of many events does not have.)
+        table = s.state if table is None else table
         if value is None:
-            s.state.data.pop(model, None)
-            s.state.send_changelog(partition, model, None, value_serializer="raw")
+            table.data.pop(model, None)
+            table.send_changelog(partition, model, None, value_serializer="raw")
         else:
-            s.state.data[model] = value
-            s.state.send_changelog(partition, model, value)
+            table.data[model] = value
+            table.send_changelog(partition, model, value)
 
     async def publish(box: Outbox) -> None:
         for rec in box.deadletters:
@@ -139,6 +143,35 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
         metrics.events.labels(topic_name).inc(box.events)
         await publish(box)
 
+    def saved_ops(key: str) -> dict[str, Any] | None:
+        value = s.ops_state.data.get(key)
+        return value if isinstance(value, dict) else None
+
+    async def publish_ops(box: OpsOutbox) -> None:
+        await publish(Outbox(deadletters=box.deadletters, alerts=box.alerts,
+                             commands=box.commands))
+        for pool, points in box.pool_usage:  # re-keyed by pool: one message per pool
+            await s.pool_usage.send(key=pool.encode(), value=orjson.dumps(points))
+        for partition, key, value in box.checkpoints:
+            checkpoint(partition, key, value, s.ops_state)
+
+    @app.agent(s.operations, name="sentinelle.watch_operations")
+    async def watch_operations(stream: faust.StreamT) -> None:
+        batches = stream.take_events  # type: ignore[attr-defined]
+        async for events in batches(settings.worker.batch_max,
+                                    within=settings.worker.batch_within_s):
+            await references_loaded.wait()  # validation skew needs the training profiles
+            messages = [InMessage(e.message.value, e.message.partition, e.message.offset,
+                                  e.message.topic) for e in events]
+            metrics.messages.labels("operations").inc(len(messages))
+            box = ops.process(messages, time.time(), saved_ops)
+            metrics.events.labels("operations").inc(box.events)
+            await publish_ops(box)
+
+    @app.timer(settings.worker.tick_s, name="sentinelle.ops_wall_clock_checks")
+    async def ops_wall_clock_checks() -> None:
+        await publish_ops(ops.tick(time.time(), list(s.ops_state.data.items())))
+
     @app.timer(settings.worker.tick_s, name="sentinelle.wall_clock_checks")
     async def wall_clock_checks() -> None:
         items: Iterable[tuple[str, Any]] = list(s.state.data.items())
@@ -151,11 +184,14 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
     async def forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         # The memory store keeps revoked partitions' keys; drop them, or this
         # worker would keep checking models another worker now owns.
-        parts = {tp.partition for tp in revoked if tp.topic == topic_name}
+        ours = {topic_name, *s.operations.topics}
+        parts = {tp.partition for tp in revoked if tp.topic in ours}
         pipeline.revoke(parts)
-        for model, value in list(s.state.data.items()):
-            if isinstance(value, dict) and value.get("partition") in parts:
-                s.state.data.pop(model, None)
+        ops.revoke(parts)
+        for table in (s.state, s.ops_state):
+            for key, value in list(table.data.items()):
+                if isinstance(value, dict) and value.get("partition") in parts:
+                    table.data.pop(key, None)
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:

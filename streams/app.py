@@ -15,7 +15,12 @@ import faust
 
 from streams.config import Settings
 
-__all__ = ["Sentinelle", "create_app", "broker_urls"]
+__all__ = ["Sentinelle", "create_app", "broker_urls", "pool_topic_name"]
+
+
+def pool_topic_name(settings: Settings) -> str:
+    """The internal topic that re-keys pool usage by pool (see streams/operations.py)."""
+    return f"{settings.worker.app_id}-pool-usage"
 
 
 def broker_urls(servers: str) -> list[str]:
@@ -42,6 +47,10 @@ class Sentinelle:
     stats: faust.TopicT
     commands: faust.TopicT
     state: faust.types.TableT
+    # ml.pipeline, ml.metrics and the internal pool-usage topic, read by one agent
+    operations: faust.TopicT
+    pool_usage: faust.TopicT
+    ops_state: faust.types.TableT
 
 
 def create_app(settings: Settings) -> Sentinelle:
@@ -74,8 +83,13 @@ def create_app(settings: Settings) -> Sentinelle:
                          value_serializer="raw", partitions=k.partitions)
 
     state = app.Table("model-state", partitions=k.partitions, help="ModelMonitor checkpoints")
+    ops_state = app.Table("ops-state", partitions=k.partitions,
+                          help="pipeline, metric source and pool checkpoints")
+    pool = pool_topic_name(settings)
     return Sentinelle(app=app, settings=settings,
                       inputs=raw(t.predictions, t.feedback, t.deployments, t.approvals),
                       predictions=raw(t.predictions), alerts=raw(t.alerts),
                       deadletter=raw(t.deadletter), stats=raw(t.stats),
-                      commands=raw(t.commands), state=state)
+                      commands=raw(t.commands), state=state,
+                      operations=raw(t.pipeline, t.metrics, pool), pool_usage=raw(pool),
+                      ops_state=ops_state)

@@ -71,12 +71,13 @@ def worker(config_path: str | None, bootstrap_servers: str | None, loglevel: str
     from faust import Worker
 
     from streams.agents import register
-    from streams.app import create_app
+    from streams.app import create_app, pool_topic_name
     from streams.broker import ensure_topics
 
     servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
     t = settings.topics
-    asyncio.run(ensure_topics(servers, t.all(), settings.kafka.partitions,
+    asyncio.run(ensure_topics(servers, [*t.all(), pool_topic_name(settings)],
+                              settings.kafka.partitions,
                               settings.kafka.replication_factor, compacted=t.compacted()))
     s = create_app(settings)
     register(s)

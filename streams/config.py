@@ -57,6 +57,8 @@ class TopicSettings(_Section):
     deployments: str = "ml.deployments"
     commands: str = "ml.deploy.commands"
     approvals: str = "ml.deploy.approvals"
+    pipeline: str = "ml.pipeline"
+    metrics: str = "ml.metrics"
 
     def all(self) -> list[str]:
         """Every topic Sentinelle reads or writes (what ``ensure_topics`` creates)."""
@@ -247,6 +249,62 @@ class CanarySettings(_Section):
         return v
 
 
+class PipelineSettings(_Section):
+    """Run tracking (``detectors/pipelines.py``); durations are in seconds."""
+
+    enabled: bool = True
+    failure_critical_after: int = Field(3, ge=1, description="failures in a row that page")
+    failure_severity: str = "error"
+    stall_floor_s: float = Field(300.0, gt=0, description="never call a run stalled sooner")
+    stall_ceiling_s: float = Field(6 * 3600.0, gt=0,
+                                   description="silence always a stall (and before history)")
+    stall_factor: float = Field(1.5, gt=1, description="x the p95 of recent durations")
+    stall_min_runs: int = Field(5, ge=1, description="runs known before learning the limit")
+    stall_severity: str = "error"
+    duration_min_runs: int = Field(10, ge=3, description="warm-up: runs before judging")
+    duration_threshold: float = Field(0.999, gt=0.5, lt=1,
+                                      description="Gaussian score (2|CDF-0.5|) that is anomalous")
+    duration_accept_after: int = Field(3, ge=1,
+                                       description="anomalous runs in a row: the new normal")
+    duration_severity: str = "warning"
+    run_ttl_s: float = Field(2 * 86400.0, gt=0, description="forget a run silent this long")
+    pipeline_ttl_s: float = Field(30 * 86400.0, gt=0,
+                                  description="forget a pipeline quiet this long")
+
+
+class QuotaSettings(_Section):
+    """Pool quotas (``detectors/quota.py``)."""
+
+    enabled: bool = True
+    window_s: float = Field(6 * 3600.0, gt=0, description="usage rate over this much event time")
+    horizon_s: float = Field(24 * 3600.0, gt=0, description="warn when the limit is this close")
+    critical_share: float = Field(0.9, gt=0, le=1, description="page at this share of the limit")
+    errant_share: float = Field(0.25, gt=0, le=1,
+                                description="one run using this share of the limit is flagged")
+    min_points: int = Field(3, ge=2)
+
+
+class ValidationSettings(_Section):
+    """The validation gate (``detectors/pipelines.py:ValidationGate``)."""
+
+    enabled: bool = True
+    tolerance: float = Field(0.02, ge=0, description="relative worsening tolerated per metric")
+    lower_is_better: tuple[str, ...] = (r"loss", r"error", r"mae", r"mse", r"rmse", r"mape",
+                                        r"latency", r"brier")
+    ignore: tuple[str, ...] = (r"^rows?$", r"count", r"duration", r"seconds", r"^n_")
+    pause: bool = Field(True, description="publish a pause command for a regressed version")
+    severity: str = "error"
+
+
+class MetricAnomalySettings(_Section):
+    """Metric anomaly detection (``detectors/anomaly.py``)."""
+
+    enabled: bool = True
+    season_s: float = Field(86400.0, gt=0, description="the seasonal period (daily)")
+    severity: str = "warning"
+    series_ttl_s: float = Field(7 * 86400.0, gt=0, description="forget a series quiet this long")
+
+
 class Settings(BaseSettings):
     """Every setting of Sentinelle, frozen once loaded."""
 
@@ -268,6 +326,10 @@ class Settings(BaseSettings):
     labels: LabelSettings = LabelSettings()
     alerts: AlertSettings = AlertSettings()
     canary: CanarySettings = CanarySettings()
+    pipelines: PipelineSettings = PipelineSettings()
+    quota: QuotaSettings = QuotaSettings()
+    validation: ValidationSettings = ValidationSettings()
+    metric_anomaly: MetricAnomalySettings = MetricAnomalySettings()
 
     @classmethod
     def settings_customise_sources(

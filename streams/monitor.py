@@ -228,10 +228,12 @@ class ModelMonitor:
         out = Output()
         self.last_arrival = self._wall = now
         self._emit(out, self.outage.observe(now))
-        for version, cohort in frame.select("version", "cohort").unique().iter_rows():
+        pairs = frame.select("version", "cohort").unique().rows()
+        for version, cohort in pairs:
             self._series(version, cohort).last_arrival = now
         out.late = self.windows.add(frame)
-        if self.rollouts is not None and predictions is not None:
+        if self.rollouts is not None and predictions is not None and (
+                self.rollouts.watching() or any(c == "canary" for _, c in pairs)):
             self._histogram(frame, out.late, predictions, references)
         self._evaluate(out, self.windows.close_ready())
         st = self.settings

@@ -25,7 +25,8 @@ from typing import Any
 import orjson
 
 __all__ = ["DeadLetter", "PredictionColumns", "FeedbackColumns", "parse_predictions",
-           "parse_feedback", "parse_control", "parse_time", "raw_text"]
+           "parse_feedback", "parse_control", "parse_pipeline", "parse_metrics", "parse_time",
+           "raw_text"]
 
 STATUSES = frozenset({"ok", "error", "timeout"})
 MAX_RAW_CHARS = 65_536
@@ -340,6 +341,111 @@ def _add_approval(ev: Any) -> dict[str, Any]:
     rec["action"] = _one_of(ev, "action", APPROVAL_ACTIONS)
     rec["approved_by"] = _required(ev, "approved_by")
     return rec
+
+
+KINDS = ("data", "training", "validation", "serving")
+RUN_STATUSES = ("started", "heartbeat", "succeeded", "failed")
+
+
+def parse_pipeline(data: bytes | None, out: list[dict[str, Any]], max_bytes: int = 1_000_000,
+                   max_events: int = 10_000) -> list[DeadLetter]:
+    """``ml.pipeline`` events, appended to ``out`` normalised (``ts`` in epoch seconds).
+
+    >>> out = []
+    >>> parse_pipeline(b'{"event_id": "e1", "ts": 5, "pipeline": "p", "kind": "training", '
+    ...                b'"run_id": "r1", "status": "started"}', out), out[0]["ts"]
+    ([], 5.0)
+    >>> parse_pipeline(b'{"event_id": "e1", "ts": 5, "pipeline": "p", "kind": "training", '
+    ...                b'"run_id": "r1", "status": "done"}', out)[0].reason
+    "bad_value: 'status' must be one of started, heartbeat, succeeded, failed"
+    """
+    return _parse(data, lambda ev, i: out.append(_pipeline_event(ev)), max_bytes, max_events)
+
+
+def _numbers(ev: dict[str, Any], name: str) -> dict[str, float] | None:
+    v = ev.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise Invalid(f"bad_type: '{name}' must be an object of numbers")
+    for k, x in v.items():
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise Invalid(f"bad_type: '{name}.{k}' must be a number")
+        if not math.isfinite(x):
+            raise Invalid(f"not_finite: '{name}.{k}' is {x}")
+    return {str(k): float(x) for k, x in v.items()}
+
+
+def _pipeline_event(ev: Any) -> dict[str, Any]:
+    if not isinstance(ev, dict):
+        raise Invalid(f"not_object: expected a JSON object, got {type(ev).__name__}")
+    if ev.get("ts") is None:
+        raise Invalid("missing_field: 'ts' is required")
+    rec: dict[str, Any] = {
+        "event_id": _required(ev, "event_id"), "ts": parse_time(ev["ts"]),
+        "pipeline": _required(ev, "pipeline"), "kind": _one_of(ev, "kind", KINDS),
+        "run_id": _required(ev, "run_id"), "status": _one_of(ev, "status", RUN_STATUSES),
+        "model": _string(ev, "model", required=False),
+        "version": _string(ev, "version", required=False),
+        "error": ev.get("error") if isinstance(ev.get("error"), str) else None,
+        "resources": _numbers(ev, "resources"), "metrics": _numbers(ev, "metrics"),
+    }
+    if ev.get("duration_s") is not None:
+        d = _number(ev, "duration_s")
+        if d < 0:
+            raise Invalid(f"bad_value: 'duration_s' {d} is negative")
+        rec["duration_s"] = d
+    q = ev.get("quota")
+    if q is not None:
+        if not isinstance(q, dict):
+            raise Invalid("bad_type: 'quota' must be an object")
+        limit = _number(q, "limit")
+        if limit <= 0:
+            raise Invalid(f"bad_value: 'quota.limit' {limit} must be positive")
+        rec["quota"] = {"pool": _required(q, "pool"), "resource": _required(q, "resource"),
+                        "used": _number(q, "used"), "limit": limit}
+    if isinstance(ev.get("profile"), dict):
+        rec["profile"] = ev["profile"]  # a validation run's data profile (optional)
+    return rec
+
+
+@dataclass(slots=True)
+class MetricColumns:
+    """Valid ``ml.metrics`` points, column by column."""
+
+    source: list[str] = field(default_factory=list)
+    metric: list[str] = field(default_factory=list)
+    ts: list[float] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+def parse_metrics(data: bytes | None, cols: MetricColumns, max_bytes: int = 1_000_000,
+                  max_events: int = 10_000) -> list[DeadLetter]:
+    """``ml.metrics`` points: ``source``, ``metric``, ``ts``, ``value`` (``labels`` unused).
+
+    >>> cols = MetricColumns()
+    >>> parse_metrics(b'[{"source": "api", "metric": "cpu", "ts": 1, "value": 0.5}]', cols)
+    []
+    >>> cols.value
+    [0.5]
+    """
+    return _parse(data, lambda ev, i: _add_metric(ev, cols), max_bytes, max_events)
+
+
+def _add_metric(ev: Any, cols: MetricColumns) -> None:
+    if not isinstance(ev, dict):
+        raise Invalid(f"not_object: expected a JSON object, got {type(ev).__name__}")
+    if ev.get("ts") is None:
+        raise Invalid("missing_field: 'ts' is required")
+    ts = parse_time(ev["ts"])
+    source, metric, value = _required(ev, "source"), _required(ev, "metric"), _number(ev, "value")
+    cols.source.append(source)
+    cols.metric.append(metric)
+    cols.ts.append(ts)
+    cols.value.append(value)
 
 
 def _element_text(ev: Any) -> str:

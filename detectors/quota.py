@@ -1,0 +1,172 @@
+"""Shared quotas: how fast a pool's resource is used, and when it runs out.
+
+One :class:`QuotaForecast` watches one (pool, resource), fed what pipeline
+events say (``quota.used`` / ``quota.limit`` of the pool, and each run's own
+cumulative ``resources``), in event time:
+
+- **usage rate**: the least-squares slope of ``used`` over the last
+  ``window_s`` (6 h), computed with Polars; a pool whose usage is flat or
+  falling has no forecast;
+- **time to the limit**: ``(limit - used) / rate``; ``quota_exhaustion`` (warning)
+  when it falls within ``horizon_s`` (24 h), and a second one, critical, once
+  ``used / limit`` reaches ``critical_share`` (90 %); each resolves when its
+  condition no longer holds;
+- **who uses it**: the pipelines with the largest usage in the window, with
+  their share, in the alert's evidence;
+- **errant runs**: one run that alone used more than ``errant_share`` (25 %) of
+  the limit raises its own ``quota_exhaustion`` (the "errant pipeline eating
+  all the quota"); it resolves when the run ends.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from detectors.base import Signal
+
+__all__ = ["QuotaForecast", "UsagePoint"]
+
+_MAX_POINTS = 5000  # observations kept per (pool, resource) (bounded memory)
+
+
+@dataclass(frozen=True, slots=True)
+class UsagePoint:
+    """One pipeline event's news about a pool."""
+
+    ts: float
+    pipeline: str
+    run_id: str
+    status: str
+    run_used: float | None   # the run's cumulative use of the resource, if it said
+    used: float | None       # the pool's use, if the event had ``quota``
+    limit: float | None
+
+
+class QuotaForecast:
+    """Usage rate, time to the limit, top consumers and errant runs of one pool resource."""
+
+    def __init__(self, pool: str, resource: str, window_s: float = 6 * 3600.0,
+                 horizon_s: float = 24 * 3600.0, critical_share: float = 0.9,
+                 errant_share: float = 0.25, min_points: int = 3) -> None:
+        self.pool, self.resource = pool, resource
+        self.window_s, self.horizon_s = window_s, horizon_s
+        self.critical_share, self.errant_share = critical_share, errant_share
+        self.min_points = min_points
+        self.levels: list[tuple[float, float, float]] = []         # (ts, used, limit)
+        self.spent: list[tuple[float, str, float]] = []            # (ts, pipeline, increment)
+        self.runs: dict[str, tuple[str, float]] = {}               # run -> (pipeline, used)
+        self.errant: set[str] = set()
+
+    def _key(self, what: str) -> str:
+        return f"quota_exhaustion:{self.pool}:{self.resource}:{what}"
+
+    def update(self, points: list[UsagePoint]) -> list[Signal]:
+        """Fold a batch of points in (time order); the signals they lead to."""
+        out: list[Signal] = []
+        for p in points:
+            if p.run_used is not None:
+                pipeline, before = self.runs.get(p.run_id, (p.pipeline, 0.0))
+                if p.run_used > before:
+                    self.spent.append((p.ts, p.pipeline, p.run_used - before))
+                self.runs[p.run_id] = (p.pipeline, max(before, p.run_used))
+            if p.used is not None and p.limit is not None and p.limit > 0:
+                self.levels.append((p.ts, p.used, p.limit))
+            out.extend(self._errant(p))
+        if not points:
+            return out
+        now = points[-1].ts
+        self.levels = [x for x in self.levels if x[0] > now - self.window_s][-_MAX_POINTS:]
+        self.spent = [x for x in self.spent if x[0] > now - self.window_s][-_MAX_POINTS:]
+        if self.levels:
+            out.extend(self._forecast(now))
+        return out
+
+    def _errant(self, p: UsagePoint) -> list[Signal]:
+        limit = self.levels[-1][2] if self.levels else p.limit
+        key = self._key(f"run:{p.run_id}")
+        if p.status in ("succeeded", "failed"):
+            self.runs.pop(p.run_id, None)
+            if p.run_id in self.errant:
+                self.errant.discard(p.run_id)
+                return [Signal("quota_exhaustion", key, False, "warning",
+                               f"{p.pipeline} run {p.run_id} ended", p.ts, self.pool)]
+            return []
+        if limit is None or p.run_id in self.errant or p.run_id not in self.runs:
+            return []
+        used = self.runs[p.run_id][1]
+        if used <= self.errant_share * limit:
+            return []
+        self.errant.add(p.run_id)
+        return [Signal(
+            "quota_exhaustion", key, True, "warning",
+            f"pool {self.pool}: run {p.run_id} of {p.pipeline} alone used {used:.4g} "
+            f"{self.resource}, {used / limit:.0%} of the limit {limit:.4g}", p.ts, self.pool,
+            None, {"feature": f"run:{p.run_id}", "pool": self.pool, "resource": self.resource,
+                   "run_id": p.run_id,
+                   "pipeline": p.pipeline, "run_used": used, "limit": limit,
+                   "share_of_limit": round(used / limit, 4), "errant_share": self.errant_share,
+                   "statistic": "run_share_of_limit"})]
+
+    def rate(self) -> float | None:
+        """Usage per second over the window (least squares), or None with too few points."""
+        if len(self.levels) < self.min_points:
+            return None
+        frame = pl.DataFrame(self.levels, schema=["ts", "used", "limit"], orient="row")
+        slope = frame.select(pl.cov("ts", "used") / pl.col("ts").var()).item()
+        return None if slope is None or not math.isfinite(slope) else float(slope)
+
+    def consumers(self) -> list[dict[str, Any]]:
+        """Pipelines by usage in the window, largest first (top 5)."""
+        if not self.spent:
+            return []
+        frame = pl.DataFrame(self.spent, schema=["ts", "pipeline", "amount"], orient="row")
+        top = (frame.group_by("pipeline").agg(pl.col("amount").sum())
+               .sort(["amount", "pipeline"], descending=[True, False]).head(5))
+        total = float(frame["amount"].sum()) or 1.0
+        return [{"pipeline": p, "used": round(a, 4), "share": round(a / total, 4)}
+                for p, a in top.iter_rows()]
+
+    def _forecast(self, now: float) -> list[Signal]:
+        _, used, limit = self.levels[-1]
+        rate = self.rate()
+        left = limit - used
+        tte = math.inf if rate is None or rate <= 0 else max(0.0, left) / rate
+        top = self.consumers()
+        who = ", ".join(f"{c['pipeline']} {c['share']:.0%}" for c in top[:3]) or "unknown"
+        # "feature" ties the two to one series: the critical one inhibits the warning
+        details = {"feature": self.resource, "pool": self.pool, "resource": self.resource,
+                   "used": used, "limit": limit,
+                   "share_of_limit": round(used / limit, 4),
+                   "rate_per_hour": None if rate is None else round(rate * 3600, 6),
+                   "hours_to_limit": None if math.isinf(tte) else round(tte / 3600, 3),
+                   "horizon_hours": self.horizon_s / 3600, "top_consumers": top,
+                   "window_s": self.window_s}
+        soon = tte <= self.horizon_s
+        full = used / limit >= self.critical_share
+        when = "never at this rate" if math.isinf(tte) else f"in {tte / 3600:.1f} h"
+        return [
+            Signal("quota_exhaustion", self._key("forecast"), soon, "warning",
+                   f"pool {self.pool}: {self.resource} runs out {when} ({used:.4g} of "
+                   f"{limit:.4g} used); top consumers: {who}", now, self.pool, None,
+                   {**details, "statistic": "hours_to_limit"}),
+            Signal("quota_exhaustion", self._key("limit"), full, "critical",
+                   f"pool {self.pool}: {self.resource} at {used / limit:.0%} of its limit "
+                   f"({used:.4g} of {limit:.4g}); top consumers: {who}", now, self.pool, None,
+                   {**details, "statistic": "share_of_limit",
+                    "critical_share": self.critical_share}),
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"levels": self.levels, "spent": self.spent,
+                "runs": {r: list(v) for r, v in self.runs.items()},
+                "errant": sorted(self.errant)}
+
+    def load_dict(self, d: dict[str, Any]) -> None:
+        self.levels = [(float(a), float(b), float(c)) for a, b, c in d.get("levels", [])]
+        self.spent = [(float(a), str(b), float(c)) for a, b, c in d.get("spent", [])]
+        self.runs = {r: (str(v[0]), float(v[1])) for r, v in d.get("runs", {}).items()}
+        self.errant = set(d.get("errant", []))
