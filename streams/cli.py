@@ -110,7 +110,7 @@ def simulate(config_path: str | None, bootstrap_servers: str | None, scenario: s
                             settings.kafka.replication_factor, compacted=t.compacted())
         # traffic follows the canary shares a controller announces on ml.deployments
         return await run(servers, t.predictions, sc, rate, seed, duration,
-                         deployments_topic=t.deployments)
+                         deployments_topic=t.deployments, pipeline_topic=t.pipeline)
 
     sent = asyncio.run(go())
     click.echo(f"sent {sent} events")
@@ -473,6 +473,37 @@ def controller(state_path: str, starts: tuple[str, ...], environment: str | None
         asyncio.run(go())
     except KeyboardInterrupt:
         pass
+
+
+@main.group()
+def quota() -> None:
+    """What pipelines and serving use: the numbers a team asks for quota with."""
+
+
+@quota.command("estimate")
+@click.option("--capacity-qps", type=float, required=True,
+              help="queries per second one serving replica sustains within its latency SLO")
+@click.option("--headroom", type=float, default=0.3, show_default=True,
+              help="spare capacity on top of the peak")
+@click.option("--days", type=float, default=None, help="history to use (default: all)")
+@click.option("--plot", default=None,
+              help="usage against the limit: '-' in the terminal, or a .txt/.ansi/.html/.png file")
+@click.option("--every", type=click.Choice(["1d", "1h"]), default="1d", show_default=True,
+              help="chart granularity")
+@config_option
+@servers_option
+def quota_estimate(capacity_qps: float, headroom: float, days: float | None, plot: str | None,
+                   every: str, config_path: str | None, bootstrap_servers: str | None) -> None:
+    """Per pipeline and pool: use per run and per day; per model: peak qps and replicas."""
+    from streams.quota_estimate import estimate
+
+    settings = _settings(config_path, bootstrap_servers)
+    try:
+        report = asyncio.run(estimate(settings, capacity_qps, days, plot, headroom, every))
+    except ValueError as exc:
+        click.echo(f"sentinelle: {exc}", err=True)
+        sys.exit(2)
+    click.echo(report)
 
 
 @main.command()

@@ -75,6 +75,9 @@ def demo_config(prefix: str = "") -> dict[str, Any]:
         # canaries at 5 % of 200 events/s: ~50 requests per 5 s window; approvals above 25 %
         "canary": {"min_requests": 25, "pass_windows": 2, "fail_windows": 2, "cooldown_s": 5,
                    "approval_above": 25},
+        # pipelines run for seconds, not hours; the pool's horizon is a minute, not a day
+        "pipelines": {"stall_floor_s": 3, "stall_min_runs": 3, "stall_ceiling_s": 30},
+        "quota": {"window_s": 30, "horizon_s": 60},
         "burn_rate": {"slow_ms": 400, "rules": [
             {"name": "page", "long_s": 60, "short_s": 10, "factor": 14.4, "severity": "critical"},
             {"name": "ticket", "long_s": 180, "short_s": 30, "factor": 6, "severity": "error"},
@@ -242,7 +245,8 @@ async def _live(servers: str, topics: dict[str, str], scenario: Any, rate: float
             sim = asyncio.create_task(run(servers, topics["predictions"], scenario, rate,
                                           duration_s=scenario.duration_s + GRACE_S,
                                           on_progress=progress,
-                                          deployments_topic=topics["deployments"]))
+                                          deployments_topic=topics["deployments"],
+                                          pipeline_topic=topics["pipeline"]))
             while not sim.done():
                 if view.elapsed >= scenario.duration_s:
                     if not _firing(view.alerts) and _rollouts_over(view):

@@ -17,13 +17,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from streams.follow import follow_topic
 
-__all__ = ["Scenario", "ModelSpec", "Incident", "SCENARIOS", "events_between", "malformed", "run",
-           "training_rows"]
+__all__ = ["Scenario", "ModelSpec", "Incident", "PipelineRun", "SCENARIOS", "events_between",
+           "malformed", "run", "training_rows"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,61 @@ class Incident:
 
 
 @dataclass(frozen=True)
+class PipelineRun:
+    """One run of a pipeline on the scenario's timeline (elapsed seconds)."""
+
+    pipeline: str
+    kind: str
+    run_id: str
+    start_s: float
+    duration_s: float
+    outcome: str = "succeeded"          # or "failed"
+    heartbeat_s: float = 0.0            # 0: no heartbeats
+    silent: tuple[float, float] | None = None  # no heartbeat in this interval: a stall
+    model: str | None = None
+    version: str | None = None
+    metrics: tuple[tuple[str, float], ...] = ()
+    pool: str | None = None             # reports the pool's quota on every event
+    resource: str = "gpu_hours"
+    use_per_s: float = 0.0              # this run's use of the resource per second
+
+    def events(self, usage: Callable[[str, float], tuple[float, float]] | None
+               ) -> list[tuple[float, dict[str, Any]]]:
+        """(elapsed, event) of the whole run; ``usage(pool, t)`` is (used, limit)."""
+        times = [self.start_s]
+        if self.heartbeat_s > 0:
+            t = self.start_s + self.heartbeat_s
+            while t < self.start_s + self.duration_s:
+                quiet = self.silent is not None and self.silent[0] <= t < self.silent[1]
+                if not quiet:
+                    times.append(t)
+                t += self.heartbeat_s
+        end = self.start_s + self.duration_s
+        out = []
+        for i, t in enumerate([*times, end]):
+            last = i == len(times)
+            status = self.outcome if last else ("started" if i == 0 else "heartbeat")
+            ev: dict[str, Any] = {"event_id": f"{self.run_id}-{i}", "pipeline": self.pipeline,
+                                  "kind": self.kind, "run_id": self.run_id, "status": status}
+            if self.model:
+                ev.update(model=self.model, version=self.version)
+            if self.use_per_s:
+                ev["resources"] = {self.resource: round(self.use_per_s * (t - self.start_s), 3)}
+            if self.pool and usage is not None:
+                used, limit = usage(self.pool, t)
+                ev["quota"] = {"pool": self.pool, "resource": self.resource,
+                               "used": round(used, 3), "limit": limit}
+            if last:
+                ev["duration_s"] = round(self.duration_s, 3)
+                if self.metrics:
+                    ev["metrics"] = dict(self.metrics)
+                if self.outcome == "failed":
+                    ev["error"] = "CUDA out of memory in epoch 3"
+            out.append((t, ev))
+        return out
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -67,11 +123,53 @@ class Scenario:
     expect: tuple[str, ...] = field(default=())  # alert classes that trigger and resolve
     # canary rollouts a controller starts with the scenario: (model, stable, canary, %)
     rollouts: tuple[tuple[str, str, str, int], ...] = ()
+    runs: tuple[PipelineRun, ...] = ()
+    # pool -> (limit, ((elapsed, used), ...)): the pool's usage, linear in between
+    pools: tuple[tuple[str, float, tuple[tuple[float, float], ...]], ...] = ()
+
+    def pool_usage(self, pool: str, t: float) -> tuple[float, float]:
+        """(used, limit) of ``pool`` at elapsed ``t``."""
+        for name, limit, points in self.pools:
+            if name == pool:
+                xs, ys = zip(*points, strict=True)
+                return float(np.interp(t, xs, ys)), limit
+        return 0.0, 1.0
+
+    def pipeline_events(self) -> list[tuple[float, dict[str, Any]]]:
+        """Every pipeline event of the scenario, by elapsed time."""
+        evs = [e for run in self.runs for e in run.events(self.pool_usage)]
+        return sorted(evs, key=lambda e: e[0])
 
 
 #: model -> (stable version, canary version or None, canary share %), from ml.deployments
 Routes = dict[str, tuple[str, str | None, float]]
 
+
+DEMO_RUNS = (
+    # a training pipeline that fails twice, then recovers
+    PipelineRun("fraud-daily-training", "training", "fdt-1", 2, 6),
+    PipelineRun("fraud-daily-training", "training", "fdt-2", 20, 5, "failed"),
+    PipelineRun("fraud-daily-training", "training", "fdt-3", 30, 5, "failed"),
+    PipelineRun("fraud-daily-training", "training", "fdt-4", 50, 6),
+    # a data pipeline with heartbeats that stalls at 42-60 s, then finishes
+    *(PipelineRun("churn-features", "data", f"cf-{i}", 2 + 8 * i, 4, heartbeat_s=1)
+      for i in range(4)),
+    PipelineRun("churn-features", "data", "cf-4", 40, 24, heartbeat_s=1, silent=(42, 60)),
+    # a hyperparameter search eats the team's GPU hours (the pool resets at 76 s)
+    PipelineRun("recsys-hyperopt", "training", "rh-1", 0, 72, heartbeat_s=2, pool="team-ml",
+                use_per_s=1.2),
+    PipelineRun("recsys-nightly", "training", "rn-1", 5, 60, heartbeat_s=3, pool="team-ml",
+                use_per_s=0.1),
+    PipelineRun("recsys-nightly", "training", "rn-2", 78, 14, heartbeat_s=2, pool="team-ml",
+                use_per_s=0.1),
+    # validation: v8 is worse than v7 on AUC (gate, pause), then a fixed v8 passes
+    PipelineRun("fraud-validation", "validation", "fv-v7", 8, 3, model="fraud-scorer",
+                version="v7", metrics=(("auc", 0.91), ("logloss", 0.30), ("rows", 1e5))),
+    PipelineRun("fraud-validation", "validation", "fv-v8", 38, 3, model="fraud-scorer",
+                version="v8", metrics=(("auc", 0.86), ("logloss", 0.33), ("rows", 1e5))),
+    PipelineRun("fraud-validation", "validation", "fv-v8b", 72, 3, model="fraud-scorer",
+                version="v8", metrics=(("auc", 0.915), ("logloss", 0.29), ("rows", 1e5))),
+)
 
 SCENARIOS = {
     "demo": Scenario(
@@ -99,8 +197,11 @@ SCENARIOS = {
         duration_s=95,
         malformed_every_s=4,
         expect=("latency_slo", "error_rate", "outage", "training_serving_skew",
-                "data_quality", "feature_drift", "canary_regression"),
+                "data_quality", "feature_drift", "canary_regression", "pipeline_failure",
+                "pipeline_stalled", "quota_exhaustion", "validation_gate"),
         rollouts=(("pricing", "p1", "p2", 5), ("ranker", "r5", "r6", 5)),
+        runs=DEMO_RUNS,
+        pools=(("team-ml", 200.0, ((0, 100), (70, 192), (74, 192), (76, 20), (200, 30))),),
     ),
     "canary": Scenario(
         name="canary",
@@ -235,11 +336,12 @@ def follow_routes(record: dict[str, Any], routes: Routes) -> None:
 async def run(bootstrap_servers: str, topic: str, scenario: Scenario, rate: float,
               seed: int = 7, duration_s: float | None = None, tick_s: float = 0.1,
               on_progress: Callable[[float, int], None] | None = None,
-              deployments_topic: str | None = None) -> int:
+              deployments_topic: str | None = None, pipeline_topic: str | None = None) -> int:
     """Send the scenario in real time; return the number of events sent.
 
     With ``deployments_topic``, traffic follows the rollouts announced there:
-    a model's canary gets the share its controller set.
+    a model's canary gets the share its controller set. With ``pipeline_topic``,
+    the scenario's pipeline runs are sent there too, keyed by pipeline.
     """
     rng = random.Random(seed)
     routes: Routes = {}
@@ -263,6 +365,8 @@ async def run(bootstrap_servers: str, topic: str, scenario: Scenario, rate: floa
     prev = 0.0
     next_bad = scenario.malformed_every_s or math.inf
     bad = 0
+    runs = scenario.pipeline_events() if pipeline_topic is not None else []
+    next_run = 0
     try:
         while prev < end:
             await asyncio.sleep(tick_s)
@@ -277,6 +381,12 @@ async def run(bootstrap_servers: str, topic: str, scenario: Scenario, rate: floa
                     value = orjson.dumps(chunk if spec.batch > 1 else chunk[0])
                     await producer.send(topic, value, key=key)
                     total += len(chunk)
+            while pipeline_topic is not None and next_run < len(runs) and \
+                    runs[next_run][0] < now:
+                t, ev = runs[next_run]
+                await producer.send(pipeline_topic, orjson.dumps({**ev, "ts": round(t0 + t, 3)}),
+                                    key=ev["pipeline"].encode())
+                next_run += 1
             if now >= next_bad:
                 key, value = malformed(bad, t0 + now)
                 await producer.send(topic, value, key=key)
