@@ -147,7 +147,7 @@ class QuotaForecast:
                    "window_s": self.window_s}
         soon = tte <= self.horizon_s
         full = used / limit >= self.critical_share
-        when = "never at this rate" if math.isinf(tte) else f"in {tte / 3600:.1f} h"
+        when = "never at this rate" if math.isinf(tte) else f"in {_span(tte)}"
         return [
             Signal("quota_exhaustion", self._key("forecast"), soon, "warning",
                    f"pool {self.pool}: {self.resource} runs out {when} ({used:.4g} of "
@@ -170,3 +170,18 @@ class QuotaForecast:
         self.spent = [(float(a), str(b), float(c)) for a, b, c in d.get("spent", [])]
         self.runs = {r: (str(v[0]), float(v[1])) for r, v in d.get("runs", {}).items()}
         self.errant = set(d.get("errant", []))
+
+
+def _span(seconds: float) -> str:
+    """``90`` -> ``1.5 min``; ``7200`` -> ``2.0 h``.
+
+    >>> _span(45), _span(90), _span(7200), _span(3 * 86400)
+    ('45 s', '1.5 min', '2.0 h', '3.0 days')
+    """
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
