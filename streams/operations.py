@@ -78,6 +78,7 @@ class _Keyed:
         self.book = AlertManager(ManagerSettings(**settings.alerts.model_dump()))
         self.offsets: dict[str, int] = {}  # "topic:partition" -> last offset folded in
         self.last_seen = 0.0               # wall clock
+        self.watermark = float("-inf")     # largest event time seen: the event-time clock
 
     def fresh(self, topic: str, partition: int, offset: int) -> bool:
         where = f"{topic}:{partition}"
@@ -87,16 +88,26 @@ class _Keyed:
         return True
 
     def emit(self, signals: Sequence[Signal], wall: float) -> list[Record]:
+        for s in signals:
+            if s.check not in ("pipeline_stalled",):  # the wall-clock one
+                self.watermark = max(self.watermark, s.timestamp)
         return self.book.process(list(signals), wall)
+
+    def tick_alerts(self, wall: float) -> list[Record]:
+        """Repeats and releases: event-time alerts go by the watermark, stalls by the wall."""
+        return self.book.tick(wall, self.watermark if self.watermark > float("-inf") else None)
 
     def base_dict(self) -> Record:
         return {"name": self.name, "partition": self.partition, "offsets": self.offsets,
-                "last_seen": self.last_seen, "alerts": self.book.to_dict()}
+                "last_seen": self.last_seen, "alerts": self.book.to_dict(),
+                "watermark": self.watermark if self.watermark > float("-inf") else None}
 
     def load_base(self, d: Record, now: float) -> None:
         self.offsets = {str(k): int(v) for k, v in d.get("offsets", {}).items()}
         self.last_seen = max(float(d.get("last_seen", 0.0)), now)
         self.book.load_dict(d.get("alerts", {}))
+        wm = d.get("watermark")
+        self.watermark = float(wm) if wm is not None else float("-inf")
 
 
 class PipelineState(_Keyed):
@@ -464,7 +475,7 @@ class OpsPipeline:
         ttl = self.settings.pipelines.pipeline_ttl_s
         for key, st in list(self.states.items()):
             alerts = st.tick(now) if isinstance(st, (PipelineState, SourceState)) else []
-            alerts += st.book.tick(now)
+            alerts += st.tick_alerts(now)
             if now - st.last_seen > ttl:
                 alerts += st.book.resolve_where(f"quiet for {ttl:.0f} s; its state expired",
                                                 now, st.name)

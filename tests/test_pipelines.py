@@ -256,3 +256,11 @@ def test_state_survives_a_checkpoint_and_bad_events_are_dead_lettered() -> None:
     assert box.alerts == []  # still firing since the first failure: no second trigger
     [(_, _, state)] = box.checkpoints
     assert state["failures"]["streak"] == 2
+
+
+def test_event_time_alerts_are_not_repeated_by_the_wall_clock() -> None:
+    ops, f = OpsPipeline(SETTINGS, POOL_TOPIC), Feed()
+    old = T0 - 30 * 86400  # a replay of last month's runs
+    box = ops.process([f.run("train", "r1", "failed", old)], now=T0)
+    assert keys(box) == [("trigger", "pipeline_failure:train")]
+    assert ops.tick(T0 + 60, []).alerts == []  # 4 h of repeat interval: in event time
