@@ -300,7 +300,13 @@ class MetricAnomalySettings(_Section):
     """Metric anomaly detection (``detectors/anomaly.py``)."""
 
     enabled: bool = True
+    warmup_points: int = Field(576, ge=10, description="no alert before (2 days at 5 min)")
+    threshold: float = Field(0.9999, gt=0.5, lt=1,
+                             description="calibrated anomaly probability that alerts")
     season_s: float = Field(86400.0, gt=0, description="the seasonal period (daily)")
+    cooldown_s: float = Field(3600.0, ge=0, description="no new alert this soon after one")
+    resolve_after_s: float = Field(1800.0, ge=0,
+                                   description="resolve after this long back to normal")
     severity: str = "warning"
     series_ttl_s: float = Field(7 * 86400.0, gt=0, description="forget a series quiet this long")
 

@@ -269,7 +269,9 @@ class SourceState(_Keyed):
         if det is None:
             m = self.settings.metric_anomaly
             det = self.detectors[metric] = MetricAnomalyDetector(
-                self.name, metric, season_s=m.season_s, severity=m.severity)
+                self.name, metric, warmup_points=m.warmup_points, threshold=m.threshold,
+                season_s=m.season_s, cooldown_s=m.cooldown_s,
+                resolve_after_s=m.resolve_after_s, severity=m.severity)
         return det
 
     def ingest(self, metric: str, ts: np.ndarray, values: np.ndarray, wall: float) -> list[Record]:

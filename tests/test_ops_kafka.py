@@ -30,7 +30,6 @@ def worker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
         "pipelines": {"stall_floor_s": 2, "stall_min_runs": 2, "stall_ceiling_s": 60,
                       "duration_min_runs": 5},
         "quota": {"window_s": 600, "horizon_s": 3600},
-        "metric_anomaly": {"season_s": 3600},
     })
     w = WorkerProcess(kafka_bootstrap, cfg, tmp_path_factory.mktemp("ops"))
     w.start()
@@ -149,6 +148,42 @@ async def test_validation_gate_pauses_the_regressed_version_and_resolves_when_fi
     [cmd] = [c for c in commands.records if c["model"] == model]
     assert (cmd["action"], cmd["from_version"], cmd["command_id"]) == (
         "pause", "v2", f"pause:{model}:v2:validation")
+
+
+async def test_a_metric_spike_triggers_metric_anomaly_once_and_it_resolves(
+        worker: WorkerProcess) -> None:
+    # A flat noisy series: the wiring end to end. Seasonal series, and the known
+    # false alert when a daily profile is first switched on, are in
+    # tests/test_anomaly.py and bench/anomaly_quality.py.
+    source = name("api")
+    key = f"metric_anomaly:{source}:latency_p50_ms"
+    step, day = 300.0, 86400.0
+    t0 = (time.time() // day - 10) * day
+    rng = np.random.default_rng(11)
+    ts = t0 + step * np.arange(int(6 * day / step))
+    latency = 40 + rng.normal(0, 3, ts.size)
+    spike_at = int(4 * day / step)
+    latency[spike_at:spike_at + 4] = 98.0  # a slow dependency for 20 minutes
+    points = [{"source": source, "metric": "latency_p50_ms", "ts": float(t), "value": float(v)}
+              for t, v in zip(ts, latency, strict=True)]
+    async with Collector(worker.servers, worker.topics["alerts"]) as alerts:
+        await produce(worker.servers, worker.topics["metrics"],
+                      [points[i:i + 288] for i in range(0, len(points), 288)],
+                      key=source.encode())
+        await alerts.until(lambda r: actions(r, key) == ["trigger", "resolve"],
+                           what="metric_anomaly trigger, then resolve")
+    trigger = next(a for a in alerts.records if a["dedup_key"] == key)
+    details = trigger["payload"]["custom_details"]
+    assert trigger["payload"]["class"] == "metric_anomaly"
+    assert details["value"] == 98.0 and details["expected"]["high"] < 98.0
+    # detected at the spike, not before it (no false alarm in four clean days)
+    assert abs(_epoch(trigger["payload"]["timestamp"]) - ts[spike_at]) <= 4 * step
+
+
+def _epoch(text: str) -> float:
+    from streams.parse import parse_time
+
+    return parse_time(text)
 
 
 async def test_quota_estimate_reads_recorded_history(kafka_bootstrap: str, tmp_path: Path
