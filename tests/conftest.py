@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +28,6 @@ from streams.broker import EmbeddedBroker
 from streams.config import TopicSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-POLL_S = 0.1  # how often a wait re-checks its condition
 
 
 def docker_available() -> bool:
@@ -67,34 +66,51 @@ class WorkerProcess:
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / f"{config['worker']['app_id']}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
+        self._text = ""                     # this run's output so far
+        self._ended = False                 # the output pipe closed (the worker exited)
+        self._changed = threading.Condition()
+        self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 90.0) -> WorkerProcess:
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.servers}
-        # Each start waits for its own "Ready" line: skip what earlier runs wrote.
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "--config",
-                 str(self.config_path)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--config", str(self.config_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self._text, self._ended = "", False  # each start waits for its own "Ready" line
+        self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+        self._reader.start()
         self.wait_for_log("Worker]: Ready", timeout)
         return self
 
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        """Copy the worker's output to its log file, waking whoever waits for a line."""
+        assert proc.stdout is not None
+        with self.log_path.open("ab") as log:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                with self._changed:
+                    self._text += line.decode(errors="replace")
+                    self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
     def log(self) -> str:
-        with self.log_path.open("rb") as f:
-            f.seek(self._log_offset)
-            return f.read().decode(errors="replace")
+        with self._changed:
+            return self._text
 
     def wait_for_log(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log():
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {text!r} in the worker log after {timeout} s:\n"
-                                     f"{self.log()[-4000:]}")
-            time.sleep(POLL_S)  # poll the log for the line
+        """Block until the worker prints ``text`` (woken by each new line of output)."""
+        with self._changed:
+            found = self._changed.wait_for(lambda: text in self._text or self._ended, timeout)
+            if text in self._text:
+                return
+        assert self.proc is not None
+        if not found or self.proc.poll() is None:
+            raise AssertionError(f"no {text!r} in the worker log after {timeout} s:\n"
+                                 f"{self.log()[-4000:]}")
+        raise AssertionError(f"worker exited with {self.proc.wait()}:\n{self.log()}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -104,6 +120,8 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=10)
         self.proc = None
 
 
