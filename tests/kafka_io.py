@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
-
-POLL_S = 0.05  # how often `until` re-checks its condition
 
 
 async def produce(servers: str, topic: str, values: Sequence[bytes | Any],
@@ -35,6 +32,7 @@ class Collector:
     def __init__(self, servers: str, topic: str) -> None:
         self.servers, self.topic = servers, topic
         self.records: list[Any] = []
+        self._arrived = asyncio.Condition()  # notified on every record
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -48,7 +46,9 @@ class Collector:
     async def _run(self) -> None:
         assert self._consumer is not None
         async for msg in self._consumer:
-            self.records.append(orjson.loads(msg.value or b"null"))
+            async with self._arrived:
+                self.records.append(orjson.loads(msg.value or b"null"))
+                self._arrived.notify_all()
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
@@ -63,10 +63,10 @@ class Collector:
     async def until(self, condition: Callable[[list[Any]], bool], timeout: float = 60.0,
                     what: str = "condition") -> list[Any]:
         """Wait until ``condition(records)`` holds; fail with the records seen."""
-        deadline = time.monotonic() + timeout
-        while not condition(self.records):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} not met on {self.topic} within {timeout} s; "
-                                     f"saw {len(self.records)}: {self.records[-10:]}")
-            await asyncio.sleep(POLL_S)  # poll the condition
+        try:
+            async with asyncio.timeout(timeout), self._arrived:
+                await self._arrived.wait_for(lambda: condition(self.records))
+        except TimeoutError:
+            raise AssertionError(f"{what} not met on {self.topic} within {timeout} s; "
+                                 f"saw {len(self.records)}: {self.records[-10:]}") from None
         return self.records

@@ -23,7 +23,7 @@ from alerting.bridge import (
 )
 from alerting.bridge_service import http_poster, run_bridge
 from streams.broker import ensure_topics, free_port
-from tests.kafka_io import POLL_S, Collector, produce
+from tests.kafka_io import Collector, produce
 
 
 def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
@@ -75,6 +75,7 @@ class FakeEndpoint:
     def __init__(self, script: dict[str, list[int]]) -> None:
         self.script = {k: list(v) for k, v in script.items()}
         self.received: list[tuple[dict[str, Any], int]] = []
+        self._arrived = asyncio.Condition()  # notified on every request
         self.port = free_port()
         self._runner: web.AppRunner | None = None
 
@@ -82,7 +83,9 @@ class FakeEndpoint:
         body = await request.json()
         plan = self.script.get(body["dedup_key"], [])
         status = plan.pop(0) if plan else 202
-        self.received.append((body, status))
+        async with self._arrived:
+            self.received.append((body, status))
+            self._arrived.notify_all()
         return web.json_response({"status": "ok" if status == 202 else "no"}, status=status)
 
     async def __aenter__(self) -> FakeEndpoint:
@@ -105,9 +108,8 @@ class FakeEndpoint:
         return [s for b, s in self.received if b["dedup_key"] == key]
 
     async def until(self, n: int, timeout: float = 60) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.received) < n:
-                await asyncio.sleep(POLL_S)  # poll the condition
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.received) >= n)
 
 
 def alert(key: str) -> dict[str, Any]:
