@@ -302,14 +302,12 @@ class ModelMonitor:
             rows = rows[~late[rows]]
             preds = [predictions[i] for i in rows]
             if bins.kind == "numeric":
-                x = np.fromiter((v if type(v) in _NUMBER else np.nan for v in preds),
-                                dtype=float, count=len(preds))
+                x = _numbers(preds)
                 ok = np.isfinite(x)
                 idx = bins.bin_numeric(x[ok])
             else:
-                ok = np.fromiter((v is not None for v in preds), dtype=bool, count=len(preds))
-                idx = bins.bin_categories([v if type(v) is str else category_key(v)
-                                           for v in preds if v is not None])
+                ok, cats = _categories(preds)
+                idx = bins.bin_categories(cats)
             starts = np.floor(ts_all[rows][ok] / size) * size
             self.rollouts.add_predictions(cohort, starts, idx, bins.size)
 
@@ -355,8 +353,7 @@ class ModelMonitor:
             for name, dets in detectors.items():
                 if name == "prediction":
                     preds = [predictions[i] for i in rows]
-                    x = (np.fromiter((v if type(v) in _NUMBER else np.nan for v in preds),
-                                     dtype=float, count=len(preds))
+                    x = (_numbers(preds)
                          if dets and dets[0].bins.kind == "numeric" else None)
                     signals.extend(_compare(dets, preds, x, ts))
                 else:
@@ -510,8 +507,7 @@ def _compare(dets: list[SkewDetector | DriftDetector], values: list[Any],
         for det in dets:
             out.extend(det.update(idx, t, x))
         return out
-    present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
-    cats = [v if type(v) is str else category_key(v) for v in values if v is not None]
+    present, cats = _categories(values)
     idx = bins.bin_categories(cats)
     unseen = ([c for c in cats if c not in bins.index]
               if idx.size and (idx >= bins.size - 2).any() else [])
@@ -520,6 +516,18 @@ def _compare(dets: list[SkewDetector | DriftDetector], values: list[Any],
             det.note_unseen(unseen)
         out.extend(det.update(idx, ts[present]))
     return out
+
+
+def _numbers(values: Sequence[Any]) -> np.ndarray:
+    """Numbers as floats; anything else (None, text, bool) as NaN."""
+    return np.fromiter((v if type(v) in _NUMBER else np.nan for v in values), dtype=float,
+                       count=len(values))
+
+
+def _categories(values: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
+    """The mask of present values, and those values as category keys."""
+    present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    return present, [v if type(v) is str else category_key(v) for v in values if v is not None]
 
 
 def _note_source(signal: Signal, ref: Reference) -> Signal:

@@ -25,12 +25,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import orjson
 
-from alerting.manager import AlertManager, ManagerSettings, Silence
+from alerting.manager import WALL_CLOCK_CHECKS, AlertManager, ManagerSettings, Silence
 from alerting.rollout import make_command
+from detectors.anomaly import MetricAnomalyDetector
 from detectors.base import Signal
 from detectors.pipelines import DurationAnomaly, FailureStreak, RunInfo, StallWatch, ValidationGate
 from detectors.quota import QuotaForecast, UsagePoint
@@ -39,9 +41,6 @@ from streams.parse import DeadLetter, MetricColumns, parse_metrics, parse_pipeli
 from streams.pipeline import InMessage
 from streams.references import ReferenceStore
 from streams.validation_skew import profile_skew
-
-if TYPE_CHECKING:
-    from detectors.anomaly import MetricAnomalyDetector
 
 __all__ = ["OpsPipeline", "OpsOutbox", "PipelineState", "SourceState", "PoolState",
            "PIPELINE_PREFIX", "SOURCE_PREFIX", "POOL_PREFIX"]
@@ -89,7 +88,7 @@ class _Keyed:
 
     def emit(self, signals: Sequence[Signal], wall: float) -> list[Record]:
         for s in signals:
-            if s.check not in ("pipeline_stalled",):  # the wall-clock one
+            if s.check not in WALL_CLOCK_CHECKS:
                 self.watermark = max(self.watermark, s.timestamp)
         return self.book.process(list(signals), wall)
 
@@ -126,7 +125,7 @@ class PipelineState(_Keyed):
         self.gate = ValidationGate(name, v.tolerance, v.lower_is_better, v.ignore, v.severity)
 
     def ingest(self, rec: Record, wall: float, references: ReferenceStore | None,
-               box: OpsOutbox) -> list[UsagePoint | tuple[str, str, UsagePoint]]:
+               box: OpsOutbox) -> list[tuple[str, str, UsagePoint]]:
         """One run event; alerts and commands go to ``box``; pool news is returned."""
         self.last_seen = wall
         run_id, status, ts = rec["run_id"], rec["status"], rec["ts"]
@@ -193,7 +192,7 @@ class PipelineState(_Keyed):
         cmd["command_id"] = f"pause:{model}:{version}:{what}"
         return cmd
 
-    def _pool_points(self, rec: Record) -> list[UsagePoint | tuple[str, str, UsagePoint]]:
+    def _pool_points(self, rec: Record) -> list[tuple[str, str, UsagePoint]]:
         q = rec.get("quota")
         run_id = rec["run_id"]
         if q is not None:
@@ -263,8 +262,6 @@ class SourceState(_Keyed):
         self.metric_seen: dict[str, float] = {}
 
     def detector(self, metric: str) -> MetricAnomalyDetector:
-        from detectors.anomaly import MetricAnomalyDetector
-
         det = self.detectors.get(metric)
         if det is None:
             m = self.settings.metric_anomaly
@@ -452,8 +449,6 @@ class OpsPipeline:
 
     def _pools(self, msg: InMessage, now: float, saved: Saved, box: OpsOutbox,
                touched: dict[str, Any]) -> None:
-        import orjson
-
         points = orjson.loads(msg.value or b"[]")
         if not isinstance(points, list) or not points:
             return

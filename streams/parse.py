@@ -147,15 +147,23 @@ def _number(ev: dict[str, Any], name: str) -> float:
     return float(v)
 
 
-def _header(ev: Any) -> tuple[str, float, str, str]:
-    """``event_id``, ``ts``, ``model`` and ``version``: what every input event has."""
+def _object(ev: Any) -> dict[str, Any]:
     if not isinstance(ev, dict):
         raise Invalid(f"not_object: expected a JSON object, got {type(ev).__name__}")
-    event_id = _required(ev, "event_id")
-    if "ts" not in ev or ev["ts"] is None:
+    return ev
+
+
+def _ts(ev: dict[str, Any]) -> float:
+    """The event's required ``ts``, in epoch seconds."""
+    if ev.get("ts") is None:
         raise Invalid("missing_field: 'ts' is required")
-    ts = parse_time(ev["ts"])
-    return event_id, ts, _required(ev, "model"), _required(ev, "version")
+    return parse_time(ev["ts"])
+
+
+def _header(ev: Any) -> tuple[str, float, str, str]:
+    """``event_id``, ``ts``, ``model`` and ``version``: what every input event has."""
+    event_id = _required(_object(ev), "event_id")
+    return event_id, _ts(ev), _required(ev, "model"), _required(ev, "version")
 
 
 def _add_prediction(ev: Any, cols: PredictionColumns, message: int, element: int) -> None:
@@ -305,11 +313,8 @@ def parse_control(data: bytes | None, kind: str, out: list[dict[str, Any]],
 
 
 def _control_header(ev: Any) -> dict[str, Any]:
-    if not isinstance(ev, dict):
-        raise Invalid(f"not_object: expected a JSON object, got {type(ev).__name__}")
-    if ev.get("ts") is None:
-        raise Invalid("missing_field: 'ts' is required")
-    return {**ev, "model": _required(ev, "model"), "ts": parse_time(ev["ts"])}
+    ts = _ts(_object(ev))
+    return {**ev, "model": _required(ev, "model"), "ts": ts}
 
 
 def _one_of(ev: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:
@@ -377,12 +382,9 @@ def _numbers(ev: dict[str, Any], name: str) -> dict[str, float] | None:
 
 
 def _pipeline_event(ev: Any) -> dict[str, Any]:
-    if not isinstance(ev, dict):
-        raise Invalid(f"not_object: expected a JSON object, got {type(ev).__name__}")
-    if ev.get("ts") is None:
-        raise Invalid("missing_field: 'ts' is required")
+    ts = _ts(_object(ev))
     rec: dict[str, Any] = {
-        "event_id": _required(ev, "event_id"), "ts": parse_time(ev["ts"]),
+        "event_id": _required(ev, "event_id"), "ts": ts,
         "pipeline": _required(ev, "pipeline"), "kind": _one_of(ev, "kind", KINDS),
         "run_id": _required(ev, "run_id"), "status": _one_of(ev, "status", RUN_STATUSES),
         "model": _string(ev, "model", required=False),
@@ -436,11 +438,7 @@ def parse_metrics(data: bytes | None, cols: MetricColumns, max_bytes: int = 1_00
 
 
 def _add_metric(ev: Any, cols: MetricColumns) -> None:
-    if not isinstance(ev, dict):
-        raise Invalid(f"not_object: expected a JSON object, got {type(ev).__name__}")
-    if ev.get("ts") is None:
-        raise Invalid("missing_field: 'ts' is required")
-    ts = parse_time(ev["ts"])
+    ts = _ts(_object(ev))
     source, metric, value = _required(ev, "source"), _required(ev, "metric"), _number(ev, "value")
     cols.source.append(source)
     cols.metric.append(metric)
