@@ -1,7 +1,8 @@
 """The bridge as a service: Kafka in (aiokafka), HTTP out (aiohttp).
 
-The decisions (what a status means, how long to wait, the bodies) are in
-:mod:`alerting.bridge`; this module only moves messages and commits offsets.
+The decisions (what a status means, how long to wait, the bodies, what a dead
+letter holds) are in :mod:`alerting.bridge`; this module only moves messages and
+commits offsets.
 """
 
 from __future__ import annotations
@@ -9,33 +10,94 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from alerting.bridge import Backoff, Outcome, Post, TokenBucket, deliver
+from alerting.bridge import (
+    Backoff,
+    Outcome,
+    Post,
+    TokenBucket,
+    deadletter_record,
+    parse_retry_after,
+    redact_url,
+    scrub,
+    settle,
+)
 
 __all__ = ["http_poster", "run_bridge"]
 
 log = logging.getLogger("sentinelle.bridge")
 
+MAX_ANSWER_BYTES = 4096  # of an answer's body, the most ever read
+
 
 def http_poster(session: aiohttp.ClientSession, url: str, timeout_s: float = 10.0) -> Post:
-    """POST a JSON body; (status, the start of the answer, Retry-After) or (None, error)."""
+    """POST a JSON body; (status, the start of the answer, Retry-After) or (None, error).
+
+    Only the first ``MAX_ANSWER_BYTES`` of an answer are read, and decoded
+    whatever their bytes. A redirect is not followed (it would post the routing
+    key to another address): its status comes back with ``redirect to`` and the
+    scheme and host of its ``Location``, and :func:`~alerting.bridge.classify`
+    makes it final. An error names the endpoint by scheme and host only, and
+    the answer is cleared of our URL's path and query, should it repeat them.
+    """
     timeout = aiohttp.ClientTimeout(total=timeout_s)
+    where = redact_url(url)
+    parts = urlsplit(url)
+    secrets = [p for p in (parts.path, parts.query) if len(p) > 1]
 
     async def post(body: dict[str, Any]) -> tuple[int | None, str, float | None]:
         try:
             async with session.post(url, data=orjson.dumps(body), timeout=timeout,
+                                    allow_redirects=False,
                                     headers={"Content-Type": "application/json"}) as resp:
-                text = (await resp.text())[:500]
-                ra = resp.headers.get("Retry-After", "")
-                return resp.status, text, float(ra) if ra.replace(".", "", 1).isdigit() else None
+                if 300 <= resp.status < 400:
+                    return resp.status, f"redirect to {_location(url, resp)}", None
+                text = _decode(await _read_prefix(resp, MAX_ANSWER_BYTES), resp.charset)
+                return (resp.status, scrub(text, secrets),
+                        parse_retry_after(resp.headers.get("Retry-After")))
         except (TimeoutError, aiohttp.ClientError) as exc:
-            return None, type(exc).__name__, None
+            return None, f"{type(exc).__name__} from {where}", None
 
     return post
+
+
+async def _read_prefix(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most ``limit`` bytes of the body; the rest is never read (the connection closes).
+
+    A body cut short by the connection is returned as far as it came: the status
+    is the answer, the body only its detail.
+    """
+    data = bytearray()
+    try:
+        while len(data) < limit and (chunk := await resp.content.read(limit - len(data))):
+            data += chunk
+    except aiohttp.ClientError:
+        pass
+    return bytes(data)
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    """The body as text in its declared charset (else UTF-8), odd bytes replaced."""
+    try:
+        return data.decode(charset or "utf-8", errors="replace")
+    except (LookupError, ValueError):  # no such codec, or one without "replace"
+        return data.decode("utf-8", errors="replace")
+
+
+def _location(url: str, resp: aiohttp.ClientResponse) -> str:
+    """Scheme and host a redirect points to (a relative one: the endpoint's own)."""
+    location = resp.headers.get("Location")
+    if not location:
+        return "(no Location)"
+    try:
+        return redact_url(urljoin(url, location))
+    except ValueError:
+        return "(unparseable URL)"
 
 
 async def run_bridge(servers: str, topic: str, deadletter_topic: str, group_id: str,
@@ -68,26 +130,10 @@ async def _forward(msg: Any, tp: TopicPartition, post: Post,
                    bucket: TokenBucket, producer: AIOKafkaProducer, deadletter_topic: str,
                    on_delivery: Callable[[dict[str, Any], Outcome], None] | None) -> None:
     raw = msg.value or b""
-    try:
-        alert = orjson.loads(raw)
-        if not isinstance(alert, dict):
-            raise ValueError("not an object")
-    except ValueError as exc:
-        await _dead(producer, deadletter_topic, tp, msg.offset, f"not_json: {exc}", raw)
-        return
-    delivery = await deliver(body_of(alert), post, backoff, bucket)
-    if delivery.outcome is Outcome.REJECTED:
-        log.error("endpoint rejected %s with HTTP %s; dead-lettered", alert.get("dedup_key"),
-                  delivery.status)
-        await _dead(producer, deadletter_topic, tp, msg.offset,
-                    f"rejected: HTTP {delivery.status}: {delivery.detail}", raw)
-    if on_delivery is not None:
-        on_delivery(alert, delivery.outcome)
-
-
-async def _dead(producer: AIOKafkaProducer, topic: str, tp: TopicPartition, offset: int,
-                reason: str, raw: bytes) -> None:
-    # `raw` is the message as read from ml.alerts: it never holds the routing key.
-    record = {"topic": tp.topic, "partition": tp.partition, "offset": offset, "reason": reason,
-              "raw": raw.decode("utf-8", errors="replace")}
-    await producer.send_and_wait(topic, orjson.dumps(record))
+    settled = await settle(raw, body_of, post, backoff, bucket)
+    if settled.outcome is Outcome.REJECTED:
+        # `raw` is the message as read from ml.alerts: it never holds the routing key.
+        record = deadletter_record(tp.topic, tp.partition, msg.offset, settled.reason, raw)
+        await producer.send_and_wait(deadletter_topic, orjson.dumps(record))
+    if on_delivery is not None and settled.alert is not None:
+        on_delivery(settled.alert, settled.outcome)
