@@ -31,10 +31,12 @@ def sig(active: bool, t: float, key: str = "latency_slo:m:v1:p99", severity: str
 
 
 class AlertBook:
-    """The manager as a plain lifecycle: no hysteresis, flap control or grouping."""
+    """The manager as a plain lifecycle: no hysteresis, keep_firing_for, flap control or
+    grouping."""
 
     def __init__(self) -> None:
-        self.manager = AlertManager(ManagerSettings(hysteresis=0.0, flap_changes=10**6))
+        self.manager = AlertManager(ManagerSettings(hysteresis=0.0, keep_firing_for_s=0,
+                                                    flap_changes=10**6))
 
     def apply(self, signal: Signal) -> dict[str, Any] | None:
         events = self.manager.process([signal])

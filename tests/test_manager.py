@@ -39,7 +39,7 @@ def test_for_duration_holds_a_short_blip_back() -> None:
 
 
 def test_hysteresis_keeps_a_value_hovering_at_the_threshold_firing() -> None:
-    m = AlertManager(ManagerSettings(hysteresis=0.1))
+    m = AlertManager(ManagerSettings(hysteresis=0.1, keep_firing_for_s=0))  # hysteresis alone
     hovering = [sig(60 * i, v) for i, v in enumerate([900, 490, 510, 480, 505, 470, 300])]
     # 490 and 480 are under 500 but within the 10 % band: no resolve until 300 (< 450).
     assert run(m, hovering) == [("trigger", K), ("resolve", K)]
@@ -49,7 +49,7 @@ def test_hysteresis_keeps_a_value_hovering_at_the_threshold_firing() -> None:
 
 
 def test_hysteresis_works_for_lower_is_worse_statistics() -> None:
-    m = AlertManager(ManagerSettings(hysteresis=0.05))
+    m = AlertManager(ManagerSettings(hysteresis=0.05, keep_firing_for_s=0))
     acc = [sig(60 * i, v, threshold=0.9, higher_is_worse=False)
            for i, v in enumerate([0.8, 0.91, 0.96])]
     assert run(m, acc) == [("trigger", K), ("resolve", K)]
@@ -57,7 +57,10 @@ def test_hysteresis_works_for_lower_is_worse_statistics() -> None:
 
 
 def test_a_flapping_alert_triggers_once_says_so_and_resolves_once_quiet() -> None:
-    st = ManagerSettings(hysteresis=0.0, flap_window_s=600, flap_changes=4, flap_hold_s=300)
+    # Flap control on its own, as before keep_firing_for_s (which would hold it from the
+    # first clear window: see test_manager_incidents.py).
+    st = ManagerSettings(hysteresis=0.0, keep_firing_for_s=0, flap_window_s=600, flap_changes=4,
+                         flap_hold_s=300)
     m = AlertManager(st)
     flaps = [sig(30 * i, 900 if i % 2 == 0 else 100) for i in range(10)]
     events = []
@@ -99,7 +102,7 @@ def test_critical_inhibits_the_warning_of_the_same_check() -> None:
 
 
 def test_a_silence_holds_a_trigger_back_and_its_expiry_releases_it() -> None:
-    m = AlertManager()
+    m = AlertManager(ManagerSettings(keep_firing_for_s=0))
     m.silences["s1"] = Silence("s1", {"class": "latency_slo", "model": "m*"}, 0, 100)
     assert m.process([sig(10, 900)]) == []
     assert m.tick(50) == []
@@ -127,9 +130,9 @@ def test_alerts_of_one_version_firing_together_share_a_group_key() -> None:
 
 
 def test_state_round_trips_through_json_without_a_second_trigger() -> None:
-    m = AlertManager()
+    m = AlertManager(ManagerSettings(keep_firing_for_s=0))
     m.process([sig(0, 900)])
-    other = AlertManager()
+    other = AlertManager(m.settings)
     other.load_dict(orjson.loads(orjson.dumps(m.to_dict())))
     assert other.process([sig(60, 900)]) == []
     assert actions(other.process([sig(120, 100)])) == [("resolve", K)]
