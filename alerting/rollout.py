@@ -17,8 +17,16 @@ A :class:`Rollout` follows one model's canary and turns window verdicts
 - after any command, verdicts of windows ending before ``cooldown_s`` has
   passed are ignored (the controller is moving traffic; they would judge a mix).
 
-``command_id`` is stable for a decision (``action:model:canary:step``), so a
-controller that sees a command twice acts once.
+``command_id`` is stable for a decision, so a controller that sees a command
+twice acts once, and names the rollout as well as the step (see
+:func:`make_command`): ``action:model:canary:step`` for the first rollout of a
+canary version on a model, ``action:model:canary:step:r<n>`` for its n-th
+(``r2``, ``r3``...), so rolling the same version out again after a rollback
+and failing again issues a rollback a controller acts on. ``n`` is the
+``rollout`` number a controller announces on ``ml.deployments`` (the reference
+controller does) or, when it announces none, the tracker's own count of the
+rollouts of that version, kept in its checkpoint: the same input gives the
+same ids on a replay and across a restart.
 
 :class:`RolloutTracker` holds a model's rollouts: which version is stable and
 which is canary, at what share and in which environment, learned from
@@ -28,6 +36,17 @@ event-time window, asks :class:`~detectors.canary.CanaryAnalysis` for the
 verdict and returns the commands and ``canary_regression`` signals. Time is
 event time throughout: window ends for verdicts, and the model's watermark
 for control messages (deployments, approvals), so a replay decides the same.
+
+A rollout announced on ``ml.deployments`` before any of its traffic arrives is
+kept until the traffic comes: :meth:`RolloutTracker.holds` tells the model's
+owner to keep its state (and so the announced step, environment and rollout
+number) for ``announced_ttl_s`` of wall clock after its latest announcement
+(its ``ts``), however quiet the model is.
+
+The tracker's state is bounded, whatever the traffic: the histograms of at
+most ``HIST_KEPT`` open windows, the last ``DONE_KEPT`` finished canary
+versions and the rollout numbers of the last ``NUMBERS_KEPT`` canary versions;
+a checkpoint is cut to the same bounds when loaded.
 """
 
 from __future__ import annotations
@@ -44,12 +63,15 @@ from detectors.canary import CanaryAnalysis, Verdict
 from detectors.windows import WindowStats
 
 __all__ = ["RolloutPolicy", "Rollout", "Decision", "RolloutTracker", "TrackerOutput",
-           "DEPLOYMENT_PHASES", "make_command"]
+           "DEPLOYMENT_PHASES", "make_command", "rollout_number", "ANNOUNCED_TTL_S"]
 
 #: ``phase`` values of ``ml.deployments`` records (README: "Deployments").
 DEPLOYMENT_PHASES = ("started", "step", "paused", "promoted", "rolled_back", "aborted")
 _ENDED = ("promoted", "rolled_back", "aborted")
-_DONE_KEPT = 50  # finished canary versions remembered per model (never re-judged)
+DONE_KEPT = 50  # finished canary versions remembered per model (not re-judged from traffic)
+NUMBERS_KEPT = 256  # canary versions whose latest rollout number is remembered per model
+HIST_KEPT = 16  # open windows whose prediction histograms are kept per model
+ANNOUNCED_TTL_S = 86400.0  # default of ``canary.announced_ttl_s``
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,9 @@ class Rollout:
     approved: set[int] = field(default_factory=set)
     environment: str | None = None
     learned_from: str = "traffic"            # or "deployments"
+    rollout: int = 1                         # the n-th rollout of ``canary`` on the model
+    announced_at: float | None = None        # ``ts`` of its latest ml.deployments record
+    closed: bool = False                     # the controller announced its end
 
     def _next_step(self) -> int | None:
         later = [s for s in self.policy.ladder if s > self.traffic_percent]
@@ -159,7 +184,7 @@ class Rollout:
     def apply_deployment(self, phase: str, traffic_percent: int | None, now: float) -> None:
         """What the controller says it did (``ml.deployments``)."""
         if phase in _ENDED:
-            self.finished = True
+            self.finished = self.closed = True
             return
         if traffic_percent is not None and traffic_percent != self.traffic_percent:
             self.traffic_percent = traffic_percent
@@ -189,7 +214,7 @@ class Rollout:
     def _command(self, action: str, step: int, reason: str, now: float,
                  **extra: Any) -> dict[str, Any]:
         return make_command(action, self.model, self.stable, self.canary, step, reason, now,
-                            environment=self.environment, **extra)
+                            environment=self.environment, rollout=self.rollout, **extra)
 
     def to_dict(self) -> dict[str, Any]:
         return {"stable": self.stable, "canary": self.canary,
@@ -197,24 +222,36 @@ class Rollout:
                 "passed": self.passed, "quiet_until": self.quiet_until,
                 "finished": self.finished, "awaiting": self.awaiting,
                 "approved": sorted(self.approved), "environment": self.environment,
-                "learned_from": self.learned_from}
+                "learned_from": self.learned_from, "rollout": self.rollout,
+                "announced_at": self.announced_at, "closed": self.closed}
 
     @classmethod
     def from_dict(cls, model: str, d: dict[str, Any], policy: RolloutPolicy) -> Rollout:
         return cls(model, d["stable"], d["canary"], int(d["traffic_percent"]), policy,
                    d["failed"], d["passed"], d["quiet_until"], d["finished"], d["awaiting"],
-                   set(d["approved"]), d.get("environment"), d.get("learned_from", "traffic"))
+                   set(d["approved"]), d.get("environment"), d.get("learned_from", "traffic"),
+                   int(d.get("rollout", 1)), d.get("announced_at"), bool(d.get("closed")))
 
 
 def make_command(action: str, model: str, stable: str, canary: str, step: int, reason: str,
-                 now: float, environment: str | None = None, **extra: Any) -> dict[str, Any]:
-    """An ``ml.deploy.commands`` message; ``command_id`` is ``action:model:canary:step``.
+                 now: float, environment: str | None = None, rollout: int = 1,
+                 **extra: Any) -> dict[str, Any]:
+    """An ``ml.deploy.commands`` message.
+
+    ``command_id`` is ``action:model:canary:step`` for the first rollout of
+    ``canary`` on ``model`` and ``action:model:canary:step:r<rollout>`` for a
+    later one, so the same decision always has the same id and the same step
+    of another rollout of the same version does not. (A promotion waiting for
+    an approval appends ``:awaiting-approval``; see :class:`Rollout`.)
 
     >>> make_command("rollback", "m", "v7", "v8", 5, "errors", 0)["command_id"]
     'rollback:m:v8:5'
+    >>> make_command("rollback", "m", "v7", "v8", 5, "errors", 0, rollout=2)["command_id"]
+    'rollback:m:v8:5:r2'
     """
+    suffix = f":r{rollout}" if rollout > 1 else ""
     command = {
-        "command_id": f"{action}:{model}:{canary}:{step}",
+        "command_id": f"{action}:{model}:{canary}:{step}{suffix}",
         "action": action, "model": model, "from_version": canary,
         "to_version": stable if action == "rollback" else canary, "reason": reason[:1024],
         "alert_dedup_keys": extra.pop("alert_dedup_keys", []),
@@ -225,6 +262,21 @@ def make_command(action: str, model: str, stable: str, canary: str, step: int, r
         command["environment"] = environment
     command.update(extra)
     return command
+
+
+def rollout_number(rec: dict[str, Any]) -> int | None:
+    """The optional ``rollout`` number of an ``ml.deployments`` record (1 = the first
+    rollout of its canary version); ``None`` when absent or not a positive integer.
+
+    >>> rollout_number({"rollout": 2}), rollout_number({}), rollout_number({"rollout": "2"})
+    (2, None, None)
+    """
+    n = rec.get("rollout")
+    if isinstance(n, bool) or not isinstance(n, int | float) or n != n or n < 1:
+        return None
+    if n != int(n) or n > 1_000_000_000:
+        return None
+    return int(n)
 
 
 @dataclass(slots=True)
@@ -263,18 +315,40 @@ class RolloutTracker:
         Turns verdicts into commands.
     severity
         Severity of ``canary_regression``.
+    announced_ttl_s
+        How long (wall clock, from its latest announcement's ``ts``) a rollout
+        announced on ``ml.deployments`` is held while none of its traffic comes
+        (:meth:`holds`).
     """
 
     def __init__(self, model: str, analysis: CanaryAnalysis, policy: RolloutPolicy,
-                 severity: str = "critical") -> None:
+                 severity: str = "critical", announced_ttl_s: float = ANNOUNCED_TTL_S) -> None:
+        if announced_ttl_s <= 0:
+            raise ValueError("announced_ttl_s must be > 0")
         self.model = model
         self.analysis = analysis
         self.policy = policy
         self.severity = severity
+        self.announced_ttl_s = announced_ttl_s
         self.active: Rollout | None = None
-        self.done: dict[str, float] = {}  # finished canary version -> when
-        # prediction histograms of the open windows: start -> cohort -> counts
+        self.done: dict[str, float] = {}  # finished canary version -> when (DONE_KEPT latest)
+        # canary version -> number of its latest rollout (NUMBERS_KEPT latest versions)
+        self.numbers: dict[str, int] = {}
+        # prediction histograms of the open windows: start -> cohort -> counts (HIST_KEPT)
         self.hist: dict[float, dict[str, np.ndarray]] = {}
+
+    def holds(self, now: float) -> bool:
+        """Whether the model's state must be kept, however quiet its traffic: a rollout
+        announced on ``ml.deployments`` is in flight and its latest announcement is at
+        most ``announced_ttl_s`` old at the wall-clock time ``now``.
+
+        A model's owner drops the state of a model with no traffic; without this, a
+        rollout announced before its traffic would be forgotten, and then learned
+        again from the traffic at a guessed step, without its environment.
+        """
+        r = self.active
+        return (r is not None and not r.finished and r.announced_at is not None
+                and now - r.announced_at <= self.announced_ttl_s)
 
     # -- what the controller and people say ----------------------------------
 
@@ -284,30 +358,64 @@ class RolloutTracker:
         phase, canary = rec["phase"], rec.get("canary_version")
         percent = rec.get("traffic_percent")
         step = None if percent is None else int(round(percent))
+        number = rollout_number(rec)
         r = self.active
         if canary is None or phase in _ENDED:
             ended = canary or (r.canary if r is not None else None)
-            if r is not None and (canary is None or r.canary == canary):
+            older = number is not None and r is not None and number < r.rollout
+            if r is not None and (canary is None or r.canary == canary) and not older:
                 r.apply_deployment(phase if phase in _ENDED else "aborted", step, now)
                 self._finish(r, now)
             if ended is not None and phase in ("rolled_back", "aborted"):
                 out.signals.append(self._cleared(ended, f"canary {ended} {phase.replace('_', ' ')}"
                                                  f" (ml.deployments)", now))
             return out
-        if r is None or r.canary != canary:
-            if canary in self.done and phase != "started":
+        if r is None or r.canary != canary or self._again(r, phase, number):
+            newer = number is not None and number > self.numbers.get(canary, 0)
+            if canary in self.done and phase != "started" and not newer:
                 return out  # a late step of a rollout already over
-            if r is not None:
+            if r is not None and not r.finished:
                 self._finish(r, now)
-            r = self.active = Rollout(self.model, rec["stable_version"], canary,
-                                      step if step is not None else self.policy.ladder[0],
-                                      self.policy, learned_from="deployments")
+            r = self.active = self._start(rec["stable_version"], canary,
+                                          step if step is not None else self.policy.ladder[0],
+                                          "deployments", number)
             self.done.pop(canary, None)
+        elif number is not None and number != r.rollout:
+            r.rollout = number  # the controller's numbering of this rollout wins
+            self._number(canary, number)
         r.learned_from = "deployments"
         r.stable = rec["stable_version"]
         r.environment = rec.get("environment") or r.environment
+        ts = rec.get("ts")
+        if isinstance(ts, int | float) and not isinstance(ts, bool):
+            r.announced_at = max(float(ts), r.announced_at or float(ts))
         r.apply_deployment(phase, step, now)
         return out
+
+    @staticmethod
+    def _again(r: Rollout, phase: str, number: int | None) -> bool:
+        """Whether a record about the canary of ``r`` starts another rollout of it:
+        a ``started`` after the controller announced the end of ``r``, or a new
+        rollout number once ``r`` is over. (A ``started`` repeated while ``r`` runs,
+        or after the tracker's own rollback, is the controller saying where it
+        stands: the same rollout.)"""
+        if number is not None and number != r.rollout:
+            return r.finished
+        return phase == "started" and r.closed
+
+    def _start(self, stable: str, canary: str, step: int, learned_from: str,
+               number: int | None = None) -> Rollout:
+        """A new rollout of ``canary``: numbered as announced, or one after its last."""
+        n = number if number is not None else self.numbers.get(canary, 0) + 1
+        self._number(canary, n)
+        return Rollout(self.model, stable, canary, step, self.policy, learned_from=learned_from,
+                       rollout=n)
+
+    def _number(self, canary: str, n: int) -> None:
+        self.numbers.pop(canary, None)  # the latest last
+        self.numbers[canary] = n
+        while len(self.numbers) > NUMBERS_KEPT:
+            del self.numbers[next(iter(self.numbers))]
 
     def on_approval(self, rec: dict[str, Any], now: float) -> TrackerOutput:
         """An ``ml.deploy.approvals`` record."""
@@ -336,7 +444,7 @@ class RolloutTracker:
             per = self.hist.setdefault(float(start), {})
             prev = per.get(cohort)
             per[cohort] = counts if prev is None or prev.size != size else prev + counts
-        while len(self.hist) > 16:  # windows that never closed (bounded memory)
+        while len(self.hist) > HIST_KEPT:  # windows that never closed (bounded memory)
             del self.hist[min(self.hist)]
 
     def on_windows(self, closed: list[WindowStats],
@@ -386,15 +494,14 @@ class RolloutTracker:
         if r is not None:
             self._finish(r, c.end)
         share = 100.0 * c.count / max(1, c.count + s.count)
-        self.active = Rollout(self.model, s.version, c.version, self.policy.nearest_step(share),
-                              self.policy)
+        self.active = self._start(s.version, c.version, self.policy.nearest_step(share),
+                                  "traffic")
         return self.active
 
     def _finish(self, r: Rollout, now: float) -> None:
         r.finished = True
         self.done[r.canary] = now
-        while len(self.done) > _DONE_KEPT:
-            del self.done[min(self.done, key=self.done.__getitem__)]
+        _cut_done(self.done)
 
     def _cleared(self, canary: str, reason: str, now: float) -> Signal:
         return Signal("canary_regression", dedup_key("canary_regression", self.model, canary),
@@ -405,16 +512,33 @@ class RolloutTracker:
 
     def to_dict(self) -> dict[str, Any]:
         return {"active": None if self.active is None else self.active.to_dict(),
-                "done": self.done,
+                "done": self.done, "numbers": self.numbers,
                 "hist": {str(s): {c: h.tolist() for c, h in per.items()}
                          for s, per in self.hist.items()}}
 
     def load_dict(self, data: dict[str, Any]) -> None:
+        """Restore :meth:`to_dict`'s output (or an older checkpoint, without rollout
+        numbers), cut to the bounds of the state."""
         a = data.get("active")
         self.active = None if a is None else Rollout.from_dict(self.model, a, self.policy)
         self.done = {str(k): float(v) for k, v in (data.get("done") or {}).items()}
-        self.hist = {float(s): {c: np.asarray(h, dtype=float) for c, h in per.items()}
-                     for s, per in (data.get("hist") or {}).items()}
+        _cut_done(self.done)
+        numbers = [(str(k), int(v)) for k, v in (data.get("numbers") or {}).items()]
+        self.numbers = dict(numbers[-NUMBERS_KEPT:])
+        if self.active is not None and self.active.canary not in self.numbers:
+            self._number(self.active.canary, self.active.rollout)
+        hist = sorted(((float(s), per) for s, per in (data.get("hist") or {}).items()),
+                      key=lambda sp: sp[0])
+        self.hist = {s: {c: np.asarray(h, dtype=float) for c, h in per.items()}
+                     for s, per in hist[-HIST_KEPT:]}
+
+
+def _cut_done(done: dict[str, float]) -> None:
+    """Keep the ``DONE_KEPT`` latest finished versions."""
+    if len(done) > DONE_KEPT:
+        kept = sorted(done.items(), key=lambda kv: kv[1])[-DONE_KEPT:]
+        done.clear()
+        done.update(kept)
 
 
 def _empty(like: WindowStats, version: str) -> WindowStats:

@@ -9,6 +9,12 @@ against its own API; see the README, "Deployment controllers".
 
 Rules:
 
+- a command is checked first (:func:`parse_command`): one that is not JSON,
+  not an object, or lacks a usable ``command_id``, ``model``, ``action``
+  (``promote``, ``rollback`` or ``pause``), ``from_version`` or, for
+  ``promote``, a ``traffic_percent`` within 1-100, is logged and skipped, and
+  dead-lettered with its reason when the controller has a dead-letter topic;
+  the controller goes on and commits past it (a bad command never stops it);
 - a ``command_id`` already applied is skipped (commands may arrive twice);
 - a command with ``requires_approval: true`` is only logged: the approved
   command follows under its own id;
@@ -17,6 +23,12 @@ Rules:
   canary becomes the stable version (phase ``promoted``);
 - ``rollback`` sends all traffic back to the stable version (``rolled_back``);
 - ``pause`` freezes the weights (``paused``).
+
+Each rollout is numbered per model and canary version (``rollout``: 1 for the
+first rollout of a version, 2 when the same version is rolled out again...)
+and every announcement carries the number: the worker and ``sentinelle
+rollout`` put it in the ``command_id`` of their commands (``:r2``...), so the
+commands of a second rollout of a version are not taken for the first's.
 
 The state file is JSON, written atomically (temporary file, then rename), and
 the consumer commits a command's offset only after its effect is saved and
@@ -39,12 +51,67 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from alerting.events import rfc3339
+from streams.parse import DeadLetter, raw_text
 
-__all__ = ["ControllerState", "run_controller", "parse_start"]
+__all__ = ["ControllerState", "run_controller", "parse_start", "parse_command",
+           "check_command"]
 
 log = logging.getLogger("sentinelle.controller")
 
 APPLIED_KEPT = 1000  # command ids remembered, newest last
+STARTED_KEPT = 1000  # (model, canary version) rollout counts remembered, newest last
+ACTIONS = ("promote", "rollback", "pause")
+_ENDED = ("promoted", "rolled_back", "aborted")
+
+
+def check_command(cmd: Any) -> str | None:
+    """Why ``cmd`` cannot be applied (a dead-letter reason, ``code: detail``), or ``None``.
+
+    >>> check_command({"command_id": "promote:m:v2:25", "action": "promote", "model": "m",
+    ...                "from_version": "v2", "traffic_percent": None})
+    "missing_field: 'traffic_percent' is required with action 'promote'"
+    """
+    if not isinstance(cmd, dict):
+        return f"not_object: a command is a JSON object, not {type(cmd).__name__}"
+    for name in ("command_id", "model", "action", "from_version"):
+        v = cmd.get(name)
+        if v is None:
+            return f"missing_field: '{name}'"
+        if not isinstance(v, str):
+            return f"bad_type: '{name}' must be a string, not {type(v).__name__}"
+        if not v.strip():
+            return f"bad_value: '{name}' is empty"
+    if cmd["action"] not in ACTIONS:
+        return f"bad_value: 'action' {cmd['action']!r} is not one of {', '.join(ACTIONS)}"
+    if not isinstance(cmd.get("requires_approval", False), bool):
+        return "bad_type: 'requires_approval' must be true or false"
+    if cmd["action"] == "promote":
+        pct = cmd.get("traffic_percent")
+        if pct is None:
+            return "missing_field: 'traffic_percent' is required with action 'promote'"
+        if isinstance(pct, bool) or not isinstance(pct, int | float):
+            return f"bad_type: 'traffic_percent' must be a number, not {type(pct).__name__}"
+        if not 0 < pct <= 100:
+            return f"bad_value: 'traffic_percent' {pct} is not within 1-100"
+    return None
+
+
+def parse_command(raw: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
+    """An ``ml.deploy.commands`` message: ``(command, None)``, or ``(None, reason)``.
+
+    >>> parse_command(b'{"command_id": 1}')
+    (None, "bad_type: 'command_id' must be a string, not int")
+    >>> parse_command(b"[]")[1]
+    'not_object: a command is a JSON object, not list'
+    """
+    if raw is None:
+        return None, "not_json: empty message (no value)"
+    try:
+        cmd = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return None, f"not_json: {exc}"[:500]
+    reason = check_command(cmd)
+    return (None, reason) if reason is not None else (cmd, None)
 
 
 def parse_start(text: str) -> tuple[str, str, str, int]:
@@ -69,26 +136,36 @@ class ControllerState:
     rollouts: dict[str, dict[str, Any]] = field(default_factory=dict)
     applied: list[str] = field(default_factory=list)
     waiting: dict[str, str] = field(default_factory=dict)  # model -> command id awaiting
+    started: dict[str, int] = field(default_factory=dict)  # "model:canary" -> rollouts
 
     @classmethod
     def load(cls, path: Path) -> ControllerState:
         if not path.exists():
             return cls()
         data = orjson.loads(path.read_bytes())
-        return cls(data.get("rollouts", {}), data.get("applied", []), data.get("waiting", {}))
+        return cls(data.get("rollouts", {}), data.get("applied", []), data.get("waiting", {}),
+                   data.get("started", {}))
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_bytes(orjson.dumps({"rollouts": self.rollouts, "applied": self.applied,
-                                      "waiting": self.waiting}, option=orjson.OPT_INDENT_2))
+                                      "waiting": self.waiting, "started": self.started},
+                                     option=orjson.OPT_INDENT_2))
         os.replace(tmp, path)
 
     def start(self, model: str, stable: str, canary: str, percent: int,
               environment: str | None = None) -> dict[str, Any]:
-        """Begin a canary rollout (what a person does with a real controller)."""
+        """Begin a canary rollout (what a person does with a real controller): the
+        ``rollout``-th of ``canary`` on ``model``."""
+        key = f"{model}:{canary}"
+        n = self.started.pop(key, 0) + 1
+        self.started[key] = n  # the latest last
+        while len(self.started) > STARTED_KEPT:
+            del self.started[next(iter(self.started))]
         self.rollouts[model] = {"stable_version": stable, "canary_version": canary,
                                 "traffic_percent": percent, "phase": "started",
-                                "environment": environment}
+                                "environment": environment, "rollout": n}
+        self.waiting.pop(model, None)
         return self.announcement(model)
 
     def announcement(self, model: str, command_id: str | None = None) -> dict[str, Any]:
@@ -106,8 +183,16 @@ class ControllerState:
         return {k: v for k, v in rec.items() if v is not None}
 
     def apply(self, cmd: dict[str, Any]) -> dict[str, Any] | None:
-        """Apply one command; the ``ml.deployments`` record to announce, if any."""
-        cid, model = str(cmd.get("command_id")), str(cmd.get("model"))
+        """Apply one command; the ``ml.deployments`` record to announce, if any.
+
+        A command :func:`check_command` refuses is logged and not applied.
+        """
+        reason = check_command(cmd)
+        if reason is not None:
+            log.warning("command %r refused: %s", cmd.get("command_id")
+                        if isinstance(cmd, dict) else cmd, reason)
+            return None
+        cid, model = str(cmd["command_id"]), str(cmd["model"])
         if cid in self.applied:
             log.info("command %s already applied; skipped", cid)
             return None
@@ -116,13 +201,12 @@ class ControllerState:
             self.waiting[model] = cid
             log.info("command %s waits for an approval: %s", cid, cmd.get("reason"))
             return None
-        if r is None or r["canary_version"] != cmd.get("from_version") or r["phase"] in (
-                "promoted", "rolled_back", "aborted"):
+        if r is None or r["canary_version"] != cmd["from_version"] or r["phase"] in _ENDED:
             log.warning("command %s is not about a canary in flight here; ignored", cid)
             return None
-        action = cmd.get("action")
+        action = cmd["action"]
         if action == "promote":
-            pct = int(cmd.get("traffic_percent", r["traffic_percent"]))
+            pct = int(round(cmd["traffic_percent"]))
             if pct >= 100:
                 r.update(stable_version=r["canary_version"], traffic_percent=100,
                          phase="promoted")
@@ -146,8 +230,14 @@ async def run_controller(servers: str, commands_topic: str, deployments_topic: s
                          starts: Sequence[tuple[str, str, str, int]] = (),
                          environment: str | None = None,
                          on_record: Callable[[dict[str, Any]], None] | None = None,
-                         stop: asyncio.Event | None = None) -> None:
-    """Apply commands until ``stop`` is set (or forever)."""
+                         stop: asyncio.Event | None = None,
+                         deadletter_topic: str | None = None) -> None:
+    """Apply commands until ``stop`` is set (or forever).
+
+    A command that cannot be applied (:func:`parse_command`) is logged with its
+    partition and offset, sent to ``deadletter_topic`` (when given) as the
+    contract's ``ml.deadletter`` record, and skipped.
+    """
     state = ControllerState.load(state_path)
     producer = AIOKafkaProducer(bootstrap_servers=servers)
     consumer = AIOKafkaConsumer(commands_topic, bootstrap_servers=servers, group_id=group_id,
@@ -173,12 +263,16 @@ async def run_controller(servers: str, commands_topic: str, deployments_topic: s
             batches = await consumer.getmany(timeout_ms=200)
             for msgs in batches.values():
                 for msg in msgs:
-                    try:
-                        cmd = orjson.loads(msg.value or b"null")
-                    except orjson.JSONDecodeError:
-                        log.warning("offset %d: not JSON; skipped", msg.offset)
-                        continue
-                    if not isinstance(cmd, dict):
+                    cmd, reason = parse_command(msg.value)
+                    if cmd is None:
+                        assert reason is not None
+                        log.warning("command at %s/%d offset %d skipped: %s", msg.topic,
+                                    msg.partition, msg.offset, reason)
+                        if deadletter_topic is not None:
+                            dead = DeadLetter(reason, raw_text(msg.value or b"")).to_record(
+                                msg.topic or commands_topic, msg.partition, msg.offset)
+                            await producer.send_and_wait(deadletter_topic, orjson.dumps(dead),
+                                                         key=msg.key)
                         continue
                     rec = state.apply(cmd)
                     state.save(state_path)

@@ -5,7 +5,10 @@ would (same shape, same ``command_id`` scheme, so a controller that already
 got the worker's command for that decision acts once), straight to
 ``ml.deploy.commands``: a person must be able to roll back while the worker
 is down. The canary in flight is read from ``ml.deployments`` (its latest
-record for the model), unless ``--canary`` and ``--stable`` say it.
+record for the model), unless ``--canary`` and ``--stable`` say it; so is the
+record's ``rollout`` number, which the ``command_id`` names from the second
+rollout of a version on (``rollback:M:V:5:r2``, see
+:func:`alerting.rollout.make_command`), as the worker's do.
 ``approve`` publishes an approval on ``ml.deploy.approvals``, which the
 worker holding the model uses to release a promotion waiting for it.
 """
@@ -19,7 +22,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from alerting.events import rfc3339
-from alerting.rollout import make_command
+from alerting.rollout import make_command, rollout_number
 from streams.broker import ensure_topics
 from streams.config import Settings
 from streams.follow import read_all
@@ -52,6 +55,8 @@ def manual_command(settings: Settings, action: str, model: str, deployment: dict
     ('promote:m:v8:50', 50, 'promoted by hand by ana')
     >>> manual_command(s, "fail", "m", d, "ana", now=0)["command_id"]
     'rollback:m:v8:25'
+    >>> manual_command(s, "fail", "m", {**d, "rollout": 2}, "ana", now=0)["command_id"]
+    'rollback:m:v8:25:r2'
     """
     canary, stable = deployment.get("canary_version"), deployment.get("stable_version")
     if not canary or not stable:
@@ -59,14 +64,15 @@ def manual_command(settings: Settings, action: str, model: str, deployment: dict
     pct = int(round(deployment.get("traffic_percent") or 0))
     t = time.time() if now is None else now
     env = deployment.get("environment")
+    n = rollout_number(deployment) or 1
     if action == "promote":
         later = [s for s in settings.canary.ladder if s > pct]
         step = to_percent if to_percent is not None else (later[0] if later else 100)
         return make_command("promote", model, stable, canary, step, f"promoted by hand by {by}",
-                            t, env, traffic_percent=step)
+                            t, env, rollout=n, traffic_percent=step)
     act = "pause" if action == "pause" else "rollback"
     return make_command(act, model, stable, canary, pct, f"{act} by hand by {by}", t, env,
-                        alert_dedup_keys=[f"canary_regression:{model}:{canary}"])
+                        rollout=n, alert_dedup_keys=[f"canary_regression:{model}:{canary}"])
 
 
 def approval(model: str, version: str, by: str, action: str = "promote",

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from alerting.rollout import make_command
-from streams.controller import ControllerState, parse_start
+from streams import controller
+from streams.controller import ControllerState, parse_command, parse_start, run_controller
 
 
-def promote(step: int, **extra: object) -> dict:
+def promote(step: int, **extra: Any) -> dict:
     return make_command("promote", "m", "v1", "v2", step, "passed", 0.0, traffic_percent=step,
                         **extra)
 
@@ -57,3 +61,108 @@ def test_start_option_is_checked() -> None:
         parse_start("m:v1")
     with pytest.raises(ValueError, match="1-99"):
         parse_start("m:v1:v2:100")
+
+
+VALID = make_command("promote", "m", "v1", "v2", 25, "passed", 0.0, traffic_percent=25)
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (None, "not_json"),
+    (b"{not json", "not_json"),
+    (b"\xff\xfe", "not_json"),
+    (b"null", "not_object"),
+    (b"[1, 2]", "not_object"),
+    (b'"rollback"', "not_object"),
+    (orjson.dumps({**VALID, "traffic_percent": None}), "missing_field"),
+    (orjson.dumps({k: v for k, v in VALID.items() if k != "traffic_percent"}), "missing_field"),
+    (orjson.dumps({**VALID, "traffic_percent": "25"}), "bad_type"),
+    (orjson.dumps({**VALID, "traffic_percent": True}), "bad_type"),
+    (orjson.dumps({**VALID, "traffic_percent": 250}), "bad_value"),
+    (orjson.dumps({**VALID, "traffic_percent": 0}), "bad_value"),
+    (orjson.dumps({**VALID, "action": "explode"}), "bad_value"),
+    (orjson.dumps({**VALID, "action": None}), "missing_field"),
+    (orjson.dumps({k: v for k, v in VALID.items() if k != "model"}), "missing_field"),
+    (orjson.dumps({**VALID, "model": ""}), "bad_value"),
+    (orjson.dumps({**VALID, "model": 7}), "bad_type"),
+    (orjson.dumps({k: v for k, v in VALID.items() if k != "command_id"}), "missing_field"),
+    (orjson.dumps({**VALID, "from_version": None}), "missing_field"),
+    (orjson.dumps({**VALID, "requires_approval": "no"}), "bad_type"),
+])
+def test_a_bad_command_is_refused_with_a_reason(raw: bytes | None, code: str) -> None:
+    cmd, reason = parse_command(raw)
+    assert cmd is None and reason is not None
+    assert reason.split(":")[0] == code
+
+
+def test_good_commands_pass_validation() -> None:
+    rollback = make_command("rollback", "m", "v1", "v2", 5, "errors", 0.0)
+    pause = make_command("pause", "m", "v1", "v2", 5, "errors", 0.0)
+    for cmd in (VALID, rollback, pause, {**VALID, "traffic_percent": 25.0},
+                {**rollback, "traffic_percent": None}):  # unused by a rollback
+        assert parse_command(orjson.dumps(cmd)) == (cmd, None)
+
+
+def test_apply_refuses_a_bad_command_instead_of_raising() -> None:
+    st = ControllerState()
+    st.start("m", "v1", "v2", 5)
+    before = orjson.dumps(st.rollouts)
+    assert st.apply({**VALID, "traffic_percent": None}) is None
+    assert st.apply({**VALID, "traffic_percent": "25"}) is None
+    assert orjson.dumps(st.rollouts) == before and st.applied == []
+    assert st.apply(VALID) is not None  # the next good command is applied
+
+
+class FakeMessage:
+    def __init__(self, value: bytes | None, offset: int) -> None:
+        self.value, self.offset, self.partition, self.topic = value, offset, 0, "cmds"
+        self.key = b"m"
+
+
+async def test_the_controller_loop_skips_bad_commands_and_commits_past_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stop = asyncio.Event()
+    sent: list[tuple[str, dict]] = []
+    commits: list[int] = []
+    batch = [FakeMessage(orjson.dumps({**VALID, "traffic_percent": None}), 0),
+             FakeMessage(b"{not json", 1),
+             FakeMessage(None, 2),
+             FakeMessage(orjson.dumps(VALID), 3)]
+
+    class Consumer:
+        def __init__(self, *a: object, **k: object) -> None:
+            self.calls = 0
+
+        async def start(self) -> None: ...
+        async def stop(self) -> None: ...
+
+        async def getmany(self, timeout_ms: int) -> dict:
+            self.calls += 1
+            if self.calls == 1:
+                return {"tp": batch}
+            stop.set()
+            return {}
+
+        async def commit(self) -> None:
+            commits.append(self.calls)
+
+    class Producer:
+        def __init__(self, *a: object, **k: object) -> None: ...
+        async def start(self) -> None: ...
+        async def stop(self) -> None: ...
+
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
+            sent.append((topic, orjson.loads(value)))
+
+    monkeypatch.setattr(controller, "AIOKafkaConsumer", Consumer)
+    monkeypatch.setattr(controller, "AIOKafkaProducer", Producer)
+    await run_controller("x:9092", "cmds", "deps", tmp_path / "s.json", "g",
+                         [("m", "v1", "v2", 5)], stop=stop, deadletter_topic="dead")
+    assert commits == [1]  # the batch, bad commands and all, is committed
+    deps = [r for t, r in sent if t == "deps"]
+    assert [(d["phase"], d.get("command_id")) for d in deps] == [
+        ("started", None), ("step", "promote:m:v2:25")]
+    dead = [r for t, r in sent if t == "dead"]
+    assert [(d["offset"], d["reason"].split(":")[0]) for d in dead] == [
+        (0, "missing_field"), (1, "not_json"), (2, "not_json")]
+    assert dead[0]["topic"] == "cmds" and dead[1]["raw"] == "{not json"
+    assert ControllerState.load(tmp_path / "s.json").rollouts["m"]["traffic_percent"] == 25
