@@ -6,34 +6,92 @@ A message may hold one event (a JSON object) or a batch (a JSON array of
 objects, see ``../shared/CONTRACT.md``); in a batch each bad element is
 dead-lettered alone, with its index, and the others are used.
 
+Bytes are decoded once, by orjson, and nothing else: no second parser that
+could read the same bytes differently (the standard library reads lone
+surrogates, integers of any size and NaN, which orjson, and every output
+Sentinelle writes, refuses). What orjson refuses is named precisely:
+
+- a byte order mark, invalid UTF-8, a lone UTF-16 surrogate escape, a number
+  too large for a double, nesting deeper than 1,024: the whole message is
+  dead-lettered with that reason (it is not JSON, so it has no elements);
+- ``NaN`` and ``Infinity`` literals (Python's ``json.dumps`` writes them): the
+  message is read again by orjson with those tokens replaced by marker
+  strings, and only the elements that hold one are dead-lettered
+  (``not_finite``), naming the field.
+
+Every event is then checked against the contract and the worker's limits
+(:class:`ParseLimits`): identifiers are non-empty strings of at most
+``max_id_chars`` characters without control characters; ``features`` is an
+object of at most ``max_features`` scalars; an event time before 2000 or more
+than ``max_future_s`` ahead of the worker's clock is refused (epoch
+milliseconds are the usual cause, and the reason says so); and an event whose
+Kafka message key is not its model (pipeline, source) is ``bad_key``, since
+it would land on another partition than the rest of its model.
+
 Reasons are ``code: detail`` strings; the codes are stable and counted:
 ``oversized``, ``not_json``, ``not_object``, ``missing_field``, ``bad_type``,
-``not_finite``, ``negative_latency``, ``bad_timestamp``, ``bad_value`` and, from
-the window stage, ``late``.
+``not_finite``, ``negative_latency``, ``bad_timestamp``, ``bad_value``,
+``bad_key`` and, from later stages, ``late``, ``over_capacity`` and
+``internal_error``.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import math
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Final
 
 import orjson
 
-__all__ = ["DeadLetter", "PredictionColumns", "FeedbackColumns", "parse_predictions",
-           "parse_feedback", "parse_control", "parse_pipeline", "parse_metrics", "parse_time",
-           "raw_text"]
+__all__ = ["DeadLetter", "ParseLimits", "PredictionColumns", "FeedbackColumns",
+           "MetricColumns", "UNCHECKED", "parse_predictions", "parse_feedback",
+           "parse_control", "parse_pipeline", "parse_metrics", "parse_time", "raw_text"]
 
 STATUSES = frozenset({"ok", "error", "timeout"})
 MAX_RAW_CHARS = 65_536
+MIN_TS: Final = 946_684_800.0  # 2000-01-01T00:00:00Z
 
 
 class Invalid(ValueError):
     """One event broke the contract; ``args[0]`` is the dead-letter reason."""
+
+
+class _Unchecked:
+    def __repr__(self) -> str:
+        return "UNCHECKED"
+
+
+#: The message key was not given (pure callers that do not model Kafka keys).
+UNCHECKED: Final = _Unchecked()
+Key = bytes | None | _Unchecked
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """What the parser accepts beyond the contract's types.
+
+    ``min_ts``/``max_ts`` bound event times (``None``: unchecked); the worker
+    sets ``max_ts`` to its wall clock plus ``limits.max_future_s`` for each
+    micro-batch (:meth:`at`).
+    """
+
+    max_bytes: int = 1_000_000
+    max_events: int = 10_000
+    max_id_chars: int = 256
+    max_features: int = 1_000
+    min_ts: float | None = None
+    max_ts: float | None = None
+
+    def at(self, now: float, max_future_s: float, min_ts: float = MIN_TS) -> ParseLimits:
+        """These limits with event times bounded to ``[min_ts, now + max_future_s]``."""
+        return replace(self, min_ts=min_ts, max_ts=now + max_future_s)
+
+
+DEFAULT_LIMITS: Final = ParseLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +113,7 @@ class DeadLetter:
         fit in a Kafka message.
         """
         rec: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset,
-                               "reason": self.reason, "raw": self.raw}
+                               "reason": self.reason[:1000], "raw": self.raw}
         if len(self.raw) > max_raw:
             rec.update(raw=self.raw[:max_raw], raw_truncated=True, raw_length=len(self.raw))
         if self.index is not None:
@@ -64,11 +122,17 @@ class DeadLetter:
 
 
 def raw_text(data: bytes) -> str:
-    """The original bytes as text, or base64 when they are not UTF-8."""
+    """The original bytes as text, or base64 when they are not UTF-8 (or hold a
+    lone surrogate escape, which no JSON writer can carry on).
+
+    >>> raw_text(b'{"a": 1}'), raw_text(b"\\xff")
+    ('{"a": 1}', '/w==')
+    """
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         return base64.b64encode(data).decode("ascii")
+    return text
 
 
 @dataclass(slots=True)
@@ -88,37 +152,70 @@ class PredictionColumns:
     # which element of it, so a late event can be dead-lettered with its origin.
     message: list[int] = field(default_factory=list)
     element: list[int] = field(default_factory=list)
+    # Each valid event's JSON text, for a later stage's dead letter (``late``),
+    # encoded again from the parsed event: the bytes are never parsed twice.
+    raw: list[Any] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ts)
 
+    def text(self, row: int) -> str:
+        """Row ``row``'s event as JSON text."""
+        return _element_text(self.raw[row])
 
-def parse_time(value: Any, name: str = "ts") -> float:
+
+def parse_time(value: Any, name: str = "ts", limits: ParseLimits = DEFAULT_LIMITS) -> float:
     """Contract time (RFC 3339 with offset, or epoch seconds) to epoch seconds.
 
     >>> parse_time("2026-11-27T07:00:00.123Z")
     1795762800.123
     >>> parse_time(1795762800.5)
     1795762800.5
+    >>> try:
+    ...     parse_time(1795762800123, limits=ParseLimits(min_ts=MIN_TS, max_ts=1795762900.0))
+    ... except Invalid as exc:
+    ...     print(str(exc).split(": ")[-1])
+    epoch milliseconds? Sentinelle reads epoch seconds
     """
     if isinstance(value, bool):
         raise Invalid(f"bad_type: '{name}' must be an RFC 3339 string or epoch seconds")
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise Invalid(f"not_finite: '{name}' is {value}")
-        return float(value)
-    if isinstance(value, str):
+        ts = float(value)
+    elif isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value)
         except ValueError:
             raise Invalid(f"bad_timestamp: '{name}' {value[:64]!r} is not RFC 3339") from None
         if dt.tzinfo is None:
             raise Invalid(f"bad_timestamp: '{name}' {value[:64]!r} has no UTC offset")
-        return dt.timestamp()
-    raise Invalid(f"bad_type: '{name}' must be an RFC 3339 string or epoch seconds")
+        ts = dt.timestamp()
+    else:
+        raise Invalid(f"bad_type: '{name}' must be an RFC 3339 string or epoch seconds")
+    _check_time(ts, value, name, limits)
+    return ts
 
 
-def _string(ev: dict[str, Any], name: str, required: bool = True) -> str | None:
+def _check_time(ts: float, value: Any, name: str, limits: ParseLimits) -> None:
+    shown = value[:40] if isinstance(value, str) else value
+    if limits.min_ts is not None and ts < limits.min_ts:
+        raise Invalid(f"bad_timestamp: '{name}' {shown} is before "
+                      f"{datetime.fromtimestamp(limits.min_ts, UTC):%Y-%m-%d}")
+    if limits.max_ts is not None and ts > limits.max_ts:
+        ahead = ts - limits.max_ts
+        when = (f"{ahead / 31_557_600:,.0f} years" if ahead > 31_557_600 * 2
+                else f"{ahead / 86_400:,.1f} days" if ahead > 86_400 * 2 else f"{ahead:,.0f} s")
+        millis = isinstance(value, (int, float)) and limits.min_ts is not None and \
+            limits.min_ts <= ts / 1000 <= limits.max_ts
+        hint = (": epoch milliseconds? Sentinelle reads epoch seconds" if millis
+                else " (is the producer's clock right?)")
+        raise Invalid(f"bad_timestamp: '{name}' {shown} is {when} ahead of the worker's "
+                      f"clock{hint}")
+
+
+def _string(ev: dict[str, Any], name: str, required: bool = True,
+            limits: ParseLimits = DEFAULT_LIMITS) -> str | None:
     v = ev.get(name)
     if v is None:
         if required:
@@ -126,11 +223,16 @@ def _string(ev: dict[str, Any], name: str, required: bool = True) -> str | None:
         return None
     if not isinstance(v, str) or not v:
         raise Invalid(f"bad_type: '{name}' must be a non-empty string")
+    if len(v) > limits.max_id_chars:
+        raise Invalid(f"bad_value: '{name}' is {len(v)} characters long "
+                      f"(at most {limits.max_id_chars})")
+    if not v.isprintable():
+        raise Invalid(f"bad_value: '{name}' holds control characters")
     return v
 
 
-def _required(ev: dict[str, Any], name: str) -> str:
-    v = _string(ev, name)
+def _required(ev: dict[str, Any], name: str, limits: ParseLimits = DEFAULT_LIMITS) -> str:
+    v = _string(ev, name, True, limits)
     if v is None:  # pragma: no cover - _string raised already
         raise Invalid(f"missing_field: '{name}' is required")
     return v
@@ -153,37 +255,84 @@ def _object(ev: Any) -> dict[str, Any]:
     return ev
 
 
-def _ts(ev: dict[str, Any]) -> float:
+def _ts(ev: dict[str, Any], limits: ParseLimits) -> float:
     """The event's required ``ts``, in epoch seconds."""
     if ev.get("ts") is None:
         raise Invalid("missing_field: 'ts' is required")
-    return parse_time(ev["ts"])
+    return parse_time(ev["ts"], "ts", limits)
 
 
-def _header(ev: Any) -> tuple[str, float, str, str]:
+def _keyed(key: Key, value: str, name: str) -> None:
+    """The message key must be the event's ``name`` (model, pipeline, source)."""
+    if isinstance(key, _Unchecked):
+        return
+    if key is None:
+        raise Invalid(f"bad_key: the message has no key; key every message by its {name} "
+                      f"({value[:64]!r}) so all of it lands on one partition")
+    if key != value.encode():
+        shown = key[:64].decode("utf-8", errors="replace")
+        raise Invalid(f"bad_key: the message key {shown!r} is not the event's {name} "
+                      f"{value[:64]!r}; key every message by its {name} so all of it "
+                      f"lands on one partition")
+
+
+def _header(ev: Any, limits: ParseLimits, key: Key) -> tuple[str, float, str, str]:
     """``event_id``, ``ts``, ``model`` and ``version``: what every input event has."""
-    event_id = _required(_object(ev), "event_id")
-    return event_id, _ts(ev), _required(ev, "model"), _required(ev, "version")
+    event_id = _required(_object(ev), "event_id", limits)
+    model = _required(ev, "model", limits)
+    _keyed(key, model, "model")
+    return event_id, _ts(ev, limits), model, _required(ev, "version", limits)
 
 
-def _add_prediction(ev: Any, cols: PredictionColumns, message: int, element: int) -> None:
-    event_id, ts, model, version = _header(ev)
+_SCALAR = (str, int, float, bool)
+
+
+def _features(ev: dict[str, Any], limits: ParseLimits) -> dict[str, Any] | None:
+    features = ev.get("features")
+    if features is None:
+        return None
+    if not isinstance(features, dict):
+        raise Invalid("bad_type: 'features' must be an object")
+    if len(features) > limits.max_features:
+        raise Invalid(f"bad_value: 'features' has {len(features)} entries "
+                      f"(at most {limits.max_features})")
+    for name, v in features.items():
+        if len(name) > limits.max_id_chars:
+            raise Invalid(f"bad_value: a feature name is {len(name)} characters long "
+                          f"(at most {limits.max_id_chars})")
+        if v is not None and not isinstance(v, _SCALAR):
+            raise Invalid(f"bad_type: feature {name[:64]!r} is {_json_type(v)}; a feature "
+                          f"value is a number, string, bool or null")
+    return features
+
+
+def _json_type(v: Any) -> str:
+    return "an object" if isinstance(v, dict) else "an array" if isinstance(v, list) \
+        else type(v).__name__
+
+
+def _scalar(ev: dict[str, Any], name: str) -> Any:
+    v = ev.get(name)
+    if v is not None:
+        if not isinstance(v, _SCALAR):  # bool is an int
+            raise Invalid(f"bad_type: '{name}' must be a number, string or bool")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise Invalid(f"not_finite: '{name}' is {v}")
+    return v
+
+
+def _add_prediction(ev: Any, cols: PredictionColumns, message: int, element: int,
+                    limits: ParseLimits, key: Key) -> None:
+    event_id, ts, model, version = _header(ev, limits, key)
     latency = _number(ev, "latency_ms")
     if latency < 0:
         raise Invalid(f"negative_latency: 'latency_ms' is {latency}")
-    cohort = _string(ev, "cohort", required=False) or "stable"
-    status = _string(ev, "status", required=False) or "ok"
+    cohort = _string(ev, "cohort", False, limits) or "stable"
+    status = _string(ev, "status", False, limits) or "ok"
     if status not in STATUSES:
         raise Invalid(f"bad_value: 'status' must be one of ok, error, timeout; got {status[:32]!r}")
-    features = ev.get("features")
-    if features is not None and not isinstance(features, dict):
-        raise Invalid("bad_type: 'features' must be an object")
-    prediction = ev.get("prediction")
-    if prediction is not None:
-        if not isinstance(prediction, (str, int, float)):  # bool is an int
-            raise Invalid("bad_type: 'prediction' must be a number, string or bool")
-        if isinstance(prediction, float) and not math.isfinite(prediction):
-            raise Invalid(f"not_finite: 'prediction' is {prediction}")
+    features = _features(ev, limits)
+    prediction = _scalar(ev, "prediction")
     cols.model.append(model)
     cols.version.append(version)
     cols.cohort.append(cohort)
@@ -195,24 +344,27 @@ def _add_prediction(ev: Any, cols: PredictionColumns, message: int, element: int
     cols.prediction.append(prediction)
     cols.message.append(message)
     cols.element.append(element)
+    cols.raw.append(ev)
 
 
 def parse_predictions(data: bytes | None, cols: PredictionColumns, message: int = 0,
-                      max_bytes: int = 1_000_000, max_events: int = 10_000) -> list[DeadLetter]:
+                      limits: ParseLimits = DEFAULT_LIMITS,
+                      key: Key = UNCHECKED) -> list[DeadLetter]:
     """Append the valid events of one message to ``cols``; return its dead letters.
 
     >>> cols = PredictionColumns()
     >>> bad = parse_predictions(b'[{"event_id": "a", "ts": 1, "model": "m", "version": "v1",'
     ...                         b' "latency_ms": 12}, {"event_id": "b"}]', cols)
     >>> len(cols), [(d.index, d.reason) for d in bad]
-    (1, [(1, "missing_field: 'ts' is required")])
+    (1, [(1, "missing_field: 'model' is required")])
     """
-    return _parse(data, lambda ev, i: _add_prediction(ev, cols, message, i), max_bytes,
-                  max_events)
+    return _parse(data, lambda ev, i: _add_prediction(ev, cols, message, i, limits, key),
+                  limits)
 
 
 def parse_feedback(data: bytes | None, cols: FeedbackColumns, message: int = 0,
-                   max_bytes: int = 1_000_000, max_events: int = 10_000) -> list[DeadLetter]:
+                   limits: ParseLimits = DEFAULT_LIMITS,
+                   key: Key = UNCHECKED) -> list[DeadLetter]:
     """The same for ``ml.feedback``: ``event_id``, ``ts``, ``model``, ``version``, ``label``.
 
     >>> cols = FeedbackColumns()
@@ -220,43 +372,101 @@ def parse_feedback(data: bytes | None, cols: FeedbackColumns, message: int = 0,
     ...                cols), cols.label
     ([], [1])
     """
-    return _parse(data, lambda ev, i: _add_feedback(ev, cols), max_bytes,
-                  max_events)
+    return _parse(data, lambda ev, i: _add_feedback(ev, cols, message, i, limits, key),
+                  limits)
 
 
-def _parse(data: bytes | None, add: Callable[[Any, int], None], max_bytes: int,
-           max_events: int) -> list[DeadLetter]:
+# ``NaN``/``Infinity`` outside strings, the one thing orjson refuses that a
+# producer commonly writes; strings are matched first so their contents are skipped.
+_NONFINITE = re.compile(rb'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)', re.DOTALL)
+_MARK = "\x00sentinelle-nonfinite:"
+
+
+def _loads(data: bytes) -> tuple[Any, bool]:
+    """orjson's reading of ``data``; ``True`` when NaN/Infinity tokens were marked."""
+    try:
+        return orjson.loads(data), False
+    except orjson.JSONDecodeError as exc:
+        if b"NaN" not in data and b"Infinity" not in data:
+            raise _undecodable(data, exc) from None
+    marked = _NONFINITE.sub(lambda m: (b'"\\u0000sentinelle-nonfinite:' + m.group(1) + b'"'
+                                       if m.group(1) else m.group(0)), data)
+    try:
+        return orjson.loads(marked), True
+    except orjson.JSONDecodeError as exc:
+        raise _undecodable(data, exc) from None
+
+
+def _undecodable(data: bytes, exc: orjson.JSONDecodeError) -> Invalid:
+    msg = str(exc)
+    if data.startswith(b"\xef\xbb\xbf"):
+        return Invalid("not_json: starts with a UTF-8 byte order mark; send JSON without a BOM")
+    if "surrogate" in msg or "UTF-8" in msg:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return Invalid(f"not_json: not valid UTF-8 at byte {bad.start}")
+        return Invalid(f"bad_value: a string holds a lone UTF-16 surrogate escape, which is not "
+                       f"Unicode ({msg})")
+    if "infinity when parsed as double" in msg:
+        return Invalid(f"not_finite: a number is too large for a 64-bit float ({msg})")
+    if "depth limit" in msg or "ecursion" in msg:
+        return Invalid(f"bad_value: nested deeper than 1,024 levels ({msg})")
+    return Invalid(f"not_json: {msg}")
+
+
+def _nonfinite(ev: Any, path: str = "") -> str | None:
+    """The path of the first NaN/Infinity marker inside ``ev``, if any."""
+    stack: list[tuple[Any, str]] = [(ev, path)]
+    while stack:
+        v, where = stack.pop()
+        if isinstance(v, str):
+            if v.startswith(_MARK):
+                return f"'{where or 'value'}' is {v[len(_MARK):]}"
+        elif isinstance(v, dict):
+            stack.extend((x, f"{where}.{k}" if where else str(k)) for k, x in v.items())
+        elif isinstance(v, list):
+            stack.extend((x, f"{where}[{i}]") for i, x in enumerate(v))
+    return None
+
+
+def _parse(data: bytes | None, add: Callable[[Any, int], None],
+           limits: ParseLimits) -> list[DeadLetter]:
     if data is None:
         return [DeadLetter("not_json: empty message (no value)", "")]
-    if len(data) > max_bytes:
-        return [DeadLetter(f"oversized: {len(data)} bytes > {max_bytes}", raw_text(data))]
+    if len(data) > limits.max_bytes:
+        return [DeadLetter(f"oversized: {len(data)} bytes > {limits.max_bytes}",
+                           raw_text(data))]
     try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        # orjson rejects NaN/Infinity literals; the standard library reads them, so
-        # such an event is judged field by field and its reason is ``not_finite``.
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return [DeadLetter(f"not_json: {exc}", raw_text(data))]
+        doc, marked = _loads(data)
+    except Invalid as exc:
+        return [DeadLetter(str(exc), raw_text(data))]
+
+    def one(ev: Any, i: int) -> None:
+        if marked:
+            where = _nonfinite(ev)
+            if where is not None:
+                raise Invalid(f"not_finite: {where} (not JSON: send null for a missing value)")
+        add(ev, i)
+
     if isinstance(doc, dict):
         try:
-            add(doc, 0)
+            one(doc, 0)
         except Invalid as exc:
             return [DeadLetter(str(exc), raw_text(data))]
         return []
     if not isinstance(doc, list):
         return [DeadLetter(f"not_object: expected an object or an array of objects, got "
                            f"{type(doc).__name__}", raw_text(data))]
-    if len(doc) > max_events:
-        return [DeadLetter(f"oversized: batch of {len(doc)} events > {max_events}",
+    if len(doc) > limits.max_events:
+        return [DeadLetter(f"oversized: batch of {len(doc)} events > {limits.max_events}",
                            raw_text(data))]
     dead = []
     for i, ev in enumerate(doc):
         try:
-            add(ev, i)
+            one(ev, i)
         except Invalid as exc:
-            dead.append(DeadLetter(str(exc), _element_text(ev), index=i))
+            dead.append(DeadLetter(str(exc), _element_text(ev, data), index=i))
     return dead
 
 
@@ -269,25 +479,28 @@ class FeedbackColumns:
     ts: list[float] = field(default_factory=list)
     event_id: list[str] = field(default_factory=list)
     label: list[Any] = field(default_factory=list)
+    message: list[int] = field(default_factory=list)
+    element: list[int] = field(default_factory=list)
+    raw: list[Any] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ts)
 
 
-def _add_feedback(ev: Any, cols: FeedbackColumns) -> None:
-    event_id, ts, model, version = _header(ev)
-    label = ev.get("label")
-    if label is None:
+def _add_feedback(ev: Any, cols: FeedbackColumns, message: int, element: int,
+                  limits: ParseLimits, key: Key) -> None:
+    event_id, ts, model, version = _header(ev, limits, key)
+    if ev.get("label") is None:
         raise Invalid("missing_field: 'label' is required")
-    if not isinstance(label, (str, int, float)):
-        raise Invalid("bad_type: 'label' must be a number, string or bool")
-    if isinstance(label, float) and not math.isfinite(label):
-        raise Invalid(f"not_finite: 'label' is {label}")
+    label = _scalar(ev, "label")
     cols.model.append(model)
     cols.version.append(version)
     cols.ts.append(ts)
     cols.event_id.append(event_id)
     cols.label.append(label)
+    cols.message.append(message)
+    cols.element.append(element)
+    cols.raw.append(ev)
 
 
 PHASES = ("started", "step", "paused", "promoted", "rolled_back", "aborted")
@@ -295,7 +508,7 @@ APPROVAL_ACTIONS = ("promote", "rollback")
 
 
 def parse_control(data: bytes | None, kind: str, out: list[dict[str, Any]],
-                  max_bytes: int = 1_000_000) -> list[DeadLetter]:
+                  limits: ParseLimits = DEFAULT_LIMITS, key: Key = UNCHECKED) -> list[DeadLetter]:
     """An ``ml.deployments`` (``kind="deployment"``) or ``ml.deploy.approvals`` record.
 
     Valid records are appended to ``out`` normalised (``ts`` in epoch seconds).
@@ -309,12 +522,14 @@ def parse_control(data: bytes | None, kind: str, out: list[dict[str, Any]],
     "bad_value: 'phase' must be one of started, step, paused, promoted, rolled_back, aborted"
     """
     add = _add_deployment if kind == "deployment" else _add_approval
-    return _parse(data, lambda ev, i: out.append(add(ev)), max_bytes, 1000)
+    return _parse(data, lambda ev, i: out.append(add(ev, limits, key)),
+                  replace(limits, max_events=1000))
 
 
-def _control_header(ev: Any) -> dict[str, Any]:
-    ts = _ts(_object(ev))
-    return {**ev, "model": _required(ev, "model"), "ts": ts}
+def _control_header(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
+    model = _required(_object(ev), "model", limits)
+    _keyed(key, model, "model")
+    return {**ev, "model": model, "ts": _ts(ev, limits)}
 
 
 def _one_of(ev: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:
@@ -324,12 +539,12 @@ def _one_of(ev: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:
     return v
 
 
-def _add_deployment(ev: Any) -> dict[str, Any]:
-    rec = _control_header(ev)
+def _add_deployment(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
+    rec = _control_header(ev, limits, key)
     rec["phase"] = _one_of(ev, "phase", PHASES)
-    rec["stable_version"] = _required(ev, "stable_version")
-    rec["canary_version"] = _string(ev, "canary_version", required=False)
-    rec["environment"] = _string(ev, "environment", required=False)
+    rec["stable_version"] = _required(ev, "stable_version", limits)
+    rec["canary_version"] = _string(ev, "canary_version", False, limits)
+    rec["environment"] = _string(ev, "environment", False, limits)
     if ev.get("traffic_percent") is not None:
         pct = _number(ev, "traffic_percent")
         if not 0 <= pct <= 100:
@@ -340,11 +555,11 @@ def _add_deployment(ev: Any) -> dict[str, Any]:
     return rec
 
 
-def _add_approval(ev: Any) -> dict[str, Any]:
-    rec = _control_header(ev)
-    rec["version"] = _required(ev, "version")
+def _add_approval(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
+    rec = _control_header(ev, limits, key)
+    rec["version"] = _required(ev, "version", limits)
     rec["action"] = _one_of(ev, "action", APPROVAL_ACTIONS)
-    rec["approved_by"] = _required(ev, "approved_by")
+    rec["approved_by"] = _required(ev, "approved_by", limits)
     return rec
 
 
@@ -352,8 +567,9 @@ KINDS = ("data", "training", "validation", "serving")
 RUN_STATUSES = ("started", "heartbeat", "succeeded", "failed")
 
 
-def parse_pipeline(data: bytes | None, out: list[dict[str, Any]], max_bytes: int = 1_000_000,
-                   max_events: int = 10_000) -> list[DeadLetter]:
+def parse_pipeline(data: bytes | None, out: list[dict[str, Any]],
+                   limits: ParseLimits = DEFAULT_LIMITS, key: Key = UNCHECKED
+                   ) -> list[DeadLetter]:
     """``ml.pipeline`` events, appended to ``out`` normalised (``ts`` in epoch seconds).
 
     >>> out = []
@@ -364,33 +580,45 @@ def parse_pipeline(data: bytes | None, out: list[dict[str, Any]], max_bytes: int
     ...                b'"run_id": "r1", "status": "done"}', out)[0].reason
     "bad_value: 'status' must be one of started, heartbeat, succeeded, failed"
     """
-    return _parse(data, lambda ev, i: out.append(_pipeline_event(ev)), max_bytes, max_events)
+    return _parse(data, lambda ev, i: out.append(
+        {**_pipeline_event(ev, limits, key), "element": i, "raw": ev}), limits)
 
 
-def _numbers(ev: dict[str, Any], name: str) -> dict[str, float] | None:
+MAX_NAMED_NUMBERS = 1_000  # entries of ``resources`` and ``metrics``
+
+
+def _numbers(ev: dict[str, Any], name: str, limits: ParseLimits) -> dict[str, float] | None:
     v = ev.get(name)
     if v is None:
         return None
     if not isinstance(v, dict):
         raise Invalid(f"bad_type: '{name}' must be an object of numbers")
+    if len(v) > MAX_NAMED_NUMBERS:
+        raise Invalid(f"bad_value: '{name}' has {len(v)} entries (at most {MAX_NAMED_NUMBERS})")
     for k, x in v.items():
+        if len(k) > limits.max_id_chars:
+            raise Invalid(f"bad_value: a name in '{name}' is {len(k)} characters long "
+                          f"(at most {limits.max_id_chars})")
         if isinstance(x, bool) or not isinstance(x, (int, float)):
-            raise Invalid(f"bad_type: '{name}.{k}' must be a number")
+            raise Invalid(f"bad_type: '{name}.{k[:64]}' must be a number")
         if not math.isfinite(x):
-            raise Invalid(f"not_finite: '{name}.{k}' is {x}")
+            raise Invalid(f"not_finite: '{name}.{k[:64]}' is {x}")
     return {str(k): float(x) for k, x in v.items()}
 
 
-def _pipeline_event(ev: Any) -> dict[str, Any]:
-    ts = _ts(_object(ev))
+def _pipeline_event(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
+    pipeline = _required(_object(ev), "pipeline", limits)
+    _keyed(key, pipeline, "pipeline")
     rec: dict[str, Any] = {
-        "event_id": _required(ev, "event_id"), "ts": ts,
-        "pipeline": _required(ev, "pipeline"), "kind": _one_of(ev, "kind", KINDS),
-        "run_id": _required(ev, "run_id"), "status": _one_of(ev, "status", RUN_STATUSES),
-        "model": _string(ev, "model", required=False),
-        "version": _string(ev, "version", required=False),
-        "error": ev.get("error") if isinstance(ev.get("error"), str) else None,
-        "resources": _numbers(ev, "resources"), "metrics": _numbers(ev, "metrics"),
+        "event_id": _required(ev, "event_id", limits), "ts": _ts(ev, limits),
+        "pipeline": pipeline, "kind": _one_of(ev, "kind", KINDS),
+        "run_id": _required(ev, "run_id", limits),
+        "status": _one_of(ev, "status", RUN_STATUSES),
+        "model": _string(ev, "model", False, limits),
+        "version": _string(ev, "version", False, limits),
+        "error": ev["error"][:1000] if isinstance(ev.get("error"), str) else None,
+        "resources": _numbers(ev, "resources", limits),
+        "metrics": _numbers(ev, "metrics", limits),
     }
     if ev.get("duration_s") is not None:
         d = _number(ev, "duration_s")
@@ -404,7 +632,8 @@ def _pipeline_event(ev: Any) -> dict[str, Any]:
         limit = _number(q, "limit")
         if limit <= 0:
             raise Invalid(f"bad_value: 'quota.limit' {limit} must be positive")
-        rec["quota"] = {"pool": _required(q, "pool"), "resource": _required(q, "resource"),
+        rec["quota"] = {"pool": _required(q, "pool", limits),
+                        "resource": _required(q, "resource", limits),
                         "used": _number(q, "used"), "limit": limit}
     if isinstance(ev.get("profile"), dict):
         rec["profile"] = ev["profile"]  # a validation run's data profile (optional)
@@ -419,13 +648,15 @@ class MetricColumns:
     metric: list[str] = field(default_factory=list)
     ts: list[float] = field(default_factory=list)
     value: list[float] = field(default_factory=list)
+    element: list[int] = field(default_factory=list)
+    raw: list[Any] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ts)
 
 
-def parse_metrics(data: bytes | None, cols: MetricColumns, max_bytes: int = 1_000_000,
-                  max_events: int = 10_000) -> list[DeadLetter]:
+def parse_metrics(data: bytes | None, cols: MetricColumns, limits: ParseLimits = DEFAULT_LIMITS,
+                  key: Key = UNCHECKED) -> list[DeadLetter]:
     """``ml.metrics`` points: ``source``, ``metric``, ``ts``, ``value`` (``labels`` unused).
 
     >>> cols = MetricColumns()
@@ -434,20 +665,31 @@ def parse_metrics(data: bytes | None, cols: MetricColumns, max_bytes: int = 1_00
     >>> cols.value
     [0.5]
     """
-    return _parse(data, lambda ev, i: _add_metric(ev, cols), max_bytes, max_events)
+    return _parse(data, lambda ev, i: _add_metric(ev, cols, i, limits, key), limits)
 
 
-def _add_metric(ev: Any, cols: MetricColumns) -> None:
-    ts = _ts(_object(ev))
-    source, metric, value = _required(ev, "source"), _required(ev, "metric"), _number(ev, "value")
+def _add_metric(ev: Any, cols: MetricColumns, element: int, limits: ParseLimits,
+                key: Key) -> None:
+    source = _required(_object(ev), "source", limits)
+    _keyed(key, source, "source")
+    ts = _ts(ev, limits)
+    metric, value = _required(ev, "metric", limits), _number(ev, "value")
     cols.source.append(source)
     cols.metric.append(metric)
     cols.ts.append(ts)
     cols.value.append(value)
+    cols.element.append(element)
+    cols.raw.append(ev)
 
 
-def _element_text(ev: Any) -> str:
+def _element_text(ev: Any, data: bytes | None = None) -> str:
+    """One element of a batch as JSON text, encoded again from its parsed form.
+
+    An element orjson cannot write back (nesting past its writer's limit) is
+    given as the whole message's text, which holds it.
+    """
     try:
         return orjson.dumps(ev).decode()
-    except TypeError:  # NaN/inf read by the fallback parser: orjson writes them as null
-        return json.dumps(ev)
+    except TypeError:
+        whole = raw_text(data) if data is not None else ""
+        return f"(element not re-encodable; the whole message follows) {whole}"

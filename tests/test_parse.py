@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
-from streams.parse import PredictionColumns, parse_predictions, parse_time
+from streams.parse import (
+    MIN_TS,
+    ParseLimits,
+    PredictionColumns,
+    parse_feedback,
+    parse_metrics,
+    parse_pipeline,
+    parse_predictions,
+    parse_time,
+)
 
 GOOD = {"event_id": "e1", "ts": "2026-11-27T07:00:00.123Z", "model": "m", "version": "v1",
         "latency_ms": 12.5}
 
 
-def reasons(data: bytes, **kw: int) -> tuple[int, list[str]]:
+def reasons(data: bytes, key: bytes | None | object = None, **kw: Any) -> tuple[int, list[str]]:
     cols = PredictionColumns()
-    dead = parse_predictions(data, cols, **kw)
+    if key is None:
+        dead = parse_predictions(data, cols, limits=ParseLimits(**kw))
+    else:
+        dead = parse_predictions(data, cols, limits=ParseLimits(**kw),
+                                 key=None if key is NO_KEY else key)  # type: ignore[arg-type]
     return len(cols), [d.code for d in dead]
+
+
+NO_KEY = object()  # a Kafka message with a null key
 
 
 def test_a_good_event_becomes_columns_with_defaults() -> None:
@@ -77,7 +95,7 @@ def test_batch_elements_are_judged_alone_with_their_index() -> None:
 
 def test_dead_letter_record_is_the_contract_shape_and_bounded() -> None:
     cols = PredictionColumns()
-    [dead] = parse_predictions(b"x" * 200, cols, max_bytes=100)
+    [dead] = parse_predictions(b"x" * 200, cols, limits=ParseLimits(max_bytes=100))
     rec = dead.to_record("ml.predictions", 3, 99, max_raw=50)
     assert {k: rec[k] for k in ("topic", "partition", "offset")} == \
         {"topic": "ml.predictions", "partition": 3, "offset": 99}
@@ -93,3 +111,90 @@ def test_predictions_of_every_contract_type_are_accepted() -> None:
 def test_times() -> None:
     assert parse_time("2026-11-27T08:00:00+01:00") == parse_time("2026-11-27T07:00:00Z")
     assert parse_time(10) == 10.0
+
+
+# -- hostile inputs: each has its own reason, none escapes the parser ------------------
+
+NOW = 1_795_762_800.0
+CLOCKED = {"min_ts": MIN_TS, "max_ts": NOW + 600}
+
+
+def one(text: str) -> bytes:
+    """GOOD with some raw JSON text spliced in before the closing brace."""
+    return orjson.dumps(GOOD)[:-1] + b", " + text.encode() + b"}"
+
+
+@pytest.mark.parametrize("data, code, says", [
+    (one('"big": ' + "9" * 400), "not_finite", "too large for a 64-bit float"),
+    (b'{"event_id": "e", "ts": 1, "model": "\\ud800", "version": "v", "latency_ms": 1}',
+     "bad_value", "lone UTF-16 surrogate"),
+    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v", "cohort": "\\udc00x",'
+     b' "latency_ms": 1}', "bad_value", "surrogate"),
+    (b"\xef\xbb\xbf" + orjson.dumps(GOOD), "not_json", "byte order mark"),
+    (one('"deep": ' + "[" * 2000 + "]" * 2000), "bad_value", "nested deeper"),
+    (one('"features": {"x": ' + "[" * 1000 + "]" * 1000 + "}"), "bad_type", "is an array"),
+    (one('"features": {"x": {"y": 1}}'), "bad_type", "feature 'x' is an object"),
+    (one('"features": {"x": NaN}'), "not_finite", "'features.x' is NaN"),
+    (one('"features": {"x": -Infinity}'), "not_finite", "'features.x' is -Infinity"),
+    (orjson.dumps({**GOOD, "model": "m\u0007"}), "bad_value", "control characters"),
+    (orjson.dumps({**GOOD, "version": "v" * 300}), "bad_value", "300 characters"),
+    (orjson.dumps({**GOOD, "features": {f"f{i}": i for i in range(1001)}}), "bad_value",
+     "1001 entries"),
+])
+def test_hostile_inputs_have_their_own_reason(data: bytes, code: str, says: str) -> None:
+    cols = PredictionColumns()
+    [dead] = parse_predictions(data, cols)
+    assert (len(cols), dead.code) == (0, code) and says in dead.reason
+    assert orjson.loads(orjson.dumps(dead.to_record("t", 0, 0)))  # the dead letter is writable
+
+
+def test_a_nan_feature_costs_only_its_element() -> None:
+    good = orjson.dumps(GOOD).decode()
+    data = f'[{good}, {good[:-1]}, "features": {{"x": NaN, "s": "NaN"}}}}, {good}]'.encode()
+    cols = PredictionColumns()
+    [dead] = parse_predictions(data, cols)
+    assert (len(cols), dead.index, dead.code) == (2, 1, "not_finite")
+    # a string that reads "NaN" is a string, not a number
+    assert parse_predictions(orjson.dumps({**GOOD, "features": {"s": "NaN"}}), cols) == []
+
+
+@pytest.mark.parametrize("ts, says", [
+    (NOW * 1000, "epoch milliseconds?"),
+    (NOW + 366 * 86_400, "ahead of the worker's clock"),
+    ("2027-12-01T00:00:00Z", "ahead of the worker's clock"),
+    (5.0, "before 2000-01-01"),
+    ("1999-12-31T23:59:59Z", "before 2000-01-01"),
+])
+def test_event_times_far_from_the_clock_are_refused(ts: object, says: str) -> None:
+    cols = PredictionColumns()
+    [dead] = parse_predictions(orjson.dumps({**GOOD, "ts": ts}), cols,
+                               limits=ParseLimits(**CLOCKED))  # type: ignore[arg-type]
+    assert (len(cols), dead.code) == (0, "bad_timestamp") and says in dead.reason
+    # within the bounds: accepted
+    assert parse_predictions(orjson.dumps({**GOOD, "ts": NOW + 500}), cols,
+                             limits=ParseLimits(**CLOCKED)) == []  # type: ignore[arg-type]
+
+
+def test_events_must_be_keyed_by_their_model() -> None:
+    assert reasons(orjson.dumps(GOOD), key=b"m") == (1, [])
+    assert reasons(orjson.dumps(GOOD), key=b"other") == (0, ["bad_key"])
+    assert reasons(orjson.dumps(GOOD), key=NO_KEY) == (0, ["bad_key"])
+    mixed = [GOOD, {**GOOD, "model": "n"}]
+    assert reasons(orjson.dumps(mixed), key=b"m") == (1, ["bad_key"])
+
+
+def test_other_inputs_are_keyed_too() -> None:
+    fb = orjson.dumps({"event_id": "e", "ts": 1, "model": "m", "version": "v", "label": 1})
+    assert parse_feedback(fb, _feedback(), key=b"x")[0].code == "bad_key"
+    run = orjson.dumps({"event_id": "e", "ts": 1, "pipeline": "p", "kind": "data",
+                        "run_id": "r", "status": "started"})
+    assert parse_pipeline(run, [], key=b"x")[0].code == "bad_key"
+    assert parse_pipeline(run, [], key=b"p") == []
+    point = orjson.dumps({"source": "s", "metric": "cpu", "ts": 1, "value": 1})
+    from streams.parse import MetricColumns
+    assert parse_metrics(point, MetricColumns(), key=b"x")[0].code == "bad_key"
+
+
+def _feedback() -> Any:
+    from streams.parse import FeedbackColumns
+    return FeedbackColumns()
