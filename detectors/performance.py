@@ -21,8 +21,8 @@ so a huge window does not page for a tiny change.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -56,59 +56,214 @@ def task_of(prediction: Any, label: Any) -> str:
     return "regression"
 
 
-class LabelJoin:
-    """Predictions waiting for their label, by ``event_id``.
+Entry = tuple[float, str, str, Any]  # (ts, version, cohort, prediction)
 
-    >>> j = LabelJoin(max_size=2, ttl_s=100)
-    >>> j.add("a", 0.0, "v1", "stable", 0.9); j.add("b", 1.0, "v1", "stable", 0.2)
-    >>> j.add("c", 2.0, "v1", "stable", 0.4)     # the oldest ("a") is dropped
-    >>> j.match("a") is None, j.match("b")[3], j.stats()["dropped"]
-    (True, 0.2, 1)
+MAX_VALUE_CHARS = 128
+
+
+def compact_value(v: Any) -> Any:
+    """A prediction or label as the join keeps it: strings past ``MAX_VALUE_CHARS``
+    become a digest (equal strings stay equal, which is all a class label needs).
+
+    >>> compact_value("fraud"), compact_value("x" * 200)[:5], compact_value(0.5)
+    ('fraud', '#a838', 0.5)
+    """
+    if type(v) is str and len(v) > MAX_VALUE_CHARS:
+        return "#" + hashlib.blake2b(v.encode(), digest_size=16).hexdigest()
+    return v
+
+
+def id_hash(event_id: str) -> int:
+    """A stable 63-bit hash of an ``event_id`` (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
+class LabelJoin:
+    """Predictions waiting for their label, by ``event_id``: bounded, sampled, segmented.
+
+    Bounded in entries (``max_size``) and in event time (``ttl_s``). A model
+    busier than ``max_size`` predictions per ``ttl_s`` is *sampled* rather than
+    truncated: a prediction is kept when the hash of its ``event_id`` falls
+    under a threshold, which halves whenever the buffer would overflow (the
+    entries above it are dropped), and doubles again once the buffer has been
+    under a quarter full for a whole ``ttl_s``. A label is looked up only when
+    its ``event_id`` hashes under the threshold (otherwise it is counted
+    ``unsampled``), so labels an hour late still find their predictions at any
+    traffic, for a sample whose share ``sample_rate`` says. (Dropping the
+    oldest instead would keep only the last ``max_size`` predictions: at
+    1,000/s, 20 seconds' worth, and no late label would ever match.)
+
+    Entries live in segments of at most ``segment_size``, in arrival order;
+    the checkpoint (:meth:`checkpoint`) writes only the segments changed since
+    the last one, each a record of bounded size (a prediction string longer
+    than ``MAX_VALUE_CHARS`` is kept as a digest, see :func:`compact_value`).
+
+    >>> j = LabelJoin(max_size=4, ttl_s=100)
+    >>> for i in range(6):
+    ...     j.add(f"e{i}", float(i), "v1", "stable", 0.1 * i)
+    >>> len(j), j.sample_rate, j.stats()["dropped"]
+    (2, 0.5, 3)
+    >>> [e for e in (f"e{i}" for i in range(6)) if j.match(e) is not None]
+    ['e0', 'e1']
+    >>> j.stats()["unsampled"], j.stats()["unmatched"]
+    (4, 0)
     """
 
-    def __init__(self, max_size: int = 20_000, ttl_s: float = 3600.0) -> None:
-        if max_size < 1 or ttl_s <= 0:
-            raise ValueError("max_size must be >= 1 and ttl_s > 0")
-        self.max_size, self.ttl_s = max_size, ttl_s
-        self._waiting: OrderedDict[str, tuple[float, str, str, Any]] = OrderedDict()
-        self._counts = {"matched": 0, "unmatched": 0, "expired": 0, "dropped": 0}
+    def __init__(self, max_size: int = 20_000, ttl_s: float = 3600.0,
+                 segment_size: int = 1_000) -> None:
+        if max_size < 1 or ttl_s <= 0 or segment_size < 1:
+            raise ValueError("max_size and segment_size must be >= 1 and ttl_s > 0")
+        self.max_size, self.ttl_s, self.segment_size = max_size, ttl_s, segment_size
+        self._halvings = 0                    # kept share of event ids: 2 ** -halvings
+        self._changed_at = -math.inf          # event time of the last change of the share
+        self._low_since: float | None = None  # event time since the buffer is under 1/4
+        self._segments: dict[int, dict[int, Entry]] = {}  # oldest first
+        self._where: dict[int, int] = {}      # id hash -> segment
+        self._open = 0                        # the segment new entries go to
+        self._names: dict[str, str] = {}      # one string object per version and cohort
+        self._dirty: set[int] = set()         # segments changed since the last checkpoint
+        self._gone: set[int] = set()          # segments emptied since the last checkpoint
+        self._counts = {"matched": 0, "unmatched": 0, "unsampled": 0, "expired": 0,
+                        "dropped": 0}
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return len(self._where)
+
+    @property
+    def sample_rate(self) -> float:
+        return 2.0 ** -self._halvings
+
+    @property
+    def _limit(self) -> int:
+        return 1 << (63 - self._halvings)
 
     def add(self, event_id: str, ts: float, version: str, cohort: str, prediction: Any) -> None:
-        self._waiting[event_id] = (ts, version, cohort, prediction)
-        if len(self._waiting) > self.max_size:
-            self._waiting.popitem(last=False)
+        h = id_hash(event_id)
+        if h >= self._limit:
+            return
+        if h in self._where:  # the same event again (a replay): keep one
+            self._remove(h)
+        seg = self._segments.get(self._open)
+        if seg is None or len(seg) >= self.segment_size:
+            if seg is not None:
+                self._open += 1
+            seg = self._segments[self._open] = {}
+        names = self._names
+        v, c = names.setdefault(version, version), names.setdefault(cohort, cohort)
+        seg[h] = (ts, v, c, compact_value(prediction))
+        self._where[h] = self._open
+        self._dirty.add(self._open)
+        while len(self._where) > self.max_size:
+            self._halve(ts)
+
+    def _halve(self, ts: float) -> None:
+        self._halvings += 1
+        self._changed_at, self._low_since = ts, None
+        limit = self._limit
+        for h in [h for h in self._where if h >= limit]:
+            self._remove(h)
             self._counts["dropped"] += 1
 
-    def match(self, event_id: str) -> tuple[float, str, str, Any] | None:
-        entry = self._waiting.pop(event_id, None)
-        self._counts["matched" if entry is not None else "unmatched"] += 1
+    def _remove(self, h: int) -> Entry:
+        sid = self._where.pop(h)
+        seg = self._segments[sid]
+        entry = seg.pop(h)
+        self._dirty.add(sid)
+        if not seg and sid != self._open:
+            del self._segments[sid]
+            self._dirty.discard(sid)
+            self._gone.add(sid)
         return entry
+
+    def match(self, event_id: str) -> Entry | None:
+        h = id_hash(event_id)
+        if h >= self._limit:
+            self._counts["unsampled"] += 1
+            return None
+        if h not in self._where:
+            self._counts["unmatched"] += 1
+            return None
+        self._counts["matched"] += 1
+        return self._remove(h)
 
     def expire(self, watermark: float) -> int:
         """Forget predictions older than the TTL (event time); return how many."""
         n = 0
-        while self._waiting:
-            key, (ts, *_) = next(iter(self._waiting.items()))
-            if ts >= watermark - self.ttl_s:
-                break
-            del self._waiting[key]
-            n += 1
+        horizon = watermark - self.ttl_s
+        for sid in list(self._segments):
+            seg = self._segments[sid]
+            old = [h for h, e in seg.items() if e[0] < horizon]
+            for h in old:
+                self._remove(h)
+            n += len(old)
+            if seg:
+                break  # entries arrive in time order: the rest are newer
         self._counts["expired"] += n
+        self._maybe_double(watermark)
         return n
 
-    def stats(self) -> dict[str, int]:
-        return {**self._counts, "waiting": len(self._waiting)}
+    def _maybe_double(self, watermark: float) -> None:
+        if not self._halvings:
+            return
+        if len(self._where) >= self.max_size // 4:
+            self._low_since = None
+        elif self._low_since is None:
+            self._low_since = watermark
+        elif watermark - max(self._low_since, self._changed_at) >= self.ttl_s:
+            self._halvings -= 1
+            self._changed_at, self._low_since = watermark, None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"waiting": [[k, *v] for k, v in self._waiting.items()],
-                "counts": dict(self._counts)}
+    def stats(self) -> dict[str, float]:
+        return {**self._counts, "waiting": len(self._where), "sample_rate": self.sample_rate}
 
-    def load_dict(self, data: dict[str, Any]) -> None:
-        self._waiting = OrderedDict((k, (ts, v, c, p)) for k, ts, v, c, p in data["waiting"])
-        self._counts = {**self._counts, **data["counts"]}
+    # -- checkpoint ------------------------------------------------------------
+
+    def checkpoint(self) -> tuple[dict[str, Any], dict[int, dict[str, Any] | None]]:
+        """The small state (with the model's) and the segments changed since the last
+        call: segment id -> its record, or None for a segment now empty."""
+        changed: dict[int, dict[str, Any] | None] = {sid: None for sid in self._gone}
+        for sid in self._dirty:
+            seg = self._segments.get(sid)
+            if seg is None:
+                changed[sid] = None
+                continue
+            names: dict[tuple[str, str], int] = {}
+            entries = [[h, ts, names.setdefault((v, c), len(names)), p]
+                       for h, (ts, v, c, p) in seg.items()]
+            changed[sid] = {"names": [list(k) for k in names], "entries": entries}
+        self._dirty, self._gone = set(), set()
+        return self.meta(), changed
+
+    def meta(self) -> dict[str, Any]:
+        return {"segments": list(self._segments), "open": self._open,
+                "halvings": self._halvings, "changed_at": _finite(self._changed_at),
+                "low_since": self._low_since, "counts": dict(self._counts)}
+
+    def load(self, meta: dict[str, Any], segments: dict[int, dict[str, Any] | None]) -> None:
+        """Restore from :meth:`checkpoint`'s output (missing segments are skipped)."""
+        self._halvings = int(meta.get("halvings", 0))
+        changed = meta.get("changed_at")
+        self._changed_at = -math.inf if changed is None else float(changed)
+        self._low_since = meta.get("low_since")
+        self._counts = {**self._counts, **meta.get("counts", {})}
+        self._open = int(meta.get("open", 0))
+        self._segments, self._where = {}, {}
+        for sid in meta.get("segments", []):
+            rec = segments.get(int(sid))
+            if rec is None:
+                continue
+            names = [(self._names.setdefault(v, v), self._names.setdefault(c, c))
+                     for v, c in rec["names"]]
+            seg = self._segments[int(sid)] = {}
+            for h, ts, k, p in rec["entries"]:
+                if h not in self._where:
+                    seg[h] = (ts, *names[k], p)
+                    self._where[h] = int(sid)
+        self._dirty, self._gone = set(), set()
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 class PerformanceCheck:

@@ -105,11 +105,16 @@ class QualityDetector:
         Expected events between false alarms per issue.
     min_excess
         Smallest rate above the reference rate worth an alert.
+    max_unknown
+        Unknown feature names remembered per window (each cut to 128
+        characters); events with any unknown feature are counted whatever
+        their names, so the state stays small whatever a producer sends.
     """
 
     def __init__(self, model: str, version: str, specs: list[FeatureSpec], window: int = 2000,
                  run_length: float = 60_480_000, min_excess: float = 0.01,
-                 cohort: str = "stable", severity: str = "warning") -> None:
+                 cohort: str = "stable", severity: str = "warning",
+                 max_unknown: int = 20) -> None:
         if window < 1 or run_length <= window:
             raise ValueError("need window >= 1 and run_length > window")
         if not 0 <= min_excess < 1:
@@ -120,10 +125,13 @@ class QualityDetector:
         self.run_length = run_length
         self.min_excess = min_excess
         self.severity = severity
+        self.max_unknown = max_unknown
         self.alpha = window / run_length
         self._n = 0
         self._counts: dict[str, dict[str, int]] = {}
-        self._unknown: dict[str, int] = {}
+        self._unknown: dict[str, int] = {}   # the first max_unknown names, and their events
+        self._unknown_events = 0             # events with any unknown feature
+        self._unknown_more = False           # more names than were remembered
 
     def columns(self, features: list[dict[str, Any] | None]) -> FeatureColumns:
         """The columns this detector reads (when no other check extracted them)."""
@@ -145,6 +153,7 @@ class QualityDetector:
             if self._n == self.window:
                 out.extend(self._evaluate(float(ts[pos - 1])))
                 self._n, self._counts, self._unknown = 0, {}, {}
+                self._unknown_events, self._unknown_more = 0, False
         return out
 
     def _count(self, cols: FeatureColumns, a: int, b: int) -> None:
@@ -167,10 +176,20 @@ class QualityDetector:
                 c["type_mismatch"] += sum(type(v) in (dict, list) for v in values
                                           if v is not None and type(v) is not str)
         if cols.extra:
-            extra = cols.extra
+            extra, known = cols.extra, self._unknown
             for f in cols.events[a:b]:
-                for name in extra.intersection(f):
-                    self._unknown[name] = self._unknown.get(name, 0) + 1
+                names = extra.intersection(f)
+                if not names:
+                    continue
+                self._unknown_events += 1
+                for name in names:
+                    name = name[:128]
+                    if name in known:
+                        known[name] += 1
+                    elif len(known) < self.max_unknown:
+                        known[name] = 1
+                    else:
+                        self._unknown_more = True
 
     def _significant(self, count: int, expected: float) -> tuple[bool, float]:
         rate = count / self.window
@@ -193,12 +212,18 @@ class QualityDetector:
                     "reference_rate": round(expected, 6), "count": c[issue],
                     "p_value": p}, f"feature '{name}': {issue.replace('_', ' ')} "
                        f"{c[issue] / self.window:.1%} vs {expected:.1%} in training"))
-        unknown = sorted(n for n, k in self._unknown.items() if k / self.window > self.min_excess)
-        out.append(self._signal("schema:unknown_features", bool(unknown), ts, {
+        share = self._unknown_events / self.window
+        names = sorted(self._unknown, key=lambda n: (-self._unknown[n], n))
+        unknown = [n for n in names if self._unknown[n] / self.window > self.min_excess]
+        active = share > self.min_excess
+        shown = ", ".join(unknown[:5] or names[:5]) or "none"
+        more = " and others" if self._unknown_more or len(unknown) > 5 else ""
+        out.append(self._signal("schema:unknown_features", active, ts, {
             "issue": "unknown_features", "statistic": "features_not_in_reference",
             "value": len(unknown), "threshold": 0, "features": unknown[:20],
-            "counts": {n: self._unknown[n] for n in unknown[:20]}},
-            f"features not in the training profile: {', '.join(unknown[:5]) or 'none'}"))
+            "counts": {n: self._unknown[n] for n in names[:20]},
+            "events_share": round(share, 5), "names_truncated": self._unknown_more},
+            f"features not in the training profile: {shown}{more}"))
         return out
 
     def _signal(self, part: str, active: bool, ts: float, details: dict[str, Any],
@@ -215,9 +240,12 @@ class QualityDetector:
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self._n, "counts": {k: dict(v) for k, v in self._counts.items()},
-                "unknown": dict(self._unknown)}
+                "unknown": dict(self._unknown), "unknown_events": self._unknown_events,
+                "unknown_more": self._unknown_more}
 
     def load_dict(self, data: dict[str, Any]) -> None:
         self._n = int(data["n"])
         self._counts = {k: dict(v) for k, v in data["counts"].items()}
-        self._unknown = dict(data["unknown"])
+        self._unknown = dict(list(data["unknown"].items())[:self.max_unknown])
+        self._unknown_events = int(data.get("unknown_events", 0))
+        self._unknown_more = bool(data.get("unknown_more", False))

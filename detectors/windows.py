@@ -183,6 +183,13 @@ class TumblingWindows:
         """Close every open window now (the model went idle, or shuts down)."""
         return self._close(lambda start: True)
 
+    def drop_series(self, version: str, cohort: str) -> int:
+        """Forget the open windows of one series (its state is evicted); return how many."""
+        keys = [k for k in self._open if k[0] == version and k[1] == cohort]
+        for k in keys:
+            del self._open[k]
+        return len(keys)
+
     def _close(self, ready: Any) -> list[WindowStats]:
         done = sorted((k for k in self._open if ready(k[2])), key=lambda k: (k[2], k[0], k[1]))
         out = []

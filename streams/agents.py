@@ -1,10 +1,20 @@
 """Faust agents: move bytes between Kafka and :class:`~streams.pipeline.PredictionPipeline`.
 
-Per micro-batch (``worker.batch_max`` messages or ``worker.batch_within_s``):
-parse and process everything at once, publish dead letters, window statistics
-and alerts, then write one checkpoint per model touched into the
-changelog-backed state table, on the partition the model's events came from.
-A timer runs the wall-clock checks (outage, idle windows, expiry).
+Per micro-batch (``worker.batch_max`` messages or ``worker.batch_within_s``),
+in slices of about ``worker.slice_bytes`` of input (yielding to timers, the
+web page and rebalances between slices): parse and process everything at
+once, publish dead letters, window statistics and alerts, then write the state
+changed into the changelog-backed state table, on the partition the model's
+events came from (:mod:`streams.state`: size-checked, split when large, only
+when changed). A timer runs the wall-clock checks (outage, idle windows,
+expiry).
+
+Nothing here lets one input, one model or one record stop the worker: every
+output is encoded and size-checked before it is sent (an output that cannot be
+is logged and counted, ``sentinelle_outputs_dropped_total``), timers and
+followers catch and count their errors, and no prediction is judged, nor any
+alert released, before the reference profiles and the silences have been read
+to their end.
 """
 
 from __future__ import annotations
@@ -12,78 +22,168 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import faust
 import orjson
 from faust.types import TP, EventT
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import Counter as PromCounter
 
 from alerting.manager import Silence
 from streams.app import Sentinelle
 from streams.follow import follow_topic
-from streams.metrics import make_metrics
+from streams.metrics import Metrics, make_metrics
 from streams.operations import OpsOutbox, OpsPipeline
 from streams.parse import DeadLetter, raw_text
 from streams.pipeline import InMessage, Outbox, PredictionPipeline
 from streams.references import InvalidProfile, ReferenceStore
+from streams.state import Checkpointer, read
 
 __all__ = ["register"]
 
 log = logging.getLogger("sentinelle.worker")
 
+MAX_ALERT_BYTES = 512 * 1024  # the contract's bound on one ml.alerts message
+
+
+def slices(events: Sequence[EventT], max_bytes: int) -> Iterator[Sequence[EventT]]:
+    """Consecutive runs of ``events`` of about ``max_bytes`` of input each."""
+    start, size = 0, 0
+    for i, e in enumerate(events):
+        size += len(e.message.value or b"")
+        if size >= max_bytes:
+            yield events[start:i + 1]
+            start, size = i + 1, 0
+    if start < len(events):
+        yield events[start:]
+
+
+def export_counts(counter: PromCounter, counts: Counter[str], last: dict[str, int]) -> None:
+    """Add what a plain counter gained since the last call to a Prometheus counter."""
+    for name, n in counts.items():
+        if n > last.get(name, 0):
+            counter.labels(name).inc(n - last.get(name, 0))
+            last[name] = n
+
+
+class _StateWriter:
+    """Writes one state table's records through a :class:`Checkpointer`."""
+
+    def __init__(self, table: Any, name: str, metrics: Metrics, chunk_bytes: int) -> None:
+        self.table, self.name, self.metrics = table, name, metrics
+        self.checkpointer = Checkpointer(chunk_bytes)
+
+    def saved(self, key: str) -> dict[str, Any] | None:
+        return read(self.table.data, key)
+
+    def write(self, partition: int, key: str, value: dict[str, Any] | None) -> None:
+        # One changelog record per key changed, on the key's own partition, sent
+        # as encoded bytes. (Faust's ``table[key] = value`` would take the
+        # partition from the current event, which a micro-batch does not have.)
+        try:
+            writes = self.checkpointer.writes(partition, key, value, self.table.data)
+        except Exception:
+            log.exception("state %r cannot be encoded; not written", key[:120])
+            self.metrics.guards.labels("state_unencodable").inc()
+            return
+        if not writes:
+            self.metrics.state_writes.labels(self.name, "unchanged").inc()
+            return
+        for w in writes:
+            if w.data is None:
+                self.table.data.pop(w.key, None)
+            else:
+                self.table.data[w.key] = w.data
+            self.table.send_changelog(w.partition, w.key, w.value, value_serializer="raw")
+        self.metrics.state_writes.labels(self.name, "written").inc(len(writes))
+        if len(writes) > 2:
+            self.metrics.state_writes.labels(self.name, "chunked").inc()
+        self.metrics.state_largest.set(self.checkpointer.largest)
+
+    def forget(self, keys: list[str]) -> None:
+        self.checkpointer.forget(keys)
+
 
 def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> PredictionPipeline:
-    """Attach Sentinelle's agents, timer and web pages to ``s.app``."""
+    """Attach Sentinelle's agents, timers, followers and web pages to ``s.app``."""
     app, settings = s.app, s.settings
+    lim = settings.limits
     registry = registry or CollectorRegistry()
     metrics = make_metrics(registry)
-    references = ReferenceStore(settings.skew, settings.drift.baseline_factor)
-    references_loaded = asyncio.Event()
+    references = ReferenceStore(settings.skew, settings.drift.baseline_factor,
+                                lim.max_profile_features, lim.max_profile_bins)
+    references_loaded, silences_loaded = asyncio.Event(), asyncio.Event()
     silences: dict[str, Silence] = {}  # shared by every model's alert manager
     servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
-    pipeline = PredictionPipeline(settings, s.predictions.get_topic_name(), references,
-                                  silences=silences)
     topic_name = s.predictions.get_topic_name()
+    pipeline = PredictionPipeline(settings, topic_name, references, silences=silences)
     ops = OpsPipeline(settings, s.pool_usage.get_topic_name(), references, silences)
+    chunk = int(lim.max_record_bytes * 0.6)  # base64 makes a chunk 4/3 larger
+    models = _StateWriter(s.state, "model-state", metrics, chunk)
+    operations = _StateWriter(s.ops_state, "ops-state", metrics, chunk)
+    exported: tuple[dict[str, int], dict[str, int]] = ({}, {})  # what was already counted
 
-    def saved(model: str) -> dict[str, Any] | None:
-        value = s.state.data.get(model)
-        return value if isinstance(value, dict) else None
+    def encode(kind: str, rec: Any, limit: int) -> bytes | None:
+        try:
+            data = orjson.dumps(rec)
+        except TypeError as exc:  # cannot be JSON (never from a parsed input; a safety net)
+            log.error("%s not published: it cannot be encoded (%s)", kind, exc)
+            metrics.outputs_dropped.labels(kind, "unencodable").inc()
+            return None
+        if len(data) > limit:
+            log.error("%s not published: %d bytes > %d", kind, len(data), limit)
+            metrics.outputs_dropped.labels(kind, "oversized").inc()
+            return None
+        return data
 
-    def checkpoint(partition: int, model: str, value: dict[str, Any] | None,
-                   table: Any = None) -> None:
-        # One changelog write per model per micro-batch, on the model's own
-        # partition. (Faust's ``table[key] = value`` would take the partition from
-        # the current event, which a micro-batch of many events does not have.)
-        table = s.state if table is None else table
-        if value is None:
-            table.data.pop(model, None)
-            table.send_changelog(partition, model, None, value_serializer="raw")
-        else:
-            table.data[model] = value
-            table.send_changelog(partition, model, value)
+    async def send(topic: faust.TopicT, kind: str, key: bytes | None, rec: Any,
+                   limit: int = lim.max_record_bytes) -> None:
+        data = encode(kind, rec, limit)
+        if data is None:
+            return
+        try:
+            await topic.send(key=key, value=data)
+        except Exception:
+            log.exception("%s not published: the send failed", kind)
+            metrics.outputs_dropped.labels(kind, "send_failed").inc()
 
-    async def publish(box: Outbox) -> None:
+    async def publish(box: Outbox | OpsOutbox) -> None:
         for rec in box.deadletters:
             metrics.deadletters.labels(rec["topic"], rec["reason"].split(":", 1)[0]).inc()
-            await s.deadletter.send(key=None, value=orjson.dumps(rec))
-        for model, rec in box.stats:
+            await send(s.deadletter, "deadletter", None, rec)
+        for model, rec in getattr(box, "stats", ()):
             metrics.windows.inc()
-            await s.stats.send(key=model.encode(), value=orjson.dumps(rec))
+            await send(s.stats, "stats", model.encode(), rec)
         for key, alert in box.alerts:
             metrics.alerts.labels(alert["payload"]["class"], alert["event_action"]).inc()
             log.info("alert %s %s: %s", alert["event_action"], key, alert["payload"]["summary"])
-            await s.alerts.send(key=alert["payload"]["component"].encode(),
-                                value=orjson.dumps(alert))
+            await send(s.alerts, "alert", alert["payload"]["component"].encode(), alert,
+                       min(MAX_ALERT_BYTES, lim.max_record_bytes))
         for model, command in box.commands:
             metrics.commands.labels(command["action"]).inc()
             log.info("command %s: %s", command["command_id"], command["reason"])
-            await s.commands.send(key=model.encode(), value=orjson.dumps(command))
-        for partition, model, value in box.checkpoints:
-            checkpoint(partition, model, value)
+            await send(s.commands, "command", model.encode(), command)
+        writer = models if isinstance(box, Outbox) else operations
+        for partition, key, value in box.checkpoints:
+            writer.write(partition, key, value)
+        if isinstance(box, OpsOutbox):
+            for pool, points in box.pool_usage:  # re-keyed by pool: one message per pool
+                await send(s.pool_usage, "pool_usage", pool.encode(), points)
+        export_counts(metrics.guards, pipeline.counts, exported[0])
+        export_counts(metrics.guards, ops.counts, exported[1])
         metrics.models.set(len(pipeline.monitors))
+
+    async def ready() -> None:
+        """Never judge serving data before its profile, nor alert before the silences."""
+        await references_loaded.wait()
+        await silences_loaded.wait()
+
+    def messages_of(events: Sequence[EventT]) -> list[InMessage]:
+        return [InMessage(e.message.value, e.message.partition, e.message.offset,
+                          e.message.topic, e.message.key) for e in events]
 
     @app.agent(s.inputs, name="sentinelle.watch_predictions")
     async def watch_predictions(stream: faust.StreamT) -> None:
@@ -91,8 +191,28 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
         batches = stream.take_events  # type: ignore[attr-defined]
         async for events in batches(settings.worker.batch_max,
                                     within=settings.worker.batch_within_s):
-            await references_loaded.wait()  # never judge serving data before its profile
-            await handle(events)
+            await ready()
+            for part in slices(events, settings.worker.slice_bytes):
+                messages = messages_of(part)
+                metrics.messages.labels("inputs").inc(len(messages))
+                box = pipeline.process_safely(messages, time.time(), models.saved)
+                metrics.events.labels(topic_name).inc(box.events)
+                await publish(box)
+                await asyncio.sleep(0)  # let timers, the web page and rebalances in
+
+    @app.agent(s.operations, name="sentinelle.watch_operations")
+    async def watch_operations(stream: faust.StreamT) -> None:
+        batches = stream.take_events  # type: ignore[attr-defined]
+        async for events in batches(settings.worker.batch_max,
+                                    within=settings.worker.batch_within_s):
+            await ready()  # validation skew needs the training profiles
+            for part in slices(events, settings.worker.slice_bytes):
+                messages = messages_of(part)
+                metrics.messages.labels("operations").inc(len(messages))
+                box = ops.process(messages, time.time(), operations.saved)
+                metrics.events.labels("operations").inc(box.events)
+                await publish(box)
+                await asyncio.sleep(0)
 
     @app.task
     async def follow_references() -> None:
@@ -103,82 +223,80 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
     @app.task
     async def follow_silences() -> None:
         """Every silence, shared by the alert managers of all the models."""
-        await follow_topic(servers, settings.topics.silences, load_silence, asyncio.Event())
+        await follow_topic(servers, settings.topics.silences, load_silence, silences_loaded)
+
+    async def dead(topic: str, partition: int, offset: int, reason: str,
+                   value: bytes | None) -> None:
+        rec = DeadLetter(reason, raw_text(value or b"")).to_record(topic, partition, offset)
+        await publish(Outbox(deadletters=[rec]))
 
     async def load_silence(key: bytes | None, value: bytes | None, partition: int,
                            offset: int) -> None:
+        topic = settings.topics.silences
         sid = (key or b"").decode(errors="replace")
         if value is None:
             silences.pop(sid, None)
             return
         try:
             silence = Silence.from_dict(orjson.loads(value))
-        except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
-            rec = DeadLetter(f"bad_value: not a silence: {exc}", raw_text(value)).to_record(
-                settings.topics.silences, partition, offset)
-            await publish(Outbox(deadletters=[rec]))
+        except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            await dead(topic, partition, offset, f"bad_value: not a silence: {exc}", value)
             return
+        if silence.id not in silences and len(silences) >= lim.max_silences:
+            now = time.time()
+            for old in [k for k, v in silences.items() if v.ends_at <= now]:
+                del silences[old]  # expired: no longer holds anything back
+            if len(silences) >= lim.max_silences:
+                metrics.guards.labels("refused_silences").inc()
+                await dead(topic, partition, offset, f"over_capacity: limits.max_silences "
+                           f"({lim.max_silences}) silences are active", value)
+                return
         silences[silence.id] = silence
         log.info("silence %s: %s until %s", silence.id, silence.matchers, silence.ends_at)
 
     async def load_reference(key: bytes | None, value: bytes | None, partition: int,
                              offset: int) -> None:
+        topic = settings.topics.references
         if value is None:  # a tombstone: the profile was withdrawn
             model, _, version = (key or b"").decode(errors="replace").partition(":")
             references.remove(model, version)
             return
         try:
-            references.add(orjson.loads(value))
+            doc = orjson.loads(value)
+            # Calibration is CPU work (a bootstrap per feature): off the event loop.
+            ref = await asyncio.to_thread(references.prepare, doc)
         except (orjson.JSONDecodeError, InvalidProfile) as exc:
             reason = str(exc) if isinstance(exc, InvalidProfile) else f"not_json: {exc}"
-            rec = DeadLetter(reason, raw_text(value)).to_record(
-                settings.topics.references, partition, offset)
-            await publish(Outbox(deadletters=[rec]))
-
-    async def handle(events: Sequence[EventT]) -> None:
-        messages = [InMessage(e.message.value, e.message.partition, e.message.offset,
-                              e.message.topic) for e in events]
-        metrics.messages.labels("inputs").inc(len(messages))
-        box = pipeline.process_safely(messages, time.time(), saved)
-        metrics.events.labels(topic_name).inc(box.events)
-        await publish(box)
-
-    def saved_ops(key: str) -> dict[str, Any] | None:
-        value = s.ops_state.data.get(key)
-        return value if isinstance(value, dict) else None
-
-    async def publish_ops(box: OpsOutbox) -> None:
-        await publish(Outbox(deadletters=box.deadletters, alerts=box.alerts,
-                             commands=box.commands))
-        for pool, points in box.pool_usage:  # re-keyed by pool: one message per pool
-            await s.pool_usage.send(key=pool.encode(), value=orjson.dumps(points))
-        for partition, key, value in box.checkpoints:
-            checkpoint(partition, key, value, s.ops_state)
-
-    @app.agent(s.operations, name="sentinelle.watch_operations")
-    async def watch_operations(stream: faust.StreamT) -> None:
-        batches = stream.take_events  # type: ignore[attr-defined]
-        async for events in batches(settings.worker.batch_max,
-                                    within=settings.worker.batch_within_s):
-            await references_loaded.wait()  # validation skew needs the training profiles
-            messages = [InMessage(e.message.value, e.message.partition, e.message.offset,
-                                  e.message.topic) for e in events]
-            metrics.messages.labels("operations").inc(len(messages))
-            box = ops.process(messages, time.time(), saved_ops)
-            metrics.events.labels("operations").inc(box.events)
-            await publish_ops(box)
+            await dead(topic, partition, offset, reason, value)
+            return
+        except Exception as exc:
+            log.exception("reference %d/%d cannot be used", partition, offset)
+            metrics.guards.labels("follower_errors").inc()
+            await dead(topic, partition, offset,
+                       f"internal_error: {type(exc).__name__}: {exc}"[:500], value)
+            return
+        references.put(ref)
 
     @app.timer(settings.worker.tick_s, name="sentinelle.ops_wall_clock_checks")
     async def ops_wall_clock_checks() -> None:
-        await publish_ops(ops.tick(time.time(), list(s.ops_state.data.items())))
+        try:
+            await publish(ops.tick(time.time(), list(s.ops_state.data.items()),
+                                   operations.saved))
+        except Exception:
+            log.exception("the operations' wall-clock checks failed; trying again next tick")
+            metrics.guards.labels("tick_errors").inc()
 
     @app.timer(settings.worker.tick_s, name="sentinelle.wall_clock_checks")
     async def wall_clock_checks() -> None:
-        items: Iterable[tuple[str, Any]] = list(s.state.data.items())
-        await publish(pipeline.tick(time.time(), items))
-        for model, mon in pipeline.monitors.items():
-            for outcome, n in mon.labels.stats().items():
-                metrics.labels.labels(model, outcome).set(n)
+        try:
+            await publish(pipeline.tick(time.time(), list(s.state.data.items()), models.saved))
+            metrics.labels.clear()  # models no longer held leave the page
+            for model, mon in pipeline.monitors.items():
+                for outcome, n in mon.labels.stats().items():
+                    metrics.labels.labels(model, outcome).set(n)
+        except Exception:
+            log.exception("the wall-clock checks failed; trying again next tick")
+            metrics.guards.labels("tick_errors").inc()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
@@ -188,10 +306,12 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
         parts = {tp.partition for tp in revoked if tp.topic in ours}
         pipeline.revoke(parts)
         ops.revoke(parts)
-        for table in (s.state, s.ops_state):
-            for key, value in list(table.data.items()):
-                if isinstance(value, dict) and value.get("partition") in parts:
-                    table.data.pop(key, None)
+        for table, writer in ((s.state, models), (s.ops_state, operations)):
+            gone = [key for key, value in list(table.data.items())
+                    if isinstance(value, dict) and value.get("partition") in parts]
+            for key in gone:
+                table.data.pop(key, None)
+            writer.forget(gone)
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:

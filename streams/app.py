@@ -15,7 +15,17 @@ import faust
 
 from streams.config import Settings
 
-__all__ = ["Sentinelle", "create_app", "broker_urls", "pool_topic_name"]
+__all__ = ["Sentinelle", "create_app", "broker_urls", "pool_topic_name", "topic_max_bytes"]
+
+#: Room for a record's key, headers and batch framing above its value.
+RECORD_OVERHEAD = 64 * 1024
+
+
+def topic_max_bytes(settings: Settings) -> int:
+    """``max.message.bytes`` of every topic Sentinelle creates (changelogs included), and
+    its producer's ``max_request_size``: set together, from ``limits.max_record_bytes``,
+    so a record the worker accepts to write is one the broker accepts to store."""
+    return settings.limits.max_record_bytes + RECORD_OVERHEAD
 
 
 def pool_topic_name(settings: Settings) -> str:
@@ -76,15 +86,19 @@ def create_app(settings: Settings) -> Sentinelle:
         web_port=w.web_port or 6066,
         web_bind=w.web_host,
         web_in_thread=False,
+        producer_max_request_size=topic_max_bytes(settings),
     )
+    table_configs = {"max.message.bytes": str(topic_max_bytes(settings))}
 
     def raw(*names: str) -> faust.TopicT:
         return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
                          value_serializer="raw", partitions=k.partitions)
 
-    state = app.Table("model-state", partitions=k.partitions, help="ModelMonitor checkpoints")
+    state = app.Table("model-state", partitions=k.partitions, help="ModelMonitor checkpoints",
+                      extra_topic_configs=table_configs)
     ops_state = app.Table("ops-state", partitions=k.partitions,
-                          help="pipeline, metric source and pool checkpoints")
+                          help="pipeline, metric series and pool checkpoints",
+                          extra_topic_configs=table_configs)
     pool = pool_topic_name(settings)
     return Sentinelle(app=app, settings=settings,
                       inputs=raw(t.predictions, t.feedback, t.deployments, t.approvals),

@@ -101,12 +101,14 @@ class EmbeddedBroker:
 
 async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int,
                         replication_factor: int = 1, compacted: Iterable[str] = (),
-                        timeout: float = 30.0) -> None:
+                        timeout: float = 30.0, max_message_bytes: int | None = None) -> None:
     """Create the topics that do not exist yet (idempotent).
 
     Topics are created explicitly, never by a producer's first send: a broker's
     auto-created topic may get a different partition count, and the state table's
     changelog must have exactly as many partitions as the input topic.
+    ``max_message_bytes`` sets their ``max.message.bytes`` (see
+    :func:`streams.app.topic_max_bytes`).
     """
     compact = set(compacted)
     deadline = time.monotonic() + timeout
@@ -122,9 +124,11 @@ async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions
             await asyncio.sleep(0.2)
     try:
         existing = set(await admin.list_topics())
+        sized = {} if max_message_bytes is None else {"max.message.bytes": str(max_message_bytes)}
         wanted = [
             NewTopic(n, partitions, replication_factor,
-                     topic_configs={"cleanup.policy": "compact"} if n in compact else {})
+                     topic_configs={**sized, **({"cleanup.policy": "compact"} if n in compact
+                                                else {})})
             for n in dict.fromkeys(names) if n not in existing
         ]
         if wanted:

@@ -71,14 +71,15 @@ def worker(config_path: str | None, bootstrap_servers: str | None, loglevel: str
     from faust import Worker
 
     from streams.agents import register
-    from streams.app import create_app, pool_topic_name
+    from streams.app import create_app, pool_topic_name, topic_max_bytes
     from streams.broker import ensure_topics
 
     servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
     t = settings.topics
     asyncio.run(ensure_topics(servers, [*t.all(), pool_topic_name(settings)],
                               settings.kafka.partitions,
-                              settings.kafka.replication_factor, compacted=t.compacted()))
+                              settings.kafka.replication_factor, compacted=t.compacted(),
+                              max_message_bytes=topic_max_bytes(settings)))
     s = create_app(settings)
     register(s)
     Worker(s.app, loglevel=loglevel).execute_from_commandline()
@@ -304,7 +305,9 @@ def _bridge(settings: Settings, name: str, url: str, rate: float,
                              f"{settings.worker.app_id}-bridge-{name}",
                              http_poster(session, url), body_of, rate)
 
-    click.echo(f"forwarding {settings.topics.alerts} to {name} ({url.split('?')[0]})")
+    from alerting.bridge import redact_url
+
+    click.echo(f"forwarding {settings.topics.alerts} to {name} ({redact_url(url)})")
     try:
         asyncio.run(go())
     except KeyboardInterrupt:
@@ -466,7 +469,8 @@ def controller(state_path: str, starts: tuple[str, ...], environment: str | None
         await ensure_topics(servers, t.all(), settings.kafka.partitions,
                             settings.kafka.replication_factor, compacted=t.compacted())
         await run_controller(servers, t.commands, t.deployments, Path(state_path),
-                             f"{settings.worker.app_id}-controller", parsed, environment)
+                             f"{settings.worker.app_id}-controller", parsed, environment,
+                             deadletter_topic=t.deadletter)
 
     click.echo(f"applying {t.commands} to {state_path}; announcing on {t.deployments}")
     try:

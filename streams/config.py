@@ -82,17 +82,49 @@ class WorkerSettings(_Section):
         3600.0, gt=0, description="forget a (version, cohort) quiet this long (wall clock)")
     model_ttl_s: float = Field(
         86400.0, gt=0, description="forget a model quiet this long; resolves its alerts")
+    max_models: int = Field(
+        10_000, ge=1, description="models one worker holds; a new one evicts the least recently "
+                                  "seen if it is idle (idle_close_s), else is dead-lettered")
+    max_series: int = Field(
+        64, ge=1, description="(version, cohort) series per model, with the same eviction rule")
+    max_operations: int = Field(
+        10_000, ge=1, description="pipelines, metric series and quota pools one worker holds")
+    slice_bytes: int = Field(
+        2_000_000, ge=1, description="a micro-batch is processed in slices of about this many "
+                                     "input bytes, yielding to timers and rebalances between")
 
 
 class LimitSettings(_Section):
-    max_message_bytes: int = Field(1_000_000, ge=1)
-    max_batch_events: int = Field(10_000, ge=1)
+    """Bounds on what is read and written; see the README's "Limits and guarantees"."""
+
+    max_message_bytes: int = Field(1_000_000, ge=1, description="largest input message read")
+    max_batch_events: int = Field(10_000, ge=1, description="events in one batch message")
+    max_record_bytes: int = Field(
+        1_000_000, ge=10_000,
+        description="largest record written (state, alerts, stats, dead letters): the "
+                    "producer's max_request_size and the created topics' max.message.bytes "
+                    "follow it; larger state is split, a larger output skipped and counted")
+    max_id_chars: int = Field(256, ge=8, description="longest model, version, cohort, event id, "
+                                                      "pipeline, source, metric or feature name")
+    max_features: int = Field(1_000, ge=1, description="features in one prediction event")
+    max_future_s: float = Field(600.0, gt=0, description="refuse event times further ahead of "
+                                                         "the worker's clock")
+    max_unknown_features: int = Field(
+        20, ge=1, description="unknown feature names remembered (the rest are only counted)")
+    max_silences: int = Field(1_000, ge=1, description="silences held; more are dead-lettered")
+    max_profile_features: int = Field(1_000, ge=1, description="features in one reference "
+                                                               "profile")
+    max_profile_bins: int = Field(1_000, ge=2, description="bins or categories of one profiled "
+                                                           "feature")
 
 
 class WindowSettings(_Section):
     size_s: float = Field(60.0, gt=0)
     allowed_lateness_s: float = Field(10.0, ge=0)
     percentile_accuracy: float = Field(0.01, gt=0, lt=1)
+    late_alert_share: float = Field(
+        0.05, gt=0, le=1, description="data_quality alert when more of a window's events arrive "
+                                      "late (a producer's clock or a stuck queue)")
 
 
 class LatencySettings(_Section):
@@ -191,7 +223,8 @@ class LabelSettings(_Section):
     """Ground truth from ``ml.feedback``, joined to predictions by ``event_id``."""
 
     enabled: bool = True
-    join_max: int = Field(20_000, ge=1, description="predictions kept per model awaiting a label")
+    join_max: int = Field(20_000, ge=1, description="predictions kept per model awaiting a "
+                                                     "label; past it, a hash sample is kept")
     join_ttl_s: float = Field(3600.0, gt=0, description="event time a prediction waits")
     join_checkpoint_s: float = Field(30.0, gt=0,
                                      description="wall-clock period of the join-buffer checkpoint")
@@ -204,17 +237,26 @@ class LabelSettings(_Section):
 
 
 class AlertSettings(_Section):
-    """The alert manager (``alerting/manager.py``); Alertmanager's defaults where they apply."""
+    """The alert manager (``alerting/manager.py``); Alertmanager's defaults where they apply.
+
+    Field for field ``alerting.manager.ManagerSettings``, which the worker builds from it.
+    """
 
     for_s: float = Field(0.0, ge=0, description="a condition must hold this long to fire")
     hysteresis: float = Field(0.05, ge=0, lt=1,
                               description="resolve only this share of the threshold past it")
+    keep_firing_for_s: float = Field(
+        600.0, ge=0, description="a firing alert resolves once its condition has been clear "
+        "this long (not outage, burn-rate, pipeline and other self-resolving alerts)")
     flap_window_s: float = Field(600.0, gt=0)
     flap_changes: int = Field(4, ge=2, description="state changes in the window that mean flapping")
     flap_hold_s: float = Field(600.0, ge=0,
                                description="quiet time before a flapping alert resolves")
     group_wait_s: float = Field(30.0, ge=0)
     repeat_interval_s: float = Field(4 * 3600.0, gt=0)
+    max_alerts: int = Field(
+        10_000, ge=1, description="alert keys kept per model (or pipeline, pool, metric "
+        "source); a new key beyond it is refused, logged and counted")
 
 
 class CanarySettings(_Section):
@@ -240,6 +282,11 @@ class CanarySettings(_Section):
     pause_models: tuple[str, ...] = Field(
         (), description="models whose failed canary is paused, not rolled back")
     severity: str = "critical"
+    announced_ttl_s: float = Field(
+        86400.0, gt=0,
+        description="keep a model's state this long (wall clock, from the ts of the latest "
+                    "ml.deployments record) while a rollout announced there waits for its "
+                    "traffic, however quiet the model is")
 
     @field_validator("ladder")
     @classmethod
@@ -270,6 +317,7 @@ class PipelineSettings(_Section):
     run_ttl_s: float = Field(2 * 86400.0, gt=0, description="forget a run silent this long")
     pipeline_ttl_s: float = Field(30 * 86400.0, gt=0,
                                   description="forget a pipeline quiet this long")
+    max_runs: int = Field(1_000, ge=1, description="runs in flight remembered per pipeline")
 
 
 class QuotaSettings(_Section):
@@ -309,6 +357,8 @@ class MetricAnomalySettings(_Section):
                                    description="resolve after this long back to normal")
     severity: str = "warning"
     series_ttl_s: float = Field(7 * 86400.0, gt=0, description="forget a series quiet this long")
+    max_metrics_per_source: int = Field(256, ge=1, description="metrics watched per source; "
+                                                               "more are dead-lettered")
 
 
 class Settings(BaseSettings):

@@ -70,8 +70,8 @@ def demo_config(prefix: str = "") -> dict[str, Any]:
         "skew": {"window_events": 400, "hop_events": 100, "run_length_events": 1_000_000},
         "quality": {"window_events": 200},
         "drift": {"baseline_factor": 1},  # 400 recent values against the 400 before
-        # a flapping alert resolves after 15 s of quiet (10 min in production)
-        "alerts": {"flap_window_s": 120, "flap_hold_s": 15},
+        # an alert resolves after 15 s of quiet (10 min in production)
+        "alerts": {"flap_window_s": 120, "flap_hold_s": 15, "keep_firing_for_s": 15},
         # canaries at 5 % of 200 events/s: ~50 requests per 5 s window; approvals above 25 %
         "canary": {"min_requests": 25, "pass_windows": 2, "fail_windows": 2, "cooldown_s": 5,
                    "approval_above": 25},

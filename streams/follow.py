@@ -5,6 +5,12 @@ may land on any worker, so each worker reads these topics whole, from the
 beginning, and keeps following them. ``loaded`` is set once the topic has been
 read to its end at start (or when reading fails: the worker goes on without it,
 says so, and tries again).
+
+A record that its handler cannot use is the handler's to dead-letter; should
+the handler raise anyway, the record is logged and skipped. Reading resumes
+after a broken connection from the last record handled, never from the start,
+so one bad record can neither stop the follower nor make it read the topic
+again in a loop.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 __all__ = ["follow_topic", "read_all"]
 
@@ -23,23 +29,27 @@ OnRecord = Callable[[bytes | None, bytes | None, int, int], Awaitable[None]]
 
 
 async def follow_topic(servers: str, topic: str, on_record: OnRecord,
-                       loaded: asyncio.Event, retry_s: float = 5.0) -> None:
+                       loaded: asyncio.Event, retry_s: float = 5.0,
+                       consumer_options: dict[str, object] | None = None) -> None:
     """Call ``on_record(key, value, partition, offset)`` for every record, forever."""
+    positions: dict[int, int] = {}  # partition -> next offset to read
     while True:
         try:
-            await _read(servers, topic, on_record, loaded)
+            await _read(servers, topic, on_record, loaded, positions, consumer_options or {})
         except asyncio.CancelledError:
             raise
         except Exception:  # the broker or the topic: log, keep serving, retry
-            log.exception("cannot read %s; retrying in %.0f s", topic, retry_s)
+            log.exception("cannot read %s; retrying in %.0f s (from where it stopped)", topic,
+                          retry_s)
             loaded.set()
             await asyncio.sleep(retry_s)
 
 
-async def _start(servers: str, topic: str) -> AIOKafkaConsumer:
+async def _start(servers: str, topic: str,
+                 options: dict[str, object] | None = None) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, group_id=None,
                                 auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=8 * 1024 * 1024)
+                                max_partition_fetch_bytes=8 * 1024 * 1024, **(options or {}))
     await consumer.start()
     while not consumer.assignment():  # partitions are known once metadata arrives
         await consumer.getmany(timeout_ms=100)
@@ -61,21 +71,37 @@ async def read_all(servers: str, topic: str) -> list[tuple[bytes | None, bytes |
         await consumer.stop()
 
 
-async def _read(servers: str, topic: str, on_record: OnRecord, loaded: asyncio.Event) -> None:
-    consumer = await _start(servers, topic)
+async def _read(servers: str, topic: str, on_record: OnRecord, loaded: asyncio.Event,
+                positions: dict[int, int], options: dict[str, object]) -> None:
+    consumer = await _start(servers, topic, options)
     try:
         parts = consumer.assignment()
+        for tp in parts:
+            if tp.partition in positions:
+                consumer.seek(tp, positions[tp.partition])
         ends = await consumer.end_offsets(list(parts))
         if all(ends[tp] == 0 for tp in parts):
             loaded.set()
         while True:
             for tp, msgs in (await consumer.getmany(timeout_ms=500)).items():
                 for msg in msgs:
-                    await on_record(msg.key, msg.value, tp.partition, msg.offset)
+                    await _handle(on_record, topic, msg.key, msg.value, tp, msg.offset)
+                    positions[tp.partition] = msg.offset + 1
             if not loaded.is_set():
-                positions = {tp: await consumer.position(tp) for tp in parts}
-                if all(positions[tp] >= ends[tp] for tp in parts):
+                now = {tp: await consumer.position(tp) for tp in parts}
+                if all(now[tp] >= ends[tp] for tp in parts):
                     log.info("read %s to its end", topic)
                     loaded.set()
     finally:
         await consumer.stop()
+
+
+async def _handle(on_record: OnRecord, topic: str, key: bytes | None, value: bytes | None,
+                  tp: TopicPartition, offset: int) -> None:
+    try:
+        await on_record(key, value, tp.partition, offset)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s %d/%d: the record could not be handled; skipped", topic,
+                      tp.partition, offset)

@@ -9,10 +9,13 @@ check against the profile's label distribution. While a series has no labels,
 :class:`~detectors.performance.ConfidenceEstimate` estimates its accuracy from
 the prediction scores (when they look like probabilities: numbers in [0, 1]).
 
-The join buffer is the only large state Sentinelle keeps; it is checkpointed
-under its own key (``<model>#labels``) every ``labels.join_checkpoint_s``
-instead of with every micro-batch, so a takeover can lose the predictions of
-the last few seconds: their labels are then counted as unmatched.
+The join buffer is the largest state Sentinelle keeps: at most
+``labels.join_max`` entries per model (a hash sample past that, see
+:class:`~detectors.performance.LabelJoin`), in segments of at most 1,000
+entries, each checkpointed under its own key (``<model>\x1flabels\x1f<n>``)
+when it changed, every ``labels.join_checkpoint_s`` rather than with every
+micro-batch. A takeover can therefore lose the predictions of the last few
+seconds: their labels are then counted as unmatched.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Signal
-from detectors.performance import ConfidenceEstimate, LabelJoin, PerformanceCheck
+from detectors.performance import (
+    ConfidenceEstimate,
+    LabelJoin,
+    PerformanceCheck,
+    compact_value,
+)
 from detectors.profile import category_key
 from detectors.skew import SkewDetector
 from streams.config import Settings
@@ -95,6 +103,7 @@ class LabelTracker:
             if entry is None:
                 continue  # counted by the join as unmatched
             _, version, cohort, prediction = entry
+            label = compact_value(label)  # as the prediction was kept
             series = (version, cohort)
             check = self.checks.get(series)
             if check is None:
@@ -130,12 +139,18 @@ class LabelTracker:
                     det.load_dict(saved)
         return det
 
-    def stats(self) -> dict[str, int]:
+    def forget(self, version: str, cohort: str) -> None:
+        """Drop the label checks of a series whose state expired."""
+        for table in (self.checks, self.estimates, self.label_drift, self._saved_drift):
+            table.pop((version, cohort), None)
+
+    def stats(self) -> dict[str, float]:
         return self.join.stats()
 
     def to_dict(self) -> dict[str, Any]:
-        """Small state, checkpointed with the model (the join buffer is not)."""
+        """Small state, checkpointed with the model (the join's segments are not)."""
         return {
+            "join": self.join.meta(),
             "checks": [[v, c, chk.to_dict()] for (v, c), chk in self.checks.items()],
             "estimates": [[v, c, e.to_dict()] for (v, c), e in self.estimates.items()],
             "label_drift": [[v, c, d.to_dict()] for (v, c), d in self.label_drift.items()]

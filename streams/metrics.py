@@ -19,6 +19,10 @@ class Metrics:
     models: Gauge
     labels: Gauge
     commands: Counter
+    guards: Counter
+    state_writes: Counter
+    state_largest: Gauge
+    outputs_dropped: Counter
 
 
 def make_metrics(registry: CollectorRegistry) -> Metrics:
@@ -40,4 +44,16 @@ def make_metrics(registry: CollectorRegistry) -> Metrics:
                      ["model", "outcome"], registry=registry),
         commands=Counter("sentinelle_commands_total", "Deployment commands published",
                          ["action"], registry=registry),
+        guards=Counter("sentinelle_guard_total", "Errors isolated and caps applied: fold_errors, "
+                       "tick_errors, follower_errors, state_reset, evicted_* and refused_* "
+                       "(models, series, metrics, operations, silences)", ["event"],
+                       registry=registry),
+        state_writes=Counter("sentinelle_state_writes_total", "Changelog records written "
+                             "(written: sent; unchanged: skipped; chunked: split in parts)",
+                             ["table", "outcome"], registry=registry),
+        state_largest=Gauge("sentinelle_state_record_bytes_max", "The largest changelog record "
+                            "written since the worker started, in bytes", registry=registry),
+        outputs_dropped=Counter("sentinelle_outputs_dropped_total", "Outputs not published: "
+                                "too large for limits.max_record_bytes, or not encodable",
+                                ["kind", "reason"], registry=registry),
     )

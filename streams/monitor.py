@@ -23,7 +23,7 @@ import polars as pl
 
 from alerting.manager import AlertManager, ManagerSettings
 from alerting.rollout import RolloutPolicy, RolloutTracker, TrackerOutput
-from detectors.base import Signal
+from detectors.base import Signal, dedup_key
 from detectors.canary import CanaryAnalysis, Verdict
 from detectors.drift import DriftDetector
 from detectors.errors import ErrorRateSpike
@@ -109,7 +109,8 @@ class _Series:
             q = s.quality
             self.quality = QualityDetector(
                 model, version, list(ref.specs), q.window_events, s.skew.run_length_events,
-                q.min_excess, cohort, q.severity) if q.enabled and ref.specs else None
+                q.min_excess, cohort, q.severity, s.limits.max_unknown_features
+            ) if q.enabled and ref.specs else None
             if self.saved_skew.get("reference") == ref.created_at:
                 if self.quality is not None and self.saved_skew.get("quality"):
                     self.quality.load_dict(self.saved_skew["quality"])
@@ -150,6 +151,12 @@ class _Series:
                 return None
             try:
                 frame = pl.from_dicts(self.first_rows, infer_schema_length=None, strict=False)
+                cap = s.limits.max_profile_features
+                if frame.width > cap:  # the most often present features, and the prediction
+                    present = frame.select(pl.all().count()).row(0)
+                    ranked = sorted(zip(present, frame.columns, strict=True), reverse=True)
+                    keep = {c for _, c in ranked[:cap]} | {"prediction"}
+                    frame = frame.select([c for c in frame.columns if c in keep])
                 self.first_profile = build_profile(frame.lazy(), model, version, created_at=0.0)
             except (pl.exceptions.PolarsError, TypeError, ValueError):
                 self.first_profile = {"model": model, "version": version, "created_at": 0.0,
@@ -211,6 +218,44 @@ class ModelMonitor:
         self.rollouts = _tracker(model, settings)
         self.control_offsets: dict[str, int] = {}  # "topic:partition" -> last offset
         self._wall = 0.0  # the wall clock of the call in progress (silences go by it)
+        self._late = [0, 0]  # events late, and all events, since the last window closed
+
+    def admit(self, pairs: Sequence[tuple[str, str]], now: float) -> tuple[
+            set[tuple[str, str]], list[dict[str, Any]]]:
+        """Which new (version, cohort) series fit under ``worker.max_series``.
+
+        A new series past the cap takes the place of the least recently seen one
+        if that one has been idle for ``worker.idle_close_s`` (its alerts are
+        resolved, saying why); otherwise the new series is refused and its
+        events are dead-lettered by the caller. Returns the refused series and
+        the resolve events of the evicted ones.
+        """
+        w = self.settings.worker
+        refused: set[tuple[str, str]] = set()
+        alerts: list[dict[str, Any]] = []
+        for pair in pairs:
+            if pair in self.series:
+                continue
+            if len(self.series) >= w.max_series:
+                pair_old, oldest = min(self.series.items(), key=lambda kv: kv[1].last_arrival)
+                if now - oldest.last_arrival < w.idle_close_s:
+                    refused.add(pair)
+                    continue
+                alerts += self._drop_series(
+                    *pair_old, f"evicted: the model is at worker.max_series "
+                               f"({w.max_series}) and this series was the least recently seen",
+                    now)
+            self._series(*pair).last_arrival = now
+        return refused, alerts
+
+    def _drop_series(self, version: str, cohort: str, reason: str,
+                     now: float) -> list[dict[str, Any]]:
+        del self.series[(version, cohort)]
+        self.windows.drop_series(version, cohort)
+        self.labels.forget(version, cohort)
+        if any((v, c) != (version, cohort) for v, c in self.series if v == version):
+            return []  # the other cohort of this version still serves: keep its alerts
+        return self.book.resolve_where(reason, now, self.model, version)
 
     # -- processing -------------------------------------------------------
 
@@ -232,6 +277,8 @@ class ModelMonitor:
         for version, cohort in pairs:
             self._series(version, cohort).last_arrival = now
         out.late = self.windows.add(frame)
+        self._late[0] += int(out.late.sum())
+        self._late[1] += frame.height
         if self.rollouts is not None and predictions is not None and (
                 self.rollouts.watching() or any(c == "canary" for _, c in pairs)):
             self._histogram(frame, out.late, predictions, references)
@@ -321,7 +368,7 @@ class ModelMonitor:
         return fr.bins if fr is not None else None
 
     def _firing_on(self, version: str) -> tuple[str, ...]:
-        return tuple(sorted(k for k, lc in self.book.firing.items()
+        return tuple(sorted(k for k, lc in self.book.active.items()
                             if lc.last is not None and lc.last.version == version
                             and lc.last.check in CANARY_CHECKS))
 
@@ -378,20 +425,21 @@ class ModelMonitor:
         ttl = self.settings.worker.series_ttl_s
         for (version, cohort), series in list(self.series.items()):
             if now - series.last_arrival > ttl:
-                del self.series[(version, cohort)]
-                out.alerts.extend(self.book.resolve_where(
-                    f"version went quiet for {ttl:.0f} s; its state expired", now, self.model,
-                    version))
+                out.alerts.extend(self._drop_series(
+                    version, cohort, f"version went quiet for {ttl:.0f} s; its state expired",
+                    now))
         return out
 
     def expired(self, now: float) -> bool:
+        if self.rollouts is not None and self.rollouts.holds(now):
+            return False  # a rollout announced on ml.deployments waits for its traffic
         return now - self.last_arrival > self.settings.worker.model_ttl_s
 
-    def retire(self, now: float) -> list[dict[str, Any]]:
+    def retire(self, now: float, reason: str | None = None) -> list[dict[str, Any]]:
         """Resolve everything still firing: the model's state is being dropped."""
-        ttl = self.settings.worker.model_ttl_s
-        return self.book.resolve_where(f"model quiet for {ttl:.0f} s; its state expired", now,
-                                       self.model)
+        if reason is None:
+            reason = f"model quiet for {self.settings.worker.model_ttl_s:.0f} s; its state expired"
+        return self.book.resolve_where(reason, now, self.model)
 
     def _series(self, version: str, cohort: str) -> _Series:
         s = self.series.get((version, cohort))
@@ -404,8 +452,35 @@ class ModelMonitor:
             out.stats.append(w)
             for signal in self._series(w.version, w.cohort).evaluate(w):
                 self._emit(out, signal)
+        if closed:
+            self._late_share(out, closed[-1].end)
         if self.rollouts is not None and closed:
             self._take(out, self.rollouts.on_windows(closed, self._firing_on))
+
+    def _late_share(self, out: Output, ts: float) -> None:
+        """``data_quality`` when too many events arrive after their window closed.
+
+        Late events are dead-lettered one by one (``late``); this says, once,
+        that it is happening: a producer's clock running behind, or a queue
+        that held events back.
+        """
+        late, total = self._late
+        if total < self.settings.latency.min_events:
+            return
+        self._late = [0, 0]
+        share, limit = late / total, self.settings.windows.late_alert_share
+        active = share > limit
+        self._emit(out, Signal(
+            check="data_quality", key=dedup_key("data_quality", self.model, None, "stable",
+                                                "late_events"),
+            active=active, severity=self.settings.quality.severity,
+            summary=(f"{self.model}: {share:.1%} of events arrived after their window closed "
+                     f"({late} of {total}; allowed lateness "
+                     f"{self.settings.windows.allowed_lateness_s:g} s): check the producers' "
+                     f"clocks" if active else f"{self.model}: late events {share:.1%}"),
+            timestamp=ts, model=self.model,
+            details={"issue": "late_events", "statistic": "late_share", "value": round(share, 5),
+                     "threshold": limit, "count": late, "events": total}))
 
     def _emit(self, out: Output, signal: Signal) -> None:
         out.alerts.extend(self.book.process([signal], self._wall))
@@ -414,6 +489,7 @@ class ModelMonitor:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": "model",
             "model": self.model,
             "partition": self.partition,
             "offsets": {str(p): o for p, o in self.offsets.items()},
@@ -471,7 +547,7 @@ def _tracker(model: str, s: Settings) -> RolloutTracker | None:
                               c.prediction_js, c.prediction_alpha)
     policy = RolloutPolicy(c.fail_windows, c.pass_windows, c.ladder, c.approval_above,
                            c.cooldown_s, "pause" if model in c.pause_models else c.on_failure)
-    return RolloutTracker(model, analysis, policy, c.severity)
+    return RolloutTracker(model, analysis, policy, c.severity, c.announced_ttl_s)
 
 
 def _series_rows(frame: pl.DataFrame) -> list[tuple[tuple[str, str], np.ndarray]]:

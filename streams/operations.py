@@ -6,8 +6,9 @@ what comes back (:class:`OpsOutbox`). State belongs to the message key:
 
 - :class:`PipelineState`, per pipeline (the key of ``ml.pipeline``): runs in
   flight, failure streak, stall limit, duration model, validation history;
-- :class:`SourceState`, per metrics source (the key of ``ml.metrics``): one
-  anomaly detector per metric;
+- :class:`MetricState`, per (source, metric) series of ``ml.metrics`` (keyed by
+  source): its anomaly detector, each series under its own state key so a
+  source with many metrics never makes one large record;
 - :class:`PoolState`, per quota pool: usage rate, forecast, consumers. Pipeline
   events are keyed by pipeline, but a pool is shared by pipelines on every
   partition, so each pipeline's worker forwards what it learns about a pool
@@ -17,12 +18,19 @@ what comes back (:class:`OpsOutbox`). State belongs to the message key:
   would do it).
 
 Each state has its own :class:`~alerting.manager.AlertManager` and is
-checkpointed as JSON, once per micro-batch, with the offsets folded in.
+checkpointed as JSON, once per micro-batch, with the offsets folded in. A
+micro-batch's inputs are grouped by state key and each key folds its inputs
+all or nothing (:mod:`streams.isolation`): an input that fails is
+dead-lettered alone. Caps bound what one worker holds: ``worker.max_operations``
+keys in all (a new key evicts the least recently seen idle one, else is
+refused), ``metric_anomaly.max_metrics_per_source`` series per source and
+``pipelines.max_runs`` runs in flight per pipeline.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,22 +45,24 @@ from detectors.base import Signal
 from detectors.pipelines import DurationAnomaly, FailureStreak, RunInfo, StallWatch, ValidationGate
 from detectors.quota import QuotaForecast, UsagePoint
 from streams.config import Settings
-from streams.parse import DeadLetter, MetricColumns, parse_metrics, parse_pipeline
-from streams.pipeline import InMessage
+from streams.isolation import fold_isolated
+from streams.parse import DeadLetter, MetricColumns, parse_metrics, parse_pipeline, raw_text
+from streams.pipeline import InMessage, parse_limits
 from streams.references import ReferenceStore
+from streams.state import SEP
 from streams.validation_skew import profile_skew
 
-__all__ = ["OpsPipeline", "OpsOutbox", "PipelineState", "SourceState", "PoolState",
-           "PIPELINE_PREFIX", "SOURCE_PREFIX", "POOL_PREFIX"]
+__all__ = ["OpsPipeline", "OpsOutbox", "PipelineState", "MetricState", "PoolState",
+           "PIPELINE_PREFIX", "METRIC_PREFIX", "POOL_PREFIX"]
 
 log = logging.getLogger("sentinelle.ops")
 
 Record = dict[str, Any]
 Saved = Callable[[str], "Record | None"]
 
-# state-table keys: one namespace per kind of state
-PIPELINE_PREFIX, SOURCE_PREFIX, POOL_PREFIX = "pipeline:", "source:", "pool:"
-_MAX_RUNS = 1000  # runs in flight remembered per pipeline
+# state-table keys: one namespace per kind of state; a metric series is
+# ``metric:<source>\x1f<metric>``
+PIPELINE_PREFIX, METRIC_PREFIX, POOL_PREFIX = "pipeline:", "metric:", "pool:"
 
 
 @dataclass(slots=True)
@@ -65,6 +75,14 @@ class OpsOutbox:
     pool_usage: list[tuple[str, list[Record]]] = field(default_factory=list)  # (pool, points)
     checkpoints: list[tuple[int, str, Record | None]] = field(default_factory=list)
     events: int = 0
+
+    def merge(self, other: OpsOutbox) -> None:
+        self.deadletters += other.deadletters
+        self.alerts += other.alerts
+        self.commands += other.commands
+        self.pool_usage += other.pool_usage
+        self.checkpoints += other.checkpoints
+        self.events += other.events
 
 
 class _Keyed:
@@ -80,11 +98,12 @@ class _Keyed:
         self.watermark = float("-inf")     # largest event time seen: the event-time clock
 
     def fresh(self, topic: str, partition: int, offset: int) -> bool:
+        """Not folded in before (a replay after a crash is)."""
+        return offset > self.offsets.get(f"{topic}:{partition}", -1)
+
+    def folded(self, topic: str, partition: int, offset: int) -> None:
         where = f"{topic}:{partition}"
-        if offset <= self.offsets.get(where, -1):
-            return False
-        self.offsets[where] = offset
-        return True
+        self.offsets[where] = max(offset, self.offsets.get(where, -1))
 
     def emit(self, signals: Sequence[Signal], wall: float) -> list[Record]:
         for s in signals:
@@ -97,7 +116,7 @@ class _Keyed:
         return self.book.tick(wall, self.watermark if self.watermark > float("-inf") else None)
 
     def base_dict(self) -> Record:
-        return {"name": self.name, "partition": self.partition, "offsets": self.offsets,
+        return {"name": self.name, "partition": self.partition, "offsets": dict(self.offsets),
                 "last_seen": self.last_seen, "alerts": self.book.to_dict(),
                 "watermark": self.watermark if self.watermark > float("-inf") else None}
 
@@ -134,7 +153,7 @@ class PipelineState(_Keyed):
         if run is None and status in ("started", "heartbeat"):
             run = self.runs[run_id] = RunInfo(run_id, rec["kind"], ts, wall, rec["model"],
                                               rec["version"])
-            while len(self.runs) > _MAX_RUNS:
+            while len(self.runs) > self.settings.pipelines.max_runs:
                 del self.runs[min(self.runs, key=lambda r: self.runs[r].last_wall)]
         if run is not None:
             run.last_wall = wall
@@ -253,54 +272,33 @@ class PipelineState(_Keyed):
         return st
 
 
-class SourceState(_Keyed):
-    """The metrics of one source, one anomaly detector per metric."""
+class MetricState(_Keyed):
+    """One metric series of one source (``name``): its anomaly detector."""
 
-    def __init__(self, name: str, settings: Settings, partition: int = 0) -> None:
+    def __init__(self, name: str, settings: Settings, partition: int = 0,
+                 metric: str = "") -> None:
         super().__init__(name, settings, partition)
-        self.detectors: dict[str, MetricAnomalyDetector] = {}
-        self.metric_seen: dict[str, float] = {}
+        self.metric = metric
+        m = settings.metric_anomaly
+        self.detector = MetricAnomalyDetector(
+            name, metric, warmup_points=m.warmup_points, threshold=m.threshold,
+            season_s=m.season_s, cooldown_s=m.cooldown_s, resolve_after_s=m.resolve_after_s,
+            severity=m.severity)
 
-    def detector(self, metric: str) -> MetricAnomalyDetector:
-        det = self.detectors.get(metric)
-        if det is None:
-            m = self.settings.metric_anomaly
-            det = self.detectors[metric] = MetricAnomalyDetector(
-                self.name, metric, warmup_points=m.warmup_points, threshold=m.threshold,
-                season_s=m.season_s, cooldown_s=m.cooldown_s,
-                resolve_after_s=m.resolve_after_s, severity=m.severity)
-        return det
-
-    def ingest(self, metric: str, ts: np.ndarray, values: np.ndarray, wall: float) -> list[Record]:
-        self.last_seen = self.metric_seen[metric] = wall
+    def ingest(self, ts: np.ndarray, values: np.ndarray, wall: float) -> list[Record]:
+        self.last_seen = wall
         order = np.argsort(ts, kind="stable")
-        return self.emit(self.detector(metric).update(ts[order], values[order]), wall)
-
-    def tick(self, wall: float) -> list[Record]:
-        ttl = self.settings.metric_anomaly.series_ttl_s
-        out: list[Record] = []
-        for metric, seen in list(self.metric_seen.items()):
-            if wall - seen > ttl:
-                del self.metric_seen[metric]
-                self.detectors.pop(metric, None)
-                key = f"metric_anomaly:{self.name}:{metric}"
-                if key in self.book.alerts:
-                    out += self.emit([Signal("metric_anomaly", key, False, "warning",
-                                             f"{key}: series quiet for {ttl:.0f} s; forgotten",
-                                             wall, self.name)], wall)
-        return out
+        return self.emit(self.detector.update(ts[order], values[order]), wall)
 
     def to_dict(self) -> Record:
-        return {**self.base_dict(), "kind": "source", "seen": self.metric_seen,
-                "detectors": {m: d.to_dict() for m, d in self.detectors.items()}}
+        return {**self.base_dict(), "kind": "metric", "metric": self.metric,
+                "detector": self.detector.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: Record, settings: Settings, now: float) -> SourceState:
-        st = cls(d["name"], settings, d["partition"])
+    def from_dict(cls, d: Record, settings: Settings, now: float) -> MetricState:
+        st = cls(d["name"], settings, d["partition"], d["metric"])
         st.load_base(d, now)
-        st.metric_seen = {m: max(float(t), now) for m, t in d.get("seen", {}).items()}
-        for metric, data in d.get("detectors", {}).items():
-            st.detector(metric).load_dict(data)
+        st.detector.load_dict(d["detector"])
         return st
 
 
@@ -345,8 +343,16 @@ class PoolState(_Keyed):
         return st
 
 
+State = PipelineState | MetricState | PoolState
+Item = tuple[int, Any]  # (index of its message in the micro-batch, what to fold)
+
+
 class OpsPipeline:
-    """Parse, track and alert for the pipelines, metric sources and pools this worker owns."""
+    """Parse, track and alert for the pipelines, metric series and pools this worker owns.
+
+    ``counts`` (monotonic) says what went wrong or was bounded, for the worker's
+    metrics, as :class:`~streams.pipeline.PredictionPipeline`'s does.
+    """
 
     def __init__(self, settings: Settings, pool_topic: str,
                  references: ReferenceStore | None = None,
@@ -355,146 +361,270 @@ class OpsPipeline:
         self.pool_topic = pool_topic
         self.references = references
         self.silences = silences if silences is not None else {}
-        self.states: dict[str, PipelineState | SourceState | PoolState] = {}
+        self.states: dict[str, State] = {}  # least recently used first
+        self.counts: Counter[str] = Counter()
+        self._per_source: Counter[str] = Counter()  # metric series held, per source
 
-    def _state(self, key: str, partition: int, now: float, saved: Saved) -> Any:
-        st: Any = self.states.get(key)
-        if st is None:
-            data = saved(key)
-            st = _restore(data, self.settings, now) if data is not None else None
-            if st is None:
-                kind = {PIPELINE_PREFIX: PipelineState, SOURCE_PREFIX: SourceState,
-                        POOL_PREFIX: PoolState}[key[:key.index(":") + 1]]
-                st = kind(key.split(":", 1)[1], self.settings, partition)
+    # -- the state of one key ---------------------------------------------------------
+
+    def _restore(self, key: str, data: Record | None, now: float) -> State | None:
+        if data is None:
+            return None
+        try:
+            st = _restore(data, self.settings, now)
+        except Exception:
+            log.exception("%s: its checkpoint cannot be restored; starting afresh", key[:120])
+            self.counts["state_reset"] += 1
+            return None
+        if st is not None:
             st.book.silences = self.silences
-            self.states[key] = st
+        return st
+
+    def _new(self, key: str, partition: int) -> State:
+        prefix, name = key.split(":", 1)
+        st: State
+        if prefix + ":" == METRIC_PREFIX:
+            source, metric = name.split(SEP, 1)
+            st = MetricState(source, self.settings, partition, metric)
+        elif prefix + ":" == PIPELINE_PREFIX:
+            st = PipelineState(name, self.settings, partition)
+        else:
+            st = PoolState(name, self.settings, partition)
+        st.book.silences = self.silences
+        return st
+
+    def _state(self, key: str, partition: int, now: float, saved: Saved,
+               box: OpsOutbox) -> State | str:
+        """The key's state, restored or new; or why there is no room for it."""
+        st = self.states.pop(key, None)
+        if st is None:
+            source = key[len(METRIC_PREFIX):].split(SEP, 1)[0] \
+                if key.startswith(METRIC_PREFIX) else None
+            cap = self.settings.metric_anomaly.max_metrics_per_source
+            if source is not None and self._per_source[source] >= cap:
+                self.counts["refused_metrics"] += 1
+                return (f"over_capacity: source {source[:64]!r} has "
+                        f"metric_anomaly.max_metrics_per_source ({cap}) metrics")
+            if len(self.states) >= self.settings.worker.max_operations and \
+                    not self._evict_one(now, box):
+                self.counts["refused_operations"] += 1
+                return (f"over_capacity: this worker holds worker.max_operations "
+                        f"({self.settings.worker.max_operations}) pipelines, metric series "
+                        f"and pools, none idle")
+            st = self._restore(key, saved(key), now) or self._new(key, partition)
+            if source is not None:
+                self._per_source[source] += 1
+        self.states[key] = st
         st.partition = partition
         return st
 
+    def _evict_one(self, now: float, box: OpsOutbox) -> bool:
+        key, oldest = next(iter(self.states.items()))
+        if now - oldest.last_seen < self.settings.worker.idle_close_s:
+            return False
+        self._drop(key, f"evicted: the worker holds worker.max_operations "
+                        f"({self.settings.worker.max_operations}) keys and this one was the "
+                        f"least recently seen", now, box)
+        self.counts["evicted_operations"] += 1
+        return True
+
+    def _drop(self, key: str, reason: str, now: float, box: OpsOutbox) -> None:
+        st = self.states.pop(key)
+        if isinstance(st, MetricState):
+            self._per_source[st.name] -= 1
+            if self._per_source[st.name] <= 0:
+                del self._per_source[st.name]
+        box.alerts.extend((a["dedup_key"], a) for a in st.book.resolve_where(reason, now,
+                                                                             st.name))
+        box.checkpoints.append((st.partition, key, None))
+
+    # -- a micro-batch ------------------------------------------------------------------
+
     def process(self, messages: Sequence[InMessage], now: float,
                 saved: Saved = lambda k: None) -> OpsOutbox:
+        """Parse every message, group what they hold by state key, fold each key."""
         box = OpsOutbox()
-        touched: dict[str, Any] = {}
-        pools: dict[str, list[Record]] = {}  # pool news of the whole micro-batch
+        limits = parse_limits(self.settings, now)
+        work: dict[str, list[Item]] = {}
         t = self.settings.topics
-        for msg in messages:
-            try:
-                if msg.topic == t.pipeline:
-                    self._pipeline(msg, now, saved, box, touched, pools)
-                elif msg.topic == t.metrics:
-                    self._metrics(msg, now, saved, box, touched)
-                elif msg.topic == self.pool_topic:
-                    self._pools(msg, now, saved, box, touched)
-            except Exception as exc:  # a bug met on one input costs only that input
-                log.exception("message %s/%s failed; dead-lettered", msg.partition, msg.offset)
-                raw = (msg.value or b"").decode("utf-8", errors="replace")
-                box.deadletters.append(DeadLetter(
-                    f"internal_error: {type(exc).__name__}: {exc}"[:500], raw).to_record(
-                    msg.topic or "", msg.partition, msg.offset))
-        for key, st in touched.items():
-            box.checkpoints.append((st.partition, key, st.to_dict()))
-        if self.settings.quota.enabled:
-            box.pool_usage.extend(pools.items())
+        for i, msg in enumerate(messages):
+            topic = msg.topic or ""
+            dead: list[DeadLetter] = []
+            if topic == t.pipeline:
+                recs: list[Record] = []
+                dead = parse_pipeline(msg.value, recs, limits, msg.key)
+                if self.settings.pipelines.enabled:
+                    for rec in sorted(recs, key=lambda r: r["ts"]):
+                        work.setdefault(PIPELINE_PREFIX + rec["pipeline"], []).append((i, rec))
+            elif topic == t.metrics:
+                cols = MetricColumns()
+                dead = parse_metrics(msg.value, cols, limits, msg.key)
+                if self.settings.metric_anomaly.enabled:
+                    for j, (src, metric) in enumerate(zip(cols.source, cols.metric, strict=True)):
+                        work.setdefault(METRIC_PREFIX + src + SEP + metric, []).append(
+                            (i, (cols.ts[j], cols.value[j], cols.element[j], cols.raw[j])))
+            elif topic == self.pool_topic:
+                pool = _pool_of(msg.value)
+                if pool is None:
+                    dead = [DeadLetter("bad_value: not a list of pool usage points",
+                                       raw_text(msg.value or b""))]
+                else:
+                    work.setdefault(POOL_PREFIX + pool, []).append((i, msg.value))
+            box.deadletters += [d.to_record(topic, msg.partition, msg.offset) for d in dead]
+        for key, items in work.items():
+            self._fold_key(key, items, messages, now, saved, box)
+        pools: dict[str, list[Record]] = {}
+        for pool, points in box.pool_usage:
+            pools.setdefault(pool, []).extend(points)
+        box.pool_usage = list(pools.items()) if self.settings.quota.enabled else []
         return box
 
-    def _pipeline(self, msg: InMessage, now: float, saved: Saved, box: OpsOutbox,
-                  touched: dict[str, Any], pools: dict[str, list[Record]]) -> None:
-        recs: list[Record] = []
-        lim = self.settings.limits
-        for dl in parse_pipeline(msg.value, recs, lim.max_message_bytes, lim.max_batch_events):
-            box.deadletters.append(dl.to_record(msg.topic or "", msg.partition, msg.offset))
-        if not self.settings.pipelines.enabled:
+    def _fold_key(self, key: str, items: list[Item], messages: Sequence[InMessage],
+                  now: float, saved: Saved, box: OpsOutbox) -> None:
+        first = messages[items[0][0]]
+        st = self._state(key, first.partition, now, saved, box)
+        if isinstance(st, str):
+            box.deadletters += [self._dead(messages[i], what, st) for i, what in items]
             return
-        fresh: dict[str, bool] = {}  # per pipeline: this message not folded in before
-        for rec in sorted(recs, key=lambda r: r["ts"]):
-            key = PIPELINE_PREFIX + rec["pipeline"]
-            st = self._state(key, msg.partition, now, saved)
-            if key not in fresh:
-                fresh[key] = st.fresh(msg.topic or "", msg.partition, msg.offset)
-            if not fresh[key]:
-                continue
-            touched[key] = st
-            box.events += 1
-            for pool, resource, point in st.ingest(rec, now, self.references, box):
-                pools.setdefault(pool, []).append({
-                    "pool": pool, "resource": resource, "ts": point.ts,
-                    "pipeline": point.pipeline, "run_id": point.run_id,
-                    "status": point.status, "run_used": point.run_used, "used": point.used,
-                    "limit": point.limit})
+        fresh = [k for k, (i, _) in enumerate(items) if st.fresh(
+            messages[i].topic or "", messages[i].partition, messages[i].offset)]
+        if fresh:
+            def fold(state: State, picked: list[int], sub: OpsOutbox) -> None:
+                self._fold(state, [items[k][1] for k in picked], now, sub)
 
-    def _metrics(self, msg: InMessage, now: float, saved: Saved, box: OpsOutbox,
-                 touched: dict[str, Any]) -> None:
-        cols = MetricColumns()
-        lim = self.settings.limits
-        for dl in parse_metrics(msg.value, cols, lim.max_message_bytes, lim.max_batch_events):
-            box.deadletters.append(dl.to_record(msg.topic or "", msg.partition, msg.offset))
-        if not len(cols) or not self.settings.metric_anomaly.enabled:
-            return
-        groups: dict[tuple[str, str], list[int]] = {}
-        for i, (src, metric) in enumerate(zip(cols.source, cols.metric, strict=True)):
-            groups.setdefault((src, metric), []).append(i)
-        ts, values = np.asarray(cols.ts), np.asarray(cols.value)
-        fresh: dict[str, bool] = {}
-        for (src, metric), rows in groups.items():
-            key = SOURCE_PREFIX + src
-            st = self._state(key, msg.partition, now, saved)
-            if key not in fresh:
-                fresh[key] = st.fresh(msg.topic or "", msg.partition, msg.offset)
-            if not fresh[key]:
-                continue
-            touched[key] = st
-            box.events += len(rows)
-            for a in st.ingest(metric, ts[rows], values[rows], now):
+            def dead(k: int, exc: Exception) -> None:
+                i, what = items[k]
+                box.deadletters.append(self._dead(
+                    messages[i], what, f"internal_error: {type(exc).__name__}: {exc}"[:500]))
+
+            def before(broken: State) -> State:
+                self.counts["fold_errors"] += 1
+                return self._restore(key, saved(key), now) or self._new(key, broken.partition)
+
+            def copy(state: State) -> State:
+                back = _restore(orjson.loads(orjson.dumps(state.to_dict())), self.settings,
+                                state.last_seen)
+                back.book.silences = self.silences
+                return back
+
+            try:
+                st = fold_isolated(st, fresh, fold, OpsOutbox, box, dead, before, copy, key[:120])
+            except Exception:
+                log.exception("%s: its state cannot be recovered; starting afresh", key[:120])
+                self.counts["state_reset"] += 1
+                st = self._new(key, st.partition)
+            self.states[key] = st
+        for i, _ in items:
+            msg = messages[i]
+            st.folded(msg.topic or "", msg.partition, msg.offset)
+        self.counts["refused_alerts"] += st.book.refused  # past alerts.max_alerts
+        st.book.refused = 0
+        try:
+            box.checkpoints.append((st.partition, key, st.to_dict()))
+        except Exception:
+            log.exception("%s: its state cannot be written; starting afresh", key[:120])
+            self.counts["state_reset"] += 1
+            st = self.states[key] = self._new(key, st.partition)
+            box.checkpoints.append((st.partition, key, st.to_dict()))
+
+    def _fold(self, st: State, whats: list[Any], now: float, box: OpsOutbox) -> None:
+        """Fold one key's inputs in (all of them, or raise)."""
+        if isinstance(st, PipelineState):
+            for rec in whats:
+                for pool, resource, point in st.ingest(rec, now, self.references, box):
+                    box.pool_usage.append((pool, [{
+                        "pool": pool, "resource": resource, "ts": point.ts,
+                        "pipeline": point.pipeline, "run_id": point.run_id,
+                        "status": point.status, "run_used": point.run_used, "used": point.used,
+                        "limit": point.limit}]))
+            box.events += len(whats)
+        elif isinstance(st, MetricState):
+            ts = np.fromiter((w[0] for w in whats), dtype=float, count=len(whats))
+            values = np.fromiter((w[1] for w in whats), dtype=float, count=len(whats))
+            for a in st.ingest(ts, values, now):
                 box.alerts.append((a["dedup_key"], a))
+            box.events += len(whats)
+        else:
+            for value in whats:
+                for a in st.ingest(orjson.loads(value), now):
+                    box.alerts.append((a["dedup_key"], a))
 
-    def _pools(self, msg: InMessage, now: float, saved: Saved, box: OpsOutbox,
-               touched: dict[str, Any]) -> None:
-        points = orjson.loads(msg.value or b"[]")
-        if not isinstance(points, list) or not points:
-            return
-        key = POOL_PREFIX + str(points[0]["pool"])
-        st = self._state(key, msg.partition, now, saved)
-        if not st.fresh(msg.topic or "", msg.partition, msg.offset):
-            return
-        touched[key] = st
-        for a in st.ingest(points, now):
-            box.alerts.append((a["dedup_key"], a))
+    @staticmethod
+    def _dead(msg: InMessage, what: Any, reason: str) -> Record:
+        if isinstance(what, bytes):  # a whole pool message
+            return DeadLetter(reason, raw_text(what)).to_record(msg.topic or "", msg.partition,
+                                                                msg.offset)
+        raw, index = (what["raw"], what["element"]) if isinstance(what, dict) \
+            else (what[3], what[2])
+        batch = msg.value is not None and msg.value[:1] == b"["
+        return DeadLetter(reason, orjson.dumps(raw).decode(), index if batch else None
+                          ).to_record(msg.topic or "", msg.partition, msg.offset)
 
-    def tick(self, now: float, saved_items: Sequence[tuple[str, Record]]) -> OpsOutbox:
-        """Wall-clock checks: stalls, expiry of quiet series, runs and pipelines."""
+    # -- the wall clock -----------------------------------------------------------------
+
+    def tick(self, now: float, saved_items: Sequence[tuple[str, Any]],
+             saved: Saved | None = None) -> OpsOutbox:
+        """Wall-clock checks: stalls, expiry of quiet series, runs and pipelines.
+
+        ``saved_items`` are the state table's items: keys restored there (a
+        partition taken over) and not yet loaded are loaded, within the cap
+        (``saved`` reads a record split in chunks). One key's failure is logged
+        and counted, and the others go on.
+        """
         box = OpsOutbox()
+        cap = self.settings.worker.max_operations
         for key, data in saved_items:
-            if key not in self.states and isinstance(data, dict):
-                st = _restore(data, self.settings, now)
-                if st is not None:
-                    st.book.silences = self.silences
-                    self.states[key] = st
-        ttl = self.settings.pipelines.pipeline_ttl_s
+            if key in self.states or not isinstance(data, dict) or len(self.states) >= cap or \
+                    data.get("kind") not in ("pipeline", "metric", "pool", "chunked"):
+                continue
+            if data["kind"] == "chunked":
+                data = saved(key) if saved is not None else None
+            st = self._restore(key, data, now)
+            if st is not None:
+                self.states[key] = st
+                if isinstance(st, MetricState):
+                    self._per_source[st.name] += 1
         for key, st in list(self.states.items()):
-            alerts = st.tick(now) if isinstance(st, (PipelineState, SourceState)) else []
-            alerts += st.tick_alerts(now)
-            if now - st.last_seen > ttl:
-                alerts += st.book.resolve_where(f"quiet for {ttl:.0f} s; its state expired",
-                                                now, st.name)
-                del self.states[key]
-                box.checkpoints.append((st.partition, key, None))
-            elif alerts:
-                box.checkpoints.append((st.partition, key, st.to_dict()))
-            box.alerts.extend((a["dedup_key"], a) for a in alerts)
+            try:
+                ttl = (self.settings.metric_anomaly.series_ttl_s if isinstance(st, MetricState)
+                       else self.settings.pipelines.pipeline_ttl_s)
+                alerts = st.tick(now) if isinstance(st, PipelineState) else []
+                alerts += st.tick_alerts(now)
+                box.alerts.extend((a["dedup_key"], a) for a in alerts)
+                if now - st.last_seen > ttl:
+                    self._drop(key, f"quiet for {ttl:.0f} s; its state expired", now, box)
+                elif alerts:
+                    box.checkpoints.append((st.partition, key, st.to_dict()))
+            except Exception:
+                self.counts["tick_errors"] += 1
+                log.exception("%s: its wall-clock checks failed; the others go on", key[:120])
         return box
 
     def revoke(self, partitions: set[int]) -> None:
         for key in [k for k, st in self.states.items() if st.partition in partitions]:
-            del self.states[key]
+            st = self.states.pop(key)
+            if isinstance(st, MetricState):
+                self._per_source[st.name] -= 1
+
+
+def _pool_of(value: bytes | None) -> str | None:
+    """The pool a pool-usage message (internal, written by a worker) is about."""
+    try:
+        points = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(points, list) or not points or not isinstance(points[0], dict) or \
+            not isinstance(points[0].get("pool"), str):
+        return None
+    return str(points[0]["pool"])
 
 
 def _restore(data: Record, settings: Settings, now: float) -> Any:
     kind = data.get("kind")
     if kind == "pipeline":
         return PipelineState.from_dict(data, settings, now)
-    if kind == "source":
-        return SourceState.from_dict(data, settings, now)
+    if kind == "metric":
+        return MetricState.from_dict(data, settings, now)
     if kind == "pool":
         return PoolState.from_dict(data, settings, now)
     return None
-

@@ -10,11 +10,20 @@ Exactly-once state over at-least-once delivery: each model's checkpoint records
 the last input offset folded in, per partition; a message at or below it (a
 replay after a crash, before the consumer offset was committed) is skipped for
 that model instead of being counted twice.
+
+Every input element is folded once or dead-lettered once. A model's fold of a
+micro-batch is all or nothing: if it raises, the model's state goes back to its
+last checkpoint and its events are folded again in halves, down to the one
+that fails, which alone is dead-lettered (``internal_error``); other elements
+and other models keep their windows, alerts and checkpoints. A model whose
+checkpoint cannot be restored starts afresh, said in the log and counted
+(``state_reset``): a worker never restarts into the same failure.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,10 +36,14 @@ from alerting.events import rfc3339
 from alerting.manager import Silence
 from detectors.windows import WindowStats
 from streams.config import Settings
+from streams.isolation import fold_isolated
 from streams.monitor import ModelMonitor, Output
 from streams.parse import (
+    UNCHECKED,
     DeadLetter,
     FeedbackColumns,
+    Key,
+    ParseLimits,
     PredictionColumns,
     parse_control,
     parse_feedback,
@@ -38,10 +51,12 @@ from streams.parse import (
     raw_text,
 )
 from streams.references import ReferenceStore
+from streams.state import SEP, subkey
 
-__all__ = ["InMessage", "Outbox", "PredictionPipeline", "stats_record"]
+__all__ = ["InMessage", "Outbox", "PredictionPipeline", "stats_record", "parse_limits"]
 
 Record = dict[str, Any]
+Saved = Callable[[str], "Record | None"]
 
 log = logging.getLogger("sentinelle.worker")
 
@@ -52,9 +67,19 @@ class InMessage:
     partition: int
     offset: int
     topic: str | None = None  # None: the predictions topic
+    key: Key = UNCHECKED      # the Kafka message key (UNCHECKED: not known, not checked)
 
 
-LABELS_SUFFIX = "#labels"  # state-table key of a model's label-join buffer
+def parse_limits(settings: Settings, now: float) -> ParseLimits:
+    """What the parser accepts, for a micro-batch read at wall-clock time ``now``."""
+    lim = settings.limits
+    return ParseLimits(max_bytes=lim.max_message_bytes, max_events=lim.max_batch_events,
+                       max_id_chars=lim.max_id_chars, max_features=lim.max_features
+                       ).at(now, lim.max_future_s)
+
+
+def _no_state(key: str) -> Record | None:
+    return None
 
 
 @dataclass(slots=True)
@@ -102,8 +127,17 @@ def _num(x: float) -> float | None:
     return None if x != x else round(x, 3)  # NaN (empty) -> null
 
 
+Fold = Callable[[ModelMonitor, list[int], "Outbox"], None]
+Dead = Callable[[int, Exception], Record]
+
+
 class PredictionPipeline:
-    """Parse, window, detect and alert for the models of the assigned partitions."""
+    """Parse, window, detect and alert for the models of the assigned partitions.
+
+    ``counts`` (monotonic) says what went wrong or was bounded, for the
+    worker's metrics: ``fold_errors``, ``tick_errors``, ``state_reset``,
+    ``evicted_models``, ``evicted_series``, ``refused_models``, ``refused_series``.
+    """
 
     def __init__(self, settings: Settings, topic: str,
                  references: ReferenceStore | None = None,
@@ -114,32 +148,79 @@ class PredictionPipeline:
         self.topic = topic
         self.feedback_topic = feedback_topic or settings.topics.feedback
         self.references = references
-        self.monitors: dict[str, ModelMonitor] = {}
+        self.monitors: dict[str, ModelMonitor] = {}  # least recently used first
+        self.counts: Counter[str] = Counter()
         t = settings.topics
         self.control_topics = {t.deployments: "deployment", t.approvals: "approval"}
 
-    def monitor(self, model: str, partition: int, now: float,
-                saved: Callable[[str], Record | None]) -> ModelMonitor:
-        mon = self.monitors.get(model)
-        if mon is None:
-            data = saved(model)
-            mon = (ModelMonitor.from_dict(data, self.settings, now) if data is not None
-                   else ModelMonitor(model, self.settings, partition))
-            mon.book.silences = self.silences
-            join = saved(model + LABELS_SUFFIX)
-            if join is not None and "waiting" in join:
-                mon.labels.join.load_dict(join)
-            self.monitors[model] = mon
+    # -- the state of one model -------------------------------------------------
+
+    def _restore(self, model: str, now: float, saved: Saved) -> ModelMonitor | None:
+        """The model's last checkpoint, or None (none, or one that cannot be read)."""
+        data = saved(model)
+        if data is None:
+            return None
+        try:
+            mon = ModelMonitor.from_dict(data, self.settings, now)
+            meta = (data.get("labels") or {}).get("join")
+            if meta:
+                segments = {int(sid): saved(subkey(model, "labels", sid))
+                            for sid in meta.get("segments", [])}
+                mon.labels.join.load(meta, segments)
+        except Exception:
+            log.exception("model %s: its checkpoint cannot be restored; starting afresh", model)
+            self.counts["state_reset"] += 1
+            return None
+        mon.book.silences = self.silences
         return mon
 
-    def process_safely(self, messages: Sequence[InMessage], now: float,
-                       saved: Callable[[str], Record | None] = lambda m: None) -> Outbox:
-        """:meth:`process`, but a bug met on some input costs only that input.
+    def _fresh(self, model: str, partition: int) -> ModelMonitor:
+        mon = ModelMonitor(model, self.settings, partition)
+        mon.book.silences = self.silences
+        return mon
 
-        If the micro-batch raises, its messages are processed one at a time and
-        any message that raises again is dead-lettered (``internal_error``)
-        instead of stopping the worker in a crash loop on the same batch.
-        """
+    def monitor(self, model: str, partition: int, now: float, saved: Saved = _no_state,
+                box: Outbox | None = None) -> ModelMonitor | None:
+        """The model's monitor, restored or new; None when ``worker.max_models`` is
+        reached and no model is idle enough to make room."""
+        mon = self.monitors.pop(model, None)
+        if mon is None:
+            if len(self.monitors) >= self.settings.worker.max_models and \
+                    not self._evict_one(now, box if box is not None else Outbox()):
+                self.counts["refused_models"] += 1
+                return None
+            mon = self._restore(model, now, saved) or self._fresh(model, partition)
+        self.monitors[model] = mon  # most recently used last
+        return mon
+
+    def _evict_one(self, now: float, box: Outbox) -> bool:
+        """Drop the least recently seen model if it has been idle for ``idle_close_s``."""
+        name, oldest = next(iter(self.monitors.items()))
+        if now - oldest.last_arrival < self.settings.worker.idle_close_s:
+            return False
+        self._retire(oldest, f"evicted: the worker holds worker.max_models "
+                             f"({self.settings.worker.max_models}) and this model was the "
+                             f"least recently seen", now, box)
+        self.counts["evicted_models"] += 1
+        return True
+
+    def _retire(self, mon: ModelMonitor, reason: str, now: float, box: Outbox) -> None:
+        """Forget a model: resolve what fires, tombstone its state."""
+        self.monitors.pop(mon.model, None)
+        box.add(mon.model, Output(alerts=mon.retire(now, reason)))
+        _, segments = mon.labels.join.checkpoint()
+        sids = set(segments) | set(mon.labels.join.meta()["segments"])
+        box.checkpoints.append((mon.partition, mon.model, None))
+        box.checkpoints.extend((mon.partition, subkey(mon.model, "labels", sid), None)
+                               for sid in sorted(sids))
+
+    # -- a micro-batch ------------------------------------------------------------
+
+    def process_safely(self, messages: Sequence[InMessage], now: float,
+                       saved: Saved = _no_state) -> Outbox:
+        """:meth:`process`, with a last guard around what per-model isolation does not
+        cover: if the micro-batch raises anyway, its messages are processed one at a
+        time and any message that raises again is dead-lettered (``internal_error``)."""
         try:
             return self.process(messages, now, saved)
         except Exception:
@@ -160,181 +241,282 @@ class PredictionPipeline:
         return box
 
     def process(self, messages: Sequence[InMessage], now: float,
-                saved: Callable[[str], Record | None] = lambda m: None) -> Outbox:
+                saved: Saved = _no_state) -> Outbox:
         box = Outbox()
+        limits = parse_limits(self.settings, now)
         # Control messages (deployments, approvals) are rare: they cut the
         # micro-batch into runs, so each acts exactly where it arrived.
         run: list[InMessage] = []
         for msg in messages:
             if msg.topic in self.control_topics:
                 if run:
-                    self._process_data(run, now, saved, box)
+                    self._process_data(run, now, saved, box, limits)
                     run = []
-                self._process_control([msg], now, saved, box)
+                self._process_control(msg, now, saved, box, limits)
             else:
                 run.append(msg)
         if run:
-            self._process_data(run, now, saved, box)
+            self._process_data(run, now, saved, box, limits)
         return box
 
-    def _process_data(self, messages: Sequence[InMessage], now: float,
-                      saved: Callable[[str], Record | None], box: Outbox) -> None:
+    def _process_data(self, messages: Sequence[InMessage], now: float, saved: Saved,
+                      box: Outbox, limits: ParseLimits) -> None:
         cols = PredictionColumns()
-        lim = self.settings.limits
         # Predictions first, then labels: a label can only join a prediction the
         # worker has seen (one that arrives before its prediction counts as unmatched).
         feedback = [m for m in messages if m.topic == self.feedback_topic]
         if feedback:
             messages = [m for m in messages if m.topic != self.feedback_topic]
         for i, msg in enumerate(messages):
-            for dl in parse_predictions(msg.value, cols, i, lim.max_message_bytes,
-                                          lim.max_batch_events):
+            for dl in parse_predictions(msg.value, cols, i, limits, msg.key):
                 box.deadletters.append(dl.to_record(self.topic, msg.partition, msg.offset))
         if len(cols):
-            self._process_predictions(cols, messages, now, saved, box)
+            frame = pl.DataFrame({
+                "model": cols.model, "version": cols.version, "cohort": cols.cohort,
+                "ts": cols.ts, "latency_ms": cols.latency_ms, "error": cols.error,
+                "message": cols.message,
+            }, schema_overrides={"ts": pl.Float64, "latency_ms": pl.Float64}
+            ).with_row_index("row")
+            for (model,), rows in frame.partition_by("model", as_dict=True,
+                                                     maintain_order=True).items():
+                self._predictions(str(model), rows, messages, cols, now, saved, box)
         if feedback:
-            self._process_feedback(feedback, now, saved, box)
+            self._process_feedback(feedback, now, saved, box, limits)
 
-    def _process_predictions(self, cols: PredictionColumns, messages: Sequence[InMessage],
-                             now: float, saved: Callable[[str], Record | None],
-                             box: Outbox) -> None:
-        frame = pl.DataFrame({
-            "model": cols.model, "version": cols.version, "cohort": cols.cohort,
-            "ts": cols.ts, "latency_ms": cols.latency_ms, "error": cols.error,
-            "message": cols.message, "element": cols.element,
-        }, schema_overrides={"ts": pl.Float64, "latency_ms": pl.Float64}).with_row_index("row")
-        by_model = frame.partition_by("model", as_dict=True, maintain_order=True)
-        for (model,), rows in by_model.items():
-            self._process_model(str(model), rows, messages, now, saved, box, cols)
+    def _dead_rows(self, rows: Sequence[int], messages: Sequence[InMessage],
+                   cols: PredictionColumns, reason: str) -> list[Record]:
+        out = []
+        for row in rows:
+            msg = messages[cols.message[row]]
+            dl = DeadLetter(reason, cols.text(row), cols.element[row]
+                            if msg.value is not None and msg.value[:1] == b"[" else None)
+            out.append(dl.to_record(self.topic, msg.partition, msg.offset))
+        return out
 
-    def _process_model(self, model: str, rows: pl.DataFrame, messages: Sequence[InMessage],
-                       now: float, saved: Callable[[str], Record | None], box: Outbox,
-                       cols: PredictionColumns) -> None:
+    def _predictions(self, model: str, rows: pl.DataFrame, messages: Sequence[InMessage],
+                     cols: PredictionColumns, now: float, saved: Saved, box: Outbox) -> None:
         idx = rows["message"].to_numpy()
         parts = np.fromiter((messages[i].partition for i in idx), dtype=np.int64, count=len(idx))
         offs = np.fromiter((messages[i].offset for i in idx), dtype=np.int64, count=len(idx))
-        mon = self.monitor(model, int(parts[-1]), now, saved)
+        mon = self.monitor(model, int(parts[-1]), now, saved, box)
+        if mon is None:
+            box.deadletters += self._dead_rows(
+                rows["row"].to_list(), messages, cols,
+                f"over_capacity: this worker holds worker.max_models "
+                f"({self.settings.worker.max_models}) models, none idle; add workers or raise "
+                f"the cap")
+            return
         done = np.array([mon.offsets.get(int(p), -1) for p in parts], dtype=np.int64)
         fresh = offs > done
         if not fresh.all():
-            rows, parts, offs = rows.filter(pl.Series(fresh)), parts[fresh], offs[fresh]
-            if rows.height == 0:
-                return
+            rows = rows.filter(pl.Series(fresh))
+        pairs = rows.select("version", "cohort").unique(maintain_order=True).rows()
+        refused, alerts = mon.admit([(str(v), str(c)) for v, c in pairs], now)
+        box.alerts.extend((a["dedup_key"], a) for a in alerts)
+        if refused:
+            self.counts["refused_series"] += len(refused)
+            out = pl.Series([(v, c) in refused for v, c in
+                             zip(rows["version"], rows["cohort"], strict=True)])
+            box.deadletters += self._dead_rows(
+                rows.filter(out)["row"].to_list(), messages, cols,
+                f"over_capacity: model {model[:64]!r} has worker.max_series "
+                f"({self.settings.worker.max_series}) version/cohort series, none idle")
+            rows = rows.filter(~out)
+        if rows.height:
+            self._isolated(mon, list(range(rows.height)),
+                           lambda m, pos, sub: self._fold(m, rows[pos], messages, cols, now, sub),
+                           lambda pos, exc: self._dead_rows(
+                               [int(rows["row"][pos])], messages, cols, _internal(exc))[0],
+                           now, saved, box)
+        mon = self.monitors.get(model, mon)
+        for p in np.unique(parts):
+            mon.offsets[int(p)] = max(mon.offsets.get(int(p), -1), int(offs[parts == p].max()))
+        mon.partition = int(parts[-1])
+        self._checkpoint(mon, now, box)
+
+    def _fold(self, mon: ModelMonitor, rows: pl.DataFrame, messages: Sequence[InMessage],
+              cols: PredictionColumns, now: float, box: Outbox) -> None:
+        """Fold one model's rows in (all of them, or raise)."""
         lookup = None
         if self.references is not None:
-            store = self.references
+            store, model = self.references, mon.model
             lookup = lambda version: store.get(model, version)  # noqa: E731
         picked = rows["row"].to_list()
         out = mon.ingest(rows, now, [cols.features[i] for i in picked],
                          [cols.prediction[i] for i in picked], lookup,
                          [cols.event_id[i] for i in picked])
-        box.events += rows.height
-        box.add(model, out)
-        if out.late is not None and out.late.any():
-            wm = rfc3339(mon.windows.watermark)
-            for r in np.flatnonzero(out.late):
-                msg = messages[int(idx[r])]
-                el = int(rows["element"][int(r)])
-                box.deadletters.append(self._late(msg, el, wm))
-        for p in np.unique(parts):
-            mon.offsets[int(p)] = int(offs[parts == p].max())
-        mon.partition = int(parts[-1])
-        self._checkpoint(mon, now, box)
+        late = np.flatnonzero(out.late) if out.late is not None else np.empty(0, dtype=int)
+        box.events += rows.height - late.size
+        box.add(mon.model, out)
+        if late.size:
+            reason = (f"late: its window closed before it arrived (watermark "
+                      f"{rfc3339(mon.windows.watermark)}, allowed lateness "
+                      f"{self.settings.windows.allowed_lateness_s:g} s)")
+            box.deadletters += self._dead_rows([picked[r] for r in late], messages, cols,
+                                               reason)
+
+    def _isolated(self, mon: ModelMonitor, items: list[int], fold: Fold, dead: Dead,
+                  now: float, saved: Saved, box: Outbox) -> None:
+        """Fold ``items`` into ``mon``, all or nothing (:mod:`streams.isolation`)."""
+        model = mon.model
+
+        def before(broken: ModelMonitor) -> ModelMonitor:
+            self.counts["fold_errors"] += 1
+            back = self._restore(model, now, saved) or self._fresh(model, broken.partition)
+            back.labels.join = broken.labels.join  # predictions are keyed: adding again is harmless
+            return back
+
+        def copy(m: ModelMonitor) -> ModelMonitor:
+            back = ModelMonitor.from_dict(orjson.loads(orjson.dumps(m.to_dict())), self.settings,
+                                          m._wall)
+            back.book.silences = self.silences
+            back.labels.join = m.labels.join
+            return back
+
+        def dead_letter(i: int, exc: Exception) -> None:
+            box.deadletters.append(dead(i, exc))
+
+        try:
+            self.monitors[model] = fold_isolated(mon, items, fold, Outbox, box, dead_letter,
+                                                 before, copy, f"model {model}")
+        except Exception:  # the state cannot even be copied: start it afresh
+            log.exception("model %s: its state cannot be recovered; starting afresh", model)
+            self.counts["state_reset"] += 1
+            self.monitors[model] = self._fresh(model, mon.partition)
+            box.deadletters += [dead(i, RuntimeError("state reset")) for i in items]
 
     def _checkpoint(self, mon: ModelMonitor, now: float, box: Outbox) -> None:
-        box.checkpoints.append((mon.partition, mon.model, mon.to_dict()))
+        self.counts["refused_alerts"] += mon.book.refused  # past alerts.max_alerts
+        mon.book.refused = 0
+        try:
+            state = mon.to_dict()
+        except Exception:
+            log.exception("model %s: its state cannot be written; starting afresh", mon.model)
+            self.counts["state_reset"] += 1
+            mon = self.monitors[mon.model] = self._fresh(mon.model, mon.partition)
+            state = mon.to_dict()
+        box.checkpoints.append((mon.partition, mon.model, state))
         labels = mon.labels
-        due = now - labels.join_saved_at >= self.settings.labels.join_checkpoint_s
-        if len(labels.join) and due:
-            box.checkpoints.append((mon.partition, mon.model + LABELS_SUFFIX,
-                                    {"partition": mon.partition, **labels.join.to_dict()}))
+        if now - labels.join_saved_at >= self.settings.labels.join_checkpoint_s:
+            _, changed = labels.join.checkpoint()
+            for sid, rec in changed.items():
+                box.checkpoints.append((mon.partition, subkey(mon.model, "labels", sid),
+                                        None if rec is None else
+                                        {"kind": "labels", "partition": mon.partition, **rec}))
             labels.join_saved_at = now
 
-    def _process_feedback(self, messages: Sequence[InMessage], now: float,
-                          saved: Callable[[str], Record | None], box: Outbox) -> None:
-        lim = self.settings.limits
+    def _process_feedback(self, messages: Sequence[InMessage], now: float, saved: Saved,
+                          box: Outbox, limits: ParseLimits) -> None:
         cols = FeedbackColumns()
-        where: list[int] = []
         for i, msg in enumerate(messages):
-            before = len(cols)
-            for dl in parse_feedback(msg.value, cols, i, lim.max_message_bytes,
-                                     lim.max_batch_events):
+            for dl in parse_feedback(msg.value, cols, i, limits, msg.key):
                 box.deadletters.append(dl.to_record(self.feedback_topic, msg.partition,
                                                     msg.offset))
-            where.extend([i] * (len(cols) - before))
         by_model: dict[str, list[int]] = {}
         for j, model in enumerate(cols.model):
             by_model.setdefault(model, []).append(j)
         for model, rows in by_model.items():
-            msgs = [messages[where[j]] for j in rows]
-            mon = self.monitor(model, msgs[-1].partition, now, saved)
+            msgs = [messages[cols.message[j]] for j in rows]
+            mon = self.monitor(model, msgs[-1].partition, now, saved, box)
+            if mon is None:
+                box.deadletters += [self._dead_label(messages, cols, j, "over_capacity: this "
+                                                     "worker holds worker.max_models models, "
+                                                     "none idle") for j in rows]
+                continue
             fresh = [j for j, m in zip(rows, msgs, strict=True)
                      if m.offset > mon.feedback_offsets.get(m.partition, -1)]
+            if fresh:
+                self._isolated(mon, fresh,
+                               lambda m, js, sub: self._fold_labels(m, cols, js, now, sub),
+                               lambda j, exc: self._dead_label(messages, cols, j, _internal(exc)),
+                               now, saved, box)
+            mon = self.monitors.get(model, mon)
             for m in msgs:
                 mon.feedback_offsets[m.partition] = max(mon.feedback_offsets.get(m.partition, -1),
                                                         m.offset)
-            if not fresh:
-                continue
-            store = self.references
-            lookup = (lambda version: store.get(model, version)) if store is not None else None
-            out = mon.ingest_labels([cols.event_id[j] for j in fresh], [cols.ts[j] for j in fresh],
-                                    [cols.label[j] for j in fresh], now, lookup)
-            box.add(model, out)
             self._checkpoint(mon, now, box)
 
-    def _process_control(self, messages: Sequence[InMessage], now: float,
-                         saved: Callable[[str], Record | None], box: Outbox) -> None:
+    def _fold_labels(self, mon: ModelMonitor, cols: FeedbackColumns, rows: list[int],
+                     now: float, box: Outbox) -> None:
+        store, model = self.references, mon.model
+        lookup = (lambda version: store.get(model, version)) if store is not None else None
+        out = mon.ingest_labels([cols.event_id[j] for j in rows], [cols.ts[j] for j in rows],
+                                [cols.label[j] for j in rows], now, lookup)
+        box.add(model, out)
+
+    def _dead_label(self, messages: Sequence[InMessage], cols: FeedbackColumns, j: int,
+                    reason: str) -> Record:
+        msg = messages[cols.message[j]]
+        batch = msg.value is not None and msg.value[:1] == b"["
+        dl = DeadLetter(reason, orjson.dumps(cols.raw[j]).decode(),
+                        cols.element[j] if batch else None)
+        return dl.to_record(self.feedback_topic, msg.partition, msg.offset)
+
+    def _process_control(self, msg: InMessage, now: float, saved: Saved, box: Outbox,
+                         limits: ParseLimits) -> None:
         """``ml.deployments`` and ``ml.deploy.approvals``: the rollout state of models."""
-        for msg in messages:
-            topic = msg.topic or ""
-            kind = self.control_topics[topic]
-            records: list[Record] = []
-            for dl in parse_control(msg.value, kind, records,
-                                    self.settings.limits.max_message_bytes):
-                box.deadletters.append(dl.to_record(topic, msg.partition, msg.offset))
-            for model in dict.fromkeys(r["model"] for r in records):
-                mon = self.monitor(model, msg.partition, now, saved)
-                where = f"{topic}:{msg.partition}"
-                if msg.offset <= mon.control_offsets.get(where, -1):
-                    continue  # folded in before a restart
-                mon.control_offsets[where] = msg.offset
-                out = mon.ingest_control(kind, [r for r in records if r["model"] == model], now)
-                box.add(model, out)
-                self._checkpoint(mon, now, box)
-
-    def _late(self, msg: InMessage, element: int, watermark: str) -> Record:
-        reason = (f"late: its window closed before it arrived "
-                  f"(watermark {watermark}, allowed lateness "
-                  f"{self.settings.windows.allowed_lateness_s:g} s)")
-        raw = msg.value or b""
-        doc = orjson.loads(raw)
-        if isinstance(doc, list):
-            dl = DeadLetter(reason, orjson.dumps(doc[element]).decode(), element)
-        else:
-            dl = DeadLetter(reason, raw.decode("utf-8"))
-        return dl.to_record(self.topic, msg.partition, msg.offset)
-
-    def tick(self, now: float, saved_models: Iterable[tuple[str, Record]]) -> Outbox:
-        """Wall-clock checks for every model whose state this worker holds."""
-        box = Outbox()
-        for model, data in saved_models:
-            if model.endswith(LABELS_SUFFIX):
-                continue  # loaded with its model
-            if model not in self.monitors and data is not None:
-                mon = self.monitors[model] = ModelMonitor.from_dict(data, self.settings, now)
-                mon.book.silences = self.silences
-        for model, mon in list(self.monitors.items()):
-            out = mon.tick(now)
-            if mon.expired(now):
-                out.alerts.extend(mon.retire(now))
-                del self.monitors[model]
-                box.add(model, out)
-                box.checkpoints.append((mon.partition, model, None))
-                box.checkpoints.append((mon.partition, model + LABELS_SUFFIX, None))
+        topic = msg.topic or ""
+        kind = self.control_topics[topic]
+        records: list[Record] = []
+        for dl in parse_control(msg.value, kind, records, limits, msg.key):
+            box.deadletters.append(dl.to_record(topic, msg.partition, msg.offset))
+        for model in dict.fromkeys(r["model"] for r in records):
+            mon = self.monitor(model, msg.partition, now, saved, box)
+            where = f"{topic}:{msg.partition}"
+            if mon is None:
+                box.deadletters.append(DeadLetter(
+                    "over_capacity: this worker holds worker.max_models models, none idle",
+                    raw_text(msg.value or b"")).to_record(topic, msg.partition, msg.offset))
                 continue
-            box.add(model, out)
-            if out.stats or out.alerts or out.commands:
-                box.checkpoints.append((mon.partition, model, mon.to_dict()))
+            if msg.offset <= mon.control_offsets.get(where, -1):
+                continue  # folded in before a restart
+            mine = [r for r in records if r["model"] == model]
+
+            def fold(m: ModelMonitor, _: list[int], sub: Outbox) -> None:
+                sub.add(model, m.ingest_control(kind, mine, now))  # noqa: B023
+
+            self._isolated(mon, [0], fold, lambda _, exc: DeadLetter(
+                _internal(exc), raw_text(msg.value or b"")).to_record(
+                    topic, msg.partition, msg.offset), now, saved, box)
+            mon = self.monitors.get(model, mon)
+            mon.control_offsets[where] = msg.offset
+            self._checkpoint(mon, now, box)
+
+    # -- the wall clock -------------------------------------------------------------
+
+    def tick(self, now: float, saved_models: Iterable[tuple[str, Any]],
+             saved: Saved = _no_state) -> Outbox:
+        """Wall-clock checks for every model whose state this worker holds.
+
+        ``saved_models`` are the state table's items: models restored there (a
+        partition taken over) and not yet loaded are loaded, within the cap. One
+        model's failure is logged and counted, and the others go on.
+        """
+        box = Outbox()
+        cap = self.settings.worker.max_models
+        for key, data in saved_models:
+            if SEP in key or key in self.monitors or not isinstance(data, dict) or \
+                    data.get("kind") not in ("model", "chunked") or len(self.monitors) >= cap:
+                continue
+            mon = self._restore(key, now, saved if saved is not _no_state
+                                else lambda k: data if k == key else None)
+            if mon is not None:
+                self.monitors[key] = mon
+        for model, mon in list(self.monitors.items()):
+            try:
+                out = mon.tick(now)
+                if mon.expired(now):
+                    box.add(model, out)
+                    ttl = self.settings.worker.model_ttl_s
+                    self._retire(mon, f"model quiet for {ttl:.0f} s; its state expired", now,
+                                 box)
+                    continue
+                box.add(model, out)
+                if out.stats or out.alerts or out.commands:
+                    box.checkpoints.append((mon.partition, model, mon.to_dict()))
+            except Exception:
+                self.counts["tick_errors"] += 1
+                log.exception("model %s: its wall-clock checks failed; the others go on", model)
         return box
 
     def revoke(self, partitions: set[int]) -> list[str]:
@@ -343,3 +525,7 @@ class PredictionPipeline:
         for m in gone:
             del self.monitors[m]
         return gone
+
+
+def _internal(exc: Exception) -> str:
+    return f"internal_error: {type(exc).__name__}: {exc}"[:500]

@@ -55,7 +55,10 @@ class Reference:
 
     @classmethod
     def from_profile(cls, profile: Any, skew: SkewSettings, baseline_factor: int = 4,
-                     source: str = "published") -> Reference:
+                     source: str = "published", max_features: int = 1_000,
+                     max_bins: int = 1_000) -> Reference:
+        """A profile made ready: validated, bounded, calibrated (CPU-heavy for large ones:
+        the worker runs this off its event loop)."""
         if not isinstance(profile, dict):
             raise InvalidProfile("not_object: a profile is a JSON object")
         for name in ("model", "version"):
@@ -64,6 +67,16 @@ class Reference:
         feats = profile.get("features")
         if not isinstance(feats, dict):
             raise InvalidProfile("missing_field: 'features' is required")
+        if len(feats) > max_features:
+            raise InvalidProfile(f"oversized: {len(feats)} features > {max_features} "
+                                 f"(limits.max_profile_features)")
+        for name, spec in feats.items():
+            if isinstance(spec, dict):
+                size = max(len(spec.get("counts") or ()), len(spec.get("bins") or ()),
+                           len(spec.get("frequencies") or ()))
+                if size > max_bins:
+                    raise InvalidProfile(f"oversized: feature {str(name)[:64]!r} has {size} bins "
+                                         f"or categories > {max_bins} (limits.max_profile_bins)")
         features: dict[str, FeatureRef] = {}
         compared = dict(feats)
         for special in ("prediction", "label"):
@@ -101,16 +114,26 @@ class Reference:
 class ReferenceStore:
     """The latest profile per (model, version)."""
 
-    def __init__(self, skew: SkewSettings, baseline_factor: int = 4) -> None:
+    def __init__(self, skew: SkewSettings, baseline_factor: int = 4,
+                 max_features: int = 1_000, max_bins: int = 1_000) -> None:
         self.skew = skew
         self.baseline_factor = baseline_factor
+        self.max_features, self.max_bins = max_features, max_bins
         self._refs: dict[tuple[str, str], Reference] = {}
 
-    def add(self, profile: Any) -> Reference:
-        ref = Reference.from_profile(profile, self.skew, self.baseline_factor)
+    def prepare(self, profile: Any) -> Reference:
+        """Validate and calibrate a profile without storing it (thread-safe: pure)."""
+        return Reference.from_profile(profile, self.skew, self.baseline_factor,
+                                      max_features=self.max_features, max_bins=self.max_bins)
+
+    def put(self, ref: Reference) -> None:
         self._refs[(ref.model, ref.version)] = ref
         log.info("reference profile for %s %s: %d features", ref.model, ref.version,
                  len(ref.features))
+
+    def add(self, profile: Any) -> Reference:
+        ref = self.prepare(profile)
+        self.put(ref)
         return ref
 
     def remove(self, model: str, version: str) -> None:

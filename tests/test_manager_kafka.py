@@ -52,7 +52,8 @@ async def test_a_flapping_signal_gives_one_trigger_and_one_final_resolve(
         worker_factory: Callable[..., WorkerProcess]) -> None:
     # Strict flap control: an alert that clears within 2 minutes of firing is flapping.
     w = worker_factory({**WINDOW_CFG, "alerts": {"hysteresis": 0, "flap_window_s": 120,
-                                                 "flap_changes": 2, "flap_hold_s": 30}})
+                                                 "flap_changes": 2, "flap_hold_s": 30,
+                                                 "keep_firing_for_s": 30}})
     plan = [900.0, 60.0] * 4 + [60.0] * 5  # slow/fast 4 times, then steady
     async with Collector(w.servers, w.topics["alerts"]) as alerts:
         for i, latency in enumerate(plan + [60.0]):

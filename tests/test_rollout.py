@@ -17,6 +17,8 @@ T0 = 1_795_000_000.0
 SIZE = 10.0
 PER_WINDOW = 2000
 SETTINGS = Settings(
+    # the tests' wall clock starts near 0 while events are stamped in 2026
+    limits={"max_future_s": 4e9},  # type: ignore[arg-type]
     windows={"size_s": SIZE, "allowed_lateness_s": 0},  # type: ignore[arg-type]
     burn_rate={"enabled": False},  # type: ignore[arg-type]
     canary={"min_requests": 80, "fail_windows": 2, "pass_windows": 2,  # type: ignore[arg-type]
@@ -175,3 +177,40 @@ def test_bad_deployment_and_approval_records_are_dead_lettered() -> None:
     reasons = [(d["topic"], d["reason"].split(":")[0]) for d in box.deadletters]
     assert reasons == [("ml.deployments", "missing_field"), ("ml.deploy.approvals", "bad_value"),
                        ("ml.deploy.approvals", "not_json")]
+
+
+def test_a_rollout_announced_before_its_traffic_is_kept_until_the_traffic_comes() -> None:
+    """The controller announces the canary at 5 %, then (wall clock and event
+    time later) its traffic arrives and fails: the rollback names the announced
+    rollout (its step and environment), not one guessed from the traffic."""
+    p = PredictionPipeline(SETTINGS, PREDICTIONS)
+    t = Traffic(seed=7)
+    wall = T0 + 0.5
+    box = p.process([t.deployment("started", 5)], now=wall)
+    assert commands(box) == []
+    t.window = 3  # the first canary requests come 30 s (event time) after the announcement
+    for second in (1.0, 2.0, 5.0, 30.0):  # the worker's wall-clock ticks meanwhile
+        p.tick(wall + second, [])
+        assert "m" in p.monitors, f"rollout state dropped {second} s after its announcement"
+    box = p.process(t.windows(4, percent=20, canary_error=0.05), now=wall + 60.0)
+    [cmd] = commands(box)
+    assert (cmd["action"], cmd["from_version"]) == ("rollback", "v2")
+    # the announced step (5 %), not the nearest step to the 20 % seen (25 %)
+    assert cmd["command_id"] == "rollback:m:v2:5"
+    assert cmd["environment"] == "prod-eu"  # only the announcement says where it runs
+
+
+def test_the_same_canary_rolled_out_again_and_failing_again_is_rolled_back_again() -> None:
+    p = PredictionPipeline(SETTINGS, PREDICTIONS)
+    t = Traffic(seed=8)
+    box = p.process([t.deployment("started", 5)] + t.windows(4, percent=5, canary_error=0.05),
+                    now=0.0)
+    assert [c["command_id"] for c in commands(box)] == ["rollback:m:v2:5"]
+    assert canary_alerts(box) == [("trigger", "canary_regression:m:v2")]
+    box = p.process([t.deployment("rolled_back", 0)] + t.windows(2, percent=0)
+                    + [t.deployment("started", 5)]
+                    + t.windows(4, percent=5, canary_error=0.05), now=1.0)
+    # a new rollout of v2, hence a new decision: a controller deduping on ids acts on it
+    assert [c["command_id"] for c in commands(box)] == ["rollback:m:v2:5:r2"]
+    assert canary_alerts(box) == [("resolve", "canary_regression:m:v2"),
+                                  ("trigger", "canary_regression:m:v2")]

@@ -110,7 +110,10 @@ def test_invalid_profiles_are_refused_with_a_reason() -> None:
         Reference.from_profile({"model": "m", "version": "v1", "features": {"a": 3}}, skew)
 
 
+T0 = 1_795_000_000.0  # event times start here; the tests' wall clock near 0
 SKEW_SETTINGS = Settings(
+    alerts={"keep_firing_for_s": 0},  # type: ignore[arg-type]  # resolve on the next window
+    limits={"max_future_s": 4e9},  # type: ignore[arg-type]
     windows={"size_s": 10, "allowed_lateness_s": 0},  # type: ignore[arg-type]
     skew={"window_events": 400, "hop_events": 100, "run_length_events": 1e6},  # type: ignore[arg-type]
 )
@@ -152,16 +155,16 @@ def test_pipeline_raises_and_resolves_skew_against_the_published_profile() -> No
         offset += len(msgs)
         return p.process(msgs, now=0.0)
 
-    assert skew_alerts(send(serving(2000, 0.0, seed=1))) == []
-    drifted = send(serving(1000, 20.0, seed=2, shift=3.0))  # amounts triple
+    assert skew_alerts(send(serving(2000, T0 + 0.0, seed=1))) == []
+    drifted = send(serving(1000, T0 + 20.0, seed=2, shift=3.0))  # amounts triple
     assert skew_alerts(drifted) == [("trigger", "training_serving_skew:m:v1:amount")]
     evidence = alert_of(drifted, "training_serving_skew:m:v1:amount")["payload"]["custom_details"]
     assert evidence["statistic"] == "jensen_shannon" and evidence["value"] > evidence["threshold"]
     assert evidence["calibration"]["run_length_events"] == 1e6
     assert evidence["window"]["events"] == 400
-    back = send(serving(1000, 40.0, seed=3))
+    back = send(serving(1000, T0 + 40.0, seed=3))
     assert skew_alerts(back) == [("resolve", "training_serving_skew:m:v1:amount")]
-    unseen = send(serving(1000, 60.0, seed=4, country="ZZ"))
+    unseen = send(serving(1000, T0 + 60.0, seed=4, country="ZZ"))
     [(action, key)] = skew_alerts(unseen)
     assert (action, key) == ("trigger", "training_serving_skew:m:v1:country")
     details = alert_of(unseen, "training_serving_skew:m:v1:country")["payload"]["custom_details"]
@@ -174,7 +177,7 @@ def test_pipeline_reports_feature_drift_against_the_trailing_baseline() -> None:
     store = ReferenceStore(SKEW_SETTINGS.skew, SKEW_SETTINGS.drift.baseline_factor)
     store.add(build_profile(training_frame().lazy(), "m", "v1", created_at=1.0))
     p = PredictionPipeline(SKEW_SETTINGS, "ml.predictions", store)
-    evs = serving(2500, 0.0, seed=1) + serving(1000, 30.0, seed=2, shift=3.0)
+    evs = serving(2500, T0 + 0.0, seed=1) + serving(1000, T0 + 30.0, seed=2, shift=3.0)
     msgs = [InMessage(orjson.dumps(evs[i:i + 100]), 0, j)
             for j, i in enumerate(range(0, len(evs), 100))]
     box = p.process(msgs[:25], now=0.0)
@@ -189,13 +192,14 @@ def test_pipeline_reports_feature_drift_against_the_trailing_baseline() -> None:
 
 def test_without_a_published_profile_the_first_events_become_the_reference() -> None:
     settings = Settings(
+        limits={"max_future_s": 4e9},  # type: ignore[arg-type]
         windows={"size_s": 10, "allowed_lateness_s": 0},  # type: ignore[arg-type]
         skew={"window_events": 400, "hop_events": 100,  # type: ignore[arg-type]
               "run_length_events": 1e6, "first_events": 1000},
         drift={"enabled": False},  # type: ignore[arg-type]
     )
     p = PredictionPipeline(settings, "ml.predictions", ReferenceStore(settings.skew))
-    evs = serving(2000, 0.0, seed=1) + serving(1000, 30.0, seed=2, shift=3.0)
+    evs = serving(2000, T0 + 0.0, seed=1) + serving(1000, T0 + 30.0, seed=2, shift=3.0)
     msgs = [InMessage(orjson.dumps(evs[i:i + 100]), 0, j)
             for j, i in enumerate(range(0, len(evs), 100))]
     quiet = p.process(msgs[:20], now=0.0)

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.kafka
 async def test_published_profile_skewed_traffic_triggers_then_resolves(
         worker_factory: Callable[..., WorkerProcess]) -> None:
     w = worker_factory({"skew": {"window_events": 400, "hop_events": 100,
-                                 "run_length_events": 1_000_000}})
+                                 "run_length_events": 1_000_000},
+                        "alerts": {"keep_firing_for_s": 0}})
     settings = load_settings(w.config_path, w.servers)
     profile = build_profile(training_frame().lazy(), "m", "v1", created_at=time.time())
     await publish_profile(settings, profile)
@@ -50,7 +51,7 @@ async def test_feedback_is_joined_and_a_worse_model_raises_performance_degradati
 
     w = worker_factory({"labels": {"window": 100, "estimate": False},
                         "skew": {"enabled": False}, "drift": {"enabled": False},
-                        "quality": {"enabled": False}})
+                        "quality": {"enabled": False}, "alerts": {"keep_firing_for_s": 0}})
     key = "performance_degradation:m:v1:accuracy"
     t0 = time.time() - 600
     async with Collector(w.servers, w.topics["alerts"]) as alerts:

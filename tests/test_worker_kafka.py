@@ -45,6 +45,8 @@ WINDOW_CFG = {
     "latency": {"p99_threshold_ms": 300, "min_events": 10},
     "error_rate": {"threshold": 0.05, "min_events": 10},
     "burn_rate": {"enabled": False},
+    # resolve on the first good window (production holds a resolve 10 minutes)
+    "alerts": {"keep_firing_for_s": 0},
 }
 
 
@@ -119,18 +121,18 @@ MALFORMED: list[tuple[bytes, str]] = [
     (b"{not json", "not_json"),
     (b"\xff\xfe\x00garbage", "not_json"),
     (b'"just a string"', "not_object"),
-    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v1"}', "missing_field"),
-    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v1", "latency_ms": "fast"}',
+    (b'{"event_id": "e", "ts": 1795000000, "model": "m", "version": "v1"}', "missing_field"),
+    (b'{"event_id": "e", "ts": 1795000000, "model": "m", "version": "v1", "latency_ms": "fast"}',
      "bad_type"),
-    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v1", "latency_ms": NaN}',
+    (b'{"event_id": "e", "ts": 1795000000, "model": "m", "version": "v1", "latency_ms": NaN}',
      "not_finite"),
-    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v1", "latency_ms": Infinity}',
+    (b'{"event_id": "e", "ts": 1795000000, "model": "m", "version": "v1", "latency_ms": Infinity}',
      "not_finite"),
-    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v1", "latency_ms": -4}',
+    (b'{"event_id": "e", "ts": 1795000000, "model": "m", "version": "v1", "latency_ms": -4}',
      "negative_latency"),
     (b'{"event_id": "e", "ts": "yesterday", "model": "m", "version": "v1", "latency_ms": 4}',
      "bad_timestamp"),
-    (b'{"event_id": "e", "ts": 1, "model": "m", "version": "v1", "latency_ms": 4, "pad": "'
+    (b'{"event_id": "e", "ts": 1795000000, "model": "m", "version": "v1", "latency_ms": 4, "pad": "'
      + b"x" * 1_100_000 + b'"}', "oversized"),
 ]
 

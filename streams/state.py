@@ -1,0 +1,186 @@
+"""State records for the changelog: encoded once, size-checked, split when large.
+
+Every piece of state Sentinelle restores after a restart or a takeover is a
+JSON object under a key of a changelog-backed Faust table. Kafka refuses a
+record over the broker's ``max.message.bytes`` (1 MB by default), and a refused
+write inside Faust stops the whole worker, so no record may grow with traffic.
+State is kept small by design (bounded detectors, caps on models, series,
+metrics and join entries; see the README's "Limits and guarantees"), and
+:class:`Checkpointer` enforces the bound on what is written whatever happens:
+
+- a record is encoded once (orjson) and its size known before it is sent;
+- a record whose encoding is unchanged since its last write is not sent again;
+- a record larger than ``chunk_bytes`` is split into base64 chunks under
+  ``<key>\\x1fchunk\\x1f<parity>\\x1f<i>`` and a small manifest under the key,
+  written last. Consecutive writes alternate the chunks' parity, so a worker
+  that dies half-way through a write leaves the previous generation whole,
+  and :func:`read` returns the last complete one (or nothing, never garbage).
+
+Keys of the sub-records of a model (its label-join segments, chunks) extend
+the model's key with ``\\x1f`` (the unit separator), which identifiers may not
+contain (:mod:`streams.parse`). Every record carries ``kind`` and
+``partition``, so a worker can tell a model's record from its parts and drop a
+revoked partition's keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = ["SEP", "Checkpointer", "Write", "read", "subkey"]
+
+log = logging.getLogger("sentinelle.state")
+
+SEP = "\x1f"
+
+
+def subkey(key: str, *parts: object) -> str:
+    """The key of a part of ``key``'s state.
+
+    >>> subkey("fraud-scorer", "labels", 3)
+    'fraud-scorer\\x1flabels\\x1f3'
+    """
+    return SEP.join([key, *map(str, parts)])
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One changelog record: ``value`` is the encoded JSON (None: a tombstone) and
+    ``data`` what the table holds for the key afterwards."""
+
+    partition: int
+    key: str
+    value: bytes | None
+    data: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class _Chunked:
+    gen: int                # generation of the chunks the manifest names
+    parts: int              # chunks of that generation
+    other: int              # chunks still stored under the other parity
+
+
+@dataclass
+class Checkpointer:
+    """Encodes state records for the changelog (see the module docstring).
+
+    Parameters
+    ----------
+    chunk_bytes
+        Records encoded larger than this are split into chunks of this many
+        bytes (each written as base64, 4/3 larger).
+    """
+
+    chunk_bytes: int = 512 * 1024
+    _digests: dict[str, int] = field(default_factory=dict)
+    _chunked: dict[str, _Chunked] = field(default_factory=dict)
+    largest: int = 0           # the largest record written, in bytes
+    chunked_writes: int = 0    # records that had to be split
+    skipped: int = 0           # records not written: unchanged since the last write
+
+    def writes(self, partition: int, key: str, value: dict[str, Any] | None,
+               stored: Mapping[str, Any]) -> list[Write]:
+        """The records that store ``value`` under ``key`` (None: delete it)."""
+        if value is None:
+            self._digests.pop(key, None)
+            return [*self._drop_chunks(partition, key, stored), Write(partition, key, None, None)]
+        data = orjson.dumps(value)
+        digest = hash(data)
+        if self._digests.get(key) == digest:
+            self.skipped += 1
+            return []
+        self._digests[key] = digest
+        if len(data) <= self.chunk_bytes:
+            self.largest = max(self.largest, len(data))
+            return [*self._drop_chunks(partition, key, stored), Write(partition, key, data, value)]
+        return self._split(partition, key, data, stored)
+
+    def _state(self, key: str, stored: Mapping[str, Any]) -> _Chunked | None:
+        st = self._chunked.get(key)
+        if st is None:
+            manifest = stored.get(key)
+            if isinstance(manifest, dict) and manifest.get("kind") == "chunked":
+                st = _Chunked(int(manifest["gen"]), int(manifest["parts"]),
+                              int(manifest.get("other", 0)))
+        return st
+
+    def _split(self, partition: int, key: str, data: bytes,
+               stored: Mapping[str, Any]) -> list[Write]:
+        before = self._state(key, stored)
+        gen = before.gen + 1 if before is not None else 0
+        pieces = [data[i:i + self.chunk_bytes] for i in range(0, len(data), self.chunk_bytes)]
+        out = []
+        for i, piece in enumerate(pieces):
+            rec = {"kind": "chunk", "partition": partition, "of": key, "gen": gen,
+                   "data": base64.b64encode(piece).decode("ascii")}
+            out.append(self._encoded(partition, _chunk_key(key, gen, i), rec))
+        # chunks of this parity left over from two generations ago
+        stale = before.other if before is not None else 0
+        out += [Write(partition, _chunk_key(key, gen, i), None, None)
+                for i in range(len(pieces), stale)]
+        st = _Chunked(gen, len(pieces), before.parts if before is not None else 0)
+        self._chunked[key] = st
+        manifest = {"kind": "chunked", "partition": partition, "gen": gen, "parts": st.parts,
+                    "other": st.other, "bytes": len(data)}
+        out.append(self._encoded(partition, key, manifest))
+        self.chunked_writes += 1
+        log.info("state %r is %d bytes: written in %d chunks", key[:80], len(data), len(pieces))
+        return out
+
+    def _encoded(self, partition: int, key: str, rec: dict[str, Any]) -> Write:
+        data = orjson.dumps(rec)
+        self.largest = max(self.largest, len(data))
+        return Write(partition, key, data, rec)
+
+    def _drop_chunks(self, partition: int, key: str, stored: Mapping[str, Any]) -> list[Write]:
+        st = self._state(key, stored)
+        self._chunked.pop(key, None)
+        if st is None:
+            return []
+        return [Write(partition, _chunk_key(key, g, i), None, None)
+                for g, n in ((st.gen, st.parts), (st.gen + 1, st.other)) for i in range(n)]
+
+    def forget(self, keys: list[str]) -> None:
+        """Keys this worker no longer owns (a revoked partition)."""
+        for k in keys:
+            self._digests.pop(k, None)
+            self._chunked.pop(k, None)
+
+
+def _chunk_key(key: str, gen: int, i: int) -> str:
+    return subkey(key, "chunk", gen % 2, i)
+
+
+def read(stored: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    """The value stored under ``key``: a plain record, or its chunks put together.
+
+    A chunked record with a chunk missing or from another generation (a write
+    cut short) reads as None, and the caller starts that state afresh.
+    """
+    value = stored.get(key)
+    if not isinstance(value, dict):
+        return None
+    if value.get("kind") != "chunked":
+        return value
+    gen, parts = int(value["gen"]), int(value["parts"])
+    pieces = []
+    for i in range(parts):
+        chunk = stored.get(_chunk_key(key, gen, i))
+        if not isinstance(chunk, dict) or chunk.get("gen") != gen:
+            log.warning("state %r: chunk %d of generation %d is missing; starting afresh",
+                        key[:80], i, gen)
+            return None
+        pieces.append(base64.b64decode(chunk["data"]))
+    try:
+        out = orjson.loads(b"".join(pieces))
+    except orjson.JSONDecodeError:
+        log.warning("state %r: its chunks do not decode; starting afresh", key[:80])
+        return None
+    return out if isinstance(out, dict) else None
