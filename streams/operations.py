@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,7 @@ from streams.isolation import fold_isolated
 from streams.parse import DeadLetter, MetricColumns, parse_metrics, parse_pipeline, raw_text
 from streams.pipeline import InMessage, parse_limits
 from streams.references import ReferenceStore
-from streams.state import SEP
+from streams.state import SEP, InputMarks
 from streams.validation_skew import profile_skew
 
 __all__ = ["OpsPipeline", "OpsOutbox", "PipelineState", "MetricState", "PoolState",
@@ -364,6 +364,7 @@ class OpsPipeline:
         self.states: dict[str, State] = {}  # least recently used first
         self.counts: Counter[str] = Counter()
         self._per_source: Counter[str] = Counter()  # metric series held, per source
+        self.marks = InputMarks()
 
     # -- the state of one key ---------------------------------------------------------
 
@@ -445,6 +446,8 @@ class OpsPipeline:
         """Parse every message, group what they hold by state key, fold each key."""
         box = OpsOutbox()
         limits = parse_limits(self.settings, now)
+        messages = [m for m in messages
+                    if self.marks.fresh(m.topic or "", m.partition, m.offset, saved)]
         work: dict[str, list[Item]] = {}
         t = self.settings.topics
         for i, msg in enumerate(messages):
@@ -477,6 +480,7 @@ class OpsPipeline:
         for pool, points in box.pool_usage:
             pools.setdefault(pool, []).extend(points)
         box.pool_usage = list(pools.items()) if self.settings.quota.enabled else []
+        box.checkpoints += self.marks.checkpoints()  # last: see streams.state.InputMarks
         return box
 
     def _fold_key(self, key: str, items: list[Item], messages: Sequence[InMessage],
@@ -563,13 +567,14 @@ class OpsPipeline:
     # -- the wall clock -----------------------------------------------------------------
 
     def tick(self, now: float, saved_items: Sequence[tuple[str, Any]],
-             saved: Saved | None = None) -> OpsOutbox:
+             saved: Saved | None = None, behind: Collection[int] = ()) -> OpsOutbox:
         """Wall-clock checks: stalls, expiry of quiet series, runs and pipelines.
 
         ``saved_items`` are the state table's items: keys restored there (a
         partition taken over) and not yet loaded are loaded, within the cap
         (``saved`` reads a record split in chunks). One key's failure is logged
-        and counted, and the others go on.
+        and counted, and the others go on. On ``behind`` partitions (a backlog)
+        silence is the worker's: no stall, no expiry there.
         """
         box = OpsOutbox()
         cap = self.settings.worker.max_operations
@@ -588,7 +593,10 @@ class OpsPipeline:
             try:
                 ttl = (self.settings.metric_anomaly.series_ttl_s if isinstance(st, MetricState)
                        else self.settings.pipelines.pipeline_ttl_s)
-                alerts = st.tick(now) if isinstance(st, PipelineState) else []
+                waiting = st.partition in behind
+                if waiting:
+                    st.last_seen = max(st.last_seen, now - self.settings.worker.idle_close_s)
+                alerts = st.tick(now) if isinstance(st, PipelineState) and not waiting else []
                 alerts += st.tick_alerts(now)
                 box.alerts.extend((a["dedup_key"], a) for a in alerts)
                 if now - st.last_seen > ttl:
@@ -601,6 +609,7 @@ class OpsPipeline:
         return box
 
     def revoke(self, partitions: set[int]) -> None:
+        self.marks.revoke(partitions)
         for key in [k for k, st in self.states.items() if st.partition in partitions]:
             st = self.states.pop(key)
             if isinstance(st, MetricState):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,7 @@ from streams.parse import (
     raw_text,
 )
 from streams.references import ReferenceStore
-from streams.state import SEP, subkey
+from streams.state import SEP, InputMarks, subkey
 
 __all__ = ["InMessage", "Outbox", "PredictionPipeline", "stats_record", "parse_limits"]
 
@@ -150,6 +150,7 @@ class PredictionPipeline:
         self.references = references
         self.monitors: dict[str, ModelMonitor] = {}  # least recently used first
         self.counts: Counter[str] = Counter()
+        self.marks = InputMarks()
         t = settings.topics
         self.control_topics = {t.deployments: "deployment", t.approvals: "approval"}
 
@@ -244,6 +245,8 @@ class PredictionPipeline:
                 saved: Saved = _no_state) -> Outbox:
         box = Outbox()
         limits = parse_limits(self.settings, now)
+        messages = [m for m in messages
+                    if self.marks.fresh(m.topic or self.topic, m.partition, m.offset, saved)]
         # Control messages (deployments, approvals) are rare: they cut the
         # micro-batch into runs, so each acts exactly where it arrived.
         run: list[InMessage] = []
@@ -257,6 +260,7 @@ class PredictionPipeline:
                 run.append(msg)
         if run:
             self._process_data(run, now, saved, box, limits)
+        box.checkpoints += self.marks.checkpoints()  # last: see streams.state.InputMarks
         return box
 
     def _process_data(self, messages: Sequence[InMessage], now: float, saved: Saved,
@@ -485,11 +489,13 @@ class PredictionPipeline:
     # -- the wall clock -------------------------------------------------------------
 
     def tick(self, now: float, saved_models: Iterable[tuple[str, Any]],
-             saved: Saved = _no_state) -> Outbox:
+             saved: Saved = _no_state, behind: Collection[int] = ()) -> Outbox:
         """Wall-clock checks for every model whose state this worker holds.
 
         ``saved_models`` are the state table's items: models restored there (a
-        partition taken over) and not yet loaded are loaded, within the cap. One
+        partition taken over) and not yet loaded are loaded, within the cap.
+        ``behind``: input partitions with a backlog (the worker catching up),
+        whose models' silence is not theirs (see :meth:`ModelMonitor.tick`). One
         model's failure is logged and counted, and the others go on.
         """
         box = Outbox()
@@ -504,7 +510,7 @@ class PredictionPipeline:
                 self.monitors[key] = mon
         for model, mon in list(self.monitors.items()):
             try:
-                out = mon.tick(now)
+                out = mon.tick(now, mon.partition in behind)
                 if mon.expired(now):
                     box.add(model, out)
                     ttl = self.settings.worker.model_ttl_s
@@ -524,6 +530,7 @@ class PredictionPipeline:
         gone = [m for m, mon in self.monitors.items() if mon.partition in partitions]
         for m in gone:
             del self.monitors[m]
+        self.marks.revoke(partitions)
         return gone
 
 

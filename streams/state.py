@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-__all__ = ["SEP", "Checkpointer", "Write", "read", "subkey"]
+__all__ = ["SEP", "Checkpointer", "InputMarks", "Write", "read", "subkey"]
 
 log = logging.getLogger("sentinelle.state")
 
@@ -184,3 +184,58 @@ def read(stored: Mapping[str, Any], key: str) -> dict[str, Any] | None:
         log.warning("state %r: its chunks do not decode; starting afresh", key[:80])
         return None
     return out if isinstance(out, dict) else None
+
+
+class InputMarks:
+    """The last offset folded in, per input (topic, partition): a replay is skipped whole.
+
+    Each key's own offsets already keep a replayed event from being folded
+    twice; this mark also keeps a replayed message's dead letters (which may
+    belong to no key at all) from being sent twice. It is stored as a small
+    record per input partition (``\\x1finput\\x1f<topic>\\x1f<partition>``), on
+    that partition, written after the micro-batch's other records so that, the
+    producer keeping a partition's records in order, a mark on the changelog
+    means the state it covers is there too.
+
+    >>> marks = InputMarks()
+    >>> marks.fresh("t", 0, 5, lambda key: None), marks.fresh("t", 0, 5, lambda key: None)
+    (True, False)
+    >>> [(p, rec["offset"]) for p, _, rec in marks.checkpoints()]
+    [(0, 5)]
+    """
+
+    def __init__(self) -> None:
+        self._marks: dict[tuple[str, int], int] = {}
+        self._changed: set[tuple[str, int]] = set()
+
+    @staticmethod
+    def key(topic: str, partition: int) -> str:
+        return subkey("", "input", topic, partition)
+
+    def fresh(self, topic: str, partition: int, offset: int,
+              saved: Callable[[str], dict[str, Any] | None]) -> bool:
+        """Whether the message was not read before; if so, it is marked read."""
+        where = (topic, partition)
+        mark = self._marks.get(where)
+        if mark is None:
+            rec = saved(self.key(topic, partition))
+            mark = int(rec["offset"]) if rec is not None and "offset" in rec else -1
+        if offset <= mark:
+            self._marks[where] = mark
+            return False
+        self._marks[where] = offset
+        self._changed.add(where)
+        return True
+
+    def checkpoints(self) -> list[tuple[int, str, dict[str, Any]]]:
+        """The marks moved since the last call, as state records."""
+        out = [(p, self.key(t, p), {"kind": "input", "partition": p, "topic": t,
+                                    "offset": self._marks[(t, p)]})
+               for t, p in sorted(self._changed)]
+        self._changed = set()
+        return out
+
+    def revoke(self, partitions: set[int]) -> None:
+        for where in [w for w in self._marks if w[1] in partitions]:
+            del self._marks[where]
+            self._changed.discard(where)

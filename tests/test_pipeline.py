@@ -37,6 +37,11 @@ def stream(model: str = "m") -> list[InMessage]:
     return [InMessage(v, 0, i) for i, v in enumerate(msgs)]
 
 
+def states(checkpoints: list[Any]) -> list[Any]:
+    """The checkpoints of keys, without the input partitions' read marks."""
+    return [c for c in checkpoints if c[2] is None or c[2].get("kind") != "input"]
+
+
 def actions(box: Outbox) -> list[tuple[str, str]]:
     return [(a["event_action"], k) for k, a in box.alerts]
 
@@ -48,7 +53,7 @@ def test_stream_gives_windows_and_one_trigger_one_resolve() -> None:
     assert actions(box) == [("trigger", "latency_slo:m:v1:p99"),
                             ("resolve", "latency_slo:m:v1:p99")]
     assert box.events == 50 and box.deadletters == []
-    [(partition, model, state)] = box.checkpoints
+    [(partition, model, state)] = states(box.checkpoints)
     assert (partition, model, state["offsets"]) == (0, "m", {"0": len(stream()) - 1})
 
 
@@ -57,7 +62,7 @@ def test_replay_after_a_crash_is_not_counted_twice() -> None:
     cut = 17
     first = PredictionPipeline(SETTINGS, "ml.predictions")
     a = first.process(msgs[:cut], now=100.0)
-    saved = orjson.loads(orjson.dumps(a.checkpoints[-1][2]))  # what the changelog holds
+    saved = orjson.loads(orjson.dumps(states(a.checkpoints)[-1][2]))  # what the changelog holds
     # The consumer offset was not committed: a new worker reads from an older offset.
     second = PredictionPipeline(SETTINGS, "ml.predictions")
     b = second.process(msgs[cut - 9:], now=101.0, saved=lambda m: saved)
