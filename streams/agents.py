@@ -125,6 +125,31 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
     models = _StateWriter(s.state, "model-state", metrics, chunk)
     operations = _StateWriter(s.ops_state, "ops-state", metrics, chunk)
     exported: tuple[dict[str, int], dict[str, int]] = ({}, {})  # what was already counted
+    # the last message handed to a pipeline, per input partition: (offset, Kafka timestamp)
+    read: dict[TP, tuple[int, float | None]] = {}
+    late_by = max(2.0, 2 * settings.worker.batch_within_s)
+
+    async def behind(topics: set[str]) -> set[int]:
+        """Input partitions the worker is catching up on: messages wait unread there, and
+        the last one read was produced more than a few seconds ago (a backlog, or a
+        partition the consumer has not fetched from lately). Their models' silence is not
+        theirs: no outage, no idle flush (see :meth:`ModelMonitor.tick`)."""
+        out = set()
+        now = time.time()
+        try:
+            for tp in app.consumer.assignment():
+                if tp.topic not in topics:
+                    continue
+                high = app.consumer.highwater(tp)
+                done, stamp = read.get(tp, (None, None))
+                position = done + 1 if done is not None else await app.consumer.position(tp)
+                if high is None or position is None or high <= position:
+                    continue  # caught up
+                if stamp is None or now - stamp > late_by:
+                    out.add(tp.partition)
+        except Exception:  # no consumer yet (starting, rebalancing): nobody is behind
+            log.debug("no highwater marks yet", exc_info=True)
+        return out
 
     def encode(kind: str, rec: Any, limit: int) -> bytes | None:
         try:
@@ -181,38 +206,69 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
         await references_loaded.wait()
         await silences_loaded.wait()
 
+    def loaded() -> bool:
+        """The timers wait too: a restored alert held by a silence must stay held."""
+        return references_loaded.is_set() and silences_loaded.is_set()
+
     def messages_of(events: Sequence[EventT]) -> list[InMessage]:
+        for e in events:
+            read[e.message.tp] = (e.message.offset, e.message.timestamp)
         return [InMessage(e.message.value, e.message.partition, e.message.offset,
                           e.message.topic, e.message.key) for e in events]
 
-    @app.agent(s.inputs, name="sentinelle.watch_predictions")
-    async def watch_predictions(stream: faust.StreamT) -> None:
+    # A slice is processed and its outputs and state handed to the producer as one
+    # unit, even when the worker is told to stop half-way: Faust stops the consumer
+    # (committing what was acknowledged: earlier micro-batches only), then flushes
+    # the producer, then cancels the agents. ``finish_slices`` makes the flush wait
+    # for the slice in flight, and no slice starts after it; the rest of the
+    # micro-batch is read again by the next owner, and skipped where it was folded.
+    stopping = asyncio.Event()
+    in_flight: set[asyncio.Future[None]] = set()
+
+    async def as_a_unit(work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+        await asyncio.shield(task)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def finish_slices(sender: Any, **kwargs: Any) -> None:
+        stopping.set()
+        if in_flight:
+            log.info("stopping: finishing the micro-batch slice in flight")
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def handle(part: Sequence[EventT], kind: str) -> None:
+        messages = messages_of(part)
+        metrics.messages.labels(kind).inc(len(messages))
+        if kind == "inputs":
+            box: Outbox | OpsOutbox = pipeline.process_safely(messages, time.time(),
+                                                              models.saved)
+            metrics.events.labels(topic_name).inc(box.events)
+        else:
+            box = ops.process(messages, time.time(), operations.saved)
+            metrics.events.labels("operations").inc(box.events)
+        await publish(box)
+
+    async def consume(stream: faust.StreamT, kind: str) -> None:
         # take_events (faust-streaming) is missing from the StreamT interface.
         batches = stream.take_events  # type: ignore[attr-defined]
         async for events in batches(settings.worker.batch_max,
                                     within=settings.worker.batch_within_s):
-            await ready()
+            await ready()  # profiles (skew, validation) and silences first
             for part in slices(events, settings.worker.slice_bytes):
-                messages = messages_of(part)
-                metrics.messages.labels("inputs").inc(len(messages))
-                box = pipeline.process_safely(messages, time.time(), models.saved)
-                metrics.events.labels(topic_name).inc(box.events)
-                await publish(box)
+                if stopping.is_set():
+                    return
+                await as_a_unit(handle(part, kind))
                 await asyncio.sleep(0)  # let timers, the web page and rebalances in
+
+    @app.agent(s.inputs, name="sentinelle.watch_predictions")
+    async def watch_predictions(stream: faust.StreamT) -> None:
+        await consume(stream, "inputs")
 
     @app.agent(s.operations, name="sentinelle.watch_operations")
     async def watch_operations(stream: faust.StreamT) -> None:
-        batches = stream.take_events  # type: ignore[attr-defined]
-        async for events in batches(settings.worker.batch_max,
-                                    within=settings.worker.batch_within_s):
-            await ready()  # validation skew needs the training profiles
-            for part in slices(events, settings.worker.slice_bytes):
-                messages = messages_of(part)
-                metrics.messages.labels("operations").inc(len(messages))
-                box = ops.process(messages, time.time(), operations.saved)
-                metrics.events.labels("operations").inc(box.events)
-                await publish(box)
-                await asyncio.sleep(0)
+        await consume(stream, "operations")
 
     @app.task
     async def follow_references() -> None:
@@ -279,17 +335,22 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
 
     @app.timer(settings.worker.tick_s, name="sentinelle.ops_wall_clock_checks")
     async def ops_wall_clock_checks() -> None:
+        if not loaded():
+            return
         try:
             await publish(ops.tick(time.time(), list(s.ops_state.data.items()),
-                                   operations.saved))
+                                   operations.saved, await behind(set(s.operations.topics))))
         except Exception:
             log.exception("the operations' wall-clock checks failed; trying again next tick")
             metrics.guards.labels("tick_errors").inc()
 
     @app.timer(settings.worker.tick_s, name="sentinelle.wall_clock_checks")
     async def wall_clock_checks() -> None:
+        if not loaded():
+            return
         try:
-            await publish(pipeline.tick(time.time(), list(s.state.data.items()), models.saved))
+            await publish(pipeline.tick(time.time(), list(s.state.data.items()), models.saved,
+                                        await behind({topic_name})))
             metrics.labels.clear()  # models no longer held leave the page
             for model, mon in pipeline.monitors.items():
                 for outcome, n in mon.labels.stats().items():

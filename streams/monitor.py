@@ -410,15 +410,24 @@ class ModelMonitor:
                     signal = _note_source(signal, ref)
                 self._emit(out, signal)
 
-    def tick(self, now: float) -> Output:
-        """Wall-clock checks: outage, idle windows, quiet series."""
+    def tick(self, now: float, behind: bool = False) -> Output:
+        """Wall-clock checks: outage, idle windows, quiet series.
+
+        ``behind``: the worker has a backlog on this model's partition, so its
+        silence is the worker's, not the producer's: no outage, no idle flush
+        (its next events may belong to the open windows), no expiry.
+        """
         out = Output()
         self._wall = now
+        watermark = self.windows.watermark
+        out.alerts.extend(self.book.tick(now, watermark if watermark > -np.inf else None))
+        if behind:
+            self.last_arrival = max(self.last_arrival, now - self.settings.worker.idle_close_s)
+            self.outage.grace(now)
+            return out
         signal = self.outage.check(now)
         if signal is not None:
             self._emit(out, signal)
-        watermark = self.windows.watermark
-        out.alerts.extend(self.book.tick(now, watermark if watermark > -np.inf else None))
         idle = now - self.last_arrival > self.settings.worker.idle_close_s
         if self.windows.open_windows and idle:
             self._evaluate(out, self.windows.flush())

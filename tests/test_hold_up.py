@@ -260,10 +260,10 @@ def test_one_models_wall_clock_failure_does_not_stop_the_others(
     p.process([message([prediction(m, T0, i)], i) for i, m in enumerate("abc")], now=T0)
     real = ModelMonitor.tick
 
-    def tick(self: ModelMonitor, now: float) -> Any:
+    def tick(self: ModelMonitor, now: float, behind: bool = False) -> Any:
         if self.model == "b":
             raise RuntimeError("broken clock")
-        return real(self, now)
+        return real(self, now, behind)
 
     monkeypatch.setattr(ModelMonitor, "tick", tick)
     box = p.tick(T0 + 10 * 86_400, [])  # a, c expire; b fails
@@ -367,3 +367,29 @@ def test_every_state_record_carries_its_partition() -> None:
             for i in range(0, 3000, 500)]
     log.apply(p.process(msgs, now=T0 + 300, saved=log.saved))
     assert log.data and all(v["partition"] == 3 for v in log.data.values())
+
+
+def test_a_worker_catching_up_does_not_call_its_backlog_an_outage() -> None:
+    """A partition with a backlog is the worker's silence, not the producer's: no outage,
+    no early flush of open windows (whose events may still be in the backlog)."""
+    s = Settings(outage={"floor_s": 5, "min_arrivals": 1},  # type: ignore[arg-type]
+                 worker={"idle_close_s": 5})  # type: ignore[arg-type]
+    p = PredictionPipeline(s, "ml.predictions")
+    p.process([message([prediction("m", T0 + i, i) for i in range(20)], 0)], now=T0 + 20)
+    waiting = p.tick(T0 + 200, [], behind={0})
+    assert waiting.alerts == [] and waiting.stats == []
+    caught_up = p.tick(T0 + 400, [])
+    assert [a["dedup_key"] for _, a in caught_up.alerts] == ["outage:m"]
+    assert caught_up.stats  # the idle windows are flushed now
+
+
+def test_a_micro_batch_is_processed_in_slices_of_bounded_input() -> None:
+    from types import SimpleNamespace
+
+    from streams.agents import slices
+
+    events = [SimpleNamespace(message=SimpleNamespace(value=b"x" * n))
+              for n in (300, 300, 300, 50, 900, 10)]
+    parts = list(slices(events, 600))  # type: ignore[arg-type]
+    assert [len(p) for p in parts] == [2, 3, 1]  # a slice ends once it holds 600 bytes
+    assert sum(len(p) for p in parts) == len(events)
