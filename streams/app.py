@@ -87,6 +87,7 @@ def create_app(settings: Settings) -> Sentinelle:
         web_bind=w.web_host,
         web_in_thread=False,
         producer_max_request_size=topic_max_bytes(settings),
+        producer_max_batch_size=k.producer_batch_bytes or 16384,
     )
     table_configs = {"max.message.bytes": str(topic_max_bytes(settings))}
 

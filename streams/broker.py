@@ -23,7 +23,7 @@ from types import TracebackType
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-__all__ = ["EmbeddedBroker", "free_port", "ensure_topics", "wait_for_port"]
+__all__ = ["EmbeddedBroker", "free_port", "ensure_topics", "wait_for_port", "is_tansu"]
 
 log = logging.getLogger("sentinelle.broker")
 
@@ -97,6 +97,26 @@ class EmbeddedBroker:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+async def is_tansu(bootstrap_servers: str) -> bool:
+    """Whether the broker is Tansu (by its cluster id, ``tansu_cluster`` by default).
+
+    Tansu 0.6 reports a partition's end offset as its last record batch's base
+    offset + 1, so a reader that stops at the end (Faust's state recovery, a
+    follower reading a topic to its end) misses the rest of a batch of several
+    records. The worker then writes one record per batch (see ``create_app``).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+        return str(cluster.get("cluster_id") or "").startswith("tansu")
+    except Exception:  # an old broker, or none: decided elsewhere
+        log.debug("cannot describe the cluster", exc_info=True)
+        return False
+    finally:
+        await admin.close()
 
 
 async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int,

@@ -72,7 +72,7 @@ def worker(config_path: str | None, bootstrap_servers: str | None, loglevel: str
 
     from streams.agents import register
     from streams.app import create_app, pool_topic_name, topic_max_bytes
-    from streams.broker import ensure_topics
+    from streams.broker import ensure_topics, is_tansu
 
     servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
     t = settings.topics
@@ -80,6 +80,9 @@ def worker(config_path: str | None, bootstrap_servers: str | None, loglevel: str
                               settings.kafka.partitions,
                               settings.kafka.replication_factor, compacted=t.compacted(),
                               max_message_bytes=topic_max_bytes(settings)))
+    if settings.kafka.producer_batch_bytes is None and asyncio.run(is_tansu(servers)):
+        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+            update={"producer_batch_bytes": 1})})  # one record per batch: see is_tansu
     s = create_app(settings)
     register(s)
     Worker(s.app, loglevel=loglevel).execute_from_commandline()

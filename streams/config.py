@@ -44,6 +44,9 @@ class KafkaSettings(_Section):
     replication_factor: int = Field(1, ge=1)
     rebalance_timeout_s: float = Field(10.0, gt=0)
     session_timeout_s: float = Field(10.0, gt=0)
+    producer_batch_bytes: int | None = Field(
+        None, ge=1, description="the producer's max_batch_size; unset: 16 KiB, or one record "
+                                "per batch on Tansu, which misreports the end of a batch")
 
 
 class TopicSettings(_Section):

@@ -6,6 +6,11 @@ beginning, and keeps following them. ``loaded`` is set once the topic has been
 read to its end at start (or when reading fails: the worker goes on without it,
 says so, and tries again).
 
+The end is where the broker's end offsets are reached *and* a fetch comes back
+empty: Tansu (the embedded broker) reports the end of a partition as its last
+record batch's base offset + 1, so the end offsets alone would stop short of
+the rest of that batch.
+
 A record that its handler cannot use is the handler's to dead-letter; should
 the handler raise anyway, the record is logged and skipped. Reading resumes
 after a broken connection from the last record handled, never from the start,
@@ -56,17 +61,22 @@ async def _start(servers: str, topic: str,
     return consumer
 
 
+async def _at_end(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    return all([await consumer.position(tp) >= end for tp, end in ends.items()])
+
+
 async def read_all(servers: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
     """(key, value) of every record now in ``topic``, oldest first per partition."""
     consumer = await _start(servers, topic)
     try:
-        parts = consumer.assignment()
-        ends = await consumer.end_offsets(list(parts))
+        ends = await consumer.end_offsets(list(consumer.assignment()))
         out: list[tuple[bytes | None, bytes | None]] = []
-        while any([await consumer.position(tp) < ends[tp] for tp in parts]):
-            for msgs in (await consumer.getmany(timeout_ms=500)).values():
+        while True:
+            got = await consumer.getmany(timeout_ms=300)
+            for msgs in got.values():
                 out.extend((m.key, m.value) for m in msgs)
-        return out
+            if not got and await _at_end(consumer, ends):
+                return out
     finally:
         await consumer.stop()
 
@@ -83,15 +93,14 @@ async def _read(servers: str, topic: str, on_record: OnRecord, loaded: asyncio.E
         if all(ends[tp] == 0 for tp in parts):
             loaded.set()
         while True:
-            for tp, msgs in (await consumer.getmany(timeout_ms=500)).items():
+            got = await consumer.getmany(timeout_ms=300 if not loaded.is_set() else 500)
+            for tp, msgs in got.items():
                 for msg in msgs:
                     await _handle(on_record, topic, msg.key, msg.value, tp, msg.offset)
                     positions[tp.partition] = msg.offset + 1
-            if not loaded.is_set():
-                now = {tp: await consumer.position(tp) for tp in parts}
-                if all(now[tp] >= ends[tp] for tp in parts):
-                    log.info("read %s to its end", topic)
-                    loaded.set()
+            if not loaded.is_set() and not got and await _at_end(consumer, ends):
+                log.info("read %s to its end", topic)
+                loaded.set()
     finally:
         await consumer.stop()
 
