@@ -32,6 +32,7 @@ class Collector:
     def __init__(self, servers: str, topic: str) -> None:
         self.servers, self.topic = servers, topic
         self.records: list[Any] = []
+        self.keys: list[bytes | None] = []  # each record's key
         self._arrived = asyncio.Condition()  # notified on every record
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -48,6 +49,7 @@ class Collector:
         async for msg in self._consumer:
             async with self._arrived:
                 self.records.append(orjson.loads(msg.value or b"null"))
+                self.keys.append(msg.key)
                 self._arrived.notify_all()
 
     async def __aexit__(self, *exc: object) -> None:
