@@ -121,7 +121,7 @@ import polars as pl
 from detectors.profile import build_profile
 from streams.config import Settings
 from streams.parse import PredictionColumns, parse_predictions
-from streams.pipeline import InMessage, PredictionPipeline
+from streams.pipeline import InMessage, PredictionPipeline, parse_limits
 from streams.references import ReferenceStore
 from streams.simulate import ModelSpec, make_event
 
@@ -352,13 +352,12 @@ def run_baseline(work: Workload, settings: Settings) -> dict[str, int]:
 
 
 def run_parse(work: Workload, settings: Settings) -> dict[str, int]:
-    lim = settings.limits
     dead = 0
-    for messages, _ in work.chunks:
+    for messages, now in work.chunks:
         cols = PredictionColumns()
+        limits = parse_limits(settings, now)
         for i, msg in enumerate(messages):
-            dead += len(parse_predictions(msg.value, cols, i, lim.max_message_bytes,
-                                          lim.max_batch_events))
+            dead += len(parse_predictions(msg.value, cols, i, limits, msg.key))
     return {"deadletters": dead}
 
 
