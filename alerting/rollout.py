@@ -353,7 +353,7 @@ class RolloutTracker:
     # -- what the controller and people say ----------------------------------
 
     def on_deployment(self, rec: dict[str, Any], now: float) -> TrackerOutput:
-        """An ``ml.deployments`` record (validated by :func:`streams.parse.parse_control`)."""
+        """An ``ml.deployments`` record (validated by :func:`streams.core.parse.parse_control`)."""
         out = TrackerOutput()
         phase, canary = rec["phase"], rec.get("canary_version")
         percent = rec.get("traffic_percent")

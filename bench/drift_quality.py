@@ -113,7 +113,7 @@ compare the ratio, not the raw rates.
 Other choices: training data of ``TRAIN_ROWS`` = 50,000 rows drawn from the
 laws in ``bench/_synthetic.py``, profiled by
 :func:`detectors.profile.build_profile` (20 quantile bins) and calibrated by
-:meth:`streams.references.Reference.from_profile` as the worker does it; the
+:meth:`streams.core.references.Reference.from_profile` as the worker does it; the
 streams are fresh draws from the same laws (so the reference's own sampling
 error is part of what is measured); every stream is seeded. Values are binned
 as the worker bins them, following the profile: the integer ``items`` feature
@@ -156,7 +156,7 @@ from detectors.drift import DriftDetector
 from detectors.profile import FeatureBins, build_profile, category_key
 from detectors.skew import SkewDetector
 from streams.config import DriftSettings, SkewSettings
-from streams.references import FeatureRef, Reference
+from streams.core.references import FeatureRef, Reference
 
 TRAIN_ROWS = 50_000
 SHORT_RUN_LENGTH = 20_000
@@ -226,7 +226,7 @@ def make_detector(kind: str, fr: FeatureRef, baseline_factor: int
 
 
 def bin_values(feat: syn.Feature, bins: FeatureBins, x: np.ndarray) -> np.ndarray:
-    """Bin indices, as the worker computes them (``streams.monitor._compare``).
+    """Bin indices, as the worker computes them (``streams.core.monitor._compare``).
 
     The profile decides: an integer feature with few distinct values is profiled
     as categorical, and its JSON integers then count as categories ("3").

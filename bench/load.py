@@ -4,7 +4,7 @@ Starts the embedded broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``) and one
 Sentinelle worker with default settings (only ``worker.idle_close_s`` is
 shortened, so the last windows close once the run's traffic stops), publishes
 the training profiles of half the models, then sends the run of
-:mod:`streams.loadtest` (by default 10 models at 20 events/s for 2 hours of
+:mod:`streams.tools.loadtest` (by default 10 models at 20 events/s for 2 hours of
 event time: 1.44 million predictions, half of them labelled five minutes
 later, one metrics source with 20 metrics, both wire forms, hostile inputs and
 three incidents) as fast as the broker takes it, and waits until every event
@@ -40,10 +40,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.broker import EmbeddedBroker  # noqa: E402
+from streams.cli.profile import publish_profile  # noqa: E402
 from streams.config import TopicSettings, load_settings  # noqa: E402
-from streams.loadtest import LoadPlan, check, produce, profiles  # noqa: E402
-from streams.profile_cli import publish_profile  # noqa: E402
+from streams.tools.broker import EmbeddedBroker  # noqa: E402
+from streams.tools.loadtest import LoadPlan, check, produce, profiles  # noqa: E402
 
 
 class Worker:

@@ -2,7 +2,7 @@
 
 Measures, in one run, what the worker spends per prediction event in the code we
 own, between Faust handing over a micro-batch of ``ml.predictions`` messages and
-the :class:`~streams.pipeline.Outbox` coming back. Faust's own per-message cost
+the :class:`~streams.core.predictions.Outbox` coming back. Faust's own per-message cost
 (about 200 µs, consuming, batching and committing) is documented separately and
 is not part of these figures.
 
@@ -13,18 +13,18 @@ contract's batch form: a JSON array of 100 events per message):
     ``orjson.loads`` of every message's bytes, nothing else: the floor of any
     JSON consumer.
 ``parse``
-    :func:`streams.parse.parse_predictions` into a fresh
-    :class:`~streams.parse.PredictionColumns` per micro-batch (validation,
+    :func:`streams.core.parse.parse_predictions` into a fresh
+    :class:`~streams.core.parse.PredictionColumns` per micro-batch (validation,
     timestamp parsing, column building).
 ``pipeline``
-    :meth:`streams.pipeline.PredictionPipeline.process` with default
+    :meth:`streams.core.predictions.PredictionProcessor.process` with default
     ``Settings()`` and no reference profiles: parse, Polars frame, per-model
     split, event-time windows, detectors, alert book and one state checkpoint
     (``to_dict``) per model per micro-batch, as the worker does it. This is the
     walking skeleton's path; the events' features are parsed and carried along
     but compared with nothing.
 ``pipeline+skew``
-    The same, given a :class:`~streams.references.ReferenceStore` holding one
+    The same, given a :class:`~streams.core.references.ReferenceStore` holding one
     reference profile per (model, version), with drift and quality turned off
     in a copy of the settings: training/serving skew is the only reference
     check (13 sliding windows per model: 12 features and the prediction).
@@ -64,7 +64,7 @@ process-wide high-water mark (``ru_maxrss``) is printed at the end for that.
 Workload choices:
 
 - 3 models (``fraud-scorer``, ``recommender``, ``churn-model``), events made by
-  :func:`streams.simulate.make_event` with a seeded ``random.Random`` and no
+  :func:`streams.tools.simulate.make_event` with a seeded ``random.Random`` and no
   incident effects (normal traffic), interleaved in event-time order;
 - ``RATE`` = 50 events per model per simulated second, so 60,000 events span
   about 7 simulated minutes: about 6 windows of 60 s close per model, each
@@ -77,7 +77,7 @@ Workload choices:
 - reference profiles: :func:`detectors.profile.build_profile` of a training
   frame of ``TRAIN_ROWS`` = 50,000 rows per (model, version), drawn from the
   same laws with its own fixed seed, calibrated into a
-  :class:`~streams.references.ReferenceStore` as the worker does it; profiles
+  :class:`~streams.core.references.ReferenceStore` as the worker does it; profiles
   and store are built once, before any timing, and shared by the runs (the
   detectors' state lives in the pipeline, made fresh for every run);
 - each model keeps to one partition (as keyed by model in production), offsets
@@ -120,10 +120,10 @@ import polars as pl
 
 from detectors.profile import build_profile
 from streams.config import Settings
-from streams.parse import PredictionColumns, parse_predictions
-from streams.pipeline import InMessage, PredictionPipeline, parse_limits
-from streams.references import ReferenceStore
-from streams.simulate import ModelSpec, make_event
+from streams.core.parse import PredictionColumns, parse_predictions
+from streams.core.predictions import InMessage, PredictionProcessor, parse_limits
+from streams.core.references import ReferenceStore
+from streams.tools.simulate import ModelSpec, make_event
 
 TOPIC = "ml.predictions"
 MODELS = (ModelSpec("fraud-scorer", "v7"), ModelSpec("recommender", "v3"),
@@ -278,7 +278,7 @@ def training_profiles(rows: int = TRAIN_ROWS) -> list[dict[str, Any]]:
 
 
 def reference_store(settings: Settings, profiles: Sequence[dict[str, Any]]) -> ReferenceStore:
-    """The profiles, calibrated as the worker does it (:mod:`streams.agents`)."""
+    """The profiles, calibrated as the worker does it (:mod:`streams.runtime.agents`)."""
     store = ReferenceStore(settings.skew, settings.drift.baseline_factor)
     for profile in profiles:
         store.add(profile)
@@ -363,7 +363,7 @@ def run_parse(work: Workload, settings: Settings) -> dict[str, int]:
 
 def run_pipeline(work: Workload, settings: Settings,
                  references: ReferenceStore | None = None) -> dict[str, int]:
-    pipeline = PredictionPipeline(settings, TOPIC, references)
+    pipeline = PredictionProcessor(settings, TOPIC, references)
     windows = alerts = dead = folded = 0
     triggers: dict[str, int] = {}
     for messages, now in work.chunks:
@@ -382,7 +382,7 @@ def run_pipeline(work: Workload, settings: Settings,
         info["drift_alerts"] = sum(triggers.get(c, 0) for c in DRIFT_CHECKS)
         info["quality_alerts"] = triggers.get(QUALITY_CHECK, 0)
         # (series, feature) pairs compared with a reference, at the end of the run
-        # (private layout of streams.monitor: read defensively, a sanity figure only)
+        # (private layout of streams.core.monitor: read defensively, a sanity figure only)
         info["compared"] = sum(len(getattr(s, "skew", ())) for mon in pipeline.monitors.values()
                                for s in getattr(mon, "series", {}).values())
     return info

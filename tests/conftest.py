@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.broker import EmbeddedBroker
 from streams.config import TopicSettings
+from streams.tools.broker import EmbeddedBroker
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,7 +34,8 @@ from alerting.bridge import (
     slack_body,
 )
 from alerting.bridge_service import http_poster, run_bridge
-from streams.broker import ensure_topics, free_port
+from streams.runtime.kafka import ensure_topics
+from streams.tools.broker import free_port
 from tests.kafka_io import Collector, produce
 
 NOW = 1_800_000_000.0  # a fixed wall clock for the HTTP-date cases

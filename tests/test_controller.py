@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from alerting.rollout import make_command
-from streams import controller
-from streams.controller import ControllerState, parse_command, parse_start, run_controller
+from streams.tools import controller
+from streams.tools.controller import ControllerState, parse_command, parse_start, run_controller
 
 
 def promote(step: int, **extra: Any) -> dict:

@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.config import Settings
-from streams.monitor import ModelMonitor
-from streams.pipeline import InMessage, Outbox, PredictionPipeline
-from streams.state import Checkpointer, read
+from streams.core.monitor import ModelMonitor
+from streams.core.predictions import InMessage, Outbox, PredictionProcessor
+from streams.core.state import Checkpointer, read
 
 T0 = 1_795_000_000.0
 NOW = T0 + 1000
@@ -155,7 +155,7 @@ class Worker:
     """A pipeline and its changelog, fed micro-batches as the agent does."""
 
     def __init__(self) -> None:
-        self.pipeline = PredictionPipeline(SETTINGS, "ml.predictions")
+        self.pipeline = PredictionProcessor(SETTINGS, "ml.predictions")
         self.data: dict[str, Any] = {}
         self.writer = Checkpointer()
         self.box = Outbox()

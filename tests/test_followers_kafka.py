@@ -12,10 +12,10 @@ from aiokafka import AIOKafkaProducer
 
 from alerting.manager import Silence
 from detectors.profile import build_profile
-from streams.admin_cli import add_silence
-from streams.broker import ensure_topics
+from streams.cli.admin import add_silence
+from streams.cli.profile import publish_profile
 from streams.config import TopicSettings, load_settings
-from streams.profile_cli import publish_profile
+from streams.runtime.kafka import ensure_topics
 from tests.conftest import WorkerProcess, test_config
 from tests.kafka_io import Collector, produce
 from tests.test_skew import training_frame

@@ -18,11 +18,11 @@ import pytest
 
 from detectors.profile import build_profile
 from streams.config import Settings
-from streams.monitor import ModelMonitor
-from streams.operations import OpsOutbox, OpsPipeline
-from streams.pipeline import InMessage, Outbox, PredictionPipeline
-from streams.references import ReferenceStore
-from streams.state import Checkpointer, read
+from streams.core.monitor import ModelMonitor
+from streams.core.operations import OperationsProcessor, OpsOutbox
+from streams.core.predictions import InMessage, Outbox, PredictionProcessor
+from streams.core.references import ReferenceStore
+from streams.core.state import Checkpointer, read
 
 T0 = 1_795_000_000.0
 MB = 1_000_000
@@ -67,7 +67,7 @@ def message(events: list[dict[str, Any]], offset: int, key: str | None = None,
 def test_a_busy_model_without_feedback_writes_no_record_over_the_bound() -> None:
     """Seen: 30,000 predictions at 10/s and no feedback at all made a 1.42 MB
     ``#labels`` record, and the worker crashed at its next write."""
-    p = PredictionPipeline(Settings(), "ml.predictions")
+    p = PredictionProcessor(Settings(), "ml.predictions")
     log = Changelog()
     label = "x" * 200  # long class names are kept as digests
     for sec in range(0, 3000, 10):
@@ -85,7 +85,7 @@ def test_a_model_busier_than_the_join_is_sampled_and_late_labels_still_match() -
     """At 1,000/s a buffer of the last 20,000 predictions covers 20 s: labels an hour
     late would never match. The join keeps a hash sample covering its TTL instead."""
     s = Settings(labels={"join_max": 2_000, "join_ttl_s": 3600})  # type: ignore[arg-type]
-    p = PredictionPipeline(s, "ml.predictions")
+    p = PredictionProcessor(s, "ml.predictions")
     log = Changelog()
     n = 0
     for sec in range(0, 600, 10):  # 10 minutes at 100/s
@@ -119,7 +119,7 @@ def metrics_messages(source: str, metrics: int, points: int, start: float,
 def test_a_metrics_source_keeps_one_bounded_record_per_metric() -> None:
     """Seen: ~80 kB of anomaly state per metric in one record per source, so 13
     metrics of one source made a record over 1 MB."""
-    ops = OpsPipeline(Settings(), "pool")
+    ops = OperationsProcessor(Settings(), "pool")
     log = Changelog()
     for i, msg in enumerate(metrics_messages("api", 20, 1000, T0 - 1000 * 300, 0)):
         log.apply(ops.process([msg], now=T0 + i, saved=log.saved))
@@ -130,7 +130,7 @@ def test_a_metrics_source_keeps_one_bounded_record_per_metric() -> None:
 
 def test_metrics_past_the_cap_of_a_source_are_dead_lettered() -> None:
     s = Settings(metric_anomaly={"max_metrics_per_source": 5})  # type: ignore[arg-type]
-    ops = OpsPipeline(s, "pool")
+    ops = OperationsProcessor(s, "pool")
     box = ops.process(metrics_messages("api", 8, 100, T0 - 100 * 300, 0), now=T0)
     over = [d for d in box.deadletters if d["reason"].startswith("over_capacity")]
     assert len(ops.states) == 5 and len(over) == 3 * 100
@@ -150,7 +150,7 @@ def test_unknown_feature_names_are_counted_not_kept() -> None:
     """Seen: one 429 kB message of unknown feature names made a 430 kB checkpoint."""
     s = Settings(quality={"window_events": 200},  # type: ignore[arg-type]
                  skew={"window_events": 200, "hop_events": 100})  # type: ignore[arg-type]
-    p = PredictionPipeline(s, "ml.predictions", profiled_store(s))
+    p = PredictionProcessor(s, "ml.predictions", profiled_store(s))
     log = Changelog()
     rng = random.Random(2)
     box = Outbox()
@@ -173,7 +173,7 @@ def test_a_flood_of_model_ids_stays_within_the_models_cap() -> None:
     """A million distinct model ids must not take the worker's memory with it
     (here: a cap of 50 and 2,000 ids)."""
     s = Settings(worker={"max_models": 50, "idle_close_s": 60})  # type: ignore[arg-type]
-    p = PredictionPipeline(s, "ml.predictions")
+    p = PredictionProcessor(s, "ml.predictions")
     log = Changelog()
     box = Outbox()
     for i in range(2000):
@@ -190,7 +190,7 @@ def test_a_flood_of_model_ids_stays_within_the_models_cap() -> None:
 
 def test_series_past_the_cap_of_a_model_are_dead_lettered() -> None:
     s = Settings(worker={"max_series": 3})  # type: ignore[arg-type]
-    p = PredictionPipeline(s, "ml.predictions")
+    p = PredictionProcessor(s, "ml.predictions")
     evs = [prediction("m", T0 + i, i, version=f"v{i % 5}") for i in range(50)]
     box = p.process([message(evs, 0)], now=T0 + 50)
     refused = [d for d in box.deadletters if d["reason"].startswith("over_capacity")]
@@ -226,7 +226,7 @@ def stats_counts(box: Outbox) -> dict[tuple[str, str], int]:
 @pytest.mark.usefixtures("poisoned")
 def test_one_bad_element_is_dead_lettered_alone_and_the_rest_folded_once() -> None:
     log = Changelog()
-    p = PredictionPipeline(Settings(windows={"size_s": 10, "allowed_lateness_s": 0}),  # type: ignore[arg-type]
+    p = PredictionProcessor(Settings(windows={"size_s": 10, "allowed_lateness_s": 0}),  # type: ignore[arg-type]
                            "ml.predictions")
     first = [prediction("m", T0 + i, i) for i in range(5)]
     log.apply(p.process([message(first, 0)], now=T0 + 5, saved=log.saved))
@@ -248,7 +248,7 @@ def test_one_bad_element_is_dead_lettered_alone_and_the_rest_folded_once() -> No
 
 
 def test_a_checkpoint_that_cannot_be_restored_starts_the_model_afresh() -> None:
-    p = PredictionPipeline(Settings(), "ml.predictions")
+    p = PredictionProcessor(Settings(), "ml.predictions")
     broken = {"m": {"kind": "model", "model": "m", "partition": 0, "offsets": "garbage"}}
     box = p.process([message([prediction("m", T0, 1)], 0)], now=T0, saved=broken.get)
     assert box.events == 1 and p.counts["state_reset"] == 1
@@ -256,7 +256,7 @@ def test_a_checkpoint_that_cannot_be_restored_starts_the_model_afresh() -> None:
 
 def test_one_models_wall_clock_failure_does_not_stop_the_others(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    p = PredictionPipeline(Settings(), "ml.predictions")
+    p = PredictionProcessor(Settings(), "ml.predictions")
     p.process([message([prediction(m, T0, i)], i) for i, m in enumerate("abc")], now=T0)
     real = ModelMonitor.tick
 
@@ -275,10 +275,10 @@ def test_a_late_event_after_a_replayed_message_is_dead_lettered_as_late() -> Non
     """Seen: a late event that followed a replayed message was lost."""
     s = Settings(windows={"size_s": 10, "allowed_lateness_s": 0})  # type: ignore[arg-type]
     log = Changelog()
-    p = PredictionPipeline(s, "ml.predictions")
+    p = PredictionProcessor(s, "ml.predictions")
     m0 = message([prediction("m", T0 + 25, 0)], 40)
     log.apply(p.process([m0], now=T0 + 25, saved=log.saved))
-    again = PredictionPipeline(s, "ml.predictions")  # restarted: m0 is read again
+    again = PredictionProcessor(s, "ml.predictions")  # restarted: m0 is read again
     m1 = message([prediction("m", T0 + 26, 1), prediction("m", T0 + 3, 2)], 41)
     box = again.process([m0, m1], now=T0 + 26, saved=log.saved)
     [dead] = box.deadletters
@@ -289,7 +289,7 @@ def test_a_late_event_after_a_replayed_message_is_dead_lettered_as_late() -> Non
 def test_an_event_from_the_far_future_does_not_blind_the_model() -> None:
     """Seen: one event a year ahead made every following event "late", silently."""
     s = Settings(windows={"size_s": 10, "allowed_lateness_s": 0})  # type: ignore[arg-type]
-    p = PredictionPipeline(s, "ml.predictions")
+    p = PredictionProcessor(s, "ml.predictions")
     ahead = prediction("m", T0 + 365 * 86_400, 0)
     box = p.process([message([ahead], 0), message([prediction("m", T0 + i, i + 1)
                                                    for i in range(30)], 1)], now=T0 + 30)
@@ -300,7 +300,7 @@ def test_an_event_from_the_far_future_does_not_blind_the_model() -> None:
 
 def test_many_late_events_raise_data_quality() -> None:
     s = Settings(windows={"size_s": 10, "allowed_lateness_s": 0})  # type: ignore[arg-type]
-    p = PredictionPipeline(s, "ml.predictions")
+    p = PredictionProcessor(s, "ml.predictions")
     box = Outbox()
     for w in range(6):  # each window: 45 on time, 5 stamped a window back (a slow clock)
         evs = [prediction("m", T0 + 10 * w + i / 5, 100 * w + i) for i in range(45)]
@@ -312,7 +312,7 @@ def test_many_late_events_raise_data_quality() -> None:
 
 
 def test_events_keyed_by_something_else_than_their_model_are_dead_lettered() -> None:
-    p = PredictionPipeline(Settings(), "ml.predictions")
+    p = PredictionProcessor(Settings(), "ml.predictions")
     good = message([prediction("m", T0, 0)], 0)
     wrong = message([prediction("m", T0, 1)], 1, key="request-123")
     unkeyed = InMessage(orjson.dumps(prediction("m", T0, 2)), 0, 2, None, None)
@@ -361,7 +361,7 @@ def test_a_large_record_is_written_in_chunks_and_read_back_whole() -> None:
 def test_every_state_record_carries_its_partition() -> None:
     """A revoked partition's keys are found by their ``partition`` (agents.forget_revoked)."""
     log = Changelog(chunk_bytes=2_000)
-    p = PredictionPipeline(Settings(), "ml.predictions")
+    p = PredictionProcessor(Settings(), "ml.predictions")
     evs = [prediction("m", T0 + i / 10, i, prediction=0.3) for i in range(3000)]
     msgs = [InMessage(orjson.dumps(evs[i:i + 500]), 3, i // 500, None, b"m")
             for i in range(0, 3000, 500)]
@@ -374,7 +374,7 @@ def test_a_worker_catching_up_does_not_call_its_backlog_an_outage() -> None:
     no early flush of open windows (whose events may still be in the backlog)."""
     s = Settings(outage={"floor_s": 5, "min_arrivals": 1},  # type: ignore[arg-type]
                  worker={"idle_close_s": 5})  # type: ignore[arg-type]
-    p = PredictionPipeline(s, "ml.predictions")
+    p = PredictionProcessor(s, "ml.predictions")
     p.process([message([prediction("m", T0 + i, i) for i in range(20)], 0)], now=T0 + 20)
     waiting = p.tick(T0 + 200, [], behind={0})
     assert waiting.alerts == [] and waiting.stats == []
@@ -386,7 +386,7 @@ def test_a_worker_catching_up_does_not_call_its_backlog_an_outage() -> None:
 def test_a_micro_batch_is_processed_in_slices_of_bounded_input() -> None:
     from types import SimpleNamespace
 
-    from streams.agents import slices
+    from streams.runtime.agents import slices
 
     events = [SimpleNamespace(message=SimpleNamespace(value=b"x" * n))
               for n in (300, 300, 300, 50, 900, 10)]

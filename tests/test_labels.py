@@ -11,8 +11,8 @@ import polars as pl
 from detectors.performance import LabelJoin, PerformanceCheck
 from detectors.profile import build_profile
 from streams.config import Settings
-from streams.pipeline import InMessage, Outbox, PredictionPipeline
-from streams.references import ReferenceStore
+from streams.core.predictions import InMessage, Outbox, PredictionProcessor
+from streams.core.references import ReferenceStore
 
 T0 = 1_795_000_000.0  # event times, and the tests' wall clock, start here
 SETTINGS = Settings(
@@ -48,7 +48,7 @@ class Feed:
     """Predictions and feedback for one model, as Kafka messages with offsets."""
 
     def __init__(self) -> None:
-        self.pipeline = PredictionPipeline(SETTINGS, "ml.predictions", reference_store())
+        self.pipeline = PredictionProcessor(SETTINGS, "ml.predictions", reference_store())
         self.offsets = {"ml.predictions": 0, "ml.feedback": 0}
         self.t = T0
 
@@ -138,7 +138,7 @@ def test_the_join_buffer_is_checkpointed_on_its_own_key_and_restored() -> None:
     saved = {key: orjson.loads(orjson.dumps(v)) for _, key, v in box.checkpoints}
     segments = [v for k, v in saved.items() if v and v.get("kind") == "labels"]
     assert sum(len(v["entries"]) for v in segments) == 50
-    other = PredictionPipeline(SETTINGS, "ml.predictions", reference_store())
+    other = PredictionProcessor(SETTINGS, "ml.predictions", reference_store())
     other.process([InMessage(orjson.dumps({"event_id": "k3", "ts": T0 + 2.0, "model": "m",
                                            "version": "v1", "label": int(y[3])}),
                              0, 0, "ml.feedback")], now=T0 + 1.0, saved=saved.get)
@@ -157,7 +157,7 @@ def test_join_and_check_units() -> None:
 
 
 def test_predictions_and_their_labels_in_one_micro_batch_join() -> None:
-    p = PredictionPipeline(SETTINGS, "ml.predictions", reference_store())
+    p = PredictionProcessor(SETTINGS, "ml.predictions", reference_store())
     pred = {"event_id": "z", "ts": T0 + 1.0, "model": "m", "version": "v1", "latency_ms": 1.0,
             "prediction": 0.9}
     label = {"event_id": "z", "ts": T0 + 2.0, "model": "m", "version": "v1", "label": 1}

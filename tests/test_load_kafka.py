@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import pytest
 
+from streams.cli.profile import publish_profile
 from streams.config import load_settings
-from streams.loadtest import LoadPlan, check, produce, profiles
-from streams.profile_cli import publish_profile
+from streams.tools.loadtest import LoadPlan, check, produce, profiles
 from tests.conftest import WorkerProcess
 
 pytestmark = pytest.mark.kafka

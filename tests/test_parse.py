@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.parse import (
+from streams.core.parse import (
     MIN_TS,
     ParseLimits,
     PredictionColumns,
@@ -191,10 +191,10 @@ def test_other_inputs_are_keyed_too() -> None:
     assert parse_pipeline(run, [], key=b"x")[0].code == "bad_key"
     assert parse_pipeline(run, [], key=b"p") == []
     point = orjson.dumps({"source": "s", "metric": "cpu", "ts": 1, "value": 1})
-    from streams.parse import MetricColumns
+    from streams.core.parse import MetricColumns
     assert parse_metrics(point, MetricColumns(), key=b"x")[0].code == "bad_key"
 
 
 def _feedback() -> Any:
-    from streams.parse import FeedbackColumns
+    from streams.core.parse import FeedbackColumns
     return FeedbackColumns()

@@ -15,9 +15,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from streams import quota_estimate as qe
-from streams.config import Settings
-from streams.quota_estimate import (
+from streams.cli import quota as qe
+from streams.cli.quota import (
     Decoded,
     decode_values,
     pipeline_usage,
@@ -27,6 +26,7 @@ from streams.quota_estimate import (
     serving_usage,
     usage_series,
 )
+from streams.config import Settings
 
 DAY = 86_400
 T0 = datetime(2026, 11, 27, tzinfo=UTC).timestamp()  # a UTC midnight

@@ -1,216 +1,125 @@
-"""Canary rollouts through the whole micro-batch path (parse, windows, analysis,
-decisions, alerts, checkpoints), without Kafka, on fixed seeds."""
+"""Canary analysis and rollout decisions, on fixed seeds."""
 
 from __future__ import annotations
 
-import random
-from typing import Any
+import numpy as np
+import pytest
 
-import orjson
-
-from detectors.profile import build_profile
-from streams.config import Settings
-from streams.pipeline import InMessage, Outbox, PredictionPipeline
-from streams.references import ReferenceStore
-
-T0 = 1_795_000_000.0
-SIZE = 10.0
-PER_WINDOW = 2000
-SETTINGS = Settings(
-    # the tests' wall clock starts near 0 while events are stamped in 2026
-    limits={"max_future_s": 4e9},  # type: ignore[arg-type]
-    windows={"size_s": SIZE, "allowed_lateness_s": 0},  # type: ignore[arg-type]
-    burn_rate={"enabled": False},  # type: ignore[arg-type]
-    canary={"min_requests": 80, "fail_windows": 2, "pass_windows": 2,  # type: ignore[arg-type]
-            "approval_above": 25, "cooldown_s": SIZE},
-)
-PREDICTIONS = "ml.predictions"
+from alerting.rollout import Rollout, RolloutPolicy
+from detectors.canary import CanaryAnalysis, Verdict
+from detectors.windows import WindowStats
 
 
-class Traffic:
-    """Windows of one model's traffic, stable and canary, as batch messages."""
-
-    def __init__(self, seed: int = 1) -> None:
-        self.rng = random.Random(seed)
-        self.offset = 0
-        self.window = 0
-
-    def windows(self, n: int, percent: float, canary_error: float = 0.005,
-                canary_score_shift: float = 0.0, stable: str = "v1",
-                canary: str = "v2") -> list[InMessage]:
-        out = []
-        for _ in range(n):
-            start = T0 + self.window * SIZE
-            evs = []
-            for i in range(PER_WINDOW):
-                is_canary = self.rng.random() < percent / 100
-                err = canary_error if is_canary else 0.005
-                score = min(1.0, self.rng.random() + (canary_score_shift if is_canary else 0))
-                evs.append({"event_id": f"e{self.window}-{i}", "ts": start + i * SIZE / PER_WINDOW,
-                            "model": "m", "version": canary if is_canary else stable,
-                            "cohort": "canary" if is_canary else "stable",
-                            "latency_ms": self.rng.lognormvariate(3.5, 0.4),
-                            "status": "error" if self.rng.random() < err else "ok",
-                            "prediction": round(score, 4)})
-            for j in range(0, PER_WINDOW, 500):
-                out.append(self.message(PREDICTIONS, evs[j:j + 500]))
-            self.window += 1
-        return out
-
-    def message(self, topic: str, value: Any) -> InMessage:
-        self.offset += 1
-        return InMessage(orjson.dumps(value), 0, self.offset, topic)
-
-    def deployment(self, phase: str, percent: float | None, canary: str | None = "v2",
-                   stable: str = "v1") -> InMessage:
-        rec = {"model": "m", "stable_version": stable, "canary_version": canary,
-               "phase": phase, "ts": T0 + self.window * SIZE, "environment": "prod-eu"}
-        if percent is not None:
-            rec["traffic_percent"] = percent
-        return self.message("ml.deployments", rec)
-
-    def approval(self, action: str = "promote", version: str = "v2") -> InMessage:
-        return self.message("ml.deploy.approvals", {
-            "model": "m", "version": version, "action": action, "approved_by": "ana",
-            "ts": T0 + self.window * SIZE})
+def window(version: str, cohort: str, n: int, error_rate: float, seed: int,
+           p99: float = 200.0, start: float = 0.0) -> WindowStats:
+    rng = np.random.default_rng(seed)
+    errors = int(rng.binomial(n, error_rate)) if n else 0
+    return WindowStats("m", version, cohort, start, start + 60, n, errors, 0, 50.0,
+                       p99 * 0.8, p99, p99 * 1.2)
 
 
-def commands(box: Outbox) -> list[dict[str, Any]]:
-    return [c for _, c in box.commands]
+def verdicts(canary_error: float, n: int = 2000, windows: int = 12,
+             canary_n: int | None = None) -> list[Verdict]:
+    analysis = CanaryAnalysis()
+    out = []
+    for i in range(windows):
+        stable = window("v7", "stable", n, 0.004, seed=2 * i)
+        canary = window("v8", "canary", canary_n if canary_n is not None else n // 10,
+                        canary_error, seed=2 * i + 1)
+        out.append(analysis.judge(stable, canary))
+    return out
 
 
-def canary_alerts(box: Outbox) -> list[tuple[str, str]]:
-    return [(a["event_action"], k) for k, a in box.alerts
-            if a["payload"]["class"] == "canary_regression"]
+def drive(rollout: Rollout, vs: list[Verdict], spacing: float = 60.0) -> list[dict]:
+    out = []
+    for i, v in enumerate(vs):
+        d = rollout.observe(v, now=i * spacing)
+        if d is not None and d.command is not None:
+            out.append(d.command)
+    return out
 
 
-def test_a_canary_ten_times_worse_is_rolled_back_once_and_its_alert_resolves() -> None:
-    p = PredictionPipeline(SETTINGS, PREDICTIONS)
-    t = Traffic()
-    box = p.process(t.windows(6, percent=5, canary_error=0.05), now=0.0)
-    [cmd] = commands(box)  # learned from traffic alone: no controller announced it
-    assert (cmd["action"], cmd["from_version"], cmd["to_version"]) == ("rollback", "v2", "v1")
-    assert cmd["command_id"] == "rollback:m:v2:5"
-    assert "error rate" in cmd["reason"] and cmd["evidence"]["error_rate"]["p_value"] < 0.01
-    assert canary_alerts(box) == [("trigger", "canary_regression:m:v2")]
-    assert cmd["alert_dedup_keys"] == ["canary_regression:m:v2"]
-    trigger = next(a for _, a in box.alerts if a["payload"]["class"] == "canary_regression")
-    assert trigger["payload"]["group"] == "deployment"
-    assert trigger["payload"]["severity"] == "critical"
-    # the controller rolls back and says so; the regression no longer serves
-    box = p.process([t.deployment("rolled_back", 0)] + t.windows(2, percent=0), now=1.0)
-    assert canary_alerts(box) == [("resolve", "canary_regression:m:v2")]
-    assert commands(box) == []
+def test_a_canary_ten_times_worse_is_rolled_back_after_the_configured_windows() -> None:
+    vs = verdicts(canary_error=0.04)
+    assert [v.outcome for v in vs[:2]] == ["fail", "fail"]
+    r = Rollout("m", "v7", "v8", 5, RolloutPolicy(fail_windows=2))
+    commands = drive(r, vs)
+    assert len(commands) == 1  # at most one rollback per canary version
+    [cmd] = commands
+    assert (cmd["action"], cmd["from_version"], cmd["to_version"]) == ("rollback", "v8", "v7")
+    assert cmd["command_id"] == "rollback:m:v8:5"
+    assert cmd["alert_dedup_keys"] == ["canary_regression:m:v8"]
+    assert "error rate" in cmd["reason"] and cmd["evidence"]["error_rate"]["canary"] > 0.01
 
 
-def test_an_equal_canary_is_promoted_step_by_step_and_waits_for_approval_above_25() -> None:
-    p = PredictionPipeline(SETTINGS, PREDICTIONS)
-    t = Traffic(seed=2)
-    box = p.process([t.deployment("started", 5)] + t.windows(4, percent=5), now=0.0)
-    [promote] = commands(box)
-    assert (promote["command_id"], promote["traffic_percent"]) == ("promote:m:v2:25", 25)
-    assert promote["environment"] == "prod-eu" and not promote["requires_approval"]
-    # the controller moves traffic; the next windows at 25 % pass: 50 % waits
-    box = p.process([t.deployment("step", 25)] + t.windows(5, percent=25), now=1.0)
-    [wait] = commands(box)
-    assert wait["requires_approval"] is True and "waits for an approval" in wait["reason"]
-    assert wait["command_id"] == "promote:m:v2:50:awaiting-approval"
-    assert commands(p.process(t.windows(2, percent=25), now=2.0)) == []  # said once
-    box = p.process([t.approval()], now=3.0)
-    [approved] = commands(box)
-    assert (approved["command_id"], approved["traffic_percent"]) == ("promote:m:v2:50", 50)
-    assert "approved by ana" in approved["reason"]
-    assert canary_alerts(box) == []
+def test_an_equal_canary_is_promoted_step_by_step_then_waits_for_approval() -> None:
+    vs = verdicts(canary_error=0.004, windows=40)
+    assert all(v.outcome == "pass" for v in vs)
+    r = Rollout("m", "v7", "v8", 5, RolloutPolicy(pass_windows=3, cooldown_s=120))
+    steps, waiting = [], []
+    for i, v in enumerate(vs):
+        d = r.observe(v, now=i * 60.0)
+        if d is not None and d.waiting is not None:
+            waiting.append(d)
+        elif d is not None and d.command is not None:
+            steps.append((i, d.command["traffic_percent"]))
+    assert [s for _, s in steps] == [25, 50]
+    # 3 passes again, after the window inside the 120 s cooldown was ignored
+    assert steps[1][0] - steps[0][0] == 3 + 1
+    # the wait is said once, as a command no controller may act on
+    [wait] = waiting
+    assert wait.waiting is not None and "waits for an approval" in wait.waiting
+    assert wait.command is not None and wait.command["requires_approval"] is True
+    assert wait.command["command_id"] == "promote:m:v8:100:awaiting-approval"
+    assert not r.finished and r.traffic_percent == 50
+    d = r.approve("v8", "promote", now=99 * 60.0)
+    assert d is not None and d.command is not None
+    assert (d.command["traffic_percent"], d.command["requires_approval"]) == (100, False)
+    assert d.command["command_id"] == "promote:m:v8:100"
+    assert r.finished
 
 
-def test_a_low_traffic_canary_stays_inconclusive() -> None:
-    p = PredictionPipeline(SETTINGS, PREDICTIONS)
-    box = p.process(Traffic(seed=3).windows(8, percent=1, canary_error=0.2), now=0.0)
-    assert commands(box) == [] and canary_alerts(box) == []
+def test_a_low_traffic_canary_stays_inconclusive_and_is_never_promoted() -> None:
+    vs = verdicts(canary_error=0.004, windows=20, canary_n=50)
+    assert {v.outcome for v in vs} == {"inconclusive"}
+    assert drive(Rollout("m", "v7", "v8", 5), vs) == []
 
 
-def test_diverging_predictions_fail_the_canary_on_the_profile_bins() -> None:
-    refs = ReferenceStore(SETTINGS.skew, SETTINGS.drift.baseline_factor)
-    rng = random.Random(4)
-    import polars as pl
-    rows = pl.DataFrame({"prediction": [rng.random() for _ in range(5000)]})
-    refs.add(build_profile(rows.lazy(), "m", "v1", created_at=1.0))
-    p = PredictionPipeline(SETTINGS, PREDICTIONS, refs)
-    box = p.process(Traffic(seed=5).windows(5, percent=20, canary_score_shift=0.4), now=0.0)
-    [cmd] = commands(box)
-    assert cmd["action"] == "rollback" and "predictions diverge" in cmd["reason"]
-    assert cmd["evidence"]["predictions"]["jensen_shannon"] > 0.1
-    # the same traffic without the shift passes
-    p2 = PredictionPipeline(SETTINGS, PREDICTIONS, refs)
-    assert all(c["action"] == "promote"
-               for c in commands(p2.process(Traffic(seed=5).windows(5, percent=20), now=0.0)))
+def test_commands_are_idempotent_across_a_replay() -> None:
+    vs = verdicts(canary_error=0.004, windows=20)
+    first = drive(Rollout("m", "v7", "v8", 5, RolloutPolicy(cooldown_s=0)), vs)
+    again = drive(Rollout("m", "v7", "v8", 5, RolloutPolicy(cooldown_s=0)), vs)
+    assert [c["command_id"] for c in first] == [c["command_id"] for c in again] == \
+        ["promote:m:v8:25", "promote:m:v8:50", "promote:m:v8:100:awaiting-approval"]
 
 
-def test_a_restored_worker_goes_on_without_repeating_a_command() -> None:
-    t = Traffic(seed=6)
-    msgs = ([t.deployment("started", 5)] + t.windows(4, percent=5)
-            + [t.deployment("step", 25)] + t.windows(5, percent=25) + [t.approval()])
-    whole = commands(PredictionPipeline(SETTINGS, PREDICTIONS).process(msgs, now=0.0))
-    cut = 9
-    first = PredictionPipeline(SETTINGS, PREDICTIONS)
-    a = first.process(msgs[:cut], now=0.0)
-    # what the changelog holds: the latest checkpoint of each key
-    table = {key: orjson.loads(orjson.dumps(v)) for _, key, v in a.checkpoints}
-    second = PredictionPipeline(SETTINGS, PREDICTIONS)
-    # the consumer offset was not committed: the new worker reads some messages again
-    b = second.process(msgs[cut - 4:], now=1.0, saved=table.get)
-    ids = [c["command_id"] for c in commands(a) + commands(b)]
-    assert ids == [c["command_id"] for c in whole] == [
-        "promote:m:v2:25", "promote:m:v2:50:awaiting-approval", "promote:m:v2:50"]
+def test_pause_instead_of_rollback() -> None:
+    r = Rollout("m", "v7", "v8", 25, RolloutPolicy(on_failure="pause"))
+    [cmd] = drive(r, verdicts(canary_error=0.05))
+    assert (cmd["action"], cmd["to_version"], cmd["command_id"]) == ("pause", "v8",
+                                                                     "pause:m:v8:25")
 
 
-def test_bad_deployment_and_approval_records_are_dead_lettered() -> None:
-    p = PredictionPipeline(SETTINGS, PREDICTIONS)
-    t = Traffic()
-    box = p.process([
-        t.message("ml.deployments", {"model": "m", "phase": "started", "ts": T0,
-                                     "stable_version": "v1", "canary_version": "v2"}),
-        t.message("ml.deploy.approvals", {"model": "m", "version": "v2", "action": "yes",
-                                          "approved_by": "ana", "ts": T0}),
-        InMessage(b"{not json", 0, 99, "ml.deploy.approvals"),
-    ], now=0.0)
-    reasons = [(d["topic"], d["reason"].split(":")[0]) for d in box.deadletters]
-    assert reasons == [("ml.deployments", "missing_field"), ("ml.deploy.approvals", "bad_value"),
-                       ("ml.deploy.approvals", "not_json")]
+def test_a_tiny_significant_difference_is_not_a_failure() -> None:
+    a = CanaryAnalysis(min_requests=100, error_min_diff=0.01)
+    stable = WindowStats("m", "v7", "stable", 0, 60, 2_000_000, 8_000, 0, 1, 1, 1, 1)
+    canary = WindowStats("m", "v8", "canary", 0, 60, 2_000_000, 9_000, 0, 1, 1, 1, 1)
+    assert a.judge(stable, canary).outcome == "pass"  # p ~ 0, but only +0.05 points
 
 
-def test_a_rollout_announced_before_its_traffic_is_kept_until_the_traffic_comes() -> None:
-    """The controller announces the canary at 5 %, then (wall clock and event
-    time later) its traffic arrives and fails: the rollback names the announced
-    rollout (its step and environment), not one guessed from the traffic."""
-    p = PredictionPipeline(SETTINGS, PREDICTIONS)
-    t = Traffic(seed=7)
-    wall = T0 + 0.5
-    box = p.process([t.deployment("started", 5)], now=wall)
-    assert commands(box) == []
-    t.window = 3  # the first canary requests come 30 s (event time) after the announcement
-    for second in (1.0, 2.0, 5.0, 30.0):  # the worker's wall-clock ticks meanwhile
-        p.tick(wall + second, [])
-        assert "m" in p.monitors, f"rollout state dropped {second} s after its announcement"
-    box = p.process(t.windows(4, percent=20, canary_error=0.05), now=wall + 60.0)
-    [cmd] = commands(box)
-    assert (cmd["action"], cmd["from_version"]) == ("rollback", "v2")
-    # the announced step (5 %), not the nearest step to the 20 % seen (25 %)
-    assert cmd["command_id"] == "rollback:m:v2:5"
-    assert cmd["environment"] == "prod-eu"  # only the announcement says where it runs
+def test_latency_predictions_and_alerts_each_fail_a_window() -> None:
+    a = CanaryAnalysis()
+    stable = window("v7", "stable", 1000, 0.0, seed=1)
+    assert a.judge(stable, window("v8", "canary", 1000, 0.0, 2, p99=400)).outcome == "fail"
+    same = window("v8", "canary", 1000, 0.0, seed=3)
+    hist = (np.array([500.0, 300, 200]), np.array([50.0, 150, 800]))
+    assert a.judge(stable, same, predictions=hist).reasons[0].startswith("canary predictions")
+    assert a.judge(stable, same, ("feature_drift:m:v8:amount",)).outcome == "fail"
+    assert a.judge(stable, same).outcome == "pass"
 
 
-def test_the_same_canary_rolled_out_again_and_failing_again_is_rolled_back_again() -> None:
-    p = PredictionPipeline(SETTINGS, PREDICTIONS)
-    t = Traffic(seed=8)
-    box = p.process([t.deployment("started", 5)] + t.windows(4, percent=5, canary_error=0.05),
-                    now=0.0)
-    assert [c["command_id"] for c in commands(box)] == ["rollback:m:v2:5"]
-    assert canary_alerts(box) == [("trigger", "canary_regression:m:v2")]
-    box = p.process([t.deployment("rolled_back", 0)] + t.windows(2, percent=0)
-                    + [t.deployment("started", 5)]
-                    + t.windows(4, percent=5, canary_error=0.05), now=1.0)
-    # a new rollout of v2, hence a new decision: a controller deduping on ids acts on it
-    assert [c["command_id"] for c in commands(box)] == ["rollback:m:v2:5:r2"]
-    assert canary_alerts(box) == [("resolve", "canary_regression:m:v2"),
-                                  ("trigger", "canary_regression:m:v2")]
+def test_policy_validation() -> None:
+    with pytest.raises(ValueError):
+        RolloutPolicy(ladder=(50, 25))
+    with pytest.raises(ValueError):
+        RolloutPolicy(on_failure="panic")

@@ -11,9 +11,9 @@ import orjson
 from alerting.rollout import RolloutPolicy, RolloutTracker, make_command
 from detectors.canary import CanaryAnalysis
 from detectors.windows import WindowStats
+from streams.cli.rollout import manual_command
 from streams.config import Settings
-from streams.controller import ControllerState
-from streams.rollout_cli import manual_command
+from streams.tools.controller import ControllerState
 
 T0 = 1_795_000_000.0
 SIZE = 60.0

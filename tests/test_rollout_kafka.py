@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from streams.controller import run_controller
-from streams.rollout_cli import approval
-from streams.simulate import SCENARIOS, run
+from streams.cli.rollout import approval
+from streams.tools.controller import run_controller
+from streams.tools.simulate import SCENARIOS, run
 from tests.conftest import WorkerProcess
 from tests.kafka_io import Collector, produce
 

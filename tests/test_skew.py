@@ -14,10 +14,10 @@ import pytest
 
 from detectors.profile import OTHER, FeatureBins, build_profile
 from detectors.skew import SkewDetector, calibrate
+from streams.cli.profile import scan
 from streams.config import Settings
-from streams.pipeline import InMessage, Outbox, PredictionPipeline
-from streams.profile_cli import scan
-from streams.references import InvalidProfile, Reference, ReferenceStore
+from streams.core.predictions import InMessage, Outbox, PredictionProcessor
+from streams.core.references import InvalidProfile, Reference, ReferenceStore
 
 
 def training_frame(n: int = 20_000, seed: int = 0) -> pl.DataFrame:
@@ -145,7 +145,7 @@ def test_pipeline_raises_and_resolves_skew_against_the_published_profile() -> No
     store = ReferenceStore(SKEW_SETTINGS.skew)
     store.add(orjson.loads(orjson.dumps(build_profile(training_frame().lazy(), "m", "v1",
                                                       created_at=1.0))))
-    p = PredictionPipeline(SKEW_SETTINGS, "ml.predictions", store)
+    p = PredictionProcessor(SKEW_SETTINGS, "ml.predictions", store)
     offset = 0
 
     def send(evs: list[dict[str, Any]]) -> Outbox:
@@ -176,7 +176,7 @@ def test_pipeline_raises_and_resolves_skew_against_the_published_profile() -> No
 def test_pipeline_reports_feature_drift_against_the_trailing_baseline() -> None:
     store = ReferenceStore(SKEW_SETTINGS.skew, SKEW_SETTINGS.drift.baseline_factor)
     store.add(build_profile(training_frame().lazy(), "m", "v1", created_at=1.0))
-    p = PredictionPipeline(SKEW_SETTINGS, "ml.predictions", store)
+    p = PredictionProcessor(SKEW_SETTINGS, "ml.predictions", store)
     evs = serving(2500, T0 + 0.0, seed=1) + serving(1000, T0 + 30.0, seed=2, shift=3.0)
     msgs = [InMessage(orjson.dumps(evs[i:i + 100]), 0, j)
             for j, i in enumerate(range(0, len(evs), 100))]
@@ -198,7 +198,7 @@ def test_without_a_published_profile_the_first_events_become_the_reference() -> 
               "run_length_events": 1e6, "first_events": 1000},
         drift={"enabled": False},  # type: ignore[arg-type]
     )
-    p = PredictionPipeline(settings, "ml.predictions", ReferenceStore(settings.skew))
+    p = PredictionProcessor(settings, "ml.predictions", ReferenceStore(settings.skew))
     evs = serving(2000, T0 + 0.0, seed=1) + serving(1000, T0 + 30.0, seed=2, shift=3.0)
     msgs = [InMessage(orjson.dumps(evs[i:i + 100]), 0, j)
             for j, i in enumerate(range(0, len(evs), 100))]

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from detectors.profile import build_profile
+from streams.cli.profile import publish_profile
 from streams.config import load_settings
-from streams.profile_cli import publish_profile
 from tests.conftest import WorkerProcess
 from tests.kafka_io import Collector, produce
 from tests.test_skew import serving, training_frame

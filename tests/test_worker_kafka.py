@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from streams.broker import free_port
+from streams.tools.broker import free_port
 from tests.conftest import WorkerProcess
 from tests.kafka_io import Collector, produce
 

@@ -21,7 +21,7 @@ import numpy as np
 from detectors.base import Signal
 from detectors.distance import js_distance, normalise
 from detectors.profile import OTHER, FeatureBins
-from streams.references import Reference
+from streams.core.references import Reference
 
 __all__ = ["profile_skew", "on_training_bins"]
 

@@ -289,7 +289,7 @@ async def _read_to_end(servers: str, topic: str) -> list[bytes | None]:
             await consumer.getmany(timeout_ms=100)
             parts = consumer.assignment()
         ends = await consumer.end_offsets(list(parts))
-        while True:  # to the end offsets and an empty fetch (see streams.follow)
+        while True:  # to the end offsets and an empty fetch (see streams.runtime.follow)
             got = await consumer.getmany(timeout_ms=300, max_records=5000)
             for msgs in got.values():
                 out.extend(m.value for m in msgs)

@@ -72,8 +72,8 @@ from rich.console import Console
 from rich.table import Table
 
 from streams.config import Settings
-from streams.follow import read_all
-from streams.parse import parse_time
+from streams.core.parse import parse_time
+from streams.runtime.follow import read_all
 
 __all__ = ["Usage", "Decoded", "pipeline_usage", "serving_usage", "usage_series",
            "pool_pairs", "replicas", "decode_values", "read_topic_records", "render",

@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from streams.follow import follow_topic
+from streams.runtime.follow import follow_topic
 
 __all__ = ["Scenario", "ModelSpec", "Incident", "PipelineRun", "SCENARIOS", "events_between",
            "malformed", "run", "training_rows"]

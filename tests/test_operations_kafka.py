@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from streams.cli.quota import estimate
 from streams.config import load_settings
-from streams.quota_estimate import estimate
 from tests.conftest import WorkerProcess, test_config
 from tests.kafka_io import Collector, produce
 
@@ -181,7 +181,7 @@ async def test_a_metric_spike_triggers_metric_anomaly_once_and_it_resolves(
 
 
 def _epoch(text: str) -> float:
-    from streams.parse import parse_time
+    from streams.core.parse import parse_time
 
     return parse_time(text)
 

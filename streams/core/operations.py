@@ -1,6 +1,6 @@
 """Pipelines, quotas and metrics: the micro-batch path of ``ml.pipeline`` and ``ml.metrics``.
 
-Like :mod:`streams.pipeline` for predictions, everything here is pure: the
+Like :mod:`streams.core.predictions` for predictions, everything here is pure: the
 agents hand over a micro-batch of messages and the wall clock, and publish
 what comes back (:class:`OpsOutbox`). State belongs to the message key:
 
@@ -20,7 +20,7 @@ what comes back (:class:`OpsOutbox`). State belongs to the message key:
 Each state has its own :class:`~alerting.manager.AlertManager` and is
 checkpointed as JSON, once per micro-batch, with the offsets folded in. A
 micro-batch's inputs are grouped by state key and each key folds its inputs
-all or nothing (:mod:`streams.isolation`): an input that fails is
+all or nothing (:mod:`streams.core.isolation`): an input that fails is
 dead-lettered alone. Caps bound what one worker holds: ``worker.max_operations``
 keys in all (a new key evicts the least recently seen idle one, else is
 refused), ``metric_anomaly.max_metrics_per_source`` series per source and
@@ -45,14 +45,14 @@ from detectors.base import Signal
 from detectors.pipelines import DurationAnomaly, FailureStreak, RunInfo, StallWatch, ValidationGate
 from detectors.quota import QuotaForecast, UsagePoint
 from streams.config import Settings
-from streams.isolation import fold_isolated
-from streams.parse import DeadLetter, MetricColumns, parse_metrics, parse_pipeline, raw_text
-from streams.pipeline import InMessage, parse_limits
-from streams.references import ReferenceStore
-from streams.state import SEP, InputMarks
-from streams.validation_skew import profile_skew
+from streams.core.isolation import fold_isolated
+from streams.core.parse import DeadLetter, MetricColumns, parse_metrics, parse_pipeline, raw_text
+from streams.core.predictions import InMessage, parse_limits
+from streams.core.references import ReferenceStore
+from streams.core.state import SEP, InputMarks
+from streams.core.validation_skew import profile_skew
 
-__all__ = ["OpsPipeline", "OpsOutbox", "PipelineState", "MetricState", "PoolState",
+__all__ = ["OperationsProcessor", "OpsOutbox", "PipelineState", "MetricState", "PoolState",
            "PIPELINE_PREFIX", "METRIC_PREFIX", "POOL_PREFIX"]
 
 log = logging.getLogger("sentinelle.ops")
@@ -347,11 +347,11 @@ State = PipelineState | MetricState | PoolState
 Item = tuple[int, Any]  # (index of its message in the micro-batch, what to fold)
 
 
-class OpsPipeline:
+class OperationsProcessor:
     """Parse, track and alert for the pipelines, metric series and pools this worker owns.
 
     ``counts`` (monotonic) says what went wrong or was bounded, for the worker's
-    metrics, as :class:`~streams.pipeline.PredictionPipeline`'s does.
+    metrics, as :class:`~streams.core.predictions.PredictionProcessor`'s does.
     """
 
     def __init__(self, settings: Settings, pool_topic: str,
@@ -480,7 +480,7 @@ class OpsPipeline:
         for pool, points in box.pool_usage:
             pools.setdefault(pool, []).extend(points)
         box.pool_usage = list(pools.items()) if self.settings.quota.enabled else []
-        box.checkpoints += self.marks.checkpoints()  # last: see streams.state.InputMarks
+        box.checkpoints += self.marks.checkpoints()  # last: see streams.core.state.InputMarks
         return box
 
     def _fold_key(self, key: str, items: list[Item], messages: Sequence[InMessage],

@@ -1,8 +1,8 @@
 """The Faust application: broker, topics and the state table, built from Settings.
 
-Only :mod:`streams.agents` adds behaviour to it. Inputs are read as raw bytes
+Only :mod:`streams.runtime.agents` adds behaviour to it. Inputs are read as raw bytes
 (``value_serializer="raw"``) because parsing, validation and dead-lettering are
-Sentinelle's own (:mod:`streams.parse`); outputs are JSON written with orjson.
+Sentinelle's own (:mod:`streams.core.parse`); outputs are JSON written with orjson.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def topic_max_bytes(settings: Settings) -> int:
 
 
 def pool_topic_name(settings: Settings) -> str:
-    """The internal topic that re-keys pool usage by pool (see streams/operations.py)."""
+    """The internal topic that re-keys pool usage by pool (see streams/core/operations.py)."""
     return f"{settings.worker.app_id}-pool-usage"
 
 

@@ -16,9 +16,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from alerting.manager import Silence
-from streams.broker import ensure_topics
 from streams.config import Settings
-from streams.follow import read_all
+from streams.runtime.follow import read_all
+from streams.runtime.kafka import ensure_topics
 
 __all__ = ["parse_duration", "parse_matchers", "add_silence", "read_silences", "expire_silence",
            "firing_alerts"]

@@ -1,6 +1,6 @@
 """Labels of one model: the feedback join, quality per version, label drift, estimates.
 
-:class:`LabelTracker` is owned by a :class:`~streams.monitor.ModelMonitor`. It
+:class:`LabelTracker` is owned by a :class:`~streams.core.monitor.ModelMonitor`. It
 remembers recent predictions (``event_id`` -> version, cohort, prediction) in a
 bounded :class:`~detectors.performance.LabelJoin`; a label from ``ml.feedback``
 finds its prediction there, is scored by the version's
@@ -35,7 +35,7 @@ from detectors.performance import (
 from detectors.profile import category_key
 from detectors.skew import SkewDetector
 from streams.config import Settings
-from streams.references import Reference
+from streams.core.references import Reference
 
 __all__ = ["LabelTracker"]
 

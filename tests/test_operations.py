@@ -13,9 +13,9 @@ from detectors.pipelines import DurationAnomaly, FailureStreak, RunInfo, StallWa
 from detectors.profile import build_profile
 from detectors.quota import QuotaForecast, UsagePoint
 from streams.config import Settings
-from streams.operations import OpsOutbox, OpsPipeline
-from streams.pipeline import InMessage
-from streams.references import ReferenceStore
+from streams.core.operations import OperationsProcessor, OpsOutbox
+from streams.core.predictions import InMessage
+from streams.core.references import ReferenceStore
 
 T0 = 1_795_000_000.0
 HOUR = 3600.0
@@ -151,7 +151,7 @@ def keys(box: OpsOutbox) -> list[tuple[str, str]]:
 
 
 def test_failures_trigger_escalate_and_resolve_through_the_pipeline() -> None:
-    ops, f = OpsPipeline(SETTINGS, POOL_TOPIC), Feed()
+    ops, f = OperationsProcessor(SETTINGS, POOL_TOPIC), Feed()
     msgs = []
     for i in range(3):
         msgs += [f.run("train", f"r{i}", "started", T0 + i * 100),
@@ -168,7 +168,7 @@ def test_failures_trigger_escalate_and_resolve_through_the_pipeline() -> None:
 
 
 def test_a_stalled_run_alerts_on_the_wall_clock_and_resolves_on_its_heartbeat() -> None:
-    ops, f = OpsPipeline(SETTINGS, POOL_TOPIC), Feed()
+    ops, f = OperationsProcessor(SETTINGS, POOL_TOPIC), Feed()
     history = []
     for i in range(3):
         history += [f.run("etl", f"r{i}", "started", T0 + i * 100),
@@ -183,7 +183,7 @@ def test_a_stalled_run_alerts_on_the_wall_clock_and_resolves_on_its_heartbeat() 
 
 
 def test_quota_usage_is_rekeyed_by_pool_and_judged_where_the_pool_lives() -> None:
-    ops, f = OpsPipeline(SETTINGS, POOL_TOPIC), Feed()
+    ops, f = OperationsProcessor(SETTINGS, POOL_TOPIC), Feed()
     msgs = [f.run("train", "r1", "heartbeat", T0 + i * HOUR, resources={"gpu_hours": 30.0 * i},
                   quota={"pool": "team-a", "resource": "gpu_hours", "used": 100 + 30 * i,
                          "limit": 400}, partition=1) for i in range(5)]
@@ -202,7 +202,7 @@ def test_quota_usage_is_rekeyed_by_pool_and_judged_where_the_pool_lives() -> Non
 
 
 def test_a_regressed_validation_raises_the_gate_and_pauses_that_version_once() -> None:
-    ops, f = OpsPipeline(SETTINGS, POOL_TOPIC), Feed()
+    ops, f = OperationsProcessor(SETTINGS, POOL_TOPIC), Feed()
 
     def validated(version: str, auc: float, logloss: float, t: float) -> list[InMessage]:
         return [f.run("fraud-validation", f"val-{version}", "started", t, kind="validation",
@@ -230,7 +230,7 @@ def test_validation_data_skewed_against_the_training_profile_also_gates() -> Non
     train = pl.DataFrame({"amount": rng.exponential(80, 20_000)})
     refs = ReferenceStore(SETTINGS.skew)
     refs.add(build_profile(train.lazy(), "fraud-scorer", "v8", created_at=1.0))
-    ops, f = OpsPipeline(SETTINGS, POOL_TOPIC, refs), Feed()
+    ops, f = OperationsProcessor(SETTINGS, POOL_TOPIC, refs), Feed()
     same = build_profile(pl.DataFrame({"amount": rng.exponential(80, 20_000)}).lazy(), "x", "y")
     moved = build_profile(pl.DataFrame({"amount": rng.exponential(200, 20_000)}).lazy(), "x",
                           "y")
@@ -245,7 +245,7 @@ def test_validation_data_skewed_against_the_training_profile_also_gates() -> Non
 
 
 def test_state_survives_a_checkpoint_and_bad_events_are_dead_lettered() -> None:
-    ops, f = OpsPipeline(SETTINGS, POOL_TOPIC), Feed()
+    ops, f = OperationsProcessor(SETTINGS, POOL_TOPIC), Feed()
     box = ops.process([f.run("train", "r1", "started", T0),
                        f.run("train", "r1", "failed", T0 + 5),
                        f.msg("ml.pipeline", {"pipeline": "train", "ts": T0}),
@@ -253,7 +253,7 @@ def test_state_survives_a_checkpoint_and_bad_events_are_dead_lettered() -> None:
                                             "value": "high"})], now=1.0)
     assert [d["reason"].split(":")[0] for d in box.deadletters] == ["missing_field", "bad_type"]
     table = {k: orjson.loads(orjson.dumps(v)) for _, k, v in box.checkpoints}
-    again = OpsPipeline(SETTINGS, POOL_TOPIC)
+    again = OperationsProcessor(SETTINGS, POOL_TOPIC)
     # a replay of the failed run's message is skipped; the next failure makes 2 in a row
     replay = InMessage(orjson.dumps({"event_id": "x", "ts": T0 + 5, "pipeline": "train",
                                      "kind": "training", "run_id": "r1", "status": "failed"}),
@@ -266,7 +266,7 @@ def test_state_survives_a_checkpoint_and_bad_events_are_dead_lettered() -> None:
 
 
 def test_event_time_alerts_are_not_repeated_by_the_wall_clock() -> None:
-    ops, f = OpsPipeline(SETTINGS, POOL_TOPIC), Feed()
+    ops, f = OperationsProcessor(SETTINGS, POOL_TOPIC), Feed()
     old = T0 - 30 * 86400  # a replay of last month's runs
     box = ops.process([f.run("train", "r1", "failed", old)], now=T0)
     assert keys(box) == [("trigger", "pipeline_failure:train")]

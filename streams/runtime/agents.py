@@ -1,11 +1,11 @@
-"""Faust agents: move bytes between Kafka and :class:`~streams.pipeline.PredictionPipeline`.
+"""Faust agents: move bytes between Kafka and the processors of :mod:`streams.core`.
 
 Per micro-batch (``worker.batch_max`` messages or ``worker.batch_within_s``),
 in slices of about ``worker.slice_bytes`` of input (yielding to timers, the
 web page and rebalances between slices): parse and process everything at
 once, publish dead letters, window statistics and alerts, then write the state
 changed into the changelog-backed state table, on the partition the model's
-events came from (:mod:`streams.state`: size-checked, split when large, only
+events came from (:mod:`streams.core.state`: size-checked, split when large, only
 when changed). A timer runs the wall-clock checks (outage, idle windows,
 expiry).
 
@@ -33,14 +33,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import Counter as PromCounter
 
 from alerting.manager import Silence
-from streams.app import Sentinelle
-from streams.follow import follow_topic
-from streams.metrics import Metrics, make_metrics
-from streams.operations import OpsOutbox, OpsPipeline
-from streams.parse import DeadLetter, raw_text
-from streams.pipeline import InMessage, Outbox, PredictionPipeline
-from streams.references import InvalidProfile, ReferenceStore
-from streams.state import Checkpointer, read
+from streams.core.operations import OperationsProcessor, OpsOutbox
+from streams.core.parse import DeadLetter, raw_text
+from streams.core.predictions import InMessage, Outbox, PredictionProcessor
+from streams.core.references import InvalidProfile, ReferenceStore
+from streams.core.state import Checkpointer, read
+from streams.runtime.app import Sentinelle
+from streams.runtime.follow import follow_topic
+from streams.runtime.metrics import Metrics, make_metrics
 
 __all__ = ["register"]
 
@@ -107,7 +107,7 @@ class _StateWriter:
         self.checkpointer.forget(keys)
 
 
-def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> PredictionPipeline:
+def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> PredictionProcessor:
     """Attach Sentinelle's agents, timers, followers and web pages to ``s.app``."""
     app, settings = s.app, s.settings
     lim = settings.limits
@@ -119,8 +119,8 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
     silences: dict[str, Silence] = {}  # shared by every model's alert manager
     servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
     topic_name = s.predictions.get_topic_name()
-    pipeline = PredictionPipeline(settings, topic_name, references, silences=silences)
-    ops = OpsPipeline(settings, s.pool_usage.get_topic_name(), references, silences)
+    pipeline = PredictionProcessor(settings, topic_name, references, silences=silences)
+    ops = OperationsProcessor(settings, s.pool_usage.get_topic_name(), references, silences)
     chunk = int(lim.max_record_bytes * 0.6)  # base64 makes a chunk 4/3 larger
     models = _StateWriter(s.state, "model-state", metrics, chunk)
     operations = _StateWriter(s.ops_state, "ops-state", metrics, chunk)
@@ -272,7 +272,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
 
     @app.task
     async def follow_references() -> None:
-        """Every profile, before any prediction is judged (see streams/follow.py)."""
+        """Every profile, before any prediction is judged (see streams/runtime/follow.py)."""
         await follow_topic(servers, settings.topics.references, load_reference,
                            references_loaded)
 

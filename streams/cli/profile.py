@@ -13,7 +13,7 @@ from rich.table import Table
 
 from detectors.profile import build_profile
 from streams.config import Settings
-from streams.references import Reference
+from streams.core.references import Reference
 
 __all__ = ["scan", "profile_build", "calibration_table", "publish_profile"]
 
@@ -65,7 +65,7 @@ def profile_build(data: str, model: str, version: str, settings: Settings, bins:
 async def publish_profile(settings: Settings, profile: dict[str, Any]) -> None:
     from aiokafka import AIOKafkaProducer
 
-    from streams.broker import ensure_topics
+    from streams.runtime.kafka import ensure_topics
 
     servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
     topic = settings.topics.references

@@ -40,12 +40,13 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from detectors.profile import build_profile
-from streams.broker import EmbeddedBroker, ensure_topics
+from streams.cli.profile import publish_profile
+from streams.cli.rollout import approval
 from streams.config import TopicSettings, load_settings
-from streams.controller import run_controller
-from streams.profile_cli import publish_profile
-from streams.rollout_cli import approval
-from streams.simulate import SCENARIOS, run, training_rows
+from streams.runtime.kafka import ensure_topics
+from streams.tools.broker import EmbeddedBroker
+from streams.tools.controller import run_controller
+from streams.tools.simulate import SCENARIOS, run, training_rows
 
 __all__ = ["run_demo", "demo_config"]
 

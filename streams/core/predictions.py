@@ -1,7 +1,7 @@
 """One micro-batch of ``ml.predictions`` messages, start to finish, without Kafka.
 
-The agent in :mod:`streams.agents` only moves bytes: it hands the messages of a
-micro-batch to :meth:`PredictionPipeline.process` and sends what comes back
+The agent in :mod:`streams.runtime.agents` only moves bytes: it hands the messages of a
+micro-batch to :meth:`PredictionProcessor.process` and sends what comes back
 (:class:`Outbox`): dead letters, window statistics, alert events, and one state
 checkpoint per model touched. Everything here is plain Python, so it is unit
 tested without a broker.
@@ -36,9 +36,9 @@ from alerting.events import rfc3339
 from alerting.manager import Silence
 from detectors.windows import WindowStats
 from streams.config import Settings
-from streams.isolation import fold_isolated
-from streams.monitor import ModelMonitor, Output
-from streams.parse import (
+from streams.core.isolation import fold_isolated
+from streams.core.monitor import ModelMonitor, Output
+from streams.core.parse import (
     UNCHECKED,
     DeadLetter,
     FeedbackColumns,
@@ -50,10 +50,10 @@ from streams.parse import (
     parse_predictions,
     raw_text,
 )
-from streams.references import ReferenceStore
-from streams.state import SEP, InputMarks, subkey
+from streams.core.references import ReferenceStore
+from streams.core.state import SEP, InputMarks, subkey
 
-__all__ = ["InMessage", "Outbox", "PredictionPipeline", "stats_record", "parse_limits"]
+__all__ = ["InMessage", "Outbox", "PredictionProcessor", "stats_record", "parse_limits"]
 
 Record = dict[str, Any]
 Saved = Callable[[str], "Record | None"]
@@ -131,7 +131,7 @@ Fold = Callable[[ModelMonitor, list[int], "Outbox"], None]
 Dead = Callable[[int, Exception], Record]
 
 
-class PredictionPipeline:
+class PredictionProcessor:
     """Parse, window, detect and alert for the models of the assigned partitions.
 
     ``counts`` (monotonic) says what went wrong or was bounded, for the
@@ -260,7 +260,7 @@ class PredictionPipeline:
                 run.append(msg)
         if run:
             self._process_data(run, now, saved, box, limits)
-        box.checkpoints += self.marks.checkpoints()  # last: see streams.state.InputMarks
+        box.checkpoints += self.marks.checkpoints()  # last: see streams.core.state.InputMarks
         return box
 
     def _process_data(self, messages: Sequence[InMessage], now: float, saved: Saved,
@@ -361,7 +361,7 @@ class PredictionPipeline:
 
     def _isolated(self, mon: ModelMonitor, items: list[int], fold: Fold, dead: Dead,
                   now: float, saved: Saved, box: Outbox) -> None:
-        """Fold ``items`` into ``mon``, all or nothing (:mod:`streams.isolation`)."""
+        """Fold ``items`` into ``mon``, all or nothing (:mod:`streams.core.isolation`)."""
         model = mon.model
 
         def before(broken: ModelMonitor) -> ModelMonitor:

@@ -17,7 +17,7 @@ import click
 import orjson
 
 from streams.config import ConfigError, Settings, load_settings
-from streams.simulate import SCENARIOS
+from streams.tools.simulate import SCENARIOS
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -51,7 +51,7 @@ def broker(port: int, host: str) -> None:
     """Run the embedded Kafka-compatible broker (Tansu) in the foreground."""
     import subprocess
 
-    from streams.broker import EmbeddedBroker
+    from streams.tools.broker import EmbeddedBroker
 
     b = EmbeddedBroker(port=port, host=host)
     click.echo(f"embedded broker (Tansu, in memory) on {b.bootstrap_servers}; Ctrl-C stops it")
@@ -70,9 +70,9 @@ def worker(config_path: str | None, bootstrap_servers: str | None, loglevel: str
     settings = _settings(config_path, bootstrap_servers)
     from faust import Worker
 
-    from streams.agents import register
-    from streams.app import create_app, pool_topic_name, topic_max_bytes
-    from streams.broker import ensure_topics, is_tansu
+    from streams.runtime.agents import register
+    from streams.runtime.app import create_app, pool_topic_name, topic_max_bytes
+    from streams.runtime.kafka import ensure_topics, is_tansu
 
     servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
     t = settings.topics
@@ -100,8 +100,8 @@ def worker(config_path: str | None, bootstrap_servers: str | None, loglevel: str
 def simulate(config_path: str | None, bootstrap_servers: str | None, scenario: str,
              rate: float, duration: float | None, seed: int) -> None:
     """Produce contract events for a few models, incidents included."""
-    from streams.broker import ensure_topics
-    from streams.simulate import run
+    from streams.runtime.kafka import ensure_topics
+    from streams.tools.simulate import run
 
     settings = _settings(config_path, bootstrap_servers)
     servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
@@ -141,7 +141,7 @@ def profile_build(data: str, model: str, version: str, bins: int, max_categories
                   out: str | None, publish: bool, config_path: str | None,
                   bootstrap_servers: str | None) -> None:
     """Profile DATA (Parquet or CSV, read lazily) for MODEL VERSION."""
-    from streams.profile_cli import profile_build as build
+    from streams.cli.profile import profile_build as build
 
     settings = _settings(config_path, bootstrap_servers)
     try:
@@ -218,7 +218,7 @@ def silence() -> None:
 def silence_add(matches: tuple[str, ...], duration: str, created_by: str, comment: str,
                 config_path: str | None, bootstrap_servers: str | None) -> None:
     """Silence the alerts that match every --match."""
-    from streams.admin_cli import add_silence, parse_duration, parse_matchers
+    from streams.cli.admin import add_silence, parse_duration, parse_matchers
 
     settings = _settings(config_path, bootstrap_servers)
     try:
@@ -237,7 +237,7 @@ def silence_list(config_path: str | None, bootstrap_servers: str | None) -> None
     """The silences in force."""
     import time
 
-    from streams.admin_cli import read_silences
+    from streams.cli.admin import read_silences
 
     settings = _settings(config_path, bootstrap_servers)
     now = time.time()
@@ -256,7 +256,7 @@ def silence_list(config_path: str | None, bootstrap_servers: str | None) -> None
 def silence_expire(silence_id: str, config_path: str | None,
                    bootstrap_servers: str | None) -> None:
     """End a silence now: what it held back goes out."""
-    from streams.admin_cli import expire_silence
+    from streams.cli.admin import expire_silence
 
     settings = _settings(config_path, bootstrap_servers)
     try:
@@ -278,7 +278,7 @@ def _time(epoch: float) -> str:
 @servers_option
 def alerts(config_path: str | None, bootstrap_servers: str | None) -> None:
     """The alerts firing now (triggered and not resolved, from ml.alerts)."""
-    from streams.admin_cli import firing_alerts
+    from streams.cli.admin import firing_alerts
 
     settings = _settings(config_path, bootstrap_servers)
     firing = asyncio.run(firing_alerts(settings))
@@ -362,7 +362,7 @@ def rollout() -> None:
 def _rollout_action(action: str, model: str, by: str, to_percent: int | None,
                     canary: str | None, stable: str | None, config_path: str | None,
                     bootstrap_servers: str | None) -> None:
-    from streams.rollout_cli import latest_deployment, manual_command, publish
+    from streams.cli.rollout import latest_deployment, manual_command, publish
 
     settings = _settings(config_path, bootstrap_servers)
     deployment = ({"stable_version": stable, "canary_version": canary}
@@ -428,7 +428,7 @@ def rollout_promote(model: str, by: str, canary: str | None, stable: str | None,
 def rollout_approve(model: str, by: str, version: str | None, rollback: bool,
                     config_path: str | None, bootstrap_servers: str | None) -> None:
     """Approve the promotion of MODEL's canary that waits (ml.deploy.approvals)."""
-    from streams.rollout_cli import approval, latest_deployment, publish
+    from streams.cli.rollout import approval, latest_deployment, publish
 
     settings = _settings(config_path, bootstrap_servers)
     if version is None:
@@ -455,8 +455,8 @@ def controller(state_path: str, starts: tuple[str, ...], environment: str | None
     """Reference deployment controller: apply ml.deploy.commands, announce ml.deployments."""
     from pathlib import Path
 
-    from streams.broker import ensure_topics
-    from streams.controller import parse_start, run_controller
+    from streams.runtime.kafka import ensure_topics
+    from streams.tools.controller import parse_start, run_controller
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = _settings(config_path, bootstrap_servers)
@@ -502,7 +502,7 @@ def quota() -> None:
 def quota_estimate(capacity_qps: float, headroom: float, days: float | None, plot: str | None,
                    every: str, config_path: str | None, bootstrap_servers: str | None) -> None:
     """Per pipeline and pool: use per run and per day; per model: peak qps and replicas."""
-    from streams.quota_estimate import estimate
+    from streams.cli.quota import estimate
 
     settings = _settings(config_path, bootstrap_servers)
     try:
@@ -519,11 +519,8 @@ def quota_estimate(capacity_qps: float, headroom: float, days: float | None, plo
 @servers_option
 def demo(rate: float, bootstrap_servers: str | None) -> None:
     """Broker + worker + simulator; shows alerts live; ends with a summary."""
-    from streams.demo import run_demo
+    from streams.tools.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
     sys.exit(run_demo(rate=rate, bootstrap_servers=bootstrap_servers))
 
-
-if __name__ == "__main__":
-    main()

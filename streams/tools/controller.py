@@ -51,7 +51,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from alerting.events import rfc3339
-from streams.parse import DeadLetter, raw_text
+from streams.core.parse import DeadLetter, raw_text
 
 __all__ = ["ControllerState", "run_controller", "parse_start", "parse_command",
            "check_command"]

@@ -23,9 +23,9 @@ from aiokafka import AIOKafkaProducer
 
 from alerting.events import rfc3339
 from alerting.rollout import make_command, rollout_number
-from streams.broker import ensure_topics
 from streams.config import Settings
-from streams.follow import read_all
+from streams.runtime.follow import read_all
+from streams.runtime.kafka import ensure_topics
 
 __all__ = ["latest_deployment", "manual_command", "publish", "approval"]
 

@@ -34,8 +34,8 @@ from detectors.skew import SkewDetector
 from detectors.slo import BurnRate, BurnRule, LatencyThreshold
 from detectors.windows import TumblingWindows, WindowStats
 from streams.config import Settings
-from streams.labels import LabelTracker
-from streams.references import Reference
+from streams.core.labels import LabelTracker
+from streams.core.references import Reference
 
 ReferenceLookup = Callable[[str], "Reference | None"]
 _NUMBER = (int, float)

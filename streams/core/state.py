@@ -18,7 +18,7 @@ metrics and join entries; see the README's "Limits and guarantees"), and
 
 Keys of the sub-records of a model (its label-join segments, chunks) extend
 the model's key with ``\\x1f`` (the unit separator), which identifiers may not
-contain (:mod:`streams.parse`). Every record carries ``kind`` and
+contain (:mod:`streams.core.parse`). Every record carries ``kind`` and
 ``partition``, so a worker can tell a model's record from its parts and drop a
 revoked partition's keys.
 """

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from streams.config import Settings
-from streams.pipeline import InMessage, Outbox, PredictionPipeline
+from streams.core.predictions import InMessage, Outbox, PredictionProcessor
 
 T0 = 1_795_000_000.0
 SETTINGS = Settings(
@@ -47,7 +47,7 @@ def actions(box: Outbox) -> list[tuple[str, str]]:
 
 
 def test_stream_gives_windows_and_one_trigger_one_resolve() -> None:
-    p = PredictionPipeline(SETTINGS, "ml.predictions")
+    p = PredictionProcessor(SETTINGS, "ml.predictions")
     box = p.process(stream(), now=100.0)
     assert [s["count"] for _, s in box.stats] == [10, 10, 10, 10]
     assert actions(box) == [("trigger", "latency_slo:m:v1:p99"),
@@ -60,19 +60,19 @@ def test_stream_gives_windows_and_one_trigger_one_resolve() -> None:
 def test_replay_after_a_crash_is_not_counted_twice() -> None:
     msgs = stream()
     cut = 17
-    first = PredictionPipeline(SETTINGS, "ml.predictions")
+    first = PredictionProcessor(SETTINGS, "ml.predictions")
     a = first.process(msgs[:cut], now=100.0)
     saved = orjson.loads(orjson.dumps(states(a.checkpoints)[-1][2]))  # what the changelog holds
     # The consumer offset was not committed: a new worker reads from an older offset.
-    second = PredictionPipeline(SETTINGS, "ml.predictions")
+    second = PredictionProcessor(SETTINGS, "ml.predictions")
     b = second.process(msgs[cut - 9:], now=101.0, saved=lambda m: saved)
-    uninterrupted = PredictionPipeline(SETTINGS, "ml.predictions").process(msgs, now=100.0)
+    uninterrupted = PredictionProcessor(SETTINGS, "ml.predictions").process(msgs, now=100.0)
     assert [s for _, s in a.stats + b.stats] == [s for _, s in uninterrupted.stats]
     assert actions(a) + actions(b) == actions(uninterrupted)
 
 
 def test_late_events_are_dead_lettered_with_their_origin() -> None:
-    p = PredictionPipeline(SETTINGS, "ml.predictions")
+    p = PredictionProcessor(SETTINGS, "ml.predictions")
     msgs = [InMessage(orjson.dumps(ev("m", T0 + 25, 10.0)), 1, 40),
             InMessage(orjson.dumps([ev("m", T0 + 26, 10.0), ev("m", T0 + 3, 10.0)]), 1, 41)]
     box = p.process(msgs, now=1.0)
@@ -82,7 +82,7 @@ def test_late_events_are_dead_lettered_with_their_origin() -> None:
 
 
 def test_malformed_messages_do_not_stop_the_good_ones() -> None:
-    p = PredictionPipeline(SETTINGS, "ml.predictions")
+    p = PredictionProcessor(SETTINGS, "ml.predictions")
     msgs = [InMessage(b"{oops", 0, 0), InMessage(orjson.dumps(ev("m", T0, 10.0)), 0, 1),
             InMessage(None, 0, 2)]
     box = p.process(msgs, now=1.0)
@@ -92,7 +92,7 @@ def test_malformed_messages_do_not_stop_the_good_ones() -> None:
 
 
 def test_wall_clock_checks_outage_idle_flush_and_expiry() -> None:
-    p = PredictionPipeline(SETTINGS, "ml.predictions")
+    p = PredictionProcessor(SETTINGS, "ml.predictions")
     p.process([InMessage(orjson.dumps(ev("m", T0, 10.0)), 0, 0)], now=0.0)
     assert p.tick(4.0, []).alerts == []
     out = p.tick(6.0, [])
@@ -107,10 +107,10 @@ def test_wall_clock_checks_outage_idle_flush_and_expiry() -> None:
 
 
 def test_state_restored_by_tick_keeps_firing_alerts_and_grants_grace() -> None:
-    p = PredictionPipeline(SETTINGS, "ml.predictions")
+    p = PredictionProcessor(SETTINGS, "ml.predictions")
     p.process([InMessage(orjson.dumps(ev("m", T0, 10.0)), 0, 0)], now=0.0)
     [(_, _, state)] = p.tick(6.0, []).checkpoints
-    other = PredictionPipeline(SETTINGS, "ml.predictions")
+    other = PredictionProcessor(SETTINGS, "ml.predictions")
     # Takeover at t=20: the silence clock restarts, the firing outage is remembered.
     assert other.tick(20.0, [("m", orjson.loads(orjson.dumps(state)))]).alerts == []
     back = other.process([InMessage(orjson.dumps(ev("m", T0 + 1, 10.0)), 0, 1)], now=21.0)
@@ -119,7 +119,7 @@ def test_state_restored_by_tick_keeps_firing_alerts_and_grants_grace() -> None:
 
 
 def test_a_bug_on_one_message_costs_only_that_message(monkeypatch: Any) -> None:
-    p = PredictionPipeline(SETTINGS, "ml.predictions")
+    p = PredictionProcessor(SETTINGS, "ml.predictions")
     real = p.process
 
     def flaky(messages: list[InMessage], now: float, saved: Any = None) -> Outbox:
