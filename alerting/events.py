@@ -1,38 +1,26 @@
-"""Contract shapes of what Sentinelle emits: alerts (PagerDuty Events v2) and times.
+"""An alert, as ``ml.alerts`` carries it: a PagerDuty Events v2 event built from a signal.
 
-See ``../shared/CONTRACT.md``, section ``ml.alerts``.
+The shape is :class:`detectors.contract.Alert` (``../shared/CONTRACT.md``,
+section ``ml.alerts``); every alert Sentinelle publishes is built here, by the
+alert manager.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from detectors.base import Signal
+from detectors.contract import (
+    GROUP_OF_CLASS,
+    MAX_SUMMARY_CHARS,
+    Alert,
+    AlertClass,
+    EventAction,
+    Severity,
+    rfc3339,
+)
 
-__all__ = ["alert_event", "rfc3339", "GROUP_OF_CHECK"]
-
-GROUP_OF_CHECK = {
-    "feature_drift": "serving", "training_serving_skew": "serving",
-    "prediction_drift": "serving", "label_drift": "serving",
-    "performance_degradation": "serving", "data_quality": "data",
-    "latency_slo": "serving", "error_rate": "serving", "outage": "serving",
-    "metric_anomaly": "serving", "pipeline_failure": "training",
-    "pipeline_duration_anomaly": "training", "pipeline_stalled": "training",
-    "quota_exhaustion": "training", "canary_regression": "deployment",
-    "validation_gate": "validation",
-}
-
-MAX_SUMMARY = 1024
-
-
-def rfc3339(epoch_s: float) -> str:
-    """RFC 3339 UTC with milliseconds, as every timestamp Sentinelle emits.
-
-    >>> rfc3339(0.5)
-    '1970-01-01T00:00:00.500Z'
-    """
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+__all__ = ["alert_event"]
 
 
 def _details(details: dict[str, Any]) -> dict[str, Any]:
@@ -43,22 +31,27 @@ def _details(details: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def alert_event(signal: Signal, action: str, extra: dict[str, Any] | None = None,
-                severity: str | None = None) -> dict[str, Any]:
-    """The ``ml.alerts`` message for ``signal`` with ``event_action`` = ``action``."""
+def alert_event(signal: Signal, action: EventAction, extra: dict[str, Any] | None = None,
+                severity: Severity | None = None) -> dict[str, Any]:
+    """The ``ml.alerts`` message for ``signal`` with ``event_action`` = ``action``.
+
+    Built as the contract's :class:`~detectors.contract.Alert` (so its keys and
+    types are checked against it), handed on as a plain dict.
+    """
     source = signal.model if signal.version is None else f"{signal.model}@{signal.version}"
     summary = signal.summary if action == "trigger" else f"RESOLVED: {signal.summary}"
-    return {
+    alert: Alert = {
         "event_action": action,
         "dedup_key": signal.key,
         "payload": {
-            "summary": summary[:MAX_SUMMARY],
+            "summary": summary[:MAX_SUMMARY_CHARS],
             "source": source,
             "severity": severity or signal.severity,
             "timestamp": rfc3339(signal.timestamp),
             "component": signal.model,
-            "group": GROUP_OF_CHECK.get(signal.check, "serving"),
-            "class": signal.check,
+            "group": GROUP_OF_CLASS.get(signal.check, "serving"),
+            "class": cast(AlertClass, signal.check),
             "custom_details": {**_details(signal.details), **(extra or {})},
         },
     }
+    return cast(dict[str, Any], alert)

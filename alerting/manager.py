@@ -63,8 +63,9 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from alerting.events import alert_event, rfc3339
+from alerting.events import alert_event
 from detectors.base import Signal
+from detectors.contract import SEVERITY_RANK, EventAction, Severity, rfc3339
 
 __all__ = ["ManagerSettings", "Silence", "AlertManager", "inhibited", "Lifecycle", "OWN_RULE"]
 
@@ -76,7 +77,6 @@ log = logging.getLogger("sentinelle.alerts")
 OWN_RULE = frozenset({"outage", "pipeline_stalled", "canary_regression", "metric_anomaly",
                       "pipeline_failure", "pipeline_duration_anomaly", "validation_gate"})
 WALL_CLOCK_CHECKS = frozenset({"outage", "pipeline_stalled"})
-SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 OUTAGE_INHIBITS = frozenset({"latency_slo", "error_rate", "feature_drift", "prediction_drift",
                              "training_serving_skew", "data_quality", "label_drift",
                              "performance_degradation"})
@@ -165,7 +165,7 @@ class Lifecycle:
     last_notified: float = 0.0
     group_key: str | None = None
     last: Signal | None = None         # the latest active signal, for releases and repeats
-    trigger_severity: str = ""         # what the trigger said, for its resolve
+    trigger_severity: Severity | None = None  # what the trigger said, for its resolve
     trigger_summary: str = ""
     fired_at: float = 0.0              # when the current (or last) firing began
     clearing: Signal | None = None     # while firing: the latest signal, when it said clear
@@ -197,7 +197,7 @@ class Lifecycle:
                    direction=d["direction"], notified=d["notified"],
                    last_notified=d["last_notified"], group_key=d["group_key"],
                    last=None if last is None else Signal(**last),
-                   trigger_severity=d.get("trigger_severity", ""),
+                   trigger_severity=d.get("trigger_severity") or None,
                    trigger_summary=d.get("trigger_summary", ""), fired_at=float(fired_at),
                    clearing=None if clearing is None else Signal(**clearing))
 
@@ -478,7 +478,7 @@ class AlertManager:
         assert s is not None
         return self._notify(lc, replace(s, timestamp=lc.since), "resolve", lc.since)
 
-    def _notify(self, lc: Lifecycle, s: Signal, action: str, now: float,
+    def _notify(self, lc: Lifecycle, s: Signal, action: EventAction, now: float,
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
         details: dict[str, Any] = dict(extra or {})
         if action == "trigger":

@@ -57,16 +57,14 @@ from typing import Any
 
 import numpy as np
 
-from alerting.events import rfc3339
-from detectors.base import Signal, dedup_key
+from detectors.base import Signal
 from detectors.canary import CanaryAnalysis, Verdict
+from detectors.contract import DEPLOYMENT_PHASES, Severity, command_id, dedup_key, rfc3339
 from detectors.windows import WindowStats
 
 __all__ = ["RolloutPolicy", "Rollout", "Decision", "RolloutTracker", "TrackerOutput",
            "DEPLOYMENT_PHASES", "make_command", "rollout_number", "ANNOUNCED_TTL_S"]
 
-#: ``phase`` values of ``ml.deployments`` records (README: "Deployments").
-DEPLOYMENT_PHASES = ("started", "step", "paused", "promoted", "rolled_back", "aborted")
 _ENDED = ("promoted", "rolled_back", "aborted")
 DONE_KEPT = 50  # finished canary versions remembered per model (not re-judged from traffic)
 NUMBERS_KEPT = 256  # canary versions whose latest rollout number is remembered per model
@@ -233,7 +231,8 @@ class Rollout:
                    int(d.get("rollout", 1)), d.get("announced_at"), bool(d.get("closed")))
 
 
-def make_command(action: str, model: str, stable: str, canary: str, step: int, reason: str,
+def make_command(action: str, model: str, stable: str, canary: str, step: int | str,
+                 reason: str,
                  now: float, environment: str | None = None, rollout: int = 1,
                  **extra: Any) -> dict[str, Any]:
     """An ``ml.deploy.commands`` message.
@@ -249,9 +248,8 @@ def make_command(action: str, model: str, stable: str, canary: str, step: int, r
     >>> make_command("rollback", "m", "v7", "v8", 5, "errors", 0, rollout=2)["command_id"]
     'rollback:m:v8:5:r2'
     """
-    suffix = f":r{rollout}" if rollout > 1 else ""
     command = {
-        "command_id": f"{action}:{model}:{canary}:{step}{suffix}",
+        "command_id": command_id(action, model, canary, step, rollout),
         "action": action, "model": model, "from_version": canary,
         "to_version": stable if action == "rollback" else canary, "reason": reason[:1024],
         "alert_dedup_keys": extra.pop("alert_dedup_keys", []),
@@ -285,7 +283,7 @@ class TrackerOutput:
     signals: list[Signal] = field(default_factory=list)
     verdicts: list[tuple[str, Verdict]] = field(default_factory=list)  # (canary, verdict)
 
-    def add(self, decision: Decision | None, rollout: Rollout, severity: str,
+    def add(self, decision: Decision | None, rollout: Rollout, severity: Severity,
             timestamp: float) -> None:
         if decision is None or decision.command is None:
             return
@@ -322,7 +320,7 @@ class RolloutTracker:
     """
 
     def __init__(self, model: str, analysis: CanaryAnalysis, policy: RolloutPolicy,
-                 severity: str = "critical", announced_ttl_s: float = ANNOUNCED_TTL_S) -> None:
+                 severity: Severity = "critical", announced_ttl_s: float = ANNOUNCED_TTL_S) -> None:
         if announced_ttl_s <= 0:
             raise ValueError("announced_ttl_s must be > 0")
         self.model = model

@@ -76,6 +76,7 @@ import numpy as np
 from river import stats
 
 from detectors.base import Signal
+from detectors.contract import Severity, dedup_key
 
 __all__ = ["AlertPolicy", "MetricAnomalyDetector", "TailCalibrator"]
 
@@ -609,7 +610,7 @@ class MetricAnomalyDetector:
     def __init__(self, source: str, metric: str, *, warmup_points: int = 576,
                  threshold: float = 0.9999, season_s: float = 86400.0,
                  cooldown_s: float = 3600.0, resolve_after_s: float = 1800.0,
-                 severity: str = "warning", seed: int = 0) -> None:
+                 severity: Severity = "warning", seed: int = 0) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError("threshold must be in (0, 1)")
         if season_s <= 0 or cooldown_s < 0 or resolve_after_s < 0 or warmup_points < 0:
@@ -628,7 +629,7 @@ class MetricAnomalyDetector:
 
     @property
     def key(self) -> str:
-        return f"metric_anomaly:{self.source}:{self.metric}"
+        return dedup_key("metric_anomaly", self.source, None, "stable", self.metric)
 
     @property
     def transform(self) -> str | None:

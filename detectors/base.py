@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Signal", "dedup_key"]
+from detectors.contract import Severity
 
-SEVERITIES = ("critical", "error", "warning", "info")
+__all__ = ["Signal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,27 +28,9 @@ class Signal:
     check: str
     key: str
     active: bool
-    severity: str
+    severity: Severity
     summary: str
     timestamp: float
     model: str
     version: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
-
-
-def dedup_key(check: str, model: str, version: str | None = None, cohort: str = "stable",
-              *parts: str) -> str:
-    """Stable alert identity: ``check:model[:version[@cohort]][:part…]``.
-
-    The cohort is spelled out only when it is not ``stable``, so the usual key
-    reads like the contract's example (``latency_slo:fraud-scorer:v7:p99``).
-
-    >>> dedup_key("latency_slo", "fraud-scorer", "v8", "canary", "p99")
-    'latency_slo:fraud-scorer:v8@canary:p99'
-    >>> dedup_key("outage", "fraud-scorer")
-    'outage:fraud-scorer'
-    """
-    head = [check, model]
-    if version is not None:
-        head.append(version if cohort == "stable" else f"{version}@{cohort}")
-    return ":".join([*head, *parts])

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from river import drift as river_drift
 
-from detectors.base import Signal, dedup_key
+from detectors.base import Signal
+from detectors.contract import Severity, dedup_key
 from detectors.distance import js_distance
 from detectors.profile import FeatureBins
 from detectors.skew import Calibration, ChunkCounter
@@ -59,7 +60,7 @@ class DriftDetector:
 
     def __init__(self, model: str, version: str, bins: FeatureBins, calibration: Calibration,
                  baseline_factor: int = 4, cohort: str = "stable",
-                 check: str = "feature_drift", severity: str = "warning") -> None:
+                 check: str = "feature_drift", severity: Severity = "warning") -> None:
         if baseline_factor < 1:
             raise ValueError("baseline_factor must be >= 1")
         self.model, self.version, self.cohort = model, version, cohort

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from detectors.base import Signal, dedup_key
+from detectors.base import Signal
+from detectors.contract import Severity, dedup_key
 from detectors.slo import _window
 from detectors.windows import WindowStats
 
@@ -44,7 +45,7 @@ class ErrorRateSpike:
     """
 
     def __init__(self, threshold: float = 0.05, factor: float = 3.0, min_events: int = 20,
-                 alpha: float = 0.1, severity: str = "error") -> None:
+                 alpha: float = 0.1, severity: Severity = "error") -> None:
         if not 0 < threshold < 1:
             raise ValueError("threshold must be in (0, 1)")
         if factor < 1:

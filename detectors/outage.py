@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from detectors.base import Signal, dedup_key
+from detectors.base import Signal
+from detectors.contract import Severity, dedup_key
 
 __all__ = ["OutageDetector"]
 
@@ -32,7 +33,8 @@ class OutageDetector:
     """
 
     def __init__(self, model: str, k: float = 10.0, floor_s: float = 60.0,
-                 min_arrivals: int = 10, alpha: float = 0.1, severity: str = "critical") -> None:
+                 min_arrivals: int = 10, alpha: float = 0.1,
+                 severity: Severity = "critical") -> None:
         if k <= 0 or floor_s <= 0:
             raise ValueError("k and floor_s must be > 0")
         if not 0 < alpha <= 1:

@@ -29,7 +29,8 @@ import numpy as np
 from river import metrics
 from scipy import stats
 
-from detectors.base import Signal, dedup_key
+from detectors.base import Signal
+from detectors.contract import Severity, dedup_key
 
 __all__ = ["LabelJoin", "PerformanceCheck", "ConfidenceEstimate", "task_of"]
 
@@ -288,7 +289,7 @@ class PerformanceCheck:
     def __init__(self, model: str, version: str, window: int = 500,
                  run_length: float = 60_480_000, min_drop: float = 0.02,
                  reference: float | None = None, cohort: str = "stable",
-                 severity: str = "error") -> None:
+                 severity: Severity = "error") -> None:
         if window < 10 or run_length <= window:
             raise ValueError("need window >= 10 and run_length > window")
         self.model, self.version, self.cohort = model, version, cohort
@@ -398,7 +399,7 @@ class ConfidenceEstimate:
 
     def __init__(self, model: str, version: str, window: int = 2000,
                  run_length: float = 60_480_000, min_drop: float = 0.02,
-                 cohort: str = "stable", severity: str = "warning") -> None:
+                 cohort: str = "stable", severity: Severity = "warning") -> None:
         if window < 10 or run_length <= window:
             raise ValueError("need window >= 10 and run_length > window")
         self.model, self.version, self.cohort = model, version, cohort

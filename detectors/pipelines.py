@@ -39,6 +39,7 @@ import numpy as np
 from river import anomaly
 
 from detectors.base import Signal
+from detectors.contract import Severity, dedup_key
 
 __all__ = ["FailureStreak", "StallWatch", "DurationAnomaly", "ValidationGate", "RunInfo"]
 
@@ -60,22 +61,25 @@ class RunInfo:
 class FailureStreak:
     """``pipeline_failure``: a failed run, severity rising with the streak."""
 
-    def __init__(self, pipeline: str, critical_after: int = 3) -> None:
+    def __init__(self, pipeline: str, critical_after: int = 3,
+                 severity: Severity = "error") -> None:
         self.pipeline = pipeline
         self.critical_after = critical_after
+        self.severity = severity
         self.streak = 0
 
     @property
     def key(self) -> str:
-        return f"pipeline_failure:{self.pipeline}"
+        return dedup_key("pipeline_failure", self.pipeline)
 
     def on_end(self, run_id: str, failed: bool, ts: float, error: str | None) -> Signal:
         if not failed:
             self.streak = 0
-            return Signal("pipeline_failure", self.key, False, "error",
+            return Signal("pipeline_failure", self.key, False, self.severity,
                           f"{self.pipeline}: run {run_id} succeeded", ts, self.pipeline)
         self.streak += 1
-        severity = "critical" if self.streak >= self.critical_after else "error"
+        severity: Severity = ("critical" if self.streak >= self.critical_after
+                              else self.severity)
         why = f": {error[:300]}" if error else ""
         return Signal("pipeline_failure", self.key, True, severity,
                       f"{self.pipeline}: run {run_id} failed ({self.streak} in a row){why}", ts,
@@ -94,7 +98,7 @@ class StallWatch:
     """``pipeline_stalled``: a run silent for longer than the pipeline's expected duration."""
 
     def __init__(self, pipeline: str, floor_s: float = 300.0, ceiling_s: float = 86400.0,
-                 factor: float = 1.5, min_runs: int = 5, severity: str = "error") -> None:
+                 factor: float = 1.5, min_runs: int = 5, severity: Severity = "error") -> None:
         self.pipeline = pipeline
         self.floor_s, self.ceiling_s = floor_s, ceiling_s
         self.factor, self.min_runs = factor, min_runs
@@ -120,7 +124,7 @@ class StallWatch:
         return min(self.ceiling_s, max(self.floor_s, self.factor * p95))
 
     def key(self, run_id: str) -> str:
-        return f"pipeline_stalled:{self.pipeline}:{run_id}"
+        return dedup_key("pipeline_stalled", self.pipeline, None, "stable", run_id)
 
     def check(self, runs: Sequence[RunInfo], now: float) -> list[Signal]:
         """Signals for runs that went silent (and for stalled runs that spoke again)."""
@@ -160,7 +164,7 @@ class DurationAnomaly:
     """``pipeline_duration_anomaly``: River's Gaussian scorer on log-durations."""
 
     def __init__(self, pipeline: str, min_runs: int = 10, threshold: float = 0.999,
-                 accept_after: int = 3, severity: str = "warning") -> None:
+                 accept_after: int = 3, severity: Severity = "warning") -> None:
         self.pipeline = pipeline
         self.min_runs, self.threshold = min_runs, threshold
         self.accept_after = accept_after
@@ -171,7 +175,7 @@ class DurationAnomaly:
 
     @property
     def key(self) -> str:
-        return f"pipeline_duration_anomaly:{self.pipeline}"
+        return dedup_key("pipeline_duration_anomaly", self.pipeline)
 
     def _fresh(self) -> anomaly.GaussianScorer:
         return anomaly.GaussianScorer(window_size=_KEPT_DURATIONS, grace_period=self.min_runs)
@@ -246,12 +250,12 @@ class ValidationGate:
     lower_is_better: tuple[str, ...] = (r"loss", r"error", r"mae", r"mse", r"rmse", r"mape",
                                         r"latency", r"brier")
     ignore: tuple[str, ...] = (r"^rows?$", r"count", r"duration", r"seconds", r"^n_")
-    severity: str = "error"
+    severity: Severity = "error"
     # model -> list of (version, metrics), oldest first, bounded
     history: dict[str, list[tuple[str, dict[str, float]]]] = field(default_factory=dict)
 
     def key(self, model: str, version: str) -> str:
-        return f"validation_gate:{model}:{version}"
+        return dedup_key("validation_gate", model, version)
 
     def observe(self, model: str, version: str, metrics: dict[str, float],
                 ts: float) -> list[Signal]:

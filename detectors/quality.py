@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from detectors.base import Signal, dedup_key
+from detectors.base import Signal
+from detectors.contract import Severity, dedup_key
 
 __all__ = ["FeatureSpec", "FeatureColumns", "QualityDetector", "ISSUES"]
 
@@ -113,7 +114,7 @@ class QualityDetector:
 
     def __init__(self, model: str, version: str, specs: list[FeatureSpec], window: int = 2000,
                  run_length: float = 60_480_000, min_excess: float = 0.01,
-                 cohort: str = "stable", severity: str = "warning",
+                 cohort: str = "stable", severity: Severity = "warning",
                  max_unknown: int = 20) -> None:
         if window < 1 or run_length <= window:
             raise ValueError("need window >= 1 and run_length > window")

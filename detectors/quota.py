@@ -27,6 +27,7 @@ from typing import Any
 import polars as pl
 
 from detectors.base import Signal
+from detectors.contract import dedup_key
 
 __all__ = ["QuotaForecast", "UsagePoint"]
 
@@ -62,7 +63,7 @@ class QuotaForecast:
         self.errant: set[str] = set()
 
     def _key(self, what: str) -> str:
-        return f"quota_exhaustion:{self.pool}:{self.resource}:{what}"
+        return dedup_key("quota_exhaustion", self.pool, None, "stable", self.resource, what)
 
     def update(self, points: list[UsagePoint]) -> list[Signal]:
         """Fold a batch of points in (time order); the signals they lead to."""

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from detectors.base import Signal, dedup_key
+from detectors.base import Signal
+from detectors.contract import Severity, dedup_key
 from detectors.distance import js_distance, linf_distance
 from detectors.profile import FeatureBins
 
@@ -186,7 +187,7 @@ class SkewDetector:
 
     def __init__(self, model: str, version: str, bins: FeatureBins, calibration: Calibration,
                  cohort: str = "stable", check: str = "training_serving_skew",
-                 severity: str = "warning") -> None:
+                 severity: Severity = "warning") -> None:
         self.model, self.version, self.cohort = model, version, cohort
         self.bins = bins
         self.calibration = calibration

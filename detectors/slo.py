@@ -20,7 +20,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from detectors.base import Signal, dedup_key
+from detectors.base import Signal
+from detectors.contract import Severity, dedup_key
 from detectors.windows import WindowStats
 
 __all__ = ["LatencyThreshold", "BurnRate", "BurnRule", "DEFAULT_BURN_RULES"]
@@ -41,7 +42,7 @@ class LatencyThreshold:
     """
 
     def __init__(self, threshold_ms: float = 500.0, min_events: int = 20,
-                 severity: str = "error") -> None:
+                 severity: Severity = "error") -> None:
         if threshold_ms <= 0:
             raise ValueError("threshold_ms must be > 0")
         self.threshold_ms = threshold_ms
@@ -76,7 +77,7 @@ class BurnRule:
     long_s: float
     short_s: float
     factor: float
-    severity: str
+    severity: Severity
 
 
 DEFAULT_BURN_RULES = (

@@ -30,6 +30,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from detectors.contract import DEFAULT_BOOTSTRAP, Severity
+
 __all__ = ["Settings", "ConfigError", "load_settings"]
 
 
@@ -47,6 +49,11 @@ class KafkaSettings(_Section):
     producer_batch_bytes: int | None = Field(
         None, ge=1, description="the producer's max_batch_size; unset: 16 KiB, or one record "
                                 "per batch on Tansu, which misreports the end of a batch")
+
+    @property
+    def servers(self) -> str:
+        """The brokers to use: ``bootstrap_servers``, or where ``sentinelle broker`` listens."""
+        return self.bootstrap_servers or DEFAULT_BOOTSTRAP
 
 
 class TopicSettings(_Section):
@@ -133,7 +140,7 @@ class WindowSettings(_Section):
 class LatencySettings(_Section):
     p99_threshold_ms: float = Field(500.0, gt=0)
     min_events: int = Field(20, ge=1)
-    severity: str = "error"
+    severity: Severity = "error"
 
 
 class BurnRuleSettings(_Section):
@@ -141,7 +148,7 @@ class BurnRuleSettings(_Section):
     long_s: float = Field(gt=0)
     short_s: float = Field(gt=0)
     factor: float = Field(gt=0)
-    severity: str = "critical"
+    severity: Severity = "critical"
 
     @model_validator(mode="after")
     def _short_within_long(self) -> BurnRuleSettings:
@@ -172,14 +179,14 @@ class ErrorRateSettings(_Section):
     threshold: float = Field(0.05, gt=0, lt=1)
     baseline_factor: float = Field(3.0, ge=1)
     min_events: int = Field(20, ge=1)
-    severity: str = "error"
+    severity: Severity = "error"
 
 
 class OutageSettings(_Section):
     k: float = Field(10.0, gt=0, description="multiple of the typical inter-arrival time")
     floor_s: float = Field(60.0, gt=0)
     min_arrivals: int = Field(10, ge=1, description="arrivals before a model counts as serving")
-    severity: str = "critical"
+    severity: Severity = "critical"
 
 
 class SkewSettings(_Section):
@@ -193,7 +200,7 @@ class SkewSettings(_Section):
     first_events: int = Field(
         5000, ge=0, description="without a published profile, learn one from the version's "
                                 "first N events (0: only published profiles)")
-    severity: str = "warning"
+    severity: Severity = "warning"
 
     @model_validator(mode="after")
     def _hop_divides_window(self) -> SkewSettings:
@@ -209,7 +216,7 @@ class DriftSettings(_Section):
 
     enabled: bool = True
     baseline_factor: int = Field(4, ge=1, description="baseline length, in recent windows")
-    severity: str = "warning"
+    severity: Severity = "warning"
 
 
 class QualitySettings(_Section):
@@ -219,7 +226,7 @@ class QualitySettings(_Section):
     window_events: int = Field(2000, ge=10, description="events per test")
     min_excess: float = Field(0.01, ge=0, lt=1,
                               description="smallest rate above the reference rate that alerts")
-    severity: str = "warning"
+    severity: Severity = "warning"
 
 
 class LabelSettings(_Section):
@@ -236,7 +243,7 @@ class LabelSettings(_Section):
                             description="accuracy points (or relative MAE) worth an alert")
     estimate: bool = Field(True, description="estimate accuracy from confidence without labels")
     estimate_window: int = Field(2000, ge=10)
-    severity: str = "error"
+    severity: Severity = "error"
 
 
 class AlertSettings(_Section):
@@ -284,7 +291,7 @@ class CanarySettings(_Section):
     on_failure: Literal["rollback", "pause"] = "rollback"
     pause_models: tuple[str, ...] = Field(
         (), description="models whose failed canary is paused, not rolled back")
-    severity: str = "critical"
+    severity: Severity = "critical"
     announced_ttl_s: float = Field(
         86400.0, gt=0,
         description="keep a model's state this long (wall clock, from the ts of the latest "
@@ -304,19 +311,19 @@ class PipelineSettings(_Section):
 
     enabled: bool = True
     failure_critical_after: int = Field(3, ge=1, description="failures in a row that page")
-    failure_severity: str = "error"
+    failure_severity: Severity = "error"
     stall_floor_s: float = Field(300.0, gt=0, description="never call a run stalled sooner")
     stall_ceiling_s: float = Field(6 * 3600.0, gt=0,
                                    description="silence always a stall (and before history)")
     stall_factor: float = Field(1.5, gt=1, description="x the p95 of recent durations")
     stall_min_runs: int = Field(5, ge=1, description="runs known before learning the limit")
-    stall_severity: str = "error"
+    stall_severity: Severity = "error"
     duration_min_runs: int = Field(10, ge=3, description="warm-up: runs before judging")
     duration_threshold: float = Field(0.999, gt=0.5, lt=1,
                                       description="Gaussian score (2|CDF-0.5|) that is anomalous")
     duration_accept_after: int = Field(3, ge=1,
                                        description="anomalous runs in a row: the new normal")
-    duration_severity: str = "warning"
+    duration_severity: Severity = "warning"
     run_ttl_s: float = Field(2 * 86400.0, gt=0, description="forget a run silent this long")
     pipeline_ttl_s: float = Field(30 * 86400.0, gt=0,
                                   description="forget a pipeline quiet this long")
@@ -344,7 +351,7 @@ class ValidationSettings(_Section):
                                         r"latency", r"brier")
     ignore: tuple[str, ...] = (r"^rows?$", r"count", r"duration", r"seconds", r"^n_")
     pause: bool = Field(True, description="publish a pause command for a regressed version")
-    severity: str = "error"
+    severity: Severity = "error"
 
 
 class MetricAnomalySettings(_Section):
@@ -358,7 +365,7 @@ class MetricAnomalySettings(_Section):
     cooldown_s: float = Field(3600.0, ge=0, description="no new alert this soon after one")
     resolve_after_s: float = Field(1800.0, ge=0,
                                    description="resolve after this long back to normal")
-    severity: str = "warning"
+    severity: Severity = "warning"
     series_ttl_s: float = Field(7 * 86400.0, gt=0, description="forget a series quiet this long")
     max_metrics_per_source: int = Field(256, ge=1, description="metrics watched per source; "
                                                                "more are dead-lettered")

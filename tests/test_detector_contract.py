@@ -15,8 +15,9 @@ import numpy as np
 import orjson
 import pytest
 
-from alerting.events import GROUP_OF_CHECK
-from detectors.base import SEVERITIES, Signal
+from detectors.base import Signal
+from detectors.contract import GROUP_OF_CLASS as GROUP_OF_CHECK
+from detectors.contract import SEVERITIES
 from detectors.errors import ErrorRateSpike
 from detectors.outage import OutageDetector
 from detectors.slo import BurnRate, LatencyThreshold

@@ -10,9 +10,12 @@ from typing import Any
 import orjson
 import pytest
 
-from alerting.events import GROUP_OF_CHECK, MAX_SUMMARY, alert_event, rfc3339
+from alerting.events import alert_event
 from alerting.manager import AlertManager, ManagerSettings
-from detectors.base import SEVERITIES, Signal
+from detectors.base import Signal
+from detectors.contract import GROUP_OF_CLASS as GROUP_OF_CHECK
+from detectors.contract import MAX_SUMMARY_CHARS as MAX_SUMMARY
+from detectors.contract import SEVERITIES, rfc3339
 from detectors.slo import LatencyThreshold
 from detectors.windows import WindowStats
 

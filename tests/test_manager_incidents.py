@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
-from alerting.events import rfc3339
 from alerting.manager import AlertManager, ManagerSettings
 from detectors.base import Signal
+from detectors.contract import rfc3339
 from detectors.slo import LatencyThreshold
 from detectors.windows import WindowStats
 from streams.config import AlertSettings, Settings

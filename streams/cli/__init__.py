@@ -19,8 +19,6 @@ import orjson
 from streams.config import ConfigError, Settings, load_settings
 from streams.tools.simulate import SCENARIOS
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
-
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                              help="YAML configuration file (every setting has a default).")
 servers_option = click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS",
@@ -33,9 +31,7 @@ def _settings(config_path: str | None, servers: str | None) -> Settings:
     except ConfigError as exc:
         click.echo(f"sentinelle: bad configuration\n{exc}", err=True)
         sys.exit(2)
-    if not settings.kafka.bootstrap_servers:
-        settings = settings.with_bootstrap(DEFAULT_BOOTSTRAP)
-    return settings
+    return settings.with_bootstrap(settings.kafka.servers)
 
 
 @click.group()
@@ -74,7 +70,7 @@ def worker(config_path: str | None, bootstrap_servers: str | None, loglevel: str
     from streams.runtime.app import create_app, pool_topic_name, topic_max_bytes
     from streams.runtime.kafka import ensure_topics, is_tansu
 
-    servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
+    servers = settings.kafka.servers
     t = settings.topics
     asyncio.run(ensure_topics(servers, [*t.all(), pool_topic_name(settings)],
                               settings.kafka.partitions,
@@ -104,7 +100,7 @@ def simulate(config_path: str | None, bootstrap_servers: str | None, scenario: s
     from streams.tools.simulate import run
 
     settings = _settings(config_path, bootstrap_servers)
-    servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
+    servers = settings.kafka.servers
     sc = SCENARIOS[scenario]
     click.echo(f"scenario {sc.name}: {sc.description}")
 
@@ -268,7 +264,7 @@ def silence_expire(silence_id: str, config_path: str | None,
 
 
 def _time(epoch: float) -> str:
-    from alerting.events import rfc3339
+    from detectors.contract import rfc3339
 
     return rfc3339(epoch)
 
@@ -303,7 +299,7 @@ def _bridge(settings: Settings, name: str, url: str, rate: float,
 
     async def go() -> None:
         async with aiohttp.ClientSession() as session:
-            await run_bridge(settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP,
+            await run_bridge(settings.kafka.servers,
                              settings.topics.alerts, settings.topics.deadletter,
                              f"{settings.worker.app_id}-bridge-{name}",
                              http_poster(session, url), body_of, rate)
@@ -465,7 +461,7 @@ def controller(state_path: str, starts: tuple[str, ...], environment: str | None
     except ValueError as exc:
         click.echo(f"sentinelle: {exc}", err=True)
         sys.exit(2)
-    servers = settings.kafka.bootstrap_servers or DEFAULT_BOOTSTRAP
+    servers = settings.kafka.servers
     t = settings.topics
 
     async def go() -> None:

@@ -55,7 +55,7 @@ def parse_matchers(items: tuple[str, ...]) -> dict[str, str]:
 
 async def _publish(settings: Settings, silence: Silence) -> Silence:
     """Write ``silence`` to the compacted silences topic (created if missing)."""
-    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    servers = settings.kafka.servers
     await ensure_topics(servers, [settings.topics.silences], settings.kafka.partitions,
                         settings.kafka.replication_factor, compacted=[settings.topics.silences])
     producer = AIOKafkaProducer(bootstrap_servers=servers)
@@ -77,7 +77,7 @@ async def add_silence(settings: Settings, matchers: dict[str, str], duration_s: 
 
 
 async def read_silences(settings: Settings) -> dict[str, Silence]:
-    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    servers = settings.kafka.servers
     await ensure_topics(servers, [settings.topics.silences], settings.kafka.partitions,
                         settings.kafka.replication_factor, compacted=[settings.topics.silences])
     found: dict[str, Silence] = {}
@@ -104,7 +104,7 @@ async def expire_silence(settings: Settings, silence_id: str) -> Silence:
 
 async def firing_alerts(settings: Settings) -> list[dict[str, Any]]:
     """Alerts triggered and not resolved, from the whole ``ml.alerts`` topic."""
-    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    servers = settings.kafka.servers
     firing: dict[str, dict[str, Any]] = {}
     for _, value in await read_all(servers, settings.topics.alerts):
         try:

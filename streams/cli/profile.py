@@ -67,7 +67,7 @@ async def publish_profile(settings: Settings, profile: dict[str, Any]) -> None:
 
     from streams.runtime.kafka import ensure_topics
 
-    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    servers = settings.kafka.servers
     topic = settings.topics.references
     await ensure_topics(servers, [topic], settings.kafka.partitions,
                         settings.kafka.replication_factor, compacted=[topic])

@@ -71,6 +71,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from detectors.contract import PIPELINE_KINDS, RUN_STATUSES
 from streams.config import Settings
 from streams.core.parse import parse_time
 from streams.runtime.follow import read_all
@@ -79,8 +80,6 @@ __all__ = ["Usage", "Decoded", "pipeline_usage", "serving_usage", "usage_series"
            "pool_pairs", "replicas", "decode_values", "read_topic_records", "render",
            "pipeline_table", "serving_table", "plot_usage", "plot_formats", "estimate"]
 
-STATUSES = frozenset({"started", "heartbeat", "succeeded", "failed"})
-KINDS = frozenset({"data", "training", "validation", "serving"})
 DAY_S = 86_400.0
 _YEAR_10000 = 253_402_300_800.0
 PLOT_TEXT = (".txt", ".html", ".ansi")  # what plotext writes; ".png" needs matplotlib
@@ -156,7 +155,7 @@ def _parse_pipeline(records: Iterable[Any]) -> _Pipeline:
             _text(rec, "event_id")
             pipeline, run_id = _text(rec, "pipeline"), _text(rec, "run_id")
             kind, status = _text(rec, "kind"), _text(rec, "status")
-            if kind not in KINDS or status not in STATUSES:
+            if kind not in PIPELINE_KINDS or status not in RUN_STATUSES:
                 raise _Malformed("unknown kind or status")
             ts = _time(rec.get("ts"))
             resources = rec.get("resources") or {}
@@ -690,7 +689,7 @@ async def estimate(settings: Settings, capacity_qps: float, days: float | None,
         raise ValueError("days must be > 0")
     if plot not in (None, "-"):
         _check_plot_path(plot)
-    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    servers = settings.kafka.servers
     pipeline_topic = settings.topics.pipeline
     runs, stats = await asyncio.gather(read_topic_records(servers, pipeline_topic),
                                        read_topic_records(servers, settings.topics.stats))

@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from alerting.events import rfc3339
 from alerting.rollout import make_command, rollout_number
+from detectors.contract import dedup_key, rfc3339
 from streams.config import Settings
 from streams.runtime.follow import read_all
 from streams.runtime.kafka import ensure_topics
@@ -32,7 +32,7 @@ __all__ = ["latest_deployment", "manual_command", "publish", "approval"]
 
 async def latest_deployment(settings: Settings, model: str) -> dict[str, Any] | None:
     """The newest ``ml.deployments`` record of ``model``, if any."""
-    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    servers = settings.kafka.servers
     t = settings.topics
     await ensure_topics(servers, [t.deployments], settings.kafka.partitions,
                         settings.kafka.replication_factor, compacted=[t.deployments])
@@ -72,7 +72,7 @@ def manual_command(settings: Settings, action: str, model: str, deployment: dict
                             t, env, rollout=n, traffic_percent=step)
     act = "pause" if action == "pause" else "rollback"
     return make_command(act, model, stable, canary, pct, f"{act} by hand by {by}", t, env,
-                        rollout=n, alert_dedup_keys=[f"canary_regression:{model}:{canary}"])
+                        rollout=n, alert_dedup_keys=[dedup_key("canary_regression", model, canary)])
 
 
 def approval(model: str, version: str, by: str, action: str = "promote",
@@ -83,7 +83,7 @@ def approval(model: str, version: str, by: str, action: str = "promote",
 
 
 async def publish(settings: Settings, topic: str, model: str, record: dict[str, Any]) -> None:
-    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    servers = settings.kafka.servers
     await ensure_topics(servers, [topic], settings.kafka.partitions,
                         settings.kafka.replication_factor)
     producer = AIOKafkaProducer(bootstrap_servers=servers)

@@ -23,8 +23,9 @@ import polars as pl
 
 from alerting.manager import AlertManager, ManagerSettings
 from alerting.rollout import RolloutPolicy, RolloutTracker, TrackerOutput
-from detectors.base import Signal, dedup_key
+from detectors.base import Signal
 from detectors.canary import CanaryAnalysis, Verdict
+from detectors.contract import dedup_key
 from detectors.drift import DriftDetector
 from detectors.errors import ErrorRateSpike
 from detectors.outage import OutageDetector

@@ -136,7 +136,7 @@ class PipelineState(_Keyed):
         p, v = settings.pipelines, settings.validation
         self.runs: dict[str, RunInfo] = {}
         self.pools: dict[str, tuple[str, str]] = {}  # run -> (pool, resource) it reported
-        self.failures = FailureStreak(name, p.failure_critical_after)
+        self.failures = FailureStreak(name, p.failure_critical_after, p.failure_severity)
         self.stall = StallWatch(name, p.stall_floor_s, p.stall_ceiling_s, p.stall_factor,
                                 p.stall_min_runs, p.stall_severity)
         self.duration = DurationAnomaly(name, p.duration_min_runs, p.duration_threshold,
@@ -204,12 +204,10 @@ class PipelineState(_Keyed):
 
     def _pause(self, s: Signal, model: str, version: str, ts: float) -> Record:
         previous = s.details.get("previous_version") or "-"
-        cmd = make_command("pause", model, previous, version, 0, s.summary, ts,
-                           alert_dedup_keys=[s.key], evidence=s.details)
-        # one pause per version and reason, whatever replays
+        # one pause per version and reason, whatever replays: pause:M:V:validation[-skew]
         what = "validation" if s.key == self.gate.key(model, version) else "validation-skew"
-        cmd["command_id"] = f"pause:{model}:{version}:{what}"
-        return cmd
+        return make_command("pause", model, previous, version, what, s.summary, ts,
+                            alert_dedup_keys=[s.key], evidence=s.details)
 
     def _pool_points(self, rec: Record) -> list[tuple[str, str, UsagePoint]]:
         q = rec.get("quota")

@@ -47,11 +47,20 @@ from typing import Any, Final
 
 import orjson
 
+from detectors.contract import (
+    APPROVAL_ACTIONS,
+    DEPLOYMENT_PHASES,
+    MAX_BATCH_EVENTS,
+    MAX_MESSAGE_BYTES,
+    PIPELINE_KINDS,
+    PREDICTION_STATUSES,
+    RUN_STATUSES,
+)
+
 __all__ = ["DeadLetter", "ParseLimits", "PredictionColumns", "FeedbackColumns",
            "MetricColumns", "UNCHECKED", "parse_predictions", "parse_feedback",
            "parse_control", "parse_pipeline", "parse_metrics", "parse_time", "raw_text"]
 
-STATUSES = frozenset({"ok", "error", "timeout"})
 MAX_RAW_CHARS = 65_536
 MIN_TS: Final = 946_684_800.0  # 2000-01-01T00:00:00Z
 
@@ -79,8 +88,8 @@ class ParseLimits:
     micro-batch (:meth:`at`).
     """
 
-    max_bytes: int = 1_000_000
-    max_events: int = 10_000
+    max_bytes: int = MAX_MESSAGE_BYTES
+    max_events: int = MAX_BATCH_EVENTS
     max_id_chars: int = 256
     max_features: int = 1_000
     min_ts: float | None = None
@@ -329,7 +338,7 @@ def _add_prediction(ev: Any, cols: PredictionColumns, message: int, element: int
         raise Invalid(f"negative_latency: 'latency_ms' is {latency}")
     cohort = _string(ev, "cohort", False, limits) or "stable"
     status = _string(ev, "status", False, limits) or "ok"
-    if status not in STATUSES:
+    if status not in PREDICTION_STATUSES:
         raise Invalid(f"bad_value: 'status' must be one of ok, error, timeout; got {status[:32]!r}")
     features = _features(ev, limits)
     prediction = _scalar(ev, "prediction")
@@ -503,8 +512,6 @@ def _add_feedback(ev: Any, cols: FeedbackColumns, message: int, element: int,
     cols.raw.append(ev)
 
 
-PHASES = ("started", "step", "paused", "promoted", "rolled_back", "aborted")
-APPROVAL_ACTIONS = ("promote", "rollback")
 
 
 def parse_control(data: bytes | None, kind: str, out: list[dict[str, Any]],
@@ -541,7 +548,7 @@ def _one_of(ev: dict[str, Any], name: str, allowed: tuple[str, ...]) -> str:
 
 def _add_deployment(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
     rec = _control_header(ev, limits, key)
-    rec["phase"] = _one_of(ev, "phase", PHASES)
+    rec["phase"] = _one_of(ev, "phase", DEPLOYMENT_PHASES)
     rec["stable_version"] = _required(ev, "stable_version", limits)
     rec["canary_version"] = _string(ev, "canary_version", False, limits)
     rec["environment"] = _string(ev, "environment", False, limits)
@@ -563,8 +570,6 @@ def _add_approval(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
     return rec
 
 
-KINDS = ("data", "training", "validation", "serving")
-RUN_STATUSES = ("started", "heartbeat", "succeeded", "failed")
 
 
 def parse_pipeline(data: bytes | None, out: list[dict[str, Any]],
@@ -611,7 +616,7 @@ def _pipeline_event(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
     _keyed(key, pipeline, "pipeline")
     rec: dict[str, Any] = {
         "event_id": _required(ev, "event_id", limits), "ts": _ts(ev, limits),
-        "pipeline": pipeline, "kind": _one_of(ev, "kind", KINDS),
+        "pipeline": pipeline, "kind": _one_of(ev, "kind", PIPELINE_KINDS),
         "run_id": _required(ev, "run_id", limits),
         "status": _one_of(ev, "status", RUN_STATUSES),
         "model": _string(ev, "model", False, limits),

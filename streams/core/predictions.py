@@ -32,8 +32,8 @@ import numpy as np
 import orjson
 import polars as pl
 
-from alerting.events import rfc3339
 from alerting.manager import Silence
+from detectors.contract import rfc3339
 from detectors.windows import WindowStats
 from streams.config import Settings
 from streams.core.isolation import fold_isolated

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Signal
+from detectors.contract import Severity, dedup_key
 from detectors.distance import js_distance, normalise
 from detectors.profile import OTHER, FeatureBins
 from streams.core.references import Reference
@@ -53,7 +54,7 @@ def on_training_bins(spec: dict[str, Any], bins: FeatureBins) -> np.ndarray | No
 
 
 def profile_skew(profile: dict[str, Any], ref: Reference, pipeline: str, ts: float,
-                 severity: str = "error") -> Signal:
+                 severity: Severity = "error") -> Signal:
     """``validation_gate`` (``…:skew``): active when a feature's distance exceeds its threshold."""
     feats = dict(profile.get("features") or {})
     for special in ("prediction", "label"):
@@ -69,7 +70,7 @@ def profile_skew(profile: dict[str, Any], ref: Reference, pipeline: str, ts: flo
         if js > fr.skew.threshold:
             moved[name] = {"jensen_shannon": round(js, 4),
                            "threshold": round(fr.skew.threshold, 4)}
-    key = f"validation_gate:{ref.model}:{ref.version}:skew"
+    key = dedup_key("validation_gate", ref.model, ref.version, "stable", "skew")
     if not moved:
         return Signal("validation_gate", key, False, severity,
                       f"{ref.model} {ref.version}: validation data matches the training profile",

@@ -117,7 +117,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
                                 lim.max_profile_features, lim.max_profile_bins)
     references_loaded, silences_loaded = asyncio.Event(), asyncio.Event()
     silences: dict[str, Silence] = {}  # shared by every model's alert manager
-    servers = settings.kafka.bootstrap_servers or "127.0.0.1:9092"
+    servers = settings.kafka.servers
     topic_name = s.predictions.get_topic_name()
     pipeline = PredictionProcessor(settings, topic_name, references, silences=silences)
     ops = OperationsProcessor(settings, s.pool_usage.get_topic_name(), references, silences)

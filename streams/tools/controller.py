@@ -50,7 +50,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from alerting.events import rfc3339
+from detectors.contract import COMMAND_ACTIONS, rfc3339
 from streams.core.parse import DeadLetter, raw_text
 
 __all__ = ["ControllerState", "run_controller", "parse_start", "parse_command",
@@ -60,7 +60,6 @@ log = logging.getLogger("sentinelle.controller")
 
 APPLIED_KEPT = 1000  # command ids remembered, newest last
 STARTED_KEPT = 1000  # (model, canary version) rollout counts remembered, newest last
-ACTIONS = ("promote", "rollback", "pause")
 _ENDED = ("promoted", "rolled_back", "aborted")
 
 
@@ -81,8 +80,9 @@ def check_command(cmd: Any) -> str | None:
             return f"bad_type: '{name}' must be a string, not {type(v).__name__}"
         if not v.strip():
             return f"bad_value: '{name}' is empty"
-    if cmd["action"] not in ACTIONS:
-        return f"bad_value: 'action' {cmd['action']!r} is not one of {', '.join(ACTIONS)}"
+    if cmd["action"] not in COMMAND_ACTIONS:
+        return (f"bad_value: 'action' {cmd['action']!r} is not one of "
+                f"{', '.join(COMMAND_ACTIONS)}")
     if not isinstance(cmd.get("requires_approval", False), bool):
         return "bad_type: 'requires_approval' must be true or false"
     if cmd["action"] == "promote":
