@@ -43,22 +43,32 @@ owner to keep its state (and so the announced step, environment and rollout
 number) for ``announced_ttl_s`` of wall clock after its latest announcement
 (its ``ts``), however quiet the model is.
 
-The tracker's state is bounded, whatever the traffic: the histograms of at
-most ``HIST_KEPT`` open windows, the last ``DONE_KEPT`` finished canary
-versions and the rollout numbers of the last ``NUMBERS_KEPT`` canary versions;
-a checkpoint is cut to the same bounds when loaded.
+The data flows one way: the model's monitor hands the tracker its closed
+windows, the keys of the alerts firing on each canary version, and the
+prediction histograms it accumulated (:class:`~detectors.canary.PredictionHistograms`);
+the tracker pairs the windows, asks :class:`~detectors.canary.CanaryAnalysis`
+for each verdict and returns commands and signals. It holds the policy and the
+rollout state, nothing else.
+
+The tracker's state is bounded, whatever the traffic: the last ``DONE_KEPT``
+finished canary versions and the rollout numbers of the last ``NUMBERS_KEPT``
+canary versions; a checkpoint is cut to the same bounds when loaded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from detectors.base import Signal
-from detectors.canary import CanaryAnalysis, Verdict
+from detectors.canary import (
+    CanaryAnalysis,
+    PredictionHistograms,
+    Verdict,
+    cleared_signal,
+    regression_signal,
+)
 from detectors.contract import DEPLOYMENT_PHASES, Severity, command_id, dedup_key, rfc3339
 from detectors.windows import WindowStats
 
@@ -68,7 +78,6 @@ __all__ = ["RolloutPolicy", "Rollout", "Decision", "RolloutTracker", "TrackerOut
 _ENDED = ("promoted", "rolled_back", "aborted")
 DONE_KEPT = 50  # finished canary versions remembered per model (not re-judged from traffic)
 NUMBERS_KEPT = 256  # canary versions whose latest rollout number is remembered per model
-HIST_KEPT = 16  # open windows whose prediction histograms are kept per model
 ANNOUNCED_TTL_S = 86400.0  # default of ``canary.announced_ttl_s``
 
 
@@ -290,14 +299,9 @@ class TrackerOutput:
         cmd = decision.command
         self.commands.append(cmd)
         if cmd["action"] in ("rollback", "pause"):
-            self.signals.append(Signal(
-                "canary_regression", cmd["alert_dedup_keys"][0], True, severity,
-                f"{rollout.model}: canary {rollout.canary} regressed against stable "
-                f"{rollout.stable}: {cmd['reason']}; {cmd['action']} sent",
-                timestamp, rollout.model, rollout.canary,
-                {"statistic": "canary_analysis", "command_id": cmd["command_id"],
-                 "action": cmd["action"], "traffic_percent": rollout.traffic_percent,
-                 **cmd.get("evidence", {})}))
+            self.signals.append(regression_signal(rollout.model, rollout.canary, rollout.stable,
+                                                  cmd, rollout.traffic_percent, severity,
+                                                  timestamp))
 
 
 class RolloutTracker:
@@ -332,8 +336,6 @@ class RolloutTracker:
         self.done: dict[str, float] = {}  # finished canary version -> when (DONE_KEPT latest)
         # canary version -> number of its latest rollout (NUMBERS_KEPT latest versions)
         self.numbers: dict[str, int] = {}
-        # prediction histograms of the open windows: start -> cohort -> counts (HIST_KEPT)
-        self.hist: dict[float, dict[str, np.ndarray]] = {}
 
     def holds(self, now: float) -> bool:
         """Whether the model's state must be kept, however quiet its traffic: a rollout
@@ -434,27 +436,21 @@ class RolloutTracker:
         r = self.active
         return None if r is None or r.finished else (r.stable, r.canary)
 
-    def add_predictions(self, cohort: str, starts: np.ndarray, bins: np.ndarray,
-                        size: int) -> None:
-        """Count one cohort's binned predictions into their windows' histograms."""
-        for start in np.unique(starts):
-            counts = np.bincount(bins[starts == start], minlength=size).astype(float)
-            per = self.hist.setdefault(float(start), {})
-            prev = per.get(cohort)
-            per[cohort] = counts if prev is None or prev.size != size else prev + counts
-        while len(self.hist) > HIST_KEPT:  # windows that never closed (bounded memory)
-            del self.hist[min(self.hist)]
+    def on_windows(self, closed: list[WindowStats], firing: Mapping[str, tuple[str, ...]],
+                   histograms: PredictionHistograms) -> TrackerOutput:
+        """Judge the canary in every closed window that has canary traffic.
 
-    def on_windows(self, closed: list[WindowStats],
-                   firing_on: Callable[[str], tuple[str, ...]]) -> TrackerOutput:
-        """Judge the canary in every closed window that has canary traffic."""
+        ``firing``: the keys of the alerts firing on each canary version of
+        ``closed``; ``histograms``: the cohorts' prediction histograms, whose
+        closed windows are taken out.
+        """
         out = TrackerOutput()
         by_start: dict[float, list[WindowStats]] = {}
         for w in closed:
             by_start.setdefault(w.start, []).append(w)
         for start in sorted(by_start):
             ws = by_start[start]
-            hist = self.hist.pop(start, {})
+            preds = histograms.pop(start)
             canaries = [w for w in ws if w.cohort == "canary"]
             if not canaries:
                 continue
@@ -466,14 +462,13 @@ class RolloutTracker:
                 continue
             stable = next((w for w in ws if w.cohort == "stable" and w.version == r.stable),
                           None) or _empty(canary, r.stable)
-            preds = (hist["stable"], hist["canary"]) if len(hist) == 2 else None
-            verdict = self.analysis.judge(stable, canary, firing_on(r.canary), preds)
+            verdict = self.analysis.judge(stable, canary, tuple(firing.get(r.canary, ())), preds)
             out.verdicts.append((r.canary, verdict))
             out.add(r.observe(verdict, canary.end), r, self.severity, canary.end)
             if r.finished:
                 self._finish(r, canary.end)
-        for start in [s for s in self.hist if by_start and s < min(by_start)]:
-            del self.hist[start]
+        if by_start:
+            histograms.drop_before(min(by_start))
         return out
 
     def _rollout_for(self, canaries: list[WindowStats], ws: list[WindowStats]) -> Rollout | None:
@@ -502,17 +497,13 @@ class RolloutTracker:
         _cut_done(self.done)
 
     def _cleared(self, canary: str, reason: str, now: float) -> Signal:
-        return Signal("canary_regression", dedup_key("canary_regression", self.model, canary),
-                      False, self.severity, f"{self.model}: {reason}", now, self.model, canary,
-                      {"reason": reason})
+        return cleared_signal(self.model, canary, reason, self.severity, now)
 
     # -- checkpoint -------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         return {"active": None if self.active is None else self.active.to_dict(),
-                "done": self.done, "numbers": self.numbers,
-                "hist": {str(s): {c: h.tolist() for c, h in per.items()}
-                         for s, per in self.hist.items()}}
+                "done": dict(self.done), "numbers": dict(self.numbers)}
 
     def load_dict(self, data: dict[str, Any]) -> None:
         """Restore :meth:`to_dict`'s output (or an older checkpoint, without rollout
@@ -525,10 +516,6 @@ class RolloutTracker:
         self.numbers = dict(numbers[-NUMBERS_KEPT:])
         if self.active is not None and self.active.canary not in self.numbers:
             self._number(self.active.canary, self.active.rollout)
-        hist = sorted(((float(s), per) for s, per in (data.get("hist") or {}).items()),
-                      key=lambda sp: sp[0])
-        self.hist = {s: {c: np.asarray(h, dtype=float) for c, h in per.items()}
-                     for s, per in hist[-HIST_KEPT:]}
 
 
 def _cut_done(done: dict[str, float]) -> None:

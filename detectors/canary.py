@@ -19,6 +19,12 @@ of these holds (each one says why, with its evidence):
   biased upwards: 50 canary requests on 10 bins give about 0.18 by chance);
 - **alerts**: a drift, skew, quality or performance alert is firing on the
   canary version.
+
+:class:`PredictionHistograms` accumulates the two cohorts' prediction
+histograms per open window, as the micro-batches come; the window's verdict
+reads them when it closes. The rollout policy (:mod:`alerting.rollout`) turns
+verdicts into commands; the ``canary_regression`` signal of a rollback is
+shaped here (:func:`regression_signal`), like every other detector's signal.
 """
 
 from __future__ import annotations
@@ -30,12 +36,16 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from detectors.base import Signal
+from detectors.contract import Severity, dedup_key
 from detectors.distance import js_distance, normalise
 from detectors.windows import WindowStats
 
-__all__ = ["CanaryAnalysis", "Verdict", "two_proportion_p", "MIN_TAIL"]
+__all__ = ["CanaryAnalysis", "Verdict", "PredictionHistograms", "regression_signal",
+           "cleared_signal", "two_proportion_p", "MIN_TAIL", "HIST_KEPT"]
 
 MIN_TAIL = 10  # canary requests above a latency quantile before it is compared
+HIST_KEPT = 16  # open windows whose prediction histograms are kept
 
 
 @dataclass(frozen=True)
@@ -150,3 +160,69 @@ class CanaryAnalysis:
             reasons.append(f"{len(canary_alerts)} alert(s) firing on the canary: "
                            f"{', '.join(canary_alerts[:3])}")
         return Verdict("fail" if reasons else "pass", tuple(reasons), evidence)
+
+
+class PredictionHistograms:
+    """The stable and canary cohorts' prediction histograms, per open event-time window.
+
+    Bounded: the histograms of at most ``HIST_KEPT`` windows (the latest);
+    windows that never close are dropped first.
+
+    >>> h = PredictionHistograms()
+    >>> h.add("stable", np.array([0.0, 0.0, 60.0]), np.array([0, 1, 1]), 3)
+    >>> h.add("canary", np.array([0.0]), np.array([2]), 3)
+    >>> [c.tolist() for c in h.pop(0.0)], h.pop(60.0)
+    ([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], None)
+    """
+
+    def __init__(self) -> None:
+        self._hist: dict[float, dict[str, np.ndarray]] = {}  # window start -> cohort -> counts
+
+    def add(self, cohort: str, starts: np.ndarray, bins: np.ndarray, size: int) -> None:
+        """Count one cohort's binned predictions into their windows' histograms."""
+        for start in np.unique(starts):
+            counts = np.bincount(bins[starts == start], minlength=size).astype(float)
+            per = self._hist.setdefault(float(start), {})
+            prev = per.get(cohort)
+            per[cohort] = counts if prev is None or prev.size != size else prev + counts
+        while len(self._hist) > HIST_KEPT:
+            del self._hist[min(self._hist)]
+
+    def pop(self, start: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (stable, canary) histograms of the window starting at ``start``, taken out;
+        None unless both cohorts have some."""
+        per = self._hist.pop(start, {})
+        return (per["stable"], per["canary"]) if len(per) == 2 else None
+
+    def drop_before(self, start: float) -> None:
+        """Forget windows older than ``start`` (closed without a verdict)."""
+        for s in [s for s in self._hist if s < start]:
+            del self._hist[s]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {str(s): {c: h.tolist() for c, h in per.items()} for s, per in self._hist.items()}
+
+    def load_dict(self, data: dict[str, Any]) -> None:
+        kept = sorted(((float(s), per) for s, per in data.items()), key=lambda sp: sp[0])
+        self._hist = {s: {c: np.asarray(h, dtype=float) for c, h in per.items()}
+                      for s, per in kept[-HIST_KEPT:]}
+
+
+def regression_signal(model: str, canary: str, stable: str, command: dict[str, Any],
+                      traffic_percent: int, severity: Severity, timestamp: float) -> Signal:
+    """``canary_regression``, active: the rollout policy rolled ``canary`` back (or paused it)
+    with ``command``; its evidence is the failing window's."""
+    return Signal(
+        "canary_regression", dedup_key("canary_regression", model, canary), True, severity,
+        f"{model}: canary {canary} regressed against stable {stable}: {command['reason']}; "
+        f"{command['action']} sent", timestamp, model, canary,
+        {"statistic": "canary_analysis", "command_id": command["command_id"],
+         "action": command["action"], "traffic_percent": traffic_percent,
+         **command.get("evidence", {})})
+
+
+def cleared_signal(model: str, canary: str, reason: str, severity: Severity,
+                   timestamp: float) -> Signal:
+    """``canary_regression``, inactive: the controller says the canary is gone."""
+    return Signal("canary_regression", dedup_key("canary_regression", model, canary), False,
+                  severity, f"{model}: {reason}", timestamp, model, canary, {"reason": reason})

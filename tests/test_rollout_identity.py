@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 
 from alerting.rollout import RolloutPolicy, RolloutTracker, make_command
-from detectors.canary import CanaryAnalysis
+from detectors.canary import CanaryAnalysis, PredictionHistograms
 from detectors.windows import WindowStats
 from streams.cli.rollout import manual_command
 from streams.config import Settings
@@ -47,7 +47,8 @@ def windows(start: float, canary_error: float, seed: int, n: int = 2000,
 def fail(t: RolloutTracker, first_window: int, count: int = 3) -> list[dict[str, Any]]:
     out = []
     for i in range(first_window, first_window + count):
-        out += t.on_windows(windows(T0 + i * SIZE, 0.08, seed=i), lambda v: ()).commands
+        closed = windows(T0 + i * SIZE, 0.08, seed=i)
+        out += t.on_windows(closed, {}, PredictionHistograms()).commands
     return out
 
 
@@ -133,8 +134,8 @@ def test_a_rollback_of_an_announced_rollout_names_its_step_not_the_traffic_share
     t.on_deployment(deployment("started", 5), T0)
     cmds = []
     for i in range(1, 4):  # 20 % of the traffic is canary: the nearest step would be 25
-        cmds += t.on_windows(windows(T0 + i * SIZE, 0.08, seed=i, share=0.2),
-                             lambda v: ()).commands
+        cmds += t.on_windows(windows(T0 + i * SIZE, 0.08, seed=i, share=0.2), {},
+                             PredictionHistograms()).commands
     [cmd] = cmds
     assert (cmd["command_id"], cmd["environment"]) == ("rollback:m:v8:5", "prod-eu")
 
@@ -145,11 +146,12 @@ def test_tracker_state_is_bounded() -> None:
         c = f"c{k}"
         t.on_deployment(deployment("started", canary=c, ts=T0 + k), T0 + k)
         t.on_deployment(deployment("rolled_back", 0, canary=c, ts=T0 + k), T0 + k)
+    hist = PredictionHistograms()
     for w in range(100):  # windows that never close
-        t.add_predictions("canary", np.array([T0 + w * SIZE]), np.array([1]), 4)
+        hist.add("canary", np.array([T0 + w * SIZE]), np.array([1]), 4)
     state = t.to_dict()
     assert len(state["done"]) <= 50 and len(state["numbers"]) <= 256
-    assert len(state["hist"]) <= 16
+    assert len(hist.to_dict()) <= 16
     assert len(orjson.dumps(state)) < 40_000
     # an old, larger checkpoint is cut to the same bounds when loaded
     big = {**state, "done": {f"x{k}": float(k) for k in range(1000)},

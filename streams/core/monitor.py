@@ -24,7 +24,7 @@ import polars as pl
 from alerting.manager import AlertManager, ManagerSettings
 from alerting.rollout import RolloutPolicy, RolloutTracker, TrackerOutput
 from detectors.base import Signal
-from detectors.canary import CanaryAnalysis, Verdict
+from detectors.canary import CanaryAnalysis, PredictionHistograms, Verdict
 from detectors.contract import dedup_key
 from detectors.drift import DriftDetector
 from detectors.errors import ErrorRateSpike
@@ -217,6 +217,7 @@ class ModelMonitor:
         self.last_arrival = 0.0
         self.labels = LabelTracker(model, settings)
         self.rollouts = _tracker(model, settings)
+        self.canary_hist = PredictionHistograms()  # the rollout's prediction histograms
         self.control_offsets: dict[str, int] = {}  # "topic:partition" -> last offset
         self._wall = 0.0  # the wall clock of the call in progress (silences go by it)
         self._late = [0, 0]  # events late, and all events, since the last window closed
@@ -357,7 +358,7 @@ class ModelMonitor:
                 ok, cats = _categories(preds)
                 idx = bins.bin_categories(cats)
             starts = np.floor(ts_all[rows][ok] / size) * size
-            self.rollouts.add_predictions(cohort, starts, idx, bins.size)
+            self.canary_hist.add(cohort, starts, idx, bins.size)
 
     def _prediction_bins(self, stable: str, references: ReferenceLookup | None) -> Any:
         """Bins of the stable version's prediction profile (published, or learned)."""
@@ -465,7 +466,9 @@ class ModelMonitor:
         if closed:
             self._late_share(out, closed[-1].end)
         if self.rollouts is not None and closed:
-            self._take(out, self.rollouts.on_windows(closed, self._firing_on))
+            firing = {w.version: self._firing_on(w.version) for w in closed
+                      if w.cohort == "canary"}
+            self._take(out, self.rollouts.on_windows(closed, firing, self.canary_hist))
 
     def _late_share(self, out: Output, ts: float) -> None:
         """``data_quality`` when too many events arrive after their window closed.
@@ -512,6 +515,7 @@ class ModelMonitor:
                        for (v, c), s in self.series.items()],
             "labels": self.labels.to_dict(),
             "rollouts": None if self.rollouts is None else self.rollouts.to_dict(),
+            "canary_hist": self.canary_hist.to_dict(),
             "control_offsets": self.control_offsets,
         }
 
@@ -534,6 +538,9 @@ class ModelMonitor:
         mon.labels.load_dict(data.get("labels") or {})
         if mon.rollouts is not None and data.get("rollouts"):
             mon.rollouts.load_dict(data["rollouts"])
+        # (checkpoints written before the histograms moved here kept them with the rollouts)
+        mon.canary_hist.load_dict(data.get("canary_hist")
+                                  or (data.get("rollouts") or {}).get("hist") or {})
         mon.control_offsets = {str(k): int(v)
                                for k, v in (data.get("control_offsets") or {}).items()}
         return mon
