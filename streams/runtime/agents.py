@@ -5,16 +5,16 @@ in slices of about ``worker.slice_bytes`` of input (yielding to timers, the
 web page and rebalances between slices): parse and process everything at
 once, publish dead letters, window statistics and alerts, then write the state
 changed into the changelog-backed state table, on the partition the model's
-events came from (:mod:`streams.core.state`: size-checked, split when large, only
-when changed). A timer runs the wall-clock checks (outage, idle windows,
-expiry).
+events came from (:mod:`streams.core.state`: size-checked, split when large,
+only when changed). A timer runs the wall-clock checks (outage, idle windows,
+expiry). The pieces doing the work are in :mod:`streams.runtime.shell`; this
+module only wires them to Faust.
 
 Nothing here lets one input, one model or one record stop the worker: every
-output is encoded and size-checked before it is sent (an output that cannot be
-is logged and counted, ``sentinelle_outputs_dropped_total``), timers and
-followers catch and count their errors, and no prediction is judged, nor any
-alert released, before the reference profiles and the silences have been read
-to their end.
+output is encoded and size-checked before it is sent, timers and followers
+catch and count their errors, and no prediction is judged, nor any alert
+released, before the reference profiles and the silences have been read to
+their end.
 """
 
 from __future__ import annotations
@@ -22,181 +22,75 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import faust
-import orjson
 from faust.types import TP, EventT
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client import Counter as PromCounter
 
 from alerting.manager import Silence
 from streams.core.operations import OperationsProcessor, OpsOutbox
-from streams.core.parse import DeadLetter, raw_text
-from streams.core.predictions import InMessage, Outbox, PredictionProcessor
-from streams.core.references import InvalidProfile, ReferenceStore
-from streams.core.state import Checkpointer, read
+from streams.core.predictions import Outbox, PredictionProcessor
+from streams.core.references import ReferenceStore
 from streams.runtime.app import Sentinelle
 from streams.runtime.follow import follow_topic
-from streams.runtime.metrics import Metrics, make_metrics
+from streams.runtime.metrics import make_metrics
+from streams.runtime.shell import (
+    Lag,
+    Publisher,
+    ReferenceLoader,
+    SilenceLoader,
+    StateWriter,
+    Topics,
+    export_counts,
+    messages_of,
+    slices,
+)
 
-__all__ = ["register"]
+__all__ = ["register", "Wiring"]
 
 log = logging.getLogger("sentinelle.worker")
 
-MAX_ALERT_BYTES = 512 * 1024  # the contract's bound on one ml.alerts message
+
+@dataclass(frozen=True)
+class Wiring:
+    """What :func:`register` attached, for tests and tools to reach."""
+
+    predictions: PredictionProcessor
+    operations: OperationsProcessor
+    publisher: Publisher
+    references_loaded: asyncio.Event
+    silences_loaded: asyncio.Event
+    agents: dict[str, Any]
 
 
-def slices(events: Sequence[EventT], max_bytes: int) -> Iterator[Sequence[EventT]]:
-    """Consecutive runs of ``events`` of about ``max_bytes`` of input each."""
-    start, size = 0, 0
-    for i, e in enumerate(events):
-        size += len(e.message.value or b"")
-        if size >= max_bytes:
-            yield events[start:i + 1]
-            start, size = i + 1, 0
-    if start < len(events):
-        yield events[start:]
-
-
-def export_counts(counter: PromCounter, counts: Counter[str], last: dict[str, int]) -> None:
-    """Add what a plain counter gained since the last call to a Prometheus counter."""
-    for name, n in counts.items():
-        if n > last.get(name, 0):
-            counter.labels(name).inc(n - last.get(name, 0))
-            last[name] = n
-
-
-class _StateWriter:
-    """Writes one state table's records through a :class:`Checkpointer`."""
-
-    def __init__(self, table: Any, name: str, metrics: Metrics, chunk_bytes: int) -> None:
-        self.table, self.name, self.metrics = table, name, metrics
-        self.checkpointer = Checkpointer(chunk_bytes)
-
-    def saved(self, key: str) -> dict[str, Any] | None:
-        return read(self.table.data, key)
-
-    def write(self, partition: int, key: str, value: dict[str, Any] | None) -> None:
-        # One changelog record per key changed, on the key's own partition, sent
-        # as encoded bytes. (Faust's ``table[key] = value`` would take the
-        # partition from the current event, which a micro-batch does not have.)
-        try:
-            writes = self.checkpointer.writes(partition, key, value, self.table.data)
-        except Exception:
-            log.exception("state %r cannot be encoded; not written", key[:120])
-            self.metrics.guards.labels("state_unencodable").inc()
-            return
-        if not writes:
-            self.metrics.state_writes.labels(self.name, "unchanged").inc()
-            return
-        for w in writes:
-            if w.data is None:
-                self.table.data.pop(w.key, None)
-            else:
-                self.table.data[w.key] = w.data
-            self.table.send_changelog(w.partition, w.key, w.value, value_serializer="raw")
-        self.metrics.state_writes.labels(self.name, "written").inc(len(writes))
-        if len(writes) > 2:
-            self.metrics.state_writes.labels(self.name, "chunked").inc()
-        self.metrics.state_largest.set(self.checkpointer.largest)
-
-    def forget(self, keys: list[str]) -> None:
-        self.checkpointer.forget(keys)
-
-
-def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> PredictionProcessor:
+def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring:
     """Attach Sentinelle's agents, timers, followers and web pages to ``s.app``."""
     app, settings = s.app, s.settings
-    lim = settings.limits
+    lim, t = settings.limits, settings.topics
     registry = registry or CollectorRegistry()
     metrics = make_metrics(registry)
     references = ReferenceStore(settings.skew, settings.drift.baseline_factor,
                                 lim.max_profile_features, lim.max_profile_bins)
     references_loaded, silences_loaded = asyncio.Event(), asyncio.Event()
     silences: dict[str, Silence] = {}  # shared by every model's alert manager
-    servers = settings.kafka.servers
     topic_name = s.predictions.get_topic_name()
     pipeline = PredictionProcessor(settings, topic_name, references, silences=silences)
     ops = OperationsProcessor(settings, s.pool_usage.get_topic_name(), references, silences)
     chunk = int(lim.max_record_bytes * 0.6)  # base64 makes a chunk 4/3 larger
-    models = _StateWriter(s.state, "model-state", metrics, chunk)
-    operations = _StateWriter(s.ops_state, "ops-state", metrics, chunk)
+    models = StateWriter(s.state, "model-state", metrics, chunk)
+    operations = StateWriter(s.ops_state, "ops-state", metrics, chunk)
+    publisher = Publisher(Topics(s.deadletter, s.stats, s.alerts, s.commands, s.pool_usage),
+                          models, operations, metrics, lim.max_record_bytes)
+    load_reference = ReferenceLoader(references, publisher, t.references, metrics)
+    load_silence = SilenceLoader(silences, publisher, t.silences, lim.max_silences, metrics)
+    lag = Lag(settings)
     exported: tuple[dict[str, int], dict[str, int]] = ({}, {})  # what was already counted
-    # the last message handed to a pipeline, per input partition: (offset, Kafka timestamp)
-    read: dict[TP, tuple[int, float | None]] = {}
-    late_by = max(2.0, 2 * settings.worker.batch_within_s)
-
-    async def behind(topics: set[str]) -> set[int]:
-        """Input partitions the worker is catching up on: messages wait unread there, and
-        the last one read was produced more than a few seconds ago (a backlog, or a
-        partition the consumer has not fetched from lately). Their models' silence is not
-        theirs: no outage, no idle flush (see :meth:`ModelMonitor.tick`)."""
-        out = set()
-        now = time.time()
-        try:
-            for tp in app.consumer.assignment():
-                if tp.topic not in topics:
-                    continue
-                high = app.consumer.highwater(tp)
-                done, stamp = read.get(tp, (None, None))
-                position = done + 1 if done is not None else await app.consumer.position(tp)
-                if high is None or position is None or high <= position:
-                    continue  # caught up
-                if stamp is None or now - stamp > late_by:
-                    out.add(tp.partition)
-        except Exception:  # no consumer yet (starting, rebalancing): nobody is behind
-            log.debug("no highwater marks yet", exc_info=True)
-        return out
-
-    def encode(kind: str, rec: Any, limit: int) -> bytes | None:
-        try:
-            data = orjson.dumps(rec)
-        except TypeError as exc:  # cannot be JSON (never from a parsed input; a safety net)
-            log.error("%s not published: it cannot be encoded (%s)", kind, exc)
-            metrics.outputs_dropped.labels(kind, "unencodable").inc()
-            return None
-        if len(data) > limit:
-            log.error("%s not published: %d bytes > %d", kind, len(data), limit)
-            metrics.outputs_dropped.labels(kind, "oversized").inc()
-            return None
-        return data
-
-    async def send(topic: faust.TopicT, kind: str, key: bytes | None, rec: Any,
-                   limit: int = lim.max_record_bytes) -> None:
-        data = encode(kind, rec, limit)
-        if data is None:
-            return
-        try:
-            await topic.send(key=key, value=data)
-        except Exception:
-            log.exception("%s not published: the send failed", kind)
-            metrics.outputs_dropped.labels(kind, "send_failed").inc()
 
     async def publish(box: Outbox | OpsOutbox) -> None:
-        for rec in box.deadletters:
-            metrics.deadletters.labels(rec["topic"], rec["reason"].split(":", 1)[0]).inc()
-            await send(s.deadletter, "deadletter", None, rec)
-        for model, rec in getattr(box, "stats", ()):
-            metrics.windows.inc()
-            await send(s.stats, "stats", model.encode(), rec)
-        for key, alert in box.alerts:
-            metrics.alerts.labels(alert["payload"]["class"], alert["event_action"]).inc()
-            log.info("alert %s %s: %s", alert["event_action"], key, alert["payload"]["summary"])
-            await send(s.alerts, "alert", alert["payload"]["component"].encode(), alert,
-                       min(MAX_ALERT_BYTES, lim.max_record_bytes))
-        for model, command in box.commands:
-            metrics.commands.labels(command["action"]).inc()
-            log.info("command %s: %s", command["command_id"], command["reason"])
-            await send(s.commands, "command", model.encode(), command)
-        writer = models if isinstance(box, Outbox) else operations
-        for partition, key, value in box.checkpoints:
-            writer.write(partition, key, value)
-        if isinstance(box, OpsOutbox):
-            for pool, points in box.pool_usage:  # re-keyed by pool: one message per pool
-                await send(s.pool_usage, "pool_usage", pool.encode(), points)
+        await publisher.publish(box)
         export_counts(metrics.guards, pipeline.counts, exported[0])
         export_counts(metrics.guards, ops.counts, exported[1])
         metrics.models.set(len(pipeline.monitors))
@@ -209,12 +103,6 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
     def loaded() -> bool:
         """The timers wait too: a restored alert held by a silence must stay held."""
         return references_loaded.is_set() and silences_loaded.is_set()
-
-    def messages_of(events: Sequence[EventT]) -> list[InMessage]:
-        for e in events:
-            read[e.message.tp] = (e.message.offset, e.message.timestamp)
-        return [InMessage(e.message.value, e.message.partition, e.message.offset,
-                          e.message.topic, e.message.key) for e in events]
 
     # A slice is processed and its outputs and state handed to the producer as one
     # unit, even when the worker is told to stop half-way: Faust stops the consumer
@@ -239,6 +127,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
             await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def handle(part: Sequence[EventT], kind: str) -> None:
+        lag.seen(part)
         messages = messages_of(part)
         metrics.messages.labels(kind).inc(len(messages))
         if kind == "inputs":
@@ -273,73 +162,23 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
     @app.task
     async def follow_references() -> None:
         """Every profile, before any prediction is judged (see streams/runtime/follow.py)."""
-        await follow_topic(servers, settings.topics.references, load_reference,
+        await follow_topic(settings.kafka.servers, t.references, load_reference,
                            references_loaded)
 
     @app.task
     async def follow_silences() -> None:
         """Every silence, shared by the alert managers of all the models."""
-        await follow_topic(servers, settings.topics.silences, load_silence, silences_loaded)
-
-    async def dead(topic: str, partition: int, offset: int, reason: str,
-                   value: bytes | None) -> None:
-        rec = DeadLetter(reason, raw_text(value or b"")).to_record(topic, partition, offset)
-        await publish(Outbox(deadletters=[rec]))
-
-    async def load_silence(key: bytes | None, value: bytes | None, partition: int,
-                           offset: int) -> None:
-        topic = settings.topics.silences
-        sid = (key or b"").decode(errors="replace")
-        if value is None:
-            silences.pop(sid, None)
-            return
-        try:
-            silence = Silence.from_dict(orjson.loads(value))
-        except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            await dead(topic, partition, offset, f"bad_value: not a silence: {exc}", value)
-            return
-        if silence.id not in silences and len(silences) >= lim.max_silences:
-            now = time.time()
-            for old in [k for k, v in silences.items() if v.ends_at <= now]:
-                del silences[old]  # expired: no longer holds anything back
-            if len(silences) >= lim.max_silences:
-                metrics.guards.labels("refused_silences").inc()
-                await dead(topic, partition, offset, f"over_capacity: limits.max_silences "
-                           f"({lim.max_silences}) silences are active", value)
-                return
-        silences[silence.id] = silence
-        log.info("silence %s: %s until %s", silence.id, silence.matchers, silence.ends_at)
-
-    async def load_reference(key: bytes | None, value: bytes | None, partition: int,
-                             offset: int) -> None:
-        topic = settings.topics.references
-        if value is None:  # a tombstone: the profile was withdrawn
-            model, _, version = (key or b"").decode(errors="replace").partition(":")
-            references.remove(model, version)
-            return
-        try:
-            doc = orjson.loads(value)
-            # Calibration is CPU work (a bootstrap per feature): off the event loop.
-            ref = await asyncio.to_thread(references.prepare, doc)
-        except (orjson.JSONDecodeError, InvalidProfile) as exc:
-            reason = str(exc) if isinstance(exc, InvalidProfile) else f"not_json: {exc}"
-            await dead(topic, partition, offset, reason, value)
-            return
-        except Exception as exc:
-            log.exception("reference %d/%d cannot be used", partition, offset)
-            metrics.guards.labels("follower_errors").inc()
-            await dead(topic, partition, offset,
-                       f"internal_error: {type(exc).__name__}: {exc}"[:500], value)
-            return
-        references.put(ref)
+        await follow_topic(settings.kafka.servers, t.silences, load_silence, silences_loaded)
 
     @app.timer(settings.worker.tick_s, name="sentinelle.ops_wall_clock_checks")
     async def ops_wall_clock_checks() -> None:
         if not loaded():
             return
         try:
-            await publish(ops.tick(time.time(), list(s.ops_state.data.items()),
-                                   operations.saved, await behind(set(s.operations.topics))))
+            now = time.time()
+            behind = await lag.behind(app.consumer, set(s.operations.topics), now)
+            await publish(ops.tick(now, list(s.ops_state.data.items()), operations.saved,
+                                   behind))
         except Exception:
             log.exception("the operations' wall-clock checks failed; trying again next tick")
             metrics.guards.labels("tick_errors").inc()
@@ -349,8 +188,9 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
         if not loaded():
             return
         try:
-            await publish(pipeline.tick(time.time(), list(s.state.data.items()), models.saved,
-                                        await behind({topic_name})))
+            now = time.time()
+            behind = await lag.behind(app.consumer, {topic_name}, now)
+            await publish(pipeline.tick(now, list(s.state.data.items()), models.saved, behind))
             metrics.labels.clear()  # models no longer held leave the page
             for model, mon in pipeline.monitors.items():
                 for outcome, n in mon.labels.stats().items():
@@ -378,4 +218,5 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Predic
     async def prometheus_metrics(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
 
-    return pipeline
+    return Wiring(pipeline, ops, publisher, references_loaded, silences_loaded,
+                  {"predictions": watch_predictions, "operations": watch_operations})

@@ -11,6 +11,7 @@ __all__ = ["Metrics", "make_metrics"]
 
 @dataclass(frozen=True)
 class Metrics:
+    registry: CollectorRegistry
     events: Counter
     messages: Counter
     deadletters: Counter
@@ -27,6 +28,7 @@ class Metrics:
 
 def make_metrics(registry: CollectorRegistry) -> Metrics:
     return Metrics(
+        registry=registry,
         events=Counter("sentinelle_events_total", "Valid events folded into windows",
                        ["topic"], registry=registry),
         messages=Counter("sentinelle_messages_total", "Kafka messages read", ["topic"],

@@ -1,0 +1,252 @@
+"""The Faust shell without a broker: publishing, state writing, followers' loaders, the agents.
+
+Outbound topics are mocks (Faust's testing guide: an unmocked send tries to
+reach a real broker); the agents run under ``test_context()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
+from typing import Any
+from unittest.mock import AsyncMock, MagicMock
+
+import orjson
+import pytest
+from faust.types import TP
+from prometheus_client import CollectorRegistry
+
+from detectors.profile import build_profile
+from streams.config import Settings
+from streams.core.operations import OpsOutbox
+from streams.core.predictions import Outbox
+from streams.core.references import ReferenceStore
+from streams.core.state import read
+from streams.runtime.metrics import Metrics, make_metrics
+from streams.runtime.shell import (
+    Lag,
+    Publisher,
+    ReferenceLoader,
+    SilenceLoader,
+    StateWriter,
+    Topics,
+)
+from tests.test_skew import training_frame
+
+T0 = 1_795_000_000.0
+
+
+class FakeTable:
+    """What the writer needs of a Faust table: ``data`` and ``send_changelog``."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.sent: list[tuple[int | None, Any, Any, Any]] = []
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any,
+                       key_serializer: Any = None, value_serializer: Any = None) -> None:
+        self.sent.append((partition, key, value, value_serializer))
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else float(value)
+
+
+@pytest.fixture
+def publisher() -> tuple[Publisher, Topics, FakeTable, Metrics]:
+    metrics = make_metrics(CollectorRegistry())
+    topics = Topics(*(AsyncMock() for _ in range(5)))
+    table = FakeTable()
+    pub = Publisher(topics, StateWriter(table, "model-state", metrics, 600_000),
+                    StateWriter(FakeTable(), "ops-state", metrics, 600_000), metrics, 20_000)
+    return pub, topics, table, metrics
+
+
+def alert(component: str, summary: str = "slow") -> dict[str, Any]:
+    return {"event_action": "trigger", "dedup_key": f"latency_slo:{component}:v1:p99",
+            "payload": {"summary": summary, "component": component, "class": "latency_slo"}}
+
+
+async def test_outputs_go_to_their_topics_keyed_as_the_contract_says(
+        publisher: tuple[Publisher, Topics, FakeTable, Metrics]) -> None:
+    pub, topics, table, metrics = publisher
+    box = Outbox(deadletters=[{"topic": "ml.predictions", "partition": 0, "offset": 3,
+                               "reason": "not_json: x", "raw": "{"}],
+                 stats=[("m", {"model": "m", "count": 3})], alerts=[("k", alert("m"))],
+                 commands=[("m", {"command_id": "rollback:m:v8:5", "action": "rollback",
+                                  "reason": "errors"})],
+                 checkpoints=[(2, "m", {"kind": "model", "partition": 2, "n": 1})])
+    await pub.publish(box)
+    topics.deadletter.send.assert_awaited_once()  # type: ignore[attr-defined]
+    assert topics.deadletter.send.await_args.kwargs["key"] is None  # type: ignore[attr-defined]
+    for topic in (topics.stats, topics.alerts, topics.commands):
+        assert topic.send.await_args.kwargs["key"] == b"m"  # type: ignore[attr-defined]
+    sent = orjson.loads(topics.alerts.send.await_args.kwargs["value"])  # type: ignore[attr-defined]
+    assert sent["dedup_key"] == "latency_slo:m:v1:p99"
+    [(partition, key, value, serializer)] = table.sent
+    assert (partition, key, serializer) == (2, "m", "raw") and orjson.loads(value)["n"] == 1
+    assert read(table.data, "m") == {"kind": "model", "partition": 2, "n": 1}
+    assert sample(metrics, "sentinelle_deadletters_total", topic="ml.predictions",
+                  reason="not_json") == 1
+
+
+async def test_an_output_that_cannot_be_sent_is_counted_and_the_rest_goes_on(
+        publisher: tuple[Publisher, Topics, FakeTable, Metrics]) -> None:
+    pub, topics, _, metrics = publisher
+    topics.stats.send.side_effect = RuntimeError("broker said no")  # type: ignore[attr-defined]
+    box = Outbox(alerts=[("big", alert("m", "x" * 30_000)), ("bad", alert("m", "\ud800")),
+                         ("ok", alert("n"))], stats=[("m", {"count": 1})])
+    await pub.publish(box)
+    [(args, kwargs)] = topics.alerts.send.await_args_list  # type: ignore[attr-defined]
+    assert kwargs["key"] == b"n"
+    for reason in ("oversized", "unencodable"):
+        assert sample(metrics, "sentinelle_outputs_dropped_total", kind="alert",
+                      reason=reason) == 1
+    assert sample(metrics, "sentinelle_outputs_dropped_total", kind="stats",
+                  reason="send_failed") == 1
+
+
+async def test_pool_usage_is_sent_keyed_by_pool(
+        publisher: tuple[Publisher, Topics, FakeTable, Metrics]) -> None:
+    pub, topics, _, _ = publisher
+    await pub.publish(OpsOutbox(pool_usage=[("team-a", [{"pool": "team-a", "ts": T0}])]))
+    assert topics.pool_usage.send.await_args.kwargs["key"] == b"team-a"  # type: ignore[attr-defined]
+
+
+async def test_a_large_state_is_written_in_chunks_and_unchanged_state_not_at_all() -> None:
+    metrics = make_metrics(CollectorRegistry())
+    table = FakeTable()
+    writer = StateWriter(table, "model-state", metrics, 1_000)
+    big = {"kind": "model", "partition": 0, "values": list(range(2_000))}
+    writer.write(0, "m", big)
+    writer.write(0, "m", big)
+    assert len(table.sent) > 3 and writer.saved("m") == big
+    assert sample(metrics, "sentinelle_state_writes_total", table="model-state",
+                  outcome="unchanged") == 1
+
+
+@pytest.fixture
+def loader_parts() -> tuple[Publisher, Topics, Metrics]:
+    metrics = make_metrics(CollectorRegistry())
+    topics = Topics(*(AsyncMock() for _ in range(5)))
+    pub = Publisher(topics, StateWriter(FakeTable(), "a", metrics, 10_000),
+                    StateWriter(FakeTable(), "b", metrics, 10_000), metrics, 1_000_000)
+    return pub, topics, metrics
+
+
+def dead_reasons(topics: Topics) -> list[str]:
+    return [orjson.loads(c.kwargs["value"])["reason"].split(":")[0]
+            for c in topics.deadletter.send.await_args_list]  # type: ignore[attr-defined]
+
+
+async def test_profiles_are_loaded_or_dead_lettered_with_their_reason(
+        loader_parts: tuple[Publisher, Topics, Metrics],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pub, topics, metrics = loader_parts
+    store = ReferenceStore(Settings().skew)
+    load = ReferenceLoader(store, pub, "ml.references", metrics)
+    good = build_profile(training_frame().lazy(), "m", "v1", created_at=1.0)
+    await load(b"m:v1", orjson.dumps(good), 0, 0)
+    await load(b"x:v1", b"{nope", 0, 1)
+    await load(b"x:v1", orjson.dumps({"version": "v1"}), 0, 2)
+    monkeypatch.setattr(store, "prepare", MagicMock(side_effect=ZeroDivisionError("bug")))
+    await load(b"y:v1", orjson.dumps(good), 0, 3)
+    assert store.get("m", "v1") is not None
+    assert dead_reasons(topics) == ["not_json", "missing_field", "internal_error"]
+    await load(b"m:v1", None, 0, 4)  # a tombstone withdraws the profile
+    assert store.get("m", "v1") is None
+
+
+async def test_silences_past_the_cap_are_refused_once_the_expired_ones_are_gone(
+        loader_parts: tuple[Publisher, Topics, Metrics]) -> None:
+    pub, topics, metrics = loader_parts
+    held: dict[str, Any] = {}
+    load = SilenceLoader(held, pub, "ml.silences", 2, metrics, clock=lambda: T0)
+
+    def silence(sid: str, ends: float) -> bytes:
+        return orjson.dumps({"id": sid, "matchers": {"model": sid}, "starts_at": T0 - 10,
+                             "ends_at": ends})
+
+    await load(b"a", silence("a", T0 - 1), 0, 0)  # already expired
+    await load(b"b", silence("b", T0 + 60), 0, 1)
+    await load(b"c", silence("c", T0 + 60), 0, 2)  # makes room by dropping "a"
+    await load(b"d", silence("d", T0 + 60), 0, 3)  # over the cap
+    await load(b"e", b'{"id": "e"}', 0, 4)
+    assert sorted(held) == ["b", "c"]
+    assert dead_reasons(topics) == ["over_capacity", "bad_value"]
+
+
+class FakeConsumer:
+    def __init__(self, high: dict[TP, int], position: dict[TP, int]) -> None:
+        self.high, self.pos = high, position
+
+    def assignment(self) -> set[TP]:
+        return set(self.high)
+
+    def highwater(self, tp: TP) -> int:
+        return self.high[tp]
+
+    async def position(self, tp: TP) -> int:
+        return self.pos[tp]
+
+
+async def test_a_partition_is_behind_when_messages_wait_and_the_last_read_is_old() -> None:
+    lag = Lag(Settings())
+    tps = [TP("ml.predictions", p) for p in range(3)]
+    consumer = FakeConsumer({tps[0]: 100, tps[1]: 100, tps[2]: 5},
+                            {tps[0]: 0, tps[1]: 0, tps[2]: 5})
+    lag.seen([SimpleNamespace(message=SimpleNamespace(tp=tps[1], offset=98,  # type: ignore[list-item]
+                                                      timestamp=T0 - 0.5))])
+    # 0: never read, a backlog; 1: read half a second ago, keeping up; 2: caught up
+    assert await lag.behind(consumer, {"ml.predictions"}, T0) == {0}
+    assert await lag.behind(consumer, {"other"}, T0) == set()
+
+
+# -- the agents, under Faust's test_context ---------------------------------------------
+
+@pytest.fixture
+async def wired() -> AsyncIterator[tuple[Any, Any]]:
+    from streams.runtime.agents import register
+    from streams.runtime.app import create_app
+
+    settings = Settings(kafka={"bootstrap_servers": "127.0.0.1:1"},  # type: ignore[arg-type]
+                        worker={"web_port": 0, "batch_within_s": 0.05})  # type: ignore[arg-type]
+    s = create_app(settings)
+    wiring = register(s, CollectorRegistry())
+    s.app.finalize()
+    s.app.flow_control.resume()
+    for topic in (s.alerts, s.stats, s.deadletter, s.commands, s.pool_usage):
+        topic.send = AsyncMock()  # type: ignore[method-assign]
+    for table in (s.state, s.ops_state):
+        table.send_changelog = MagicMock()  # type: ignore[method-assign]
+    yield s, wiring
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for ``condition``, woken by each turn of the event loop."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0)
+
+
+async def test_the_predictions_agent_waits_for_the_followers_then_publishes(
+        wired: tuple[Any, Any]) -> None:
+    s, wiring = wired
+    agent = wiring.agents["predictions"]
+    ev = {"event_id": "e1", "ts": T0, "model": "m", "version": "v1", "latency_ms": 5.0}
+    async with agent.test_context() as test:
+        await test.put(value=b"{not json", key=b"m")
+        await test.put(value=orjson.dumps(ev), key=b"m")
+        # the agent has its micro-batch and waits for the profiles (asyncio.Event keeps
+        # its waiters): nothing was judged meanwhile
+        await until(lambda: bool(wiring.references_loaded._waiters))
+        assert not s.deadletter.send.await_count, "judged before the followers were read"
+        wiring.references_loaded.set()
+        wiring.silences_loaded.set()
+        await until(lambda: s.deadletter.send.await_count == 1
+                    and s.state.send_changelog.called)
+    dead = orjson.loads(s.deadletter.send.await_args.kwargs["value"])
+    assert dead["reason"].startswith("not_json")
+    assert "m" in wiring.predictions.monitors
