@@ -1,4 +1,8 @@
-"""The command line: configuration errors stop start-up with a clear message."""
+"""The command line: configuration errors stop start-up with a clear message.
+
+The first tests run ``python -m streams.cli`` as the kafka tests and the demo do;
+the rest call the click group in process.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from streams.cli import format_record
+import click
+import pytest
+from click.testing import CliRunner
+
+from streams.cli import main
+from streams.cli.tail import format_record
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,3 +46,58 @@ def test_alert_lines_are_readable() -> None:
                                     "payload": {"timestamp": "T", "severity": "critical",
                                                 "summary": "m: no predictions"}})
     assert "trigger" in line and "outage:m" in line and "m: no predictions" in line
+
+
+# Every command that reads the settings, with what it needs to get that far.
+SETTINGS_COMMANDS = [
+    ["worker"], ["simulate"], ["tail"], ["alerts"], ["controller", "--state", "s.json"],
+    ["silence", "add", "--match", "class=a"], ["silence", "list"], ["silence", "expire", "x"],
+    ["bridge", "webhook", "--url", "http://x"], ["rollout", "fail", "m"],
+    ["rollout", "pause", "m"], ["rollout", "promote", "m"],
+    ["rollout", "approve", "m", "--by", "a"],
+    ["profile", "build", "x.csv", "--model", "m", "--version", "v"],
+    ["quota", "estimate", "--capacity-qps", "1"],
+]
+
+
+@pytest.mark.parametrize("args", SETTINGS_COMMANDS, ids=" ".join)
+def test_every_command_stops_on_a_bad_configuration_the_same_way(
+        args: list[str], tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("windows:\n  size_s: -5\n")
+    result = CliRunner().invoke(main, [*args, "--config", str(cfg)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("sentinelle: bad configuration\n")
+    assert "field 'windows.size_s'" in result.stderr
+
+
+def test_the_command_tree() -> None:
+    assert sorted(main.commands) == [
+        "alerts", "bridge", "broker", "controller", "demo", "profile", "quota", "rollout",
+        "silence", "simulate", "tail", "worker"]
+    groups = {name: c for name, c in main.commands.items() if isinstance(c, click.Group)}
+    assert {name: sorted(g.commands) for name, g in groups.items()} == {
+        "bridge": ["pagerduty", "webhook"], "profile": ["build"], "quota": ["estimate"],
+        "rollout": ["approve", "fail", "pause", "promote"], "silence": ["add", "expire", "list"]}
+    leaves = [c for name, c in main.commands.items() if name not in groups]
+    leaves += [c for g in groups.values() for c in g.commands.values()]
+    for command in leaves:
+        options = [o for p in command.params for o in p.opts]
+        if command.name not in ("broker", "demo"):
+            assert "--config" in options and "--bootstrap-servers" in options, command.name
+
+
+def test_pagerduty_wants_its_routing_key_before_anything_else(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("windows:\n  size_s: -5\n")
+    result = CliRunner().invoke(main, ["bridge", "pagerduty", "--config", str(cfg)],
+                                env={"PAGERDUTY_ROUTING_KEY": ""})
+    assert result.exit_code == 2
+    assert result.stderr == "sentinelle: set PAGERDUTY_ROUTING_KEY to the PagerDuty routing key\n"
+
+
+def test_a_wrong_input_ends_with_the_same_exit() -> None:
+    result = CliRunner().invoke(main, ["silence", "add", "--match", "bogus"],
+                                env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert result.exit_code == 2
+    assert result.stderr.startswith("sentinelle: bad matcher 'bogus'")

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from alerting.manager import Silence
 from detectors.profile import build_profile
-from streams.cli.admin import add_silence
+from streams.cli.silences import add_silence
 from streams.cli.profile import publish_profile
 from streams.config import TopicSettings, load_settings
 from streams.runtime.kafka import ensure_topics

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from streams.cli.admin import add_silence
+from streams.cli.silences import add_silence
 from streams.config import load_settings
 from tests.conftest import ROOT, WorkerProcess
 from tests.kafka_io import Collector, produce
@@ -68,7 +68,7 @@ async def test_a_flapping_signal_gives_one_trigger_and_one_final_resolve(
 async def test_silences_are_listed_and_expired(kafka_bootstrap: str) -> None:
     import uuid
 
-    from streams.cli.admin import expire_silence, read_silences
+    from streams.cli.silences import expire_silence, read_silences
     from streams.config import Settings
 
     prefix = f"t{uuid.uuid4().hex[:10]}"

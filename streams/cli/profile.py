@@ -4,22 +4,55 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import click
 import orjson
-import polars as pl
-from rich.console import Console
-from rich.table import Table
 
-from detectors.profile import build_profile
+from streams.cli.base import fail_on, with_settings
 from streams.config import Settings
-from streams.core.references import Reference
 
-__all__ = ["scan", "profile_build", "calibration_table", "publish_profile"]
+if TYPE_CHECKING:
+    import polars as pl
+    from rich.table import Table
+
+    from streams.core.references import Reference
+
+__all__ = ["profile", "scan", "make_profile", "calibration_table", "publish_profile"]
+
+
+@click.group()
+def profile() -> None:
+    """Reference profiles of training data (ml.references)."""
+
+
+@profile.command("build")
+@click.argument("data")
+@click.option("--model", required=True)
+@click.option("--version", "version", required=True)
+@click.option("--bins", type=int, default=20, show_default=True,
+              help="quantile bins per numeric feature")
+@click.option("--max-categories", type=int, default=50, show_default=True,
+              help="categories kept per categorical feature; the rest become __other__")
+@click.option("--out", type=click.Path(dir_okay=False), help="write the profile JSON here")
+@click.option("--publish", is_flag=True, help="send it to ml.references")
+@with_settings
+def profile_build(data: str, model: str, version: str, bins: int, max_categories: int,
+                  out: str | None, publish: bool, settings: Settings) -> None:
+    """Profile DATA (Parquet or CSV, read lazily) for MODEL VERSION."""
+    from polars.exceptions import PolarsError
+
+    with fail_on(ValueError, OSError, PolarsError, prefix=f"cannot profile {data}: "):
+        result = make_profile(data, model, version, settings, bins, max_categories, out,
+                              publish)
+    if not out and not publish:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 
 def scan(path: str) -> pl.LazyFrame:
     """A lazy frame over a Parquet or CSV file (or a glob of them)."""
+    import polars as pl
+
     suffix = Path(path.replace("*", "x")).suffix.lower()
     if suffix in (".parquet", ".pq"):
         return pl.scan_parquet(path)
@@ -30,6 +63,8 @@ def scan(path: str) -> pl.LazyFrame:
 
 
 def calibration_table(ref: Reference) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"{ref.model} {ref.version}: calibrated skew thresholds "
                         f"({ref.rows:,} reference rows)")
     for col in ("feature", "type", "bins", "JS threshold", "false alarm per test",
@@ -43,8 +78,15 @@ def calibration_table(ref: Reference) -> Table:
     return table
 
 
-def profile_build(data: str, model: str, version: str, settings: Settings, bins: int,
-                  max_categories: int, out: str | None, publish: bool) -> dict[str, Any]:
+def make_profile(data: str, model: str, version: str, settings: Settings, bins: int,
+                 max_categories: int, out: str | None, publish: bool) -> dict[str, Any]:
+    """Profile ``data``, show its calibration (on stderr), write it to ``out`` and/or
+    publish it; returns the profile."""
+    from rich.console import Console
+
+    from detectors.profile import build_profile
+    from streams.core.references import Reference
+
     console = Console(stderr=True)
     profile = build_profile(scan(data), model, version, bins=bins,
                             max_categories=max_categories)

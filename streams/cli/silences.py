@@ -1,4 +1,4 @@
-"""``sentinelle silence …`` and ``sentinelle alerts``: what a person on call types.
+"""``sentinelle silence add|list|expire``: hold matching alerts back for a while.
 
 Silences live on the compacted ``ml.silences`` topic (key: the silence id), which
 every worker follows; expiring one republishes it with ``ends_at`` = now, so the
@@ -7,23 +7,76 @@ worker releases what it held back at its next tick.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
-from typing import Any
 
+import click
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from alerting.manager import Silence
+from detectors.contract import rfc3339
+from streams.cli.base import fail_on, with_settings
 from streams.config import Settings
 from streams.runtime.follow import read_all
 from streams.runtime.kafka import ensure_topics
 
-__all__ = ["parse_duration", "parse_matchers", "add_silence", "read_silences", "expire_silence",
-           "firing_alerts"]
+__all__ = ["silence", "parse_duration", "parse_matchers", "add_silence", "read_silences",
+           "expire_silence"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+# -- the commands ---------------------------------------------------------------------------
+
+
+@click.group()
+def silence() -> None:
+    """Hold alerts back for a while (ml.silences): add, list, expire."""
+
+
+@silence.command("add")
+@click.option("--match", "matches", multiple=True, required=True,
+              help="FIELD=PATTERN (class, model, version, severity, dedup_key); repeatable")
+@click.option("--for", "duration", default="2h", show_default=True, help="30m, 2h, 1d…")
+@click.option("--by", "created_by", default="", help="who")
+@click.option("--comment", default="", help="why")
+@with_settings
+def silence_add(matches: tuple[str, ...], duration: str, created_by: str, comment: str,
+                settings: Settings) -> None:
+    """Silence the alerts that match every --match."""
+    with fail_on(ValueError):
+        matchers, seconds = parse_matchers(matches), parse_duration(duration)
+    s = asyncio.run(add_silence(settings, matchers, seconds, created_by, comment))
+    click.echo(f"silence {s.id}: {matchers} until {rfc3339(s.ends_at)}")
+
+
+@silence.command("list")
+@with_settings
+def silence_list(settings: Settings) -> None:
+    """The silences in force."""
+    now = time.time()
+    active = [s for s in asyncio.run(read_silences(settings)).values() if s.ends_at > now]
+    for s in sorted(active, key=lambda s: s.ends_at):
+        click.echo(f"{s.id}  until {rfc3339(s.ends_at)}  {s.matchers}  {s.created_by} "
+                   f"{s.comment}".rstrip())
+    if not active:
+        click.echo("no silence in force")
+
+
+@silence.command("expire")
+@click.argument("silence_id")
+@with_settings
+def silence_expire(silence_id: str, settings: Settings) -> None:
+    """End a silence now: what it held back goes out."""
+    with fail_on(ValueError):
+        s = asyncio.run(expire_silence(settings, silence_id))
+    click.echo(f"silence {s.id} expired")
+
+
+# -- what they do -----------------------------------------------------------------------------
 
 
 def parse_duration(text: str) -> float:
@@ -100,20 +153,3 @@ async def expire_silence(settings: Settings, silence_id: str) -> Silence:
     return await _publish(settings, Silence(
         current.id, current.matchers, current.starts_at, min(current.ends_at, time.time()),
         current.created_by, current.comment))
-
-
-async def firing_alerts(settings: Settings) -> list[dict[str, Any]]:
-    """Alerts triggered and not resolved, from the whole ``ml.alerts`` topic."""
-    servers = settings.kafka.servers
-    firing: dict[str, dict[str, Any]] = {}
-    for _, value in await read_all(servers, settings.topics.alerts):
-        try:
-            alert = orjson.loads(value or b"null")
-            key, action = alert["dedup_key"], alert["event_action"]
-        except (ValueError, KeyError, TypeError):
-            continue
-        if action == "trigger":
-            firing[key] = alert
-        else:
-            firing.pop(key, None)
-    return sorted(firing.values(), key=lambda a: a["payload"]["timestamp"])

@@ -1,60 +1,29 @@
-"""``quota estimate``: use per run and per day, serving rates and replicas, the chart.
+"""``quota estimate``'s numbers: use per run and per day, serving rates and replicas.
 
-Hand-made ``ml.pipeline`` and ``ml.stats`` records whose expected numbers are
-worked out in the comments (percentiles interpolate linearly: the p95 of sorted
-``a <= b <= c`` is ``b + 0.9 * (c - b)``). No Kafka.
+Hand-made ``ml.pipeline`` and ``ml.stats`` records (tests/quota_records.py) whose
+expected numbers are worked out in the comments (percentiles interpolate
+linearly: the p95 of sorted ``a <= b <= c`` is ``b + 0.9 * (c - b)``). No Kafka.
+``ml.pipeline`` records go in as the message bytes a producer sends: they are
+read by the worker's parser, :func:`streams.core.parse.parse_pipeline`.
 """
 
 from __future__ import annotations
 
-import sys
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from datetime import UTC, datetime
 
-import polars as pl
+import orjson
 import pytest
 
-from streams.cli import quota as qe
-from streams.cli.quota import (
-    Decoded,
-    decode_values,
+from streams.cli.quota_usage import (
+    HISTORY_LIMITS,
+    parse_runs,
     pipeline_usage,
-    plot_usage,
     pool_pairs,
     replicas,
     serving_usage,
-    usage_series,
 )
-from streams.config import Settings
-
-DAY = 86_400
-T0 = datetime(2026, 11, 27, tzinfo=UTC).timestamp()  # a UTC midnight
-
-
-def ev(run: str, t: float, status: str = "succeeded", resources: dict[str, Any] | None = None,
-       quota: dict[str, Any] | None = None, pipeline: str = "fraud-train",
-       kind: str = "training") -> dict[str, Any]:
-    """An ``ml.pipeline`` event ``t`` seconds after T0 (epoch seconds, as the contract allows)."""
-    rec: dict[str, Any] = {"event_id": f"{pipeline}/{run}/{t}/{status}", "pipeline": pipeline,
-                           "kind": kind, "run_id": run, "status": status, "ts": T0 + t}
-    if resources is not None:
-        rec["resources"] = resources
-    if quota is not None:
-        rec["quota"] = quota
-    return rec
-
-
-def quota(used: float, limit: float, pool: str = "team-a",
-          resource: str = "gpu_hours") -> dict[str, Any]:
-    return {"pool": pool, "resource": resource, "used": used, "limit": limit}
-
-
-def row(frame: pl.DataFrame, **match: str) -> dict[str, Any]:
-    rows = frame.filter(*[pl.col(k) == v for k, v in match.items()]).to_dicts()
-    assert len(rows) == 1, rows
-    return rows[0]
-
+from streams.core.parse import UNCHECKED
+from tests.quota_records import DAY, T0, ev, keyed, messages, quota, row, window
 
 # -- batch pipelines ----------------------------------------------------------------------
 
@@ -64,7 +33,7 @@ def test_runs_and_days_medians_and_p95() -> None:
     recs = [ev("r1", 3600, resources={"gpu_hours": 2}),
             ev("r2", DAY + 3600, resources={"gpu_hours": 4}),
             ev("r3", DAY + 7200, "failed", resources={"gpu_hours": 6})]
-    frame, skipped = pipeline_usage(recs)
+    frame, skipped = pipeline_usage(messages(recs))
     r = row(frame, resource="gpu_hours")
     assert skipped == 0 and frame.height == 1
     assert (r["pipeline"], r["kind"], r["pool"], r["runs"]) == ("fraud-train", "training", "-", 3)
@@ -82,17 +51,17 @@ def test_cumulative_resources_take_the_max_not_the_sum() -> None:
              ev("r1", 120, "heartbeat", {"gpu_hours": 2}),
              ev("r1", 180, "heartbeat", {"gpu_hours": 3}),
              ev("r1", 240, "succeeded", {"gpu_hours": 3.5})]
-    assert row(pipeline_usage(beats).frame, resource="gpu_hours")["total"] == 3.5
+    assert row(pipeline_usage(messages(beats)).frame, resource="gpu_hours")["total"] == 3.5
     # Delivered twice and out of order: the same run, the same 3.5.
     shuffled = [beats[4], beats[2], beats[2], beats[0], beats[3], beats[1], beats[4]]
-    r = row(pipeline_usage(shuffled).frame, resource="gpu_hours")
+    r = row(pipeline_usage(messages(shuffled)).frame, resource="gpu_hours")
     assert (r["runs"], r["run_median"], r["total"]) == (1, 3.5, 3.5)
 
 
 def test_each_resource_of_a_run_is_its_own_series() -> None:
     recs = [ev("r1", 60, "heartbeat", {"gpu_hours": 1, "cpu_hours": 8}),
             ev("r1", 120, "succeeded", {"gpu_hours": 2})]  # cpu_hours not repeated: still 8
-    frame = pipeline_usage(recs).frame
+    frame = pipeline_usage(messages(recs)).frame
     assert row(frame, resource="gpu_hours")["total"] == 2.0
     assert row(frame, resource="cpu_hours")["total"] == 8.0
 
@@ -101,7 +70,7 @@ def test_days_without_runs_count_as_zero_between_first_and_last() -> None:
     # 4 on day 0, nothing on day 1, 8 on day 2: days [0, 4, 8], median 4, p95 4 + 0.9 * 4.
     recs = [ev("r1", 3600, resources={"gpu_hours": 4}),
             ev("r2", 2 * DAY + 3600, resources={"gpu_hours": 8})]
-    r = row(pipeline_usage(recs).frame, resource="gpu_hours")
+    r = row(pipeline_usage(messages(recs)).frame, resource="gpu_hours")
     assert (r["days"], r["day_median"]) == (3, 4.0)
     assert r["day_p95"] == pytest.approx(7.6)
 
@@ -111,14 +80,14 @@ def test_a_run_belongs_to_the_utc_day_of_its_last_event() -> None:
     recs = [ev("r1", DAY - 3600, "started", {"gpu_hours": 0}),
             ev("r1", DAY + 3600, "succeeded", {"gpu_hours": 3}),
             ev("r2", DAY + 36000, "succeeded", {"gpu_hours": 5})]
-    r = row(pipeline_usage(recs).frame, resource="gpu_hours")
+    r = row(pipeline_usage(messages(recs)).frame, resource="gpu_hours")
     assert (r["days"], r["day_median"], r["runs"]) == (1, 8.0, 2)
 
 
 def test_a_run_id_is_scoped_by_its_pipeline() -> None:
     recs = [ev("r1", 0, resources={"gpu_hours": 1}, pipeline="a"),
             ev("r1", 0, resources={"gpu_hours": 5}, pipeline="b")]
-    frame = pipeline_usage(recs).frame
+    frame = pipeline_usage(messages(recs)).frame
     assert row(frame, pipeline="a")["total"] == 1.0 and row(frame, pipeline="b")["total"] == 5.0
 
 
@@ -133,13 +102,13 @@ def test_pool_comes_from_the_runs_quota_and_the_limit_is_the_latest() -> None:
         # A run without a quota: pool "-".
         ev("r4", 500, "succeeded", {"gpu_hours": 7}, pipeline="other"),
     ]
-    frame = pipeline_usage(recs).frame
+    frame = pipeline_usage(messages(recs)).frame
     mine = row(frame, pipeline="fraud-train")
     assert (mine["pool"], mine["runs"], mine["total"]) == ("team-a", 3, 6.0)
     assert (mine["pool_used"], mine["pool_limit"]) == (150.0, 200.0)
     other = row(frame, pipeline="other")
     assert (other["pool"], other["pool_limit"]) == ("-", None)
-    assert pool_pairs(recs) == [("team-a", "gpu_hours")]
+    assert pool_pairs(messages(recs)) == [("team-a", "gpu_hours")]
 
 
 def test_malformed_records_are_skipped_and_counted() -> None:
@@ -159,15 +128,53 @@ def test_malformed_records_are_skipped_and_counted() -> None:
         {**good, "quota": {"pool": "a", "resource": "gpu_hours", "used": 1}},  # no limit
         {**good, "quota": quota(0, 0)},
     ]
-    frame, skipped = pipeline_usage([good, *bad])
+    frame, skipped = pipeline_usage(messages([good, *bad]))
     assert skipped == len(bad) == 13
     assert row(frame, resource="gpu_hours")["total"] == 2.0
+
+
+def test_records_are_read_by_the_workers_parser_and_its_reasons_kept() -> None:
+    good = ev("r1", 0, resources={"gpu_hours": 2})
+    batch = orjson.dumps([good, {**good, "run_id": "r2", "status": "done"}, 7])
+    runs = parse_runs([(b"fraud-train", batch),
+                       (b"other", orjson.dumps({**good, "run_id": "r3"})),  # keyed elsewhere
+                       (b"fraud-train", orjson.dumps({**good, "resources": {"gpu_hours": -1}})),
+                       (b"fraud-train", None)])  # a tombstone: no record
+    assert runs.events == 1 and runs.skipped == 4
+    assert runs.rejected[:2] == [
+        "bad_value: 'status' must be one of started, heartbeat, succeeded, failed",
+        "not_object: expected a JSON object, got int"]
+    assert runs.rejected[2].startswith("bad_key: the message key 'other' is not the event's "
+                                       "pipeline 'fraud-train'")
+    assert runs.rejected[3] == "bad_value: 'resources.gpu_hours' -1.0 is negative"
+    assert row(runs.usage().frame, resource="gpu_hours")["total"] == 2.0
+
+
+def test_what_the_contract_refuses_is_skipped_not_read_some_other_way() -> None:
+    # Each of these was read by the estimate's own parser before it used the worker's.
+    good = ev("r1", 0, resources={"gpu_hours": 2})
+    refused = [{**good, "resources": []},  # an empty list is not an object
+               {**good, "pipeline": "x" * 300},  # longer than limits.max_id_chars
+               {**good, "run_id": "r\n1"},  # a control character
+               {**good, "ts": 0}]  # before 2000, as the worker refuses
+    runs = parse_runs(keyed([good, *refused], "pipeline"))
+    assert (runs.events, runs.skipped) == (1, 4)
+    assert [r.split(":")[0] for r in runs.rejected] == [
+        "bad_type", "bad_value", "bad_value", "bad_timestamp"]
+
+
+def test_the_clock_bounds_event_times_when_given() -> None:
+    late = ev("r1", 30 * DAY, resources={"gpu_hours": 2})  # a month after T0
+    assert parse_runs(keyed([late], "pipeline"), HISTORY_LIMITS).events == 1
+    at_t0 = HISTORY_LIMITS.at(T0, 600)  # the worker's bounds, its clock at T0
+    runs = parse_runs([(UNCHECKED, orjson.dumps(late))], at_t0)
+    assert runs.events == 0 and runs.rejected[0].startswith("bad_timestamp: 'ts'")
 
 
 def test_rfc3339_and_epoch_times_mix() -> None:
     recs = [ev("r1", 0, "started", {"gpu_hours": 1}),
             {**ev("r1", 0, "succeeded", {"gpu_hours": 2}), "ts": "2026-11-28T01:00:00Z"}]
-    r = row(pipeline_usage(recs).frame, resource="gpu_hours")
+    r = row(pipeline_usage(messages(recs)).frame, resource="gpu_hours")
     assert (r["total"], r["days"]) == (2.0, 1)
 
 
@@ -176,9 +183,10 @@ def test_days_keeps_the_runs_that_ended_in_the_last_days_of_the_history() -> Non
             ev("r2", 5 * DAY, resources={"gpu_hours": 2}),
             ev("r3", 10 * DAY, resources={"gpu_hours": 4})]
     # Newest event at day 10: the last 6 days start at day 4.
-    assert row(pipeline_usage(recs, days=6).frame, resource="gpu_hours")["total"] == 6.0
-    assert row(pipeline_usage(recs).frame, resource="gpu_hours")["total"] == 7.0
-    assert pipeline_usage(recs, days=1, now=T0 + 30 * DAY).frame.is_empty()
+    last_6_days = pipeline_usage(messages(recs), days=6).frame
+    assert row(last_6_days, resource="gpu_hours")["total"] == 6.0
+    assert row(pipeline_usage(messages(recs)).frame, resource="gpu_hours")["total"] == 7.0
+    assert pipeline_usage(messages(recs), days=1, now=T0 + 30 * DAY).frame.is_empty()
 
 
 def test_no_records_give_an_empty_frame_with_the_columns() -> None:
@@ -188,15 +196,6 @@ def test_no_records_give_an_empty_frame_with_the_columns() -> None:
 
 
 # -- serving ------------------------------------------------------------------------------
-
-
-def window(model: str, start_s: float, count: int, length_s: float = 60, version: str = "v1",
-           cohort: str = "stable") -> dict[str, Any]:
-    start = datetime.fromtimestamp(T0 + start_s, UTC)
-    rfc = lambda d: d.isoformat(timespec="milliseconds").replace("+00:00", "Z")  # noqa: E731
-    return {"model": model, "version": version, "cohort": cohort,
-            "window": {"start": rfc(start), "end": rfc(start + timedelta(seconds=length_s))},
-            "count": count, "errors": 0}
 
 
 def test_peak_qps_sums_versions_and_cohorts_per_window() -> None:
@@ -255,89 +254,3 @@ def test_replicas_need_a_positive_capacity() -> None:
         serving_usage([], capacity_qps=0)
     with pytest.raises(ValueError, match="headroom"):
         replicas(1, 1, -0.1)
-
-
-# -- decoding -----------------------------------------------------------------------------
-
-
-def test_decode_objects_batches_and_count_the_rest() -> None:
-    values = [b'{"a": 1}', b'[{"b": 2}, {"c": 3}, 4]', b"not json", b'"a string"', None,
-              b"\xff\xfe"]
-    assert decode_values(values) == Decoded([{"a": 1}, {"b": 2}, {"c": 3}], 4)
-
-
-# -- chart --------------------------------------------------------------------------------
-
-
-def chart_records() -> list[dict[str, Any]]:
-    return [ev("r1", 3600, resources={"gpu_hours": 30}, quota=quota(40, 200)),
-            ev("r2", 2 * DAY + 3600, resources={"gpu_hours": 50}, quota=quota(95, 200)),
-            ev("r3", 2 * DAY + 7200, resources={"cpu_hours": 9}, quota=quota(1, 5, "team-b")),
-            ev("r4", 2 * DAY, resources={"gpu_hours": 99}, quota=quota(1, 5, "team-b"))]
-
-
-def test_usage_series_per_day_cumulative_against_the_limit() -> None:
-    series = usage_series(chart_records(), "team-a", "gpu_hours")
-    assert series["period"].dt.strftime("%Y-%m-%d").to_list() == [
-        "2026-11-27", "2026-11-28", "2026-11-29"]
-    assert series["used"].to_list() == [30.0, 0.0, 50.0]
-    assert series["cumulative"].to_list() == [30.0, 30.0, 80.0]
-    assert series["reported_used"].to_list() == [40.0, None, 95.0]
-    assert series["limit"].to_list() == [200.0, 200.0, 200.0]  # carried over the quiet day
-    hourly = usage_series(chart_records(), "team-a", "gpu_hours", every="1h")
-    assert hourly.height == 2 * 24 + 1 and hourly["cumulative"][-1] == 80.0
-    assert usage_series(chart_records(), "nobody", "gpu_hours").is_empty()
-
-
-def test_the_terminal_chart_shows_the_limit() -> None:
-    series = usage_series(chart_records(), "team-a", "gpu_hours")
-    text = plot_usage(series, title="pool team-a: gpu_hours")
-    lines = text.splitlines()
-    assert len(lines) > 15 and "pool team-a: gpu_hours" in text
-    assert "limit 200" in lines[-1] and "\x1b[" not in text  # no colour codes
-    assert "2026-11-27" in text
-    assert any(line.lstrip().startswith("220") for line in lines)  # the axis reaches the limit
-    assert "limit 5" in plot_usage(series, limit=5.0)
-
-
-def test_the_chart_is_written_to_a_text_or_html_file(tmp_path: Path) -> None:
-    series = usage_series(chart_records(), "team-a", "gpu_hours")
-    for name in ("usage.txt", "usage.html"):
-        out = tmp_path / name
-        assert plot_usage(series, path=str(out)) == f"chart saved to {out}"
-        assert out.stat().st_size > 0
-    with pytest.raises(ValueError, match=r"\.png"):
-        plot_usage(series, path=str(tmp_path / "usage.jpg"))
-
-
-def test_a_png_without_matplotlib_falls_back_to_the_terminal_chart(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # importing it raises ImportError
-    out = tmp_path / "usage.png"
-    text = plot_usage(usage_series(chart_records(), "team-a", "gpu_hours"), path=str(out))
-    assert "matplotlib" in text and "not installed" in text and "limit 200" in text
-    assert not out.exists()
-
-
-# -- the report, with the topics faked --------------------------------------------------------
-
-
-async def test_estimate_reports_both_topics(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings()
-    topics = {settings.topics.pipeline: Decoded(chart_records(), 2),
-              settings.topics.stats: Decoded([window("fraud", 0, 6000), {"model": 1}], 0)}
-
-    async def fake_read(servers: str, topic: str) -> Decoded:
-        return topics[topic]
-
-    monkeypatch.setattr(qe, "read_topic_records", fake_read)
-    text = await qe.estimate(settings, capacity_qps=40, days=None, plot="-")
-    assert "4 records (2 not JSON objects: skipped)" in text
-    assert "2 records (1 not in the contract's shape: skipped)" in text
-    assert "fraud-train" in text and "95 / 200 (48%)" in text
-    serving = [line.split() for line in text.splitlines() if line.startswith("  fraud ")]
-    assert serving == [["fraud", "1", "60", "s", "100", "100", "100", "2026-11-27", "00:00:00",
-                        "4"]]  # 100 * 1.3 / 40 = 3.25
-    assert "ceil(peak qps x 1.3 / 40)" in text
-    # One chart per pool and resource with a limit.
-    assert text.count("pool team-a: gpu_hours") == 1 and text.count("pool team-b: gpu_hours") == 1

@@ -1,0 +1,48 @@
+"""``sentinelle controller``: the reference deployment controller."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import click
+
+from streams.cli.base import fail_on, with_settings
+from streams.config import Settings
+
+__all__ = ["controller"]
+
+
+@click.command()
+@click.option("--state", "state_path", type=click.Path(dir_okay=False), required=True,
+              help="the rollout state file (JSON), created if missing")
+@click.option("--start", "starts", multiple=True,
+              help="MODEL:STABLE:CANARY[:PERCENT] starts a canary rollout; repeatable")
+@click.option("--environment", help="where the rollouts run (announced on ml.deployments)")
+@with_settings
+def controller(state_path: str, starts: tuple[str, ...], environment: str | None,
+               settings: Settings) -> None:
+    """Reference deployment controller: apply ml.deploy.commands, announce ml.deployments."""
+    from pathlib import Path
+
+    from streams.runtime.kafka import ensure_topics
+    from streams.tools.controller import parse_start, run_controller
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with fail_on(ValueError):
+        parsed = [parse_start(s) for s in starts]
+    servers = settings.kafka.servers
+    t = settings.topics
+
+    async def go() -> None:
+        await ensure_topics(servers, t.all(), settings.kafka.partitions,
+                            settings.kafka.replication_factor, compacted=t.compacted())
+        await run_controller(servers, t.commands, t.deployments, Path(state_path),
+                             f"{settings.worker.app_id}-controller", parsed, environment,
+                             deadletter_topic=t.deadletter)
+
+    click.echo(f"applying {t.commands} to {state_path}; announcing on {t.deployments}")
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,68 @@
+"""``sentinelle broker``, ``worker`` and ``demo``: run Sentinelle itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+from streams.cli.base import servers_option, with_settings
+from streams.config import Settings
+
+__all__ = ["broker", "worker", "demo"]
+
+
+@click.command()
+@click.option("--port", type=int, default=9092, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def broker(port: int, host: str) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground."""
+    import subprocess
+
+    from streams.tools.broker import EmbeddedBroker
+
+    b = EmbeddedBroker(port=port, host=host)
+    click.echo(f"embedded broker (Tansu, in memory) on {b.bootstrap_servers}; Ctrl-C stops it")
+    try:
+        subprocess.run(b.command(), check=False)
+    except KeyboardInterrupt:
+        pass
+
+
+@click.command()
+@with_settings
+@click.option("--loglevel", default="info", show_default=True)
+def worker(settings: Settings, loglevel: str) -> None:
+    """Run a Sentinelle worker (one member of the consumer group)."""
+    from faust import Worker
+
+    from streams.runtime.agents import register
+    from streams.runtime.app import create_app, pool_topic_name, topic_max_bytes
+    from streams.runtime.kafka import ensure_topics, is_tansu
+
+    servers = settings.kafka.servers
+    t = settings.topics
+    asyncio.run(ensure_topics(servers, [*t.all(), pool_topic_name(settings)],
+                              settings.kafka.partitions,
+                              settings.kafka.replication_factor, compacted=t.compacted(),
+                              max_message_bytes=topic_max_bytes(settings)))
+    if settings.kafka.producer_batch_bytes is None and asyncio.run(is_tansu(servers)):
+        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+            update={"producer_batch_bytes": 1})})  # one record per batch: see is_tansu
+    s = create_app(settings)
+    register(s)
+    Worker(s.app, loglevel=loglevel).execute_from_commandline()
+
+
+@click.command()
+@click.option("--rate", type=float, default=40.0, show_default=True,
+              help="events per second per model")
+@servers_option
+def demo(rate: float, bootstrap_servers: str | None) -> None:
+    """Broker + worker + simulator; shows alerts live; ends with a summary."""
+    from streams.tools.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(run_demo(rate=rate, bootstrap_servers=bootstrap_servers))
