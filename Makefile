@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench load clean
+.PHONY: demo test lint bench load docs clean
 
 $(STAMP): pyproject.toml
 	@echo "installing Sentinelle and its dev extras into $(VENV) (log: $(VENV)/install.log) ..."
@@ -31,6 +31,9 @@ bench: $(STAMP)
 
 load: $(STAMP)
 	$(BIN)/python bench/load.py
+
+docs: $(STAMP)
+	$(BIN)/python -m streams.config_doc > docs/CONFIGURATION.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

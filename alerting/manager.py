@@ -19,9 +19,8 @@ A chain of small stages, in Alertmanager's order, each with an injected clock
    clock), a rollback or promotion a ``canary_regression``; a run's or a
    version's next verdict is final for ``pipeline_failure``,
    ``pipeline_duration_anomaly`` and ``validation_gate``, whose clock only moves
-   with their own events; ``metric_anomaly`` already waits ``resolve_after_s`` in
-   its detector; and a burn-rate alert has its short window precisely so that it
-   resets quickly (the SRE workbook's multiwindow alerts), its long window
+   with their own events; and a burn-rate alert has its short window precisely so
+   that it resets quickly (the SRE workbook's multiwindow alerts), its long window
    already smoothing a flapping rate.
    For those (and for every alert when ``keep_firing_for_s`` is 0), flap control
    remains: an alert whose resolve would be its ``flap_changes``-th state change
@@ -32,6 +31,14 @@ A chain of small stages, in Alertmanager's order, each with an injected clock
    condition came back while it was held is flapping too (so it is held for
    ``flap_hold_s`` at least); a flapping alert says ``flapping: true`` in
    ``custom_details``, its resolve included.
+   An alert class may have its own rule (:class:`ClassRule`, in
+   ``per_class``): its own ``keep_firing_for_s`` (which also means that a
+   condition back within it re-affirms the alert rather than making it flap)
+   and a ``cooldown_s``, at most one firing per that much time. By default
+   ``metric_anomaly`` has one: its detector signals every point, anomalous or
+   not; an anomaly opens an alert, anomalous points within 30 min keep it open,
+   the first normal point 30 min after the last anomalous one resolves it, and
+   no new alert opens within an hour of the last one (one incident, one page).
 2. :func:`inhibited`: an ``outage`` of a model silences its ``latency_slo``,
    ``error_rate``, drift, skew and quality alerts while it lasts; a critical
    alert silences a lower-severity one of the same check and series.
@@ -60,26 +67,55 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 from alerting.events import alert_event
 from detectors.base import Signal
-from detectors.contract import SEVERITY_RANK, EventAction, Severity, rfc3339
+from detectors.contract import ALERT_CLASSES, SEVERITY_RANK, EventAction, Severity, rfc3339
 
-__all__ = ["ManagerSettings", "Silence", "AlertManager", "inhibited", "Lifecycle", "OWN_RULE"]
+__all__ = ["ManagerSettings", "ClassRule", "DEFAULT_CLASS_RULES", "Silence", "AlertManager",
+           "inhibited", "Lifecycle", "OWN_RULE"]
 
 log = logging.getLogger("sentinelle.alerts")
 
 # Resolved by their own rule, neither past a hysteresis band nor after
 # keep_firing_for_s (see the module's docstring for each); burn-rate alerts
 # (``statistic: burn_rate``) too.
-OWN_RULE = frozenset({"outage", "pipeline_stalled", "canary_regression", "metric_anomaly",
+OWN_RULE = frozenset({"outage", "pipeline_stalled", "canary_regression",
                       "pipeline_failure", "pipeline_duration_anomaly", "validation_gate"})
 WALL_CLOCK_CHECKS = frozenset({"outage", "pipeline_stalled"})
 OUTAGE_INHIBITS = frozenset({"latency_slo", "error_rate", "feature_drift", "prediction_drift",
                              "training_serving_skew", "data_quality", "label_drift",
                              "performance_degradation"})
+
+
+@dataclass(frozen=True)
+class ClassRule:
+    """One alert class's own lifecycle rule (``ManagerSettings.per_class``).
+
+    ``keep_firing_for_s``: replaces the manager's (and an own rule's 0) for the
+    class; a condition back within it re-affirms the alert (it is not flapping).
+    ``None``: the manager's. ``cooldown_s``: after an alert of the class fires,
+    its key does not fire again for this long (its condition is ignored).
+    """
+
+    keep_firing_for_s: float | None = None
+    cooldown_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.keep_firing_for_s is not None and not self.keep_firing_for_s >= 0:
+            raise ValueError("keep_firing_for_s must be >= 0")
+        if not self.cooldown_s >= 0:
+            raise ValueError("cooldown_s must be >= 0")
+
+
+#: The class rules the manager has unless told otherwise (see the module's docstring).
+DEFAULT_CLASS_RULES: Mapping[str, ClassRule] = MappingProxyType({
+    "metric_anomaly": ClassRule(keep_firing_for_s=1800.0, cooldown_s=3600.0),
+})
 
 
 @dataclass(frozen=True)
@@ -92,6 +128,9 @@ class ManagerSettings:
     longer pages again. It costs every resolve ten minutes of
     delay after the last bad window: a late resolve is harmless, a second page
     for one incident is not. Set it to 0 for Prometheus' own default.
+
+    ``per_class`` gives classes their own rule (:class:`ClassRule`, or a dict of
+    its fields); it is merged, field by field, over :data:`DEFAULT_CLASS_RULES`.
     """
 
     for_s: float = 0.0
@@ -103,8 +142,20 @@ class ManagerSettings:
     group_wait_s: float = 30.0
     repeat_interval_s: float = 4 * 3600.0
     max_alerts: int = 10_000
+    per_class: Mapping[str, ClassRule] = field(default_factory=lambda: dict(DEFAULT_CLASS_RULES))
 
     def __post_init__(self) -> None:
+        rules: dict[str, ClassRule] = {}
+        for name, rule in {**DEFAULT_CLASS_RULES, **self.per_class}.items():
+            if name not in ALERT_CLASSES:
+                raise ValueError(f"per_class: {name!r} is not an alert class")
+            if isinstance(rule, dict):
+                base = DEFAULT_CLASS_RULES.get(name, ClassRule())
+                rule = replace(base, **rule)
+            elif not isinstance(rule, ClassRule):
+                raise ValueError(f"per_class: the rule of {name!r} must be a ClassRule")
+            rules[name] = rule
+        object.__setattr__(self, "per_class", rules)
         if min(self.for_s, self.hysteresis, self.keep_firing_for_s, self.flap_hold_s,
                self.group_wait_s) < 0:
             raise ValueError("durations and hysteresis must be >= 0")
@@ -169,6 +220,7 @@ class Lifecycle:
     trigger_summary: str = ""
     fired_at: float = 0.0              # when the current (or last) firing began
     clearing: Signal | None = None     # while firing: the latest signal, when it said clear
+    cooldown_until: float | None = None  # its class's cooldown: no firing before this
 
     @property
     def held(self) -> bool:
@@ -182,7 +234,8 @@ class Lifecycle:
                 "last_notified": self.last_notified, "group_key": self.group_key,
                 "trigger_severity": self.trigger_severity,
                 "trigger_summary": self.trigger_summary, "fired_at": self.fired_at,
-                "last": _signal_dict(self.last), "clearing": _signal_dict(self.clearing)}
+                "last": _signal_dict(self.last), "clearing": _signal_dict(self.clearing),
+                "cooldown_until": self.cooldown_until}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Lifecycle:
@@ -199,7 +252,8 @@ class Lifecycle:
                    last=None if last is None else Signal(**last),
                    trigger_severity=d.get("trigger_severity") or None,
                    trigger_summary=d.get("trigger_summary", ""), fired_at=float(fired_at),
-                   clearing=None if clearing is None else Signal(**clearing))
+                   clearing=None if clearing is None else Signal(**clearing),
+                   cooldown_until=d.get("cooldown_until"))
 
 
 def _signal_dict(s: Signal | None) -> dict[str, Any] | None:
@@ -266,7 +320,8 @@ class AlertManager:
         st = self.settings
         lc.changes = [t for t in lc.changes if t > now - st.flap_window_s]
         if s.active:
-            if lc.held:
+            rule = st.per_class.get(s.check)
+            if lc.held and (rule is None or rule.keep_firing_for_s is None):
                 lc.flapping = True  # it cleared and came back within the hold
             lc.last_active, lc.clearing = now, None
             if lc.state == "inactive":
@@ -276,6 +331,8 @@ class AlertManager:
                 lc.state, lc.since, lc.fired_at = "firing", now, now
                 lc.changes.append(now)
                 lc.flapping = len(lc.changes) >= st.flap_changes
+                if rule is not None and rule.cooldown_s > 0:
+                    lc.cooldown_until = now + rule.cooldown_s
         elif lc.state == "pending":
             lc.state, lc.since = "inactive", now
         elif lc.state == "firing":
@@ -299,7 +356,11 @@ class AlertManager:
     def _hold(self, lc: Lifecycle, s: Signal) -> float:
         """How long the condition must have been clear before ``lc`` resolves."""
         st = self.settings
-        hold = 0.0 if _own_rule(s) else st.keep_firing_for_s
+        rule = st.per_class.get(s.check)
+        if rule is not None and rule.keep_firing_for_s is not None:
+            hold = rule.keep_firing_for_s
+        else:
+            hold = 0.0 if _own_rule(s) else st.keep_firing_for_s
         return max(hold, st.flap_hold_s) if lc.flapping else hold
 
     def _settle(self, lc: Lifecycle, now: float, quiet: bool = False) -> bool:
@@ -350,6 +411,8 @@ class AlertManager:
                 if not s.active or not self._admit(s):
                     continue
                 lc = self.alerts[s.key] = Lifecycle()
+            elif s.active and lc.state == "inactive" and _cooling(lc, t):
+                continue  # its class's cooldown: the condition is ignored
             if s.active or lc.last is None:
                 lc.last = s  # the latest active signal: what a trigger or repeat says
             firing = self._advance(lc, s, t)
@@ -426,7 +489,7 @@ class AlertManager:
         for key, lc in list(self.alerts.items()):
             wall_clocked = lc.last is None or lc.last.check in WALL_CLOCK_CHECKS
             now = wall_now if wall_clocked or event_now is None else event_now
-            if lc.state == "inactive" and not lc.notified and all(
+            if lc.state == "inactive" and not lc.notified and not _cooling(lc, now) and all(
                     t <= now - st.flap_window_s for t in lc.changes):
                 del self.alerts[key]  # nothing left to remember (bounded memory)
             elif (wall_clocked or event_now is not None) and self._settle(lc, now, quiet=True):
@@ -522,6 +585,10 @@ class AlertManager:
         self.alerts = {k: Lifecycle.from_dict(v) for k, v in data.get("alerts", {}).items()}
         self._groups = {k: (str(v[0]), float(v[1]), float(v[2]))
                         for k, v in data.get("groups", {}).items()}
+
+
+def _cooling(lc: Lifecycle, now: float) -> bool:
+    return lc.cooldown_until is not None and now < lc.cooldown_until
 
 
 def _own_rule(s: Signal) -> bool:

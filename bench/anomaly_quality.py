@@ -7,15 +7,17 @@ bursts, 2 or 3 per series, after the second day; fixed seeds), three
 detectors:
 
 - ``sentinelle``: :class:`detectors.anomaly.MetricAnomalyDetector` with its
-  default parameters, fed each series whole through ``update`` (its alerts are
-  the active signals that start an alert);
+  default parameters, fed each series whole through ``update``, its signals
+  through the alert manager (:class:`alerting.manager.AlertManager`, whose
+  ``metric_anomaly`` class rule makes its alerts);
 - ``rolling z>4``: ``|x - mean| / sd`` over the trailing day (288 points,
   the current point excluded) above 4;
 - ``static ±4sd``: outside mean ± 4 sd of the warm-up points.
 
-The baselines' per-point flags go through the same :class:`detectors.anomaly.
-AlertPolicy` as Sentinelle's (its warm-up, cooldown and resolve delay), so
-every detector's alerts are counted alike. Scoring, NAB-like: an anomaly is
+The baselines' per-point flags, after the same warm-up, go through the same
+alert manager as Sentinelle's signals (its ``metric_anomaly`` rule: keep firing
+30 min after the last anomalous point, at most one alert an hour), so every
+detector's alerts are counted alike. Scoring, NAB-like: an anomaly is
 *detected* when an alert starts inside its window (from its first point to
 the end of the window ``bench/_series.py`` gives each kind); an alert outside
 every window is a *false positive*. Reported per detector: precision (alerts in
@@ -25,7 +27,8 @@ its window), false positives per series-day (after the warm-up), a NAB-like
 score (NAB's standard profile: a detection earns its scaled sigmoid, 1 at the
 window's start and 0 at its end, a miss costs 1, a false positive 0.11;
 normalised so that detecting nothing is 0 and detecting everything at once is
-100), and the time per point; then recall per anomaly kind, and detections and
+100), and the time per point (the detector alone, without the alert manager); then
+recall per anomaly kind, and detections and
 false positives per profile.
 
 Run it::
@@ -53,13 +56,15 @@ from dataclasses import dataclass, field
 import _series as syn
 import numpy as np
 
-from detectors.anomaly import AlertPolicy, MetricAnomalyDetector
+from alerting.manager import AlertManager, ManagerSettings
+from detectors.anomaly import MetricAnomalyDetector
+from detectors.base import Signal
 
 T0 = time.perf_counter()
-DEFAULTS = MetricAnomalyDetector("bench", "x")
-WARMUP = DEFAULTS.policy.warmup_points
-COOLDOWN_S = DEFAULTS.policy.cooldown_s
-RESOLVE_S = DEFAULTS.policy.resolve_after_s
+WARMUP = MetricAnomalyDetector("bench", "x").warmup_points
+RULE = ManagerSettings().per_class["metric_anomaly"]
+COOLDOWN_S = RULE.cooldown_s
+RESOLVE_S = RULE.keep_firing_for_s
 ROLLING_WINDOW = 288   # the rolling z-score's trailing window (a day at 5 min)
 ROLLING_Z = 4.0
 STATIC_K = 4.0
@@ -80,30 +85,32 @@ class Outcome:
     points: int = 0
 
 
-def apply_policy(ts: np.ndarray, flags: np.ndarray) -> tuple[list[float], list[int]]:
-    """Triggers of per-point anomaly flags under the detector's own alert policy."""
-    pol = AlertPolicy(WARMUP, COOLDOWN_S, RESOLVE_S)
+def triggers(ts: np.ndarray, signals: list[Signal]) -> tuple[list[float], list[int]]:
+    """The alerts (trigger times, and indices) the alert manager makes of ``signals``."""
+    manager = AlertManager()
     times, idx = [], []
-    for i, (t, f) in enumerate(zip(ts.tolist(), flags.tolist(), strict=True)):
-        if pol.step(t, bool(f)) == "trigger":
-            times.append(t)
-            idx.append(i)
+    for sig in signals:
+        if any(e["event_action"] == "trigger" for e in manager.process([sig])):
+            times.append(sig.timestamp)
+            idx.append(int(np.searchsorted(ts, sig.timestamp)))
     return times, idx
+
+
+def apply_policy(ts: np.ndarray, flags: np.ndarray) -> tuple[list[float], list[int]]:
+    """Triggers of per-point anomaly flags: after the warm-up, through the alert manager."""
+    signals = [Signal("metric_anomaly", "metric_anomaly:bench:x", bool(f), "warning", "", t,
+                      "bench") for t, f in zip(ts.tolist()[WARMUP:], flags.tolist()[WARMUP:],
+                                               strict=True)]
+    return triggers(ts, signals)
 
 
 def run_sentinelle(s: syn.Series) -> Outcome:
     det = MetricAnomalyDetector(s.profile, s.name)
     t = time.perf_counter()
-    signals = det.update(s.ts, s.values)
+    signals = det.update({"ts": s.ts, "value": s.values})
     seconds = time.perf_counter() - t
-    out = Outcome(seconds=seconds, points=s.ts.size)
-    active = False
-    for sig in signals:
-        if sig.active and not active:
-            out.alerts.append(sig.timestamp)
-            out.alert_index.append(int(np.searchsorted(s.ts, sig.timestamp)))
-        active = sig.active
-    return out
+    alerts, idx = triggers(s.ts, signals)
+    return Outcome(alerts, idx, seconds=seconds, points=s.ts.size)
 
 
 def run_rolling_z(s: syn.Series) -> Outcome:
@@ -120,8 +127,9 @@ def run_rolling_z(s: syn.Series) -> Outcome:
         var = (c2[i] - c2[lo]) / cnt - mean ** 2
         z = np.abs(x - mean) / np.sqrt(np.maximum(var, 1e-12))
     flags = (cnt >= 30) & (z > ROLLING_Z)
+    seconds = time.perf_counter() - t
     alerts, idx = apply_policy(s.ts, flags)
-    return Outcome(alerts, idx, time.perf_counter() - t, x.size)
+    return Outcome(alerts, idx, seconds, x.size)
 
 
 def run_static(s: syn.Series) -> Outcome:
@@ -129,8 +137,9 @@ def run_static(s: syn.Series) -> Outcome:
     x = s.values
     mu, sd = float(np.mean(x[:WARMUP])), float(np.std(x[:WARMUP]))
     flags = np.abs(x - mu) > STATIC_K * max(sd, 1e-12)
+    seconds = time.perf_counter() - t
     alerts, idx = apply_policy(s.ts, flags)
-    return Outcome(alerts, idx, time.perf_counter() - t, x.size)
+    return Outcome(alerts, idx, seconds, x.size)
 
 
 DETECTORS: dict[str, Callable[[syn.Series], Outcome]] = {

@@ -151,7 +151,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from detectors.base import Signal
+from detectors.base import Batch, Signal
 from detectors.drift import DriftDetector
 from detectors.profile import FeatureBins, build_profile, category_key
 from detectors.skew import SkewDetector
@@ -221,8 +221,17 @@ def arm_events(kind: str, skew: SkewSettings, baseline_factor: int) -> int:
 def make_detector(kind: str, fr: FeatureRef, baseline_factor: int
                   ) -> SkewDetector | DriftDetector:
     if kind == "skew":
-        return SkewDetector("bench", "v1", fr.bins, fr.skew)
-    return DriftDetector("bench", "v1", fr.bins, fr.drift, baseline_factor=baseline_factor)
+        return SkewDetector("bench", "v1", fr.bins.name, bins=fr.bins, calibration=fr.skew)
+    return DriftDetector("bench", "v1", fr.bins.name, bins=fr.bins, calibration=fr.drift,
+                         baseline_factor=baseline_factor)
+
+
+def batch(idx: np.ndarray, ts: np.ndarray, values: np.ndarray | None) -> Batch:
+    """The detectors' batch: bin indices, times and (numeric features) the raw values."""
+    out: Batch = {"ts": ts, "bin": idx}
+    if values is not None:
+        out["value"] = values
+    return out
 
 
 def bin_values(feat: syn.Feature, bins: FeatureBins, x: np.ndarray) -> np.ndarray:
@@ -273,7 +282,7 @@ def stationary_sentinelle(refs: dict[str, Reference], n: int, skew: SkewSettings
             ts = np.arange(start, start + m, dtype=float)
             values = x if bins.kind == "numeric" else None
             for key, det in dets.items():
-                counts[key].add(det.update(idx, ts, values))
+                counts[key].add(det.update(batch(idx, ts, values)))
         for (c, k), count in counts.items():
             count.events = max(0, n - arm_events(k, skew, bf))
             out[(c, k, feat.name)] = count
@@ -316,7 +325,8 @@ def _delay_run(refs: dict[str, Reference], feat: syn.Feature, bins: FeatureBins,
     for start in range(0, x.size, FEED):
         sl = slice(start, start + FEED)
         for c in list(pending):
-            for s in dets[c].update(idx[sl], ts[sl], None if values is None else values[sl]):
+            for s in dets[c].update(batch(idx[sl], ts[sl],
+                                          None if values is None else values[sl])):
                 if s.active:
                     at = int(s.timestamp)
                     res[c] = -1 if at < change else at - change + 1
@@ -339,14 +349,14 @@ def speed_sentinelle(refs: dict[str, Reference], n: int, skew: SkewSettings,
             det = make_detector(kind, fr, bf)
             x = feat.draw(syn.rng_for(5, fi), arm + n)
             numeric = fr.bins.kind == "numeric"
-            det.update(bin_values(feat, fr.bins, x[:arm]), np.arange(arm, dtype=float),
-                       x[:arm] if numeric else None)
+            det.update(batch(bin_values(feat, fr.bins, x[:arm]), np.arange(arm, dtype=float),
+                             x[:arm] if numeric else None))
             ts = np.arange(x.size, dtype=float)
             t0 = time.perf_counter()
             for start in range(arm, x.size, FEED):
                 xs = x[start:start + FEED]
-                det.update(bin_values(feat, fr.bins, xs), ts[start:start + FEED],
-                           xs if numeric else None)
+                det.update(batch(bin_values(feat, fr.bins, xs), ts[start:start + FEED],
+                                 xs if numeric else None))
             secs += time.perf_counter() - t0
             total += n
         out[kind] = (total, secs)

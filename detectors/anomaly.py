@@ -35,7 +35,7 @@ points in time order. Per point, in this order:
      the recent points: the detector re-adapts instead of alerting for hours;
    - ``volatility``: the mean of ``min(|z|, 4)`` over the last 12 points: noise
      growing (erratic behaviour before a failure).
-4. **Calibration** (:class:`TailCalibrator`, the "anomaly likelihood"): raw
+4. **Calibration** (:class:`~detectors.tail.TailCalibrator`, the "anomaly likelihood"): raw
    scores are not comparable across series, so each score's tail probability
    is learned from its own last week (2016 scores): a generalised Pareto tail
    over its 95th percentile, fitted to declustered, winsorised exceedances,
@@ -43,42 +43,48 @@ points in time order. Per point, in this order:
    p)`` (Bonferroni over the three scores), and a point is anomalous when it
    reaches ``threshold``. When the seasonal profile first comes into use the
    calibrators start over, as soon as they have a season of new scores.
-5. **Alert policy** (:class:`AlertPolicy`): no alert during ``warmup_points``;
-   a trigger opens an alert; further anomalous points re-affirm it (active
-   signals, which the alert manager dedups); it resolves once no point was
-   anomalous for ``resolve_after_s``; at most one trigger per ``cooldown_s``.
+5. **Signals**: none during ``warmup_points``; then one per point, active
+   when the point is anomalous. Turning them into alerts is the alert
+   manager's, as for every detector: its ``metric_anomaly`` class rule
+   (``alerts.per_class.metric_anomaly``, :class:`alerting.manager.ClassRule`)
+   opens an alert on an anomalous point, keeps it open while anomalous points
+   come back within ``keep_firing_for_s`` (each re-affirms it), resolves it at
+   the first normal point ``keep_firing_for_s`` after the last anomalous one,
+   and opens at most one alert per ``cooldown_s``.
 
 Why the defaults: ``threshold`` 0.9999 is one false alert per 10,000 points if
 the calibration held exactly, about one a month at 5 min (the calibration is
 only as good as a week of history, so expect several times more: ``bench/
 anomaly_quality.py`` measures about 0.05 a day). ``warmup_points`` 576 is two
 days at 5 min: the seasonal profile is weighed from its second day on, and
-the tail fits need a few hundred scores. ``cooldown_s`` one hour: one incident,
-one page. ``resolve_after_s`` 30 min: a series back to normal for half an hour
-(six points at 5 min) is over it; shorter makes an alert flap on an excursion
-that dips back into range for a point or two.
+the tail fits need a few hundred scores. The manager's rule: ``cooldown_s``
+one hour: one incident, one page; ``keep_firing_for_s`` 30 min: a series back
+to normal for half an hour (six points at 5 min) is over it; shorter makes an
+alert flap on an excursion that dips back into range for a point or two.
 
 Cost: about 60 µs per point in CPython (most in the River windows and the
 per-point bookkeeping; tail refits are amortised), O(1) per point, memory and
 checkpoint bounded: about 6,000 scores of calibration history plus 288 x 5
 seasonal values, about 80 KB of JSON per series. Deterministic: nothing is
-random (``seed`` is accepted for the interface and kept). No pickle: the River
-windows are rebuilt from their values, which the checkpoint holds.
+random, the detector is a function of its input. No pickle: the River windows
+are rebuilt from their values, which the checkpoint holds.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from river import stats
 
-from detectors.base import Signal
+from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
+from detectors.tail import TailCalibrator
 
-__all__ = ["AlertPolicy", "MetricAnomalyDetector", "TailCalibrator"]
+__all__ = ["MetricAnomalyDetector"]
 
 MAX_BINS = 288          # time-of-day bins per season at most (5 min bins for a day)
 DT_SAMPLES = 32         # sampling intervals looked at before the interval is fixed
@@ -93,205 +99,15 @@ NOISE_POWERS = (0.0, 0.5, 1.0)  # noise ~ level ** power: additive, Poisson-like
 LL_CAP = 20.0           # a point's contribution to the noise models' likelihoods is capped
 CLIP = 4.0              # updates of means and scales are clipped at CLIP scales (robust)
 Z_CAP = 4.0             # |z| clipped at this in the volatility score
-HISTORY = 2016          # raw scores kept per calibrator (a week at 5 min)
-REFIT_EVERY = 32        # points between two fits of a tail
-TAIL_SHARE = 0.05       # the tail model covers the top 5 % of a score's history
+REFIT_EVERY = 32        # points between two weighings of the seasonal profile
 START_POINTS = 24       # scores are not learned before the scale has settled
-WINSOR = 0.005          # the top 0.5 % of a history is winsorised when fitting its tail
-RUN_POINTS = 3          # exceedances closer than this are one cluster (declustering)
-FRESH = 288
-MIN_HISTORY = 100       # scores before a calibrator gives probabilities < 1
+FRESH = 288             # scores a calibrator waits for after the profile comes into use
 SCORES = ("point", "shift", "volatility")
 MIN_BINS = 4            # fewer points per season than this: no seasonal profile
 IQR_SD = 1.349          # interquartile range of a normal, in standard deviations
 DECIDE_POINTS = 288     # points seen before the transform is chosen (a day at 5 min)
 DECIDE_MARGIN = 0.25    # spread-vs-level slope must be above this by 2 standard errors
 SQRT_PI_2 = math.sqrt(math.pi / 2)
-
-
-class TailCalibrator:
-    """``P(S >= s)`` for one raw score ``S``, learned from the score's own recent history.
-
-    The tail above the history's ``1 - tail_share`` quantile ``u`` is peaks over
-    threshold with runs declustering (Coles, *An Introduction to Statistical
-    Modeling of Extreme Values*, 2001, ch. 5): exceedances less than
-    ``run`` points apart form one cluster, and only each cluster's maximum is
-    kept. An anomaly (a dozen high scores in a row) then weighs as one
-    exceedance, while a heavy-tailed noise (isolated high scores) keeps them
-    all; and the probability is per cluster, which is what an alert policy with
-    a cooldown turns into alerts. The cluster maxima's excesses over ``u`` are
-    fitted a generalised Pareto distribution by probability-weighted moments
-    (Hosking & Wallis, 1987), which lets a week of history speak about 1e-5;
-    the shape is kept in [0, 0.5]: never a bounded tail (overconfident), never
-    so heavy that the moments break down. Below ``u`` the probability is
-    interpolated between empirical quantiles (for display only).
-
-    >>> import numpy as np
-    >>> cal = TailCalibrator()
-    >>> for s in np.abs(np.random.default_rng(0).normal(size=2000)):
-    ...     cal.learn(float(s))
-    >>> 0.001 < cal.tail(3.0) < 0.01        # 2-sided normal: 0.0027
-    True
-    >>> cal.tail(10.0) < 1e-6
-    True
-    """
-
-    LEVELS = (0.0, 0.5, 0.75, 0.9)
-
-    def __init__(self, history: int = HISTORY, refit_every: int = REFIT_EVERY,
-                 tail_share: float = TAIL_SHARE, min_history: int = MIN_HISTORY,
-                 run: int = RUN_POINTS) -> None:
-        self.history_size = history
-        self.refit_every = refit_every
-        self.tail_share = tail_share
-        self.min_history = min_history
-        self.run = run
-        self._buf = np.zeros(history)
-        self._n = 0          # scores learned (the ring's write position is _n % history)
-        self._since: int | None = None   # scores learned since forget()
-        self._fresh = 0
-        self._fit: list[float] | None = None  # quantiles at LEVELS, u, share, xi, sigma
-
-    def tail(self, s: float) -> float:
-        fit = self._fit
-        if fit is None:
-            return 1.0
-        qs, (u, share, xi, sigma) = fit[:-4], fit[-4:]
-        if s > u:
-            y = (s - u) / sigma
-            surv = math.exp(-y) if xi < 1e-6 else (1.0 + xi * y) ** (-1.0 / xi)
-            return share * surv
-        levels = (*self.LEVELS, 1.0 - share)
-        pts = (*qs, u)
-        if s <= pts[0]:
-            return 1.0
-        for i in range(1, len(pts)):
-            if s <= pts[i]:
-                lo, hi = pts[i - 1], pts[i]
-                f = levels[i - 1] + (levels[i] - levels[i - 1]) * ((s - lo) / (hi - lo)
-                                                                   if hi > lo else 1.0)
-                return 1.0 - f
-        return share
-
-    def inverse(self, p: float) -> float:
-        """The score whose tail probability is ``p`` (for ``p`` in the tail)."""
-        if self._fit is None:
-            return math.inf
-        u, share, xi, sigma = self._fit[-4:]
-        r = min(p, share) / share
-        y = -math.log(r) if xi < 1e-6 else (r ** (-xi) - 1.0) / xi
-        return u + sigma * y
-
-    def forget(self, fresh: int) -> None:
-        """Fit on the scores learned from now on, once there are ``fresh`` of them."""
-        self._since, self._fresh = 0, fresh
-
-    def learn(self, s: float) -> None:
-        """Remember ``s``; refit the tail every ``refit_every`` scores."""
-        self._buf[self._n % self.history_size] = round(min(s, 1e9), 3)
-        self._n += 1
-        if self._since is not None:
-            self._since += 1
-        if self._n >= self.min_history and (self._n == self.min_history or
-                                             self._n % self.refit_every == 0):
-            self._refit()
-
-    def _history(self) -> np.ndarray:
-        """The scores the fit uses, oldest first."""
-        k = min(self._n, self.history_size)
-        if self._since is not None and self._since >= self._fresh:
-            k = min(self._since, k)
-        return self._buf[np.arange(self._n - k, self._n) % self.history_size]
-
-    def _refit(self) -> None:
-        h = self._history()
-        qs = np.quantile(h, (*self.LEVELS, 1.0 - self.tail_share, 1.0 - WINSOR))
-        u, top = float(qs[-2]), float(qs[-1])
-        qs = qs[:-1]
-        idx = np.flatnonzero(h > u)
-        if idx.size == 0:
-            self._fit = [*(float(q) for q in qs[:-1]), u, 1.0 / h.size, 0.0, 1e-3]
-            return
-        starts = np.flatnonzero(np.diff(idx, prepend=-self.run - 1) > self.run)
-        # winsorised: the few largest (often anomalies themselves) count as "at least top"
-        y = np.sort(np.minimum(np.maximum.reduceat(h[idx], starts), top) - u)
-        n = y.size
-        if n >= 10:
-            a0 = float(y.mean())
-            a1 = float(np.mean(y * (1.0 - (np.arange(1, n + 1) - 0.35) / n)))
-            xi = 2.0 - a0 / (a0 - 2.0 * a1) if a0 > 2.0 * a1 else 0.5
-            xi = min(max(xi, 0.0), 0.5)
-            sigma = a0 * (1.0 - xi)   # the mean excess of a GPD is sigma / (1 - xi)
-        else:
-            xi, sigma = 0.0, float(y.mean())
-        self._fit = [*(float(q) for q in qs[:-1]), u, n / h.size, xi, max(sigma, 1e-3)]
-
-    def to_dict(self) -> dict[str, Any]:
-        k = min(self._n, self.history_size)
-        return {"n": self._n, "since": self._since, "fresh": self._fresh, "fit": self._fit,
-                "history": self._buf[np.arange(self._n - k, self._n) % self.history_size]
-                .tolist()}
-
-    def load_dict(self, data: dict[str, Any]) -> None:
-        self._n, self._since, self._fresh = int(data["n"]), data["since"], int(data["fresh"])
-        hist = np.asarray(data["history"], dtype=float)
-        self._buf = np.zeros(self.history_size)
-        self._buf[np.arange(self._n - hist.size, self._n) % self.history_size] = hist
-        self._fit = None if data["fit"] is None else [float(v) for v in data["fit"]]
-
-
-class AlertPolicy:
-    """Turns "this point is anomalous" into triggers and resolves.
-
-    No alert during the first ``warmup_points``; a trigger at most every
-    ``cooldown_s`` of event time; a trigger's alert resolves once no point was
-    anomalous for ``resolve_after_s``.
-
-    >>> pol = AlertPolicy(warmup_points=2, cooldown_s=100, resolve_after_s=10)
-    >>> [pol.step(t, a) for t, a in [(0, True), (1, False), (2, True), (3, True), (20, False),
-    ...                              (50, True), (150, True), (151, False), (170, False)]]
-    [None, None, 'trigger', 'active', 'resolve', None, 'trigger', None, 'resolve']
-    """
-
-    def __init__(self, warmup_points: int, cooldown_s: float, resolve_after_s: float) -> None:
-        self.warmup_points = warmup_points
-        self.cooldown_s = cooldown_s
-        self.resolve_after_s = resolve_after_s
-        self.n = 0
-        self.active = False
-        self.last_trigger: float | None = None
-        self.last_anomalous: float | None = None
-
-    @property
-    def armed(self) -> bool:
-        return self.n > self.warmup_points
-
-    def step(self, ts: float, anomalous: bool) -> str | None:
-        """``trigger``, ``active`` (anomalous again while active), ``resolve`` or None."""
-        self.n += 1
-        if not self.armed:
-            return None
-        if anomalous:
-            self.last_anomalous = ts
-            if self.active:
-                return "active"
-            if self.last_trigger is None or ts - self.last_trigger >= self.cooldown_s:
-                self.active, self.last_trigger = True, ts
-                return "trigger"
-            return None
-        if self.active and self.last_anomalous is not None and \
-                ts - self.last_anomalous >= self.resolve_after_s:
-            self.active = False
-            return "resolve"
-        return None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "active": self.active, "last_trigger": self.last_trigger,
-                "last_anomalous": self.last_anomalous}
-
-    def load_dict(self, data: dict[str, Any]) -> None:
-        self.n, self.active = int(data["n"]), bool(data["active"])
-        self.last_trigger, self.last_anomalous = data["last_trigger"], data["last_anomalous"]
 
 
 class _Rolling:
@@ -575,61 +391,95 @@ def _inverse(transform: str, y: float) -> float:
 class MetricAnomalyDetector:
     """Online anomaly detector of one ``ml.metrics`` series (see the module's docstring).
 
-    >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
-    >>> ts = 1_700_006_400.0 + 300.0 * np.arange(4 * 288)      # four days, every 5 min
-    >>> cpu = 40 + 15 * np.sin(2 * np.pi * ts / 86400) + rng.normal(0, 2, ts.size)
-    >>> cpu[3 * 288 + 100] = 97.0                                 # a spike on day 4
-    >>> det = MetricAnomalyDetector("fraud-scorer/api", "cpu_utilization")
-    >>> for s in det.update(ts, cpu)[-2:]:
-    ...     print(f"day {(s.timestamp - ts[0]) / 86400:.2f}:", s.summary.split(" ", 2)[2])
-    day 3.35: = 97 outside expected 38.01–68.1 (anomaly probability 1.00000)
-    day 3.37: back to normal: 50.43 (expected 34.98–65.33)
+    After the warm-up every point gets a signal, active when the point is
+    anomalous: the alert manager turns them into one trigger per incident and
+    a resolve once the series has been back to normal long enough (its
+    ``metric_anomaly`` class rule: ``keep_firing_for_s`` 30 min, ``cooldown_s``
+    1 h; :class:`alerting.manager.ClassRule`).
 
     Parameters
     ----------
     source, metric
         The series.
     warmup_points
-        No alert before this many points.
+        No signal before this many points.
     threshold
-        Alert when the calibrated anomaly probability is at least this.
+        A point is anomalous when its calibrated anomaly probability is at least this.
     season_s
         The seasonal period.
-    cooldown_s
-        At most one trigger per this much event time.
-    resolve_after_s
-        An alert resolves once the series has been normal this long.
     severity
         Of the alerts.
-    seed
-        Kept for the interface: nothing here is random, the detector is a
-        deterministic function of its input.
+
+    Examples
+    --------
+    Four days of CPU utilisation with a daily cycle, every 5 minutes, and a
+    spike on day 4.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> ts = 1_700_006_400.0 + 300.0 * np.arange(4 * 288)      # four days, every 5 min
+    >>> cpu = 40 + 15 * np.sin(2 * np.pi * ts / 86400) + rng.normal(0, 2, ts.size)
+    >>> cpu[3 * 288 + 100] = 97.0                                 # a spike on day 4
+    >>> det = MetricAnomalyDetector("fraud-scorer/api", "cpu_utilization")
+    >>> signals = det.update({"ts": ts, "value": cpu})
+    >>> len(signals), ts.size - det.warmup_points                 # one per point after warm-up
+    (576, 576)
+    >>> for s in signals:
+    ...     if s.active:
+    ...         i = int((s.timestamp - ts[0]) // 300)
+    ...         print(f"point {i} (day {i / 288:.2f}):", s.summary.split(" ", 2)[2])
+    point 773 (day 2.68): = 28.29 outside expected 10.85–39.48 (anomaly probability 0.99995)
+    point 774 (day 2.69): = 25.44 outside expected 12.07–40.76 (anomaly probability 0.99994)
+    point 775 (day 2.69): = 23.59 outside expected 10.57–39.21 (anomaly probability 0.99991)
+    point 778 (day 2.70): = 23.61 outside expected 12.88–41.5 (anomaly probability 0.99994)
+    point 779 (day 2.70): = 30.54 outside expected 12.88–41.59 (anomaly probability 0.99997)
+    point 964 (day 3.35): = 97 outside expected 38.01–68.1 (anomaly probability 1.00000)
+
+    Through the alert manager (its ``metric_anomaly`` rule), the dip of day 2.68
+    is one alert, re-affirmed by its later points, and the spike another one:
+
+    >>> from alerting.manager import AlertManager
+    >>> for e in AlertManager().process(signals):
+    ...     print(e["event_action"], e["payload"]["timestamp"])
+    trigger 2023-11-17T16:25:00.000Z
+    resolve 2023-11-17T17:25:00.000Z
+    trigger 2023-11-18T08:20:00.000Z
+    resolve 2023-11-18T08:50:00.000Z
     """
+
+    inputs = ("ts", "value")
 
     def __init__(self, source: str, metric: str, *, warmup_points: int = 576,
                  threshold: float = 0.9999, season_s: float = 86400.0,
-                 cooldown_s: float = 3600.0, resolve_after_s: float = 1800.0,
-                 severity: Severity = "warning", seed: int = 0) -> None:
+                 severity: Severity = "warning") -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError("threshold must be in (0, 1)")
-        if season_s <= 0 or cooldown_s < 0 or resolve_after_s < 0 or warmup_points < 0:
-            raise ValueError("season_s must be > 0; warmup, cooldown and resolve >= 0")
+        if not (season_s > 0 and warmup_points >= 0):
+            raise ValueError("season_s must be > 0 and warmup_points >= 0")
+        check_severity(severity)
         self.source, self.metric = source, metric
+        self.warmup_points = warmup_points
         self.threshold = threshold
         self.season_s = season_s
         self.severity = severity
-        self.seed = seed
-        self.policy = AlertPolicy(warmup_points, cooldown_s, resolve_after_s)
+        self._key = dedup_key("metric_anomaly", source, None, "stable", metric)
+        self._name = f"{source} {metric}"
+        self._n = 0                          # finite points seen (the warm-up's count)
         self._p_alert = (1.0 - threshold) / len(SCORES)  # per score (Bonferroni)
         self._model = _Model(season_s, self._p_alert)
         self._transform: str | None = None   # None until DECIDE_POINTS points are seen
         self._floor = 0.0                    # log's floor
         self._buffer: list[tuple[float, float]] = []
 
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {"source": "svc", "metric": "cpu", "warmup_points": 300}
+        yield {"source": "svc", "metric": "latency_ms", "warmup_points": 400,
+               "threshold": 0.99995, "season_s": 86400.0, "severity": "error"}
+
     @property
     def key(self) -> str:
-        return dedup_key("metric_anomaly", self.source, None, "stable", self.metric)
+        return self._key
 
     @property
     def transform(self) -> str | None:
@@ -637,6 +487,7 @@ class MetricAnomalyDetector:
         return self._transform
 
     def _fold(self, ts: float, x: float) -> tuple[float, dict[str, Any] | None]:
+        self._n += 1
         if self._transform is None:
             self._buffer.append((ts, x))
             out = self._model.fold(ts, x)
@@ -668,59 +519,56 @@ class MetricAnomalyDetector:
             for t, x in buffer:
                 self._model.fold(t, _forward(self._transform, x, self._floor))
 
-    def score(self, ts: float, value: float) -> float:
-        """Fold one point in (as :meth:`update` does); its calibrated anomaly probability."""
-        prob, details = self._fold(float(ts), float(value))
-        self.policy.step(float(ts), details is not None and details["anomalous"])
-        return prob
-
     def score_batch(self, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """:meth:`score` of each point, in order."""
-        return np.array([self.score(t, v) for t, v in
+        """Fold points in (as :meth:`update` does); each one's calibrated anomaly
+        probability."""
+        return np.array([self._fold(t, v)[0] for t, v in
                          zip(np.asarray(ts, dtype=float).tolist(),
                              np.asarray(values, dtype=float).tolist(), strict=True)])
 
-    def update(self, ts: np.ndarray, values: np.ndarray) -> list[Signal]:
-        """Fold points in (in time order); the alert's triggers, re-affirmations and resolve."""
+    def update(self, batch: Batch) -> list[Signal]:
+        """Fold points in (in time order; non-finite ones are skipped); after the warm-up,
+        a signal per point, active when it is anomalous."""
         out: list[Signal] = []
-        for t, v in zip(np.asarray(ts, dtype=float).tolist(),
-                        np.asarray(values, dtype=float).tolist(), strict=True):
+        for t, v in zip(np.asarray(batch["ts"], dtype=float).tolist(),
+                        np.asarray(batch["value"], dtype=float).tolist(), strict=True):
             if not math.isfinite(v) or not math.isfinite(t):
                 continue
             prob, details = self._fold(t, v)
-            change = self.policy.step(t, details is not None and details["anomalous"])
-            if change is not None and details is not None:
-                out.append(self._signal(t, v, prob, details, change != "resolve"))
+            if self._n > self.warmup_points and details is not None:
+                out.append(self._signal(t, v, prob, details))
         return out
 
-    def _signal(self, ts: float, value: float, prob: float, det: dict[str, Any],
-                active: bool) -> Signal:
+    def _signal(self, ts: float, value: float, prob: float, det: dict[str, Any]) -> Signal:
+        # once per point after the warm-up: kept lean (positional Signal, no helpers)
+        active = det["anomalous"]
         tr = self._transform or "identity"
         f, half = det["expected"], det["half"]
-        lo, hi = _inverse(tr, f - half), _inverse(tr, f + half)
-        name = f"{self.source} {self.metric}"
+        if tr == "identity":
+            lo, hi = f - half, f + half
+        else:
+            lo, hi = _inverse(tr, f - half), _inverse(tr, f + half)
+        name = self._name
         summary = (f"{name} = {value:.4g} outside expected {lo:.4g}–{hi:.4g} "
                    f"(anomaly probability {prob:.5f})" if active else
                    f"{name} back to normal: {value:.4g} (expected {lo:.4g}–{hi:.4g})")
         return Signal(
-            check="metric_anomaly", key=self.key, active=active, severity=self.severity,
-            summary=summary, timestamp=ts, model=self.source, version=None,
-            details={"metric": self.metric, "value": value,
-                     "expected": {"low": lo, "high": hi},
-                     "score": round(det["raw"][det["worst"]], 4),
-                     "probability": prob, "probability_threshold": self.threshold,
-                     "statistic": "anomaly_likelihood", "detected_by": det["worst"],
-                     "transform": tr})
+            "metric_anomaly", self._key, active, self.severity, summary, ts, self.source, None,
+            {"metric": self.metric, "value": value, "expected": {"low": lo, "high": hi},
+             "score": round(det["raw"][det["worst"]], 4), "probability": prob,
+             "probability_threshold": self.threshold, "statistic": "anomaly_likelihood",
+             "detected_by": det["worst"], "transform": tr})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"transform": self._transform, "floor": self._floor,
-                "buffer": [list(p) for p in self._buffer], "model": self._model.to_dict(),
-                "policy": self.policy.to_dict()}
+        return {"n": self._n, "transform": self._transform, "floor": self._floor,
+                "buffer": [list(p) for p in self._buffer], "model": self._model.to_dict()}
 
     def load_dict(self, data: dict[str, Any]) -> None:
+        # a checkpoint from before the alert policy moved to the alert manager kept the
+        # count in the policy's state
+        self._n = int(data["n"] if "n" in data else data["policy"]["n"])
         self._transform, self._floor = data["transform"], float(data["floor"])
         self._buffer = [(float(t), float(x)) for t, x in data["buffer"]]
         powers = NOISE_POWERS if self._transform in (None, "identity") else (0.0,)
         self._model = _Model(self.season_s, self._p_alert, powers=powers)
         self._model.load_dict(data["model"])
-        self.policy.load_dict(data["policy"])

@@ -25,16 +25,17 @@ way and reported as ``prediction_drift``.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from river import drift as river_drift
 
-from detectors.base import Signal
+from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
 from detectors.distance import js_distance
 from detectors.profile import FeatureBins
-from detectors.skew import Calibration, ChunkCounter
+from detectors.skew import Calibration, ChunkCounter, _test_bins, calibrate
 
 __all__ = ["DriftDetector"]
 
@@ -46,29 +47,61 @@ class DriftDetector:
 
     Parameters
     ----------
-    model, version, cohort
-        The series.
+    model, version, feature
+        The series: a model version's feature; ``prediction`` is reported as
+        ``prediction_drift``, any other feature as ``feature_drift``.
+    cohort
+        ``stable`` or ``canary``.
     bins
-        Bins to compare on (the feature's reference bins).
+        Bins to compare on (the feature's reference bins, named ``feature``).
     calibration
         From :func:`detectors.skew.calibrate` with ``baseline=baseline_factor * window``.
     baseline_factor
         Baseline length in recent windows.
-    check
-        ``feature_drift`` or ``prediction_drift``.
+    severity
+        Of the alert.
+
+    Examples
+    --------
+    A feature whose mean creeps up by one standard deviation over 250,000
+    values, after 50,000 stable ones: too slow for the two-window test (the
+    baseline follows it), not for ADWIN.
+
+    >>> import numpy as np
+    >>> from detectors.profile import FeatureBins
+    >>> from detectors.skew import calibrate
+    >>> rng = np.random.default_rng(42)
+    >>> train = rng.normal(size=50_000)
+    >>> edges = np.quantile(train, np.linspace(0, 1, 21))
+    >>> bins = FeatureBins.from_profile("amount", {"type": "numeric", "bins": edges.tolist(),
+    ...                                 "counts": np.histogram(train, edges)[0].tolist()})
+    >>> cal = calibrate(bins.reference, 2000, 500, 6.048e7, baseline=8000)
+    >>> det = DriftDetector("fraud-scorer", "v7", "amount", bins=bins, calibration=cal)
+    >>> x = rng.normal(size=300_000) + np.concatenate([np.zeros(50_000),
+    ...                                                np.linspace(0, 1, 250_000)])
+    >>> signals = det.update({"ts": np.arange(x.size, dtype=float), "bin": bins.bin_numeric(x),
+    ...                       "value": x})
+    >>> first = next(s for s in signals if s.active)
+    >>> print(f"Drift detected at value {first.timestamp:.0f} by {first.details['detected_by']}")
+    Drift detected at value 143999 by adwin
     """
 
-    def __init__(self, model: str, version: str, bins: FeatureBins, calibration: Calibration,
-                 baseline_factor: int = 4, cohort: str = "stable",
-                 check: str = "feature_drift", severity: Severity = "warning") -> None:
-        if baseline_factor < 1:
+    inputs = ("ts", "bin")
+
+    def __init__(self, model: str, version: str, feature: str, *, cohort: str = "stable",
+                 bins: FeatureBins, calibration: Calibration, baseline_factor: int = 4,
+                 severity: Severity = "warning") -> None:
+        if bins.name != feature:
+            raise ValueError(f"bins of {bins.name!r} given for feature {feature!r}")
+        if not baseline_factor >= 1:
             raise ValueError("baseline_factor must be >= 1")
-        self.model, self.version, self.cohort = model, version, cohort
+        check_severity(severity)
+        self.model, self.version, self.feature, self.cohort = model, version, feature, cohort
         self.bins = bins
         self.calibration = calibration
         self.baseline_factor = baseline_factor
-        self.check = check
         self.severity = severity
+        self.check = "prediction_drift" if feature == "prediction" else "feature_drift"
         self._recent_chunks = calibration.window // calibration.hop
         self._capacity = self._recent_chunks * (1 + baseline_factor)
         self._chunks: deque[np.ndarray] = deque()
@@ -78,18 +111,29 @@ class DriftDetector:
         self._hold = 0  # chunks an ADWIN detection stays active
         self._adwin_at: float | None = None
 
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        for bins in (_test_bins("numeric"), _test_bins("categorical", "prediction")):
+            yield {"model": "m", "version": "v1", "feature": bins.name, "bins": bins,
+                   "calibration": calibrate(bins.reference, 400, 100, 1e6, baseline=1600)}
+        bins = _test_bins("numeric")
+        yield {"model": "m", "version": "v1", "feature": bins.name, "cohort": "canary",
+               "bins": bins, "calibration": calibrate(bins.reference, 400, 200, 1e6, baseline=800),
+               "baseline_factor": 2, "severity": "error"}
+
     def _new_adwin(self) -> river_drift.ADWIN:
         return river_drift.ADWIN(delta=self.calibration.hop / self.calibration.run_length,
                                  grace_period=self._recent_chunks)
 
     @property
     def key(self) -> str:
-        parts = () if self.check == "prediction_drift" else (self.bins.name,)
+        parts = () if self.check == "prediction_drift" else (self.feature,)
         return dedup_key(self.check, self.model, self.version, self.cohort, *parts)
 
-    def update(self, idx: np.ndarray, ts: np.ndarray,
-               values: np.ndarray | None = None) -> list[Signal]:
-        """Fold bin indices in (``values``: the raw numbers, for ADWIN); signals per test."""
+    def update(self, batch: Batch) -> list[Signal]:
+        """Fold bin indices in (``value``, optional: the raw numbers, for ADWIN); a signal
+        per test."""
+        idx, ts, values = batch["bin"], batch["ts"], batch.get("value")
         out = []
         for last, counts, mean in self._counter.add(idx, values):
             self._chunks.append(counts)
@@ -115,13 +159,13 @@ class DriftDetector:
         js = js_distance(p, q)
         by_js = js > self.calibration.threshold
         active = by_js or self._hold > 0
-        name = "predictions" if self.check == "prediction_drift" else f"feature '{self.bins.name}'"
+        name = "predictions" if self.check == "prediction_drift" else f"feature '{self.feature}'"
         why = (f"JS distance {js:.3f} > {self.calibration.threshold:.3f}" if by_js
                else "ADWIN detected a change in its mean" if active
                else f"JS distance {js:.3f} <= {self.calibration.threshold:.3f}")
         moved = np.argsort(-np.abs(p - q))[:3]
         details: dict[str, Any] = {
-            "feature": self.bins.name, "statistic": "jensen_shannon", "value": round(js, 5),
+            "feature": self.feature, "statistic": "jensen_shannon", "value": round(js, 5),
             "threshold": round(self.calibration.threshold, 5), "cohort": self.cohort,
             "detected_by": ("jensen_shannon" if by_js else "adwin" if active else None),
             "adwin_change_at_ts": self._adwin_at,

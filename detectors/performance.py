@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from river import metrics
 from scipy import stats
 
-from detectors.base import Signal
+from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
 
 __all__ = ["LabelJoin", "PerformanceCheck", "ConfidenceEstimate", "task_of"]
@@ -284,22 +285,71 @@ class PerformanceCheck:
     reference
         The version's reference metric (accuracy, or MAE); None: learn it from
         the first window.
+    severity
+        Of the alert.
+
+    Examples
+    --------
+    A fraud classifier right 90 % of the time whose labels, from the 2,000th on,
+    agree with it only 75 % of the time; its reference accuracy (from the
+    training profile) is 0.9.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(42)
+    >>> det = PerformanceCheck("fraud-scorer", "v7", window=500, reference=0.9)
+    >>> y = rng.integers(0, 2, 4000)
+    >>> right = rng.random(4000) < np.where(np.arange(4000) < 2000, 0.9, 0.75)
+    >>> p = np.where(right == (y == 1), 0.8, 0.2)
+    >>> for s in det.update({"ts": np.arange(4000.0), "prediction": p.tolist(),
+    ...                      "label": y.tolist()}):
+    ...     print(f"label {s.timestamp:.0f}: {'ALERT' if s.active else 'ok'} "
+    ...           f"accuracy {s.details['value']:.3f}")
+    label 499: ok accuracy 0.906
+    label 999: ok accuracy 0.900
+    label 1499: ok accuracy 0.896
+    label 1999: ok accuracy 0.898
+    label 2499: ALERT accuracy 0.752
+    label 2999: ALERT accuracy 0.796
+    label 3499: ALERT accuracy 0.770
+    label 3999: ALERT accuracy 0.750
     """
 
-    def __init__(self, model: str, version: str, window: int = 500,
+    inputs = ("ts", "prediction", "label")
+
+    def __init__(self, model: str, version: str, *, cohort: str = "stable", window: int = 500,
                  run_length: float = 60_480_000, min_drop: float = 0.02,
-                 reference: float | None = None, cohort: str = "stable",
-                 severity: Severity = "error") -> None:
-        if window < 10 or run_length <= window:
+                 reference: float | None = None, severity: Severity = "error") -> None:
+        if not (window >= 10 and run_length > window):
             raise ValueError("need window >= 10 and run_length > window")
+        if not 0 <= min_drop < math.inf:
+            raise ValueError("min_drop must be >= 0")
+        if reference is not None and not 0 <= reference < math.inf:
+            raise ValueError("reference must be a metric value >= 0")
+        check_severity(severity)
         self.model, self.version, self.cohort = model, version, cohort
         self.window, self.run_length, self.min_drop = window, run_length, min_drop
+        self.reference = reference
         self.severity = severity
         self.alpha = window / run_length
-        self.reference = reference
-        self.reference_source = "profile" if reference is not None else "first_window"
+        self._reference = reference          # learned from the first window when None
+        self._source = "profile" if reference is not None else "first_window"
         self.task: str | None = None
         self._reset()
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {"model": "m", "version": "v1", "window": 200, "run_length": 1e6}
+        yield {"model": "m", "version": "v1", "cohort": "canary", "window": 100,
+               "run_length": 1e5, "min_drop": 0.05, "reference": 0.9, "severity": "warning"}
+
+    @property
+    def key(self) -> str:
+        return dedup_key("performance_degradation", self.model, self.version, self.cohort)
+
+    @property
+    def learned_reference(self) -> float | None:
+        """The reference in use: the given one, or the first window's."""
+        return self._reference
 
     def _reset(self) -> None:
         self._n = 0
@@ -308,14 +358,28 @@ class PerformanceCheck:
         self._logloss = metrics.LogLoss()
         self._mae = metrics.MAE()
         self._abs_err: list[float] = []
+        self._pairs: list[list[Any]] = []  # the window's (prediction, label): the checkpoint
 
-    def update(self, prediction: Any, label: Any, ts: float) -> Signal | None:
+    def update(self, batch: Batch) -> list[Signal]:
+        """Score labelled predictions (in order); a signal per full window."""
+        out = []
+        for prediction, label, ts in zip(batch["prediction"], batch["label"],
+                                         batch["ts"].tolist(), strict=True):
+            if self._score(prediction, label) and self._n >= self.window:
+                signal = self._evaluate(ts)
+                self._reset()
+                if signal is not None:
+                    out.append(signal)
+        return out
+
+    def _score(self, prediction: Any, label: Any) -> bool:
+        """Fold one labelled prediction into the window; False when it cannot be scored."""
         if self.task is None:
             self.task = task_of(prediction, label)
         if self.task == "binary_proba":
             y = _as_binary(label)
             if y is None or not isinstance(prediction, (int, float)):
-                return None
+                return False
             p = min(max(float(prediction), 1e-15), 1 - 1e-15)
             self._accuracy.update(y, int(p >= 0.5))
             self._f1.update(bool(y), p >= 0.5)
@@ -324,67 +388,65 @@ class PerformanceCheck:
             self._accuracy.update(str(label), str(prediction))
         else:
             if not all(isinstance(v, (int, float)) for v in (prediction, label)):
-                return None
+                return False
             err = abs(float(prediction) - float(label))
             self._mae.update(float(label), float(prediction))
             self._abs_err.append(err)
         self._n += 1
-        if self._n < self.window:
-            return None
-        signal = self._evaluate(ts)
-        self._reset()
-        return signal
+        self._pairs.append([prediction, label])
+        return True
 
     def _evaluate(self, ts: float) -> Signal | None:
         n = self._n
         if self.task == "regression":
             value = self._mae.get()
-            if self.reference is None:
-                self.reference = value
+            if self._reference is None:
+                self._reference = value
                 return None
             errs = np.asarray(self._abs_err)
             se = float(errs.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
-            z = (value - self.reference) / se if se > 0 else 0.0
+            z = (value - self._reference) / se if se > 0 else 0.0
             p = float(stats.norm.sf(z))
-            worse = value > self.reference * (1 + self.min_drop)
+            worse = value > self._reference * (1 + self.min_drop)
             statistic, relation = "mae", ">"
         else:
             value = self._accuracy.get()
-            if self.reference is None:
-                self.reference = value
+            if self._reference is None:
+                self._reference = value
                 return None
             correct = round(value * n)
-            p = float(stats.binom.cdf(correct, n, min(max(self.reference, 1e-9), 1.0)))
-            worse = value < self.reference - self.min_drop
+            p = float(stats.binom.cdf(correct, n, min(max(self._reference, 1e-9), 1.0)))
+            worse = value < self._reference - self.min_drop
             statistic, relation = "accuracy", "<"
         active = worse and p < self.alpha
         details: dict[str, Any] = {
-            "statistic": statistic, "value": round(value, 5), "reference": round(self.reference, 5),
-            "reference_source": self.reference_source, "p_value": p,
-            "alpha_per_test": self.alpha, "min_drop": self.min_drop, "task": self.task,
-            "cohort": self.cohort, "window": {"labels": n, "end_ts": ts}, "estimate": False,
+            "statistic": statistic, "value": round(value, 5),
+            "reference": round(self._reference, 5), "reference_source": self._source,
+            "p_value": p, "alpha_per_test": self.alpha, "min_drop": self.min_drop,
+            "task": self.task, "cohort": self.cohort, "window": {"labels": n, "end_ts": ts},
+            "estimate": False,
         }
         if self.task == "binary_proba":
             details["f1"] = round(self._f1.get(), 5)
             details["log_loss"] = round(self._logloss.get(), 5)
         verdict = relation if active else "vs"
         return Signal(
-            check="performance_degradation",
-            key=dedup_key("performance_degradation", self.model, self.version, self.cohort,
-                          statistic),
+            check="performance_degradation", key=f"{self.key}:{statistic}",
             active=active, severity=self.severity,
             summary=(f"{self.model} {self.version}: {statistic} {value:.3f} {verdict} "
-                     f"reference {self.reference:.3f} over {n} labelled predictions"),
+                     f"reference {self._reference:.3f} over {n} labelled predictions"),
             timestamp=ts, model=self.model, version=self.version, details=details)
 
     def to_dict(self) -> dict[str, Any]:
-        # Window progress is not kept: a restart loses at most one window of labels.
-        return {"reference": self.reference, "source": self.reference_source,
-                "task": self.task}
+        return {"reference": self._reference, "source": self._source, "task": self.task,
+                "window": [list(pair) for pair in self._pairs]}
 
     def load_dict(self, data: dict[str, Any]) -> None:
-        self.reference, self.reference_source = data["reference"], data["source"]
+        self._reference, self._source = data["reference"], data["source"]
         self.task = data["task"]
+        self._reset()
+        for prediction, label in data.get("window", []):  # River's metrics are not JSON
+            self._score(prediction, label)
 
 
 class ConfidenceEstimate:
@@ -395,23 +457,77 @@ class ConfidenceEstimate:
     its standard error follows from those Bernoulli variances. The reference is
     the version's first window (the estimate is compared with itself, so a
     miscalibrated but stable model does not alert).
+
+    Parameters
+    ----------
+    model, version, cohort
+        The series.
+    window
+        Predictions per estimate.
+    run_length
+        Predictions between false alarms.
+    min_drop
+        Smallest drop of the estimated accuracy worth an alert.
+    severity
+        Of the alert.
+
+    Examples
+    --------
+    Scores that are confident (near 0 or 1) for 6,000 predictions, then hesitant
+    (near 0.5): the model no longer knows.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(42)
+    >>> det = ConfidenceEstimate("fraud-scorer", "v7", window=2000)
+    >>> sure = np.where(rng.random(6000) < 0.3, rng.uniform(0.85, 1, 6000),
+    ...                 rng.uniform(0, 0.15, 6000))
+    >>> p = np.concatenate([sure, rng.uniform(0.3, 0.7, 4000)])
+    >>> for s in det.update({"ts": np.arange(p.size, dtype=float), "prediction": p}):
+    ...     print(f"prediction {s.timestamp:.0f}: {'ALERT' if s.active else 'ok'} "
+    ...           f"{s.details['value']:.3f} vs {s.details['reference']:.3f}")
+    prediction 3999: ok 0.924 vs 0.926
+    prediction 5999: ok 0.925 vs 0.926
+    prediction 7999: ALERT 0.601 vs 0.926
+    prediction 9999: ALERT 0.601 vs 0.926
+
+    The first window (to prediction 1999) is the reference.
     """
 
-    def __init__(self, model: str, version: str, window: int = 2000,
-                 run_length: float = 60_480_000, min_drop: float = 0.02,
-                 cohort: str = "stable", severity: Severity = "warning") -> None:
-        if window < 10 or run_length <= window:
+    inputs = ("ts", "prediction")
+
+    def __init__(self, model: str, version: str, *, cohort: str = "stable",
+                 window: int = 2000, run_length: float = 60_480_000, min_drop: float = 0.02,
+                 severity: Severity = "warning") -> None:
+        if not (window >= 10 and run_length > window):
             raise ValueError("need window >= 10 and run_length > window")
+        if not 0 <= min_drop < 1:
+            raise ValueError("min_drop must be in [0, 1)")
+        check_severity(severity)
         self.model, self.version, self.cohort = model, version, cohort
-        self.window, self.min_drop, self.severity = window, min_drop, severity
+        self.window, self.run_length, self.min_drop = window, run_length, min_drop
+        self.severity = severity
         self.alpha = window / run_length
         self.reference: float | None = None
         self._sum = 0.0
         self._var = 0.0
         self._n = 0
 
-    def update(self, probs: np.ndarray, ts: np.ndarray) -> list[Signal]:
-        """Fold probabilities in (values outside [0, 1] must be filtered first)."""
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {"model": "m", "version": "v1", "window": 400, "run_length": 1e6}
+        yield {"model": "m", "version": "v1", "cohort": "canary", "window": 200,
+               "run_length": 1e5, "min_drop": 0.05, "severity": "error"}
+
+    @property
+    def key(self) -> str:
+        return dedup_key("performance_degradation", self.model, self.version, self.cohort,
+                         "estimated_accuracy")
+
+    def update(self, batch: Batch) -> list[Signal]:
+        """Fold probabilities in (``prediction``: values in [0, 1], others filtered first);
+        a signal per full window after the first (the reference)."""
+        probs = np.asarray(batch["prediction"], dtype=float)
+        ts = batch["ts"]
         out: list[Signal] = []
         conf = np.maximum(probs, 1 - probs)
         pos = 0
@@ -439,9 +555,7 @@ class ConfidenceEstimate:
         p = float(stats.norm.cdf((value - self.reference) / se)) if se > 0 else 1.0
         active = value < self.reference - self.min_drop and p < self.alpha
         return Signal(
-            check="performance_degradation",
-            key=dedup_key("performance_degradation", self.model, self.version, self.cohort,
-                          "estimated_accuracy"),
+            check="performance_degradation", key=self.key,
             active=active, severity=self.severity,
             summary=(f"{self.model} {self.version}: estimated accuracy {value:.3f} "
                      f"{'<' if active else 'vs'} {self.reference:.3f} (an estimate from "

@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from river import anomaly
 
-from detectors.base import Signal
+from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
 
 __all__ = ["FailureStreak", "StallWatch", "DurationAnomaly", "ValidationGate", "RunInfo"]
@@ -59,20 +59,66 @@ class RunInfo:
 
 
 class FailureStreak:
-    """``pipeline_failure``: a failed run, severity rising with the streak."""
+    """``pipeline_failure``: a failed run, severity rising with the streak.
 
-    def __init__(self, pipeline: str, critical_after: int = 3,
+    Every ended run (``status`` ``succeeded`` or ``failed``) gets a signal:
+    active for a failure, ``critical`` from the ``critical_after``-th in a row;
+    inactive for a success, which resets the streak. Other rows are ignored.
+
+    Parameters
+    ----------
+    pipeline
+        The pipeline.
+    critical_after
+        Failures in a row that page.
+    severity
+        Of a failure before that.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> det = FailureStreak("fraud-daily-training")
+    >>> status = ["succeeded", "failed", "failed", "failed", "succeeded"]
+    >>> for s in det.update({"ts": np.arange(5.0), "run_id": [f"r{i}" for i in range(5)],
+    ...                      "status": status, "error": [None, "OOM", "OOM", "OOM", None]}):
+    ...     print(f"{s.timestamp:.0f}: {'ALERT' if s.active else 'ok'} {s.severity}: {s.summary}")
+    0: ok error: fraud-daily-training: run r0 succeeded
+    1: ALERT error: fraud-daily-training: run r1 failed (1 in a row): OOM
+    2: ALERT error: fraud-daily-training: run r2 failed (2 in a row): OOM
+    3: ALERT critical: fraud-daily-training: run r3 failed (3 in a row): OOM
+    4: ok error: fraud-daily-training: run r4 succeeded
+    """
+
+    inputs = ("ts", "run_id", "status", "error")
+
+    def __init__(self, pipeline: str, *, critical_after: int = 3,
                  severity: Severity = "error") -> None:
+        if not critical_after >= 1:
+            raise ValueError("critical_after must be >= 1")
+        check_severity(severity)
         self.pipeline = pipeline
         self.critical_after = critical_after
         self.severity = severity
         self.streak = 0
 
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {"pipeline": "p"}
+        yield {"pipeline": "p", "critical_after": 1, "severity": "warning"}
+
     @property
     def key(self) -> str:
         return dedup_key("pipeline_failure", self.pipeline)
 
-    def on_end(self, run_id: str, failed: bool, ts: float, error: str | None) -> Signal:
+    def update(self, batch: Batch) -> list[Signal]:
+        """A signal per ended run."""
+        return [self._end(run_id, status == "failed", ts, error)
+                for run_id, status, ts, error in zip(batch["run_id"], batch["status"],
+                                                     batch["ts"].tolist(), batch["error"],
+                                                     strict=True)
+                if status in ("succeeded", "failed")]
+
+    def _end(self, run_id: str, failed: bool, ts: float, error: str | None) -> Signal:
         if not failed:
             self.streak = 0
             return Signal("pipeline_failure", self.key, False, self.severity,
@@ -95,10 +141,59 @@ class FailureStreak:
 
 
 class StallWatch:
-    """``pipeline_stalled``: a run silent for longer than the pipeline's expected duration."""
+    """``pipeline_stalled``: a run silent for longer than the pipeline's expected duration.
 
-    def __init__(self, pipeline: str, floor_s: float = 300.0, ceiling_s: float = 86400.0,
+    A stall is silence, which no batch carries: :meth:`check` is called on the
+    wall clock (with the runs in flight, which the caller keeps) and raises the
+    stalls. :meth:`update` takes the run events: a heartbeat or an end resolves
+    its run's stall, and a ``succeeded`` run's ``duration_s`` is learned.
+
+    Parameters
+    ----------
+    pipeline
+        The pipeline.
+    floor_s
+        Never call a run stalled sooner.
+    ceiling_s
+        Silence that is always a stall (and the limit before ``min_runs`` runs).
+    factor
+        The limit is ``factor`` x the p95 of the recent successful durations.
+    min_runs
+        Successful runs known before the limit is learned.
+    severity
+        Of the alert.
+
+    Examples
+    --------
+    Runs of about 100 s; a new run starts at 1,000 s on the wall clock and
+    then says nothing. The worker's timer checks every 10 s.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(42)
+    >>> det = StallWatch("churn-features", floor_s=60)
+    >>> durations = rng.normal(100, 10, 20)
+    >>> _ = det.update({"ts": np.arange(20.0), "run_id": [f"r{i}" for i in range(20)],
+    ...                 "status": ["succeeded"] * 20, "duration_s": durations.tolist()})
+    >>> run = RunInfo("r20", "data", started_ts=1000.0, last_wall=1000.0)
+    >>> for now in range(1000, 1400, 10):
+    ...     for s in det.check([run], float(now)):
+    ...         print(f"{now} s: {s.key}, silent for {s.details['silent_s']:.0f} s > "
+    ...               f"{s.details['expected_s']:.0f} s")
+    1170 s: pipeline_stalled:churn-features:r20, silent for 170 s > 164 s
+    >>> [s.active for s in det.update({"ts": np.array([1400.0]), "run_id": ["r20"],
+    ...                                "status": ["heartbeat"], "duration_s": [None]})]
+    [False]
+    """
+
+    inputs = ("ts", "run_id", "status", "duration_s")
+
+    def __init__(self, pipeline: str, *, floor_s: float = 300.0, ceiling_s: float = 86400.0,
                  factor: float = 1.5, min_runs: int = 5, severity: Severity = "error") -> None:
+        if not (floor_s > 0 and ceiling_s >= floor_s):
+            raise ValueError("need 0 < floor_s <= ceiling_s")
+        if not (factor > 0 and min_runs >= 1):
+            raise ValueError("factor must be > 0 and min_runs >= 1")
+        check_severity(severity)
         self.pipeline = pipeline
         self.floor_s, self.ceiling_s = floor_s, ceiling_s
         self.factor, self.min_runs = factor, min_runs
@@ -106,7 +201,21 @@ class StallWatch:
         self.durations: list[float] = []
         self.stalled: set[str] = set()
 
-    def learn(self, duration_s: float) -> None:
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {"pipeline": "p"}
+        yield {"pipeline": "p", "floor_s": 30.0, "ceiling_s": 3600.0, "factor": 2.0,
+               "min_runs": 3, "severity": "warning"}
+
+    @property
+    def key(self) -> str:
+        return dedup_key("pipeline_stalled", self.pipeline)
+
+    def key_for(self, run_id: str) -> str:
+        """The ``dedup_key`` of ``run_id``'s stall."""
+        return f"{self.key}:{run_id}"
+
+    def _learn(self, duration_s: float) -> None:
         self.durations = [*self.durations, duration_s][-_KEPT_DURATIONS:]
 
     def expected_s(self) -> float:
@@ -115,7 +224,9 @@ class StallWatch:
         >>> w = StallWatch("p", floor_s=10, ceiling_s=1000, min_runs=2)
         >>> w.expected_s()
         1000
-        >>> w.learn(100); w.learn(200); round(w.expected_s())
+        >>> _ = w.update({"ts": np.zeros(2), "run_id": ["a", "b"],
+        ...               "status": ["succeeded"] * 2, "duration_s": [100.0, 200.0]})
+        >>> round(w.expected_s())
         292
         """
         if len(self.durations) < self.min_runs:
@@ -123,11 +234,26 @@ class StallWatch:
         p95 = float(np.percentile(self.durations, 95))
         return min(self.ceiling_s, max(self.floor_s, self.factor * p95))
 
-    def key(self, run_id: str) -> str:
-        return dedup_key("pipeline_stalled", self.pipeline, None, "stable", run_id)
+    def update(self, batch: Batch) -> list[Signal]:
+        """Run events: a sign of life (heartbeat or end) resolves its run's stall; a
+        succeeded run's positive ``duration_s`` is learned."""
+        out: list[Signal] = []
+        for run_id, status, ts, duration in zip(batch["run_id"], batch["status"],
+                                                batch["ts"].tolist(), batch["duration_s"],
+                                                strict=True):
+            ended = status in ("succeeded", "failed")
+            if run_id in self.stalled:
+                self.stalled.discard(run_id)
+                said = "ended" if ended else "sent a heartbeat"
+                out.append(Signal("pipeline_stalled", self.key_for(run_id), False,
+                                  self.severity, f"{self.pipeline}: run {run_id} {said}", ts,
+                                  self.pipeline))
+            if status == "succeeded" and duration is not None and 0 < duration < math.inf:
+                self._learn(float(duration))
+        return out
 
     def check(self, runs: Sequence[RunInfo], now: float) -> list[Signal]:
-        """Signals for runs that went silent (and for stalled runs that spoke again)."""
+        """Signals for runs silent too long at wall-clock ``now`` (once per stall)."""
         limit = self.expected_s()
         out = []
         for run in runs:
@@ -135,22 +261,13 @@ class StallWatch:
             if silent > limit and run.run_id not in self.stalled:
                 self.stalled.add(run.run_id)
                 out.append(Signal(
-                    "pipeline_stalled", self.key(run.run_id), True, self.severity,
+                    "pipeline_stalled", self.key_for(run.run_id), True, self.severity,
                     f"{self.pipeline}: run {run.run_id} silent for {silent:.0f} s (expected "
                     f"a heartbeat or its end within {limit:.0f} s)", now, self.pipeline, None,
                     {"run_id": run.run_id, "silent_s": round(silent, 1),
                      "expected_s": round(limit, 1), "statistic": "silence",
                      "learned_from_runs": len(self.durations)}))
         return out
-
-    def alive(self, run_id: str, now: float, ended: bool = False) -> Signal | None:
-        """A sign of life (heartbeat or end) of ``run_id``: resolves its stall."""
-        if run_id not in self.stalled:
-            return None
-        self.stalled.discard(run_id)
-        said = "ended" if ended else "sent a heartbeat"
-        return Signal("pipeline_stalled", self.key(run_id), False, self.severity,
-                      f"{self.pipeline}: run {run_id} {said}", now, self.pipeline)
 
     def to_dict(self) -> dict[str, Any]:
         return {"durations": self.durations, "stalled": sorted(self.stalled)}
@@ -161,10 +278,52 @@ class StallWatch:
 
 
 class DurationAnomaly:
-    """``pipeline_duration_anomaly``: River's Gaussian scorer on log-durations."""
+    """``pipeline_duration_anomaly``: River's Gaussian scorer on log-durations.
 
-    def __init__(self, pipeline: str, min_runs: int = 10, threshold: float = 0.999,
+    Rows whose ``duration_s`` is a positive number (finished runs) are judged,
+    then learned unless anomalous; a signal per judged run once the warm-up
+    (``min_runs``) is over.
+
+    Parameters
+    ----------
+    pipeline
+        The pipeline.
+    min_runs
+        Runs learned before judging (the warm-up).
+    threshold
+        Gaussian score (``2 |CDF - 0.5|``) that is anomalous.
+    accept_after
+        Anomalous runs in a row that become the new normal.
+    severity
+        Of the alert.
+
+    Examples
+    --------
+    Runs of about 10 minutes; run 30 takes half an hour.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(42)
+    >>> det = DurationAnomaly("fraud-daily-training")
+    >>> durations = rng.lognormal(np.log(600), 0.1, 40)
+    >>> durations[30] = 1800.0
+    >>> for s in det.update({"ts": np.arange(40.0), "run_id": [f"r{i}" for i in range(40)],
+    ...                      "duration_s": durations.tolist()}):
+    ...     if s.active:
+    ...         print(f"run {s.timestamp:.0f}: {s.summary}")
+    run 30: fraud-daily-training: run r30 took 1800 s, typical 606 s (expected 467-773 s)
+    """
+
+    inputs = ("ts", "run_id", "duration_s")
+
+    def __init__(self, pipeline: str, *, min_runs: int = 10, threshold: float = 0.999,
                  accept_after: int = 3, severity: Severity = "warning") -> None:
+        if not min_runs >= 2:
+            raise ValueError("min_runs must be >= 2")
+        if not 0 < threshold < 1:
+            raise ValueError("threshold must be in (0, 1)")
+        if not accept_after >= 1:
+            raise ValueError("accept_after must be >= 1")
+        check_severity(severity)
         self.pipeline = pipeline
         self.min_runs, self.threshold = min_runs, threshold
         self.accept_after = accept_after
@@ -172,6 +331,12 @@ class DurationAnomaly:
         self.learned: list[float] = []   # log-durations, the scorer's window
         self.pending: list[float] = []   # anomalous ones in a row, not learned yet
         self._scorer = self._fresh()
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {"pipeline": "p"}
+        yield {"pipeline": "p", "min_runs": 5, "threshold": 0.9999, "accept_after": 2,
+               "severity": "error"}
 
     @property
     def key(self) -> str:
@@ -184,10 +349,20 @@ class DurationAnomaly:
         self.learned = [*self.learned, y][-_KEPT_DURATIONS:]
         self._scorer.learn_one(None, y)
 
-    def observe(self, run_id: str, duration_s: float, ts: float) -> Signal | None:
-        """Judge one finished run, then learn it (unless anomalous)."""
-        if not math.isfinite(duration_s) or duration_s <= 0:
-            return None
+    def update(self, batch: Batch) -> list[Signal]:
+        """Judge each finished run (a positive ``duration_s``), then learn it unless
+        anomalous."""
+        out = []
+        for run_id, duration, ts in zip(batch["run_id"], batch["duration_s"],
+                                        batch["ts"].tolist(), strict=True):
+            if duration is None or not 0 < duration < math.inf:
+                continue
+            signal = self._judge(run_id, float(duration), ts)
+            if signal is not None:
+                out.append(signal)
+        return out
+
+    def _judge(self, run_id: str, duration_s: float, ts: float) -> Signal | None:
         y = math.log(duration_s)
         warm = len(self.learned) >= self.min_runs
         score = float(self._scorer.score_one(None, y)) if warm else 0.0
@@ -231,43 +406,100 @@ class DurationAnomaly:
         self.pending = [float(y) for y in d.get("pending", [])]
 
 
-@dataclass
+LOWER_IS_BETTER = (r"loss", r"error", r"mae", r"mse", r"rmse", r"mape", r"latency", r"brier")
+NOT_QUALITY = (r"^rows?$", r"count", r"duration", r"seconds", r"^n_")
+
+
 class ValidationGate:
     """``validation_gate``: a version's validation metrics against the previous version's.
 
+    Each row is a succeeded validation run of ``model`` ``version`` with its
+    ``metrics``; a signal per row once a previous version of the model was
+    validated by this pipeline.
+
     Parameters
     ----------
+    pipeline
+        The validation pipeline.
     tolerance
         Relative worsening tolerated per metric (0.02: 2 %).
     lower_is_better
         Regular expressions of metric names where lower is better (losses, errors).
     ignore
         Regular expressions of metric names that are not quality (row counts, time).
+    severity
+        Of the alert.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> det = ValidationGate("fraud-validation")
+    >>> for s in det.update({"ts": np.arange(3.0), "model": ["fraud-scorer"] * 3,
+    ...                      "version": ["v7", "v8", "v8"],
+    ...                      "metrics": [{"auc": 0.91, "logloss": 0.30, "rows": 1e5},
+    ...                                  {"auc": 0.86, "logloss": 0.33, "rows": 1e5},
+    ...                                  {"auc": 0.915, "logloss": 0.29, "rows": 2e5}]}):
+    ...     print(f"{s.timestamp:.0f}: {s.key} {'ALERT' if s.active else 'ok'}",
+    ...           sorted(s.details.get("regressions", [])))
+    1: validation_gate:fraud-scorer:v8 ALERT ['auc', 'logloss']
+    2: validation_gate:fraud-scorer:v8 ok []
     """
 
-    pipeline: str
-    tolerance: float = 0.02
-    lower_is_better: tuple[str, ...] = (r"loss", r"error", r"mae", r"mse", r"rmse", r"mape",
-                                        r"latency", r"brier")
-    ignore: tuple[str, ...] = (r"^rows?$", r"count", r"duration", r"seconds", r"^n_")
-    severity: Severity = "error"
-    # model -> list of (version, metrics), oldest first, bounded
-    history: dict[str, list[tuple[str, dict[str, float]]]] = field(default_factory=dict)
+    inputs = ("ts", "model", "version", "metrics")
 
-    def key(self, model: str, version: str) -> str:
+    def __init__(self, pipeline: str, *, tolerance: float = 0.02,
+                 lower_is_better: tuple[str, ...] = LOWER_IS_BETTER,
+                 ignore: tuple[str, ...] = NOT_QUALITY, severity: Severity = "error") -> None:
+        if not 0 <= tolerance < math.inf:
+            raise ValueError("tolerance must be >= 0")
+        for pattern in (*lower_is_better, *ignore):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad metric name pattern {pattern!r}: {exc}") from None
+        check_severity(severity)
+        self.pipeline = pipeline
+        self.tolerance = tolerance
+        self.lower_is_better = tuple(lower_is_better)
+        self.ignore = tuple(ignore)
+        self.severity = severity
+        # model -> list of (version, metrics), oldest first, bounded
+        self._history: dict[str, list[tuple[str, dict[str, float]]]] = {}
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {"pipeline": "p"}
+        yield {"pipeline": "p", "tolerance": 0.05, "lower_is_better": ("loss",),
+               "ignore": ("^rows$",), "severity": "critical"}
+
+    @property
+    def key(self) -> str:
+        """The prefix of its keys (``validation_gate:M:V``, per validated model version)."""
+        return "validation_gate"
+
+    def key_for(self, model: str, version: str) -> str:
         return dedup_key("validation_gate", model, version)
 
-    def observe(self, model: str, version: str, metrics: dict[str, float],
-                ts: float) -> list[Signal]:
-        """Compare with the previous version; remember this one."""
-        hist = self.history.setdefault(model, [])
+    def update(self, batch: Batch) -> list[Signal]:
+        """Compare each validated version with the model's previous one; remember it."""
+        out: list[Signal] = []
+        for model, version, metrics, ts in zip(batch["model"], batch["version"],
+                                               batch["metrics"], batch["ts"].tolist(),
+                                               strict=True):
+            if model and version:
+                out.extend(self._observe(model, version, metrics, ts))
+        return out
+
+    def _observe(self, model: str, version: str, metrics: dict[str, float],
+                 ts: float) -> list[Signal]:
+        hist = self._history.setdefault(model, [])
         previous = next((m for v, m in reversed(hist) if v != version), None)
         prev_version = next((v for v, _ in reversed(hist) if v != version), None)
         hist[:] = [(v, m) for v, m in hist if v != version][-9:] + [(version, dict(metrics))]
         if previous is None:
             return []
         worse = self.regressions(previous, metrics)
-        key = self.key(model, version)
+        key = self.key_for(model, version)
         if not worse:
             return [Signal("validation_gate", key, False, self.severity,
                            f"{model} {version} validated as well as {prev_version}", ts, model,
@@ -303,7 +535,7 @@ class ValidationGate:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {m: [[v, ms] for v, ms in h] for m, h in self.history.items()}
+        return {m: [[v, ms] for v, ms in h] for m, h in self._history.items()}
 
     def load_dict(self, d: dict[str, Any]) -> None:
-        self.history = {m: [(str(v), dict(ms)) for v, ms in h] for m, h in d.items()}
+        self._history = {m: [(str(v), dict(ms)) for v, ms in h] for m, h in d.items()}

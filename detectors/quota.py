@@ -21,15 +21,17 @@ cumulative ``resources``), in event time:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 
-from detectors.base import Signal
+from detectors.base import Batch, Signal
 from detectors.contract import dedup_key
 
-__all__ = ["QuotaForecast", "UsagePoint"]
+__all__ = ["QuotaForecast", "UsagePoint", "usage_batch"]
 
 _MAX_POINTS = 5000  # observations kept per (pool, resource) (bounded memory)
 
@@ -47,12 +49,71 @@ class UsagePoint:
     limit: float | None
 
 
-class QuotaForecast:
-    """Usage rate, time to the limit, top consumers and errant runs of one pool resource."""
+def usage_batch(points: Sequence[UsagePoint]) -> Batch:
+    """The batch :meth:`QuotaForecast.update` takes, from usage points.
 
-    def __init__(self, pool: str, resource: str, window_s: float = 6 * 3600.0,
+    >>> usage_batch([UsagePoint(1.0, "etl", "r1", "heartbeat", 2.0, 10.0, 100.0)])["used"]
+    [10.0]
+    """
+    return {"ts": np.array([p.ts for p in points], dtype=float),
+            "pipeline": [p.pipeline for p in points], "run_id": [p.run_id for p in points],
+            "status": [p.status for p in points], "run_used": [p.run_used for p in points],
+            "used": [p.used for p in points], "limit": [p.limit for p in points]}
+
+
+class QuotaForecast:
+    """Usage rate, time to the limit, top consumers and errant runs of one pool resource.
+
+    Parameters
+    ----------
+    pool, resource
+        The series: a pool's resource (``gpu_hours``...).
+    window_s
+        The usage rate is fitted over this much event time.
+    horizon_s
+        Warn when the limit is this close at the current rate.
+    critical_share
+        Page at this share of the limit.
+    errant_share
+        One run using this share of the limit alone is flagged.
+    min_points
+        Observations of the pool's use needed for a rate.
+
+    Examples
+    --------
+    A pool of 200 GPU hours used at about 2 an hour, until a hyperparameter
+    search starts at hour 10 and uses 12 more an hour by itself.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(42)
+    >>> det = QuotaForecast("team-ml", "gpu_hours")
+    >>> hours = np.arange(0, 20, 0.5)
+    >>> search = np.maximum(hours - 10, 0) * 12
+    >>> used = 2 * hours + search + rng.normal(0, 0.2, hours.size)
+    >>> fired = {}
+    >>> for h, u, r in zip(hours, used, search):
+    ...     batch = {"ts": np.array([h * 3600]), "pipeline": ["hyperopt"], "run_id": ["h1"],
+    ...              "status": ["heartbeat"], "run_used": [float(r)], "used": [float(u)],
+    ...              "limit": [200.0]}
+    ...     for s in det.update(batch):
+    ...         if s.active and s.key not in fired:
+    ...             fired[s.key] = h
+    ...             print(f"hour {h:g}: {s.key} ({s.details['statistic']})")
+    hour 12.5: quota_exhaustion:team-ml:gpu_hours:forecast (hours_to_limit)
+    hour 14.5: quota_exhaustion:team-ml:gpu_hours:run:h1 (run_share_of_limit)
+    """
+
+    inputs = ("ts", "pipeline", "run_id", "status", "run_used", "used", "limit")
+
+    def __init__(self, pool: str, resource: str, *, window_s: float = 6 * 3600.0,
                  horizon_s: float = 24 * 3600.0, critical_share: float = 0.9,
                  errant_share: float = 0.25, min_points: int = 3) -> None:
+        if not (window_s > 0 and horizon_s > 0):
+            raise ValueError("window_s and horizon_s must be > 0")
+        if not (0 < critical_share <= 1 and 0 < errant_share <= 1):
+            raise ValueError("critical_share and errant_share must be in (0, 1]")
+        if not min_points >= 2:
+            raise ValueError("min_points must be >= 2")
         self.pool, self.resource = pool, resource
         self.window_s, self.horizon_s = window_s, horizon_s
         self.critical_share, self.errant_share = critical_share, errant_share
@@ -62,11 +123,26 @@ class QuotaForecast:
         self.runs: dict[str, tuple[str, float]] = {}               # run -> (pipeline, used)
         self.errant: set[str] = set()
 
-    def _key(self, what: str) -> str:
-        return dedup_key("quota_exhaustion", self.pool, None, "stable", self.resource, what)
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {"pool": "pool", "resource": "gpu_hours"}
+        yield {"pool": "pool", "resource": "gpu_hours", "window_s": 3600.0,
+               "horizon_s": 7200.0, "critical_share": 0.8, "errant_share": 0.5,
+               "min_points": 5}
 
-    def update(self, points: list[UsagePoint]) -> list[Signal]:
-        """Fold a batch of points in (time order); the signals they lead to."""
+    @property
+    def key(self) -> str:
+        return dedup_key("quota_exhaustion", self.pool, None, "stable", self.resource)
+
+    def _key(self, what: str) -> str:
+        return f"{self.key}:{what}"
+
+    def update(self, batch: Batch) -> list[Signal]:
+        """Fold pipeline events' news about the pool in (time order): errant runs as they
+        come, then the forecast and the limit at the batch's last time."""
+        points = [UsagePoint(*row) for row in zip(
+            batch["ts"].tolist(), batch["pipeline"], batch["run_id"], batch["status"],
+            batch["run_used"], batch["used"], batch["limit"], strict=True)]
         out: list[Signal] = []
         for p in points:
             if p.run_used is not None:

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from detectors.base import Signal
+from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
 from detectors.distance import js_distance, linf_distance
 from detectors.profile import FeatureBins
@@ -173,22 +174,57 @@ class SkewDetector:
 
     Parameters
     ----------
-    model, version, cohort
-        The series.
+    model, version, feature
+        The series: a model version's feature (``prediction`` and ``label`` too).
+    cohort
+        ``stable`` or ``canary``.
     bins
-        The feature's reference distribution (:class:`~detectors.profile.FeatureBins`).
+        The feature's reference distribution (:class:`~detectors.profile.FeatureBins`,
+        named ``feature``).
     calibration
         Threshold and window sizes (:func:`calibrate`).
     check
-        Alert class; ``training_serving_skew`` unless reused for another comparison.
+        ``training_serving_skew``, or ``label_drift`` for the labels.
     severity
-        Severity of the alert.
+        Of the alert.
+
+    Examples
+    --------
+    A numeric feature trained on N(0, 1); serving follows it for 20,000 values,
+    then its mean moves by half a standard deviation. The window of 2,000 values
+    is tested every 500.
+
+    >>> import numpy as np
+    >>> from detectors.profile import FeatureBins
+    >>> rng = np.random.default_rng(42)
+    >>> train = rng.normal(size=50_000)
+    >>> edges = np.quantile(train, np.linspace(0, 1, 21))
+    >>> bins = FeatureBins.from_profile("amount", {"type": "numeric", "bins": edges.tolist(),
+    ...                                 "counts": np.histogram(train, edges)[0].tolist()})
+    >>> cal = calibrate(bins.reference, window=2000, hop=500, run_length=6.048e7)
+    >>> det = SkewDetector("fraud-scorer", "v7", "amount", bins=bins, calibration=cal)
+    >>> x = np.concatenate([rng.normal(size=20_000), rng.normal(0.5, 1, size=10_000)])
+    >>> signals = det.update({"ts": np.arange(x.size, dtype=float), "bin": bins.bin_numeric(x)})
+    >>> first = next(s for s in signals if s.active)
+    >>> print(f"Skew detected at value {first.timestamp:.0f}: JS distance "
+    ...       f"{first.details['value']:.3f} > {first.details['threshold']:.3f}")
+    Skew detected at value 20999: JS distance 0.102 > 0.072
+    >>> sum(s.active for s in signals if s.timestamp < 20_000)
+    0
     """
 
-    def __init__(self, model: str, version: str, bins: FeatureBins, calibration: Calibration,
-                 cohort: str = "stable", check: str = "training_serving_skew",
-                 severity: Severity = "warning") -> None:
-        self.model, self.version, self.cohort = model, version, cohort
+    inputs = ("ts", "bin")
+    CHECKS = ("training_serving_skew", "label_drift")
+
+    def __init__(self, model: str, version: str, feature: str, *, cohort: str = "stable",
+                 bins: FeatureBins, calibration: Calibration,
+                 check: str = "training_serving_skew", severity: Severity = "warning") -> None:
+        if bins.name != feature:
+            raise ValueError(f"bins of {bins.name!r} given for feature {feature!r}")
+        if check not in self.CHECKS:
+            raise ValueError(f"check must be one of {self.CHECKS}")
+        check_severity(severity)
+        self.model, self.version, self.feature, self.cohort = model, version, feature, cohort
         self.bins = bins
         self.calibration = calibration
         self.check = check
@@ -197,28 +233,47 @@ class SkewDetector:
         self._counter = ChunkCounter(bins.size, calibration.hop)
         self._unseen: dict[str, int] = {}
 
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        for bins in (_test_bins("numeric"), _test_bins("categorical")):
+            yield {"model": "m", "version": "v1", "feature": bins.name, "bins": bins,
+                   "calibration": calibrate(bins.reference, 400, 100, 1e6)}
+        label = _test_bins("categorical", "label")
+        yield {"model": "m", "version": "v1", "feature": "label", "cohort": "canary",
+               "bins": label, "calibration": calibrate(label.reference, 400, 200, 1e6),
+               "check": "label_drift", "severity": "error"}
+
     @property
     def key(self) -> str:
-        return dedup_key(self.check, self.model, self.version, self.cohort, self.bins.name)
+        return dedup_key(self.check, self.model, self.version, self.cohort, self.feature)
 
-    def note_unseen(self, values: list[str]) -> None:
-        """Remember a few categories the reference never listed (evidence only)."""
-        for v in values:
-            if v in self._unseen or len(self._unseen) < 10:
-                self._unseen[v] = self._unseen.get(v, 0) + 1
+    def update(self, batch: Batch) -> list[Signal]:
+        """Fold bin indices (with their times) in; one signal per full window tested.
 
-    def update(self, idx: np.ndarray, ts: np.ndarray,
-               values: np.ndarray | None = None) -> list[Signal]:
-        """Fold bin indices (with their event times) in; one signal per full window tested."""
+        ``category`` (optional, categorical features): the values as category
+        keys, aligned with ``bin``; those the reference never listed are kept
+        as evidence (a few of them).
+        """
+        idx = batch["bin"]
+        cats = batch.get("category")
+        if cats is not None and idx.size and (idx >= self.bins.size - 2).any():
+            self._note_unseen([c for c in cats if c not in self.bins.index])
+        ts = batch["ts"]
         out = []
         chunks_per_window = self.calibration.window // self.calibration.hop
-        for last, counts, _ in self._counter.add(idx, values):
+        for last, counts, _ in self._counter.add(idx):
             self._chunks.append(counts)
             if len(self._chunks) > chunks_per_window:
                 self._chunks.popleft()
             if len(self._chunks) == chunks_per_window:
                 out.append(self._evaluate(float(ts[last])))
         return out
+
+    def _note_unseen(self, values: list[str]) -> None:
+        """Remember a few categories the reference never listed (evidence only)."""
+        for v in values:
+            if v in self._unseen or len(self._unseen) < 10:
+                self._unseen[v] = self._unseen.get(v, 0) + 1
 
     def _evaluate(self, ts: float) -> Signal:
         counts = np.sum(self._chunks, axis=0)
@@ -227,7 +282,7 @@ class SkewDetector:
         js = js_distance(serving, ref)
         active = js > self.calibration.threshold
         details: dict[str, Any] = {
-            "feature": self.bins.name, "statistic": "jensen_shannon", "value": round(js, 5),
+            "feature": self.feature, "statistic": "jensen_shannon", "value": round(js, 5),
             "threshold": round(self.calibration.threshold, 5), "cohort": self.cohort,
             "window": {"events": int(counts.sum()), "end_ts": ts},
         }
@@ -244,7 +299,7 @@ class SkewDetector:
                 details["linf"] = linf_distance(serving, ref)
                 details["unseen_categories"] = sorted(self._unseen)
         what = "training/serving skew" if self.check == "training_serving_skew" else "drift"
-        summary = (f"{self.model} {self.version}: {what} on feature '{self.bins.name}' "
+        summary = (f"{self.model} {self.version}: {what} on feature '{self.feature}' "
                    f"(JS distance {js:.3f} {'>' if active else '<='} "
                    f"{self.calibration.threshold:.3f})")
         return Signal(check=self.check, key=self.key, active=active, severity=self.severity,
@@ -260,3 +315,18 @@ class SkewDetector:
             return  # the reference changed shape: start afresh
         self._chunks = deque(np.asarray(c, dtype=np.int64) for c in data["chunks"])
         self._unseen = dict(data["unseen"])
+
+
+def _test_bins(kind: str, name: str | None = None) -> FeatureBins:
+    """Small fixed reference bins, for ``_unit_test_params`` (skew's and drift's)."""
+    if kind == "numeric":
+        edges = np.linspace(-2.5, 2.5, 11)
+        counts = np.diff(np.array([math.erf(e / math.sqrt(2)) for e in edges])) * 1e4
+        prof: dict[str, Any] = {"type": "numeric", "bins": edges.tolist(),
+                                "counts": np.round(counts).astype(int).tolist()}
+    else:
+        prof = {"type": "categorical",
+                "frequencies": {"FR": 0.4, "DE": 0.3, "US": 0.2, "__other__": 0.1}}
+    bins = FeatureBins.from_profile(name or f"x_{kind}", prof)
+    assert bins is not None
+    return bins

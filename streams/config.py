@@ -30,7 +30,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from detectors.contract import DEFAULT_BOOTSTRAP, Severity
+from alerting.manager import DEFAULT_CLASS_RULES
+from detectors.contract import DEFAULT_BOOTSTRAP, AlertClass, Severity
 
 __all__ = ["Settings", "ConfigError", "load_settings"]
 
@@ -43,9 +44,13 @@ class KafkaSettings(_Section):
     bootstrap_servers: str | None = Field(
         None, description="host:port[,host:port]; unset means the embedded broker (demo)")
     partitions: int = Field(4, ge=1, description="partitions of the topics Sentinelle creates")
-    replication_factor: int = Field(1, ge=1)
-    rebalance_timeout_s: float = Field(10.0, gt=0)
-    session_timeout_s: float = Field(10.0, gt=0)
+    replication_factor: int = Field(1, ge=1, description="copies of each topic Sentinelle creates")
+    rebalance_timeout_s: float = Field(10.0, gt=0,
+                                       description="how long a rebalance may take before a member "
+                                                   "is dropped")
+    session_timeout_s: float = Field(10.0, gt=0,
+                                     description="silence before the group coordinator declares a "
+                                                 "member dead")
     producer_batch_bytes: int | None = Field(
         None, ge=1, description="the producer's max_batch_size; unset: 16 KiB, or one record "
                                 "per batch on Tansu, which misreports the end of a batch")
@@ -57,18 +62,22 @@ class KafkaSettings(_Section):
 
 
 class TopicSettings(_Section):
-    predictions: str = "ml.predictions"
-    feedback: str = "ml.feedback"
-    alerts: str = "ml.alerts"
-    deadletter: str = "ml.deadletter"
-    stats: str = "ml.stats"
-    references: str = "ml.references"
-    silences: str = "ml.silences"
-    deployments: str = "ml.deployments"
-    commands: str = "ml.deploy.commands"
-    approvals: str = "ml.deploy.approvals"
-    pipeline: str = "ml.pipeline"
-    metrics: str = "ml.metrics"
+    predictions: str = Field("ml.predictions", description="prediction events (input)")
+    feedback: str = Field("ml.feedback", description="labels (input)")
+    alerts: str = Field("ml.alerts", description="alerts (output)")
+    deadletter: str = Field("ml.deadletter",
+                            description="unusable inputs, with their reason (output)")
+    stats: str = Field("ml.stats", description="closed windows (output)")
+    references: str = Field("ml.references",
+                            description="training reference profiles (compacted input)")
+    silences: str = Field("ml.silences", description="silences (compacted input)")
+    deployments: str = Field("ml.deployments",
+                             description="what deployment controllers applied (compacted input)")
+    commands: str = Field("ml.deploy.commands",
+                          description="rollback/promote/pause commands (output)")
+    approvals: str = Field("ml.deploy.approvals", description="people's approvals (input)")
+    pipeline: str = Field("ml.pipeline", description="pipeline run events (input)")
+    metrics: str = Field("ml.metrics", description="metric series (input)")
 
     def all(self) -> list[str]:
         """Every topic Sentinelle reads or writes (what ``ensure_topics`` creates)."""
@@ -85,7 +94,7 @@ class WorkerSettings(_Section):
     batch_within_s: float = Field(0.5, gt=0, description="wait this long to fill a micro-batch")
     tick_s: float = Field(1.0, gt=0, description="wall-clock check period (outage, idle)")
     web_port: int = Field(6066, ge=0, le=65535, description="metrics and health; 0 disables")
-    web_host: str = "127.0.0.1"
+    web_host: str = Field("127.0.0.1", description="address the web page (/metrics) listens on")
     idle_close_s: float = Field(
         120.0, gt=0, description="flush a model's open windows after this much wall-clock silence")
     series_ttl_s: float = Field(
@@ -129,18 +138,23 @@ class LimitSettings(_Section):
 
 
 class WindowSettings(_Section):
-    size_s: float = Field(60.0, gt=0)
-    allowed_lateness_s: float = Field(10.0, ge=0)
-    percentile_accuracy: float = Field(0.01, gt=0, lt=1)
+    size_s: float = Field(60.0, gt=0, description="event-time tumbling window length")
+    allowed_lateness_s: float = Field(10.0, ge=0,
+                                      description="event time a window stays open after its end "
+                                                  "for late events")
+    percentile_accuracy: float = Field(0.01, gt=0, lt=1,
+                                       description="relative accuracy of the latency quantiles "
+                                                   "(DDSketch)")
     late_alert_share: float = Field(
         0.05, gt=0, le=1, description="data_quality alert when more of a window's events arrive "
                                       "late (a producer's clock or a stuck queue)")
 
 
 class LatencySettings(_Section):
-    p99_threshold_ms: float = Field(500.0, gt=0)
-    min_events: int = Field(20, ge=1)
-    severity: Severity = "error"
+    p99_threshold_ms: float = Field(500.0, gt=0,
+                                    description="a window's p99 above this alerts (latency_slo)")
+    min_events: int = Field(20, ge=1, description="windows with fewer requests say nothing")
+    severity: Severity = Field("error", description="severity of latency_slo (p99)")
 
 
 class BurnRuleSettings(_Section):
@@ -148,7 +162,7 @@ class BurnRuleSettings(_Section):
     long_s: float = Field(gt=0)
     short_s: float = Field(gt=0)
     factor: float = Field(gt=0)
-    severity: Severity = "critical"
+    severity: Severity = Field("critical", description="severity of a burn-rate rule")
 
     @model_validator(mode="after")
     def _short_within_long(self) -> BurnRuleSettings:
@@ -165,42 +179,50 @@ def _default_rules() -> list[BurnRuleSettings]:
 
 
 class BurnRateSettings(_Section):
-    enabled: bool = True
+    enabled: bool = Field(True,
+                          description="multi-window burn-rate alerts on latency and availability")
     latency_objective: float = Field(
         0.99, gt=0, lt=1, description="share of requests faster than slow_ms")
     slow_ms: float = Field(500.0, gt=0, description="the latency SLO's bound")
-    availability_objective: float = Field(0.999, gt=0, lt=1)
-    min_events: int = Field(20, ge=1)
+    availability_objective: float = Field(0.999, gt=0, lt=1,
+                                          description="share of requests with status ok")
+    min_events: int = Field(20, ge=1, description="requests a window needs to count")
     min_bad: int = Field(5, ge=1, description="bad requests a rule needs before it fires")
-    rules: list[BurnRuleSettings] = Field(default_factory=_default_rules, min_length=1)
+    rules: list[BurnRuleSettings] = Field(default_factory=_default_rules, min_length=1,
+                                          description="long/short windows and burn factors (SRE "
+                                                      "workbook defaults)")
 
 
 class ErrorRateSettings(_Section):
-    threshold: float = Field(0.05, gt=0, lt=1)
-    baseline_factor: float = Field(3.0, ge=1)
-    min_events: int = Field(20, ge=1)
-    severity: Severity = "error"
+    threshold: float = Field(0.05, gt=0, lt=1,
+                             description="a window's error rate above this alerts, whatever the "
+                                         "baseline")
+    baseline_factor: float = Field(3.0, ge=1,
+                                   description="... or above this many times the learned baseline")
+    min_events: int = Field(20, ge=1, description="windows with fewer requests say nothing")
+    severity: Severity = Field("error", description="severity of error_rate (spike)")
 
 
 class OutageSettings(_Section):
     k: float = Field(10.0, gt=0, description="multiple of the typical inter-arrival time")
-    floor_s: float = Field(60.0, gt=0)
+    floor_s: float = Field(60.0, gt=0, description="never call a model silent sooner (wall clock)")
     min_arrivals: int = Field(10, ge=1, description="arrivals before a model counts as serving")
-    severity: Severity = "critical"
+    severity: Severity = Field("critical", description="severity of outage")
 
 
 class SkewSettings(_Section):
-    enabled: bool = True
+    enabled: bool = Field(True, description="training/serving skew against the reference profile")
     window_events: int = Field(2000, ge=10, description="serving values compared at once")
     hop_events: int = Field(500, ge=1, description="the window is tested every hop values")
     run_length_events: float = Field(
         60_480_000, gt=0,
         description="expected events between false alarms per feature (1/week at 100/s)")
-    bootstrap_draws: int = Field(2000, ge=100)
+    bootstrap_draws: int = Field(2000, ge=100,
+                                 description="bootstrap draws when calibrating a threshold")
     first_events: int = Field(
         5000, ge=0, description="without a published profile, learn one from the version's "
                                 "first N events (0: only published profiles)")
-    severity: Severity = "warning"
+    severity: Severity = Field("warning", description="severity of training_serving_skew")
 
     @model_validator(mode="after")
     def _hop_divides_window(self) -> SkewSettings:
@@ -214,25 +236,28 @@ class SkewSettings(_Section):
 class DriftSettings(_Section):
     """Drift over time; windows and false-alarm budget are ``skew``'s."""
 
-    enabled: bool = True
+    enabled: bool = Field(True,
+                          description="feature and prediction drift against a trailing baseline")
     baseline_factor: int = Field(4, ge=1, description="baseline length, in recent windows")
-    severity: Severity = "warning"
+    severity: Severity = Field("warning",
+                               description="severity of feature_drift and prediction_drift")
 
 
 class QualitySettings(_Section):
     """Data quality per feature; the false-alarm budget is ``skew.run_length_events``."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="data quality per feature")
     window_events: int = Field(2000, ge=10, description="events per test")
     min_excess: float = Field(0.01, ge=0, lt=1,
                               description="smallest rate above the reference rate that alerts")
-    severity: Severity = "warning"
+    severity: Severity = Field("warning", description="severity of data_quality")
 
 
 class LabelSettings(_Section):
     """Ground truth from ``ml.feedback``, joined to predictions by ``event_id``."""
 
-    enabled: bool = True
+    enabled: bool = Field(True,
+                          description="labels: performance, label drift, confidence estimates")
     join_max: int = Field(20_000, ge=1, description="predictions kept per model awaiting a "
                                                      "label; past it, a hash sample is kept")
     join_ttl_s: float = Field(3600.0, gt=0, description="event time a prediction waits")
@@ -242,8 +267,26 @@ class LabelSettings(_Section):
     min_drop: float = Field(0.02, ge=0, lt=1,
                             description="accuracy points (or relative MAE) worth an alert")
     estimate: bool = Field(True, description="estimate accuracy from confidence without labels")
-    estimate_window: int = Field(2000, ge=10)
-    severity: Severity = "error"
+    estimate_window: int = Field(2000, ge=10, description="predictions per confidence estimate")
+    severity: Severity = Field("error",
+                               description="severity of performance_degradation and label_drift")
+
+
+class ClassRuleSettings(_Section):
+    """One alert class's own lifecycle rule (``alerting.manager.ClassRule``)."""
+
+    keep_firing_for_s: float | None = Field(
+        None, ge=0, description="replaces alerts.keep_firing_for_s for the class (and a "
+        "self-resolving class's 0); a condition back within it re-affirms the alert; unset: "
+        "the manager's")
+    cooldown_s: float = Field(0.0, ge=0, description="after an alert of the class fires, its "
+                                                     "key does not fire again for this long")
+
+
+def _default_class_rules() -> dict[str, Any]:
+    """The manager's default class rules, as the configuration writes them."""
+    return {name: {"keep_firing_for_s": rule.keep_firing_for_s, "cooldown_s": rule.cooldown_s}
+            for name, rule in DEFAULT_CLASS_RULES.items()}
 
 
 class AlertSettings(_Section):
@@ -258,21 +301,43 @@ class AlertSettings(_Section):
     keep_firing_for_s: float = Field(
         600.0, ge=0, description="a firing alert resolves once its condition has been clear "
         "this long (not outage, burn-rate, pipeline and other self-resolving alerts)")
-    flap_window_s: float = Field(600.0, gt=0)
+    flap_window_s: float = Field(600.0, gt=0,
+                                 description="state changes are counted over this much time")
     flap_changes: int = Field(4, ge=2, description="state changes in the window that mean flapping")
     flap_hold_s: float = Field(600.0, ge=0,
                                description="quiet time before a flapping alert resolves")
-    group_wait_s: float = Field(30.0, ge=0)
-    repeat_interval_s: float = Field(4 * 3600.0, gt=0)
+    group_wait_s: float = Field(30.0, ge=0, description="alerts of one model version firing "
+                                                        "within this of each other share a group")
+    repeat_interval_s: float = Field(4 * 3600.0, gt=0,
+                                     description="notify a firing alert again after this long")
     max_alerts: int = Field(
         10_000, ge=1, description="alert keys kept per model (or pipeline, pool, metric "
         "source); a new key beyond it is refused, logged and counted")
+    per_class: dict[AlertClass, ClassRuleSettings] = Field(
+        default_factory=_default_class_rules, validate_default=True,
+        description="alert classes with their own rule, merged field by field over the "
+                    "defaults: metric_anomaly keeps firing 30 min after its last anomalous "
+                    "point and fires at most once an hour (keep_firing_for_s 1800, "
+                    "cooldown_s 3600)")
+
+    @field_validator("per_class", mode="before")
+    @classmethod
+    def _over_the_defaults(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = _default_class_rules()
+        for name, rule in value.items():
+            if isinstance(rule, dict):
+                merged[name] = {**merged.get(name, {}), **rule}
+            else:
+                merged[name] = rule
+        return merged
 
 
 class CanarySettings(_Section):
     """Canary analysis and rollout commands (``detectors/canary.py``, ``alerting/rollout.py``)."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="canary analysis and rollout commands")
     min_requests: int = Field(200, ge=1, description="requests per cohort per window for a verdict")
     error_alpha: float = Field(0.01, gt=0, lt=1, description="significance of the error-rate test")
     error_min_diff: float = Field(0.01, ge=0, description="error-rate increase that can fail")
@@ -288,10 +353,12 @@ class CanarySettings(_Section):
                                 description="steps above this share wait for an approval")
     cooldown_s: float = Field(300.0, ge=0,
                               description="event time after a command before judging again")
-    on_failure: Literal["rollback", "pause"] = "rollback"
+    on_failure: Literal["rollback", "pause"] = Field("rollback",
+                                                     description="what a failed canary gets: "
+                                                                 "rollback, or pause")
     pause_models: tuple[str, ...] = Field(
         (), description="models whose failed canary is paused, not rolled back")
-    severity: Severity = "critical"
+    severity: Severity = Field("critical", description="severity of canary_regression")
     announced_ttl_s: float = Field(
         86400.0, gt=0,
         description="keep a model's state this long (wall clock, from the ts of the latest "
@@ -309,21 +376,24 @@ class CanarySettings(_Section):
 class PipelineSettings(_Section):
     """Run tracking (``detectors/pipelines.py``); durations are in seconds."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="pipeline runs: failures, stalls, durations")
     failure_critical_after: int = Field(3, ge=1, description="failures in a row that page")
-    failure_severity: Severity = "error"
+    failure_severity: Severity = Field("error",
+                                       description="severity of pipeline_failure (critical from "
+                                                   "failure_critical_after in a row)")
     stall_floor_s: float = Field(300.0, gt=0, description="never call a run stalled sooner")
     stall_ceiling_s: float = Field(6 * 3600.0, gt=0,
                                    description="silence always a stall (and before history)")
     stall_factor: float = Field(1.5, gt=1, description="x the p95 of recent durations")
     stall_min_runs: int = Field(5, ge=1, description="runs known before learning the limit")
-    stall_severity: Severity = "error"
+    stall_severity: Severity = Field("error", description="severity of pipeline_stalled")
     duration_min_runs: int = Field(10, ge=3, description="warm-up: runs before judging")
     duration_threshold: float = Field(0.999, gt=0.5, lt=1,
                                       description="Gaussian score (2|CDF-0.5|) that is anomalous")
     duration_accept_after: int = Field(3, ge=1,
                                        description="anomalous runs in a row: the new normal")
-    duration_severity: Severity = "warning"
+    duration_severity: Severity = Field("warning",
+                                        description="severity of pipeline_duration_anomaly")
     run_ttl_s: float = Field(2 * 86400.0, gt=0, description="forget a run silent this long")
     pipeline_ttl_s: float = Field(30 * 86400.0, gt=0,
                                   description="forget a pipeline quiet this long")
@@ -333,39 +403,40 @@ class PipelineSettings(_Section):
 class QuotaSettings(_Section):
     """Pool quotas (``detectors/quota.py``)."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="quota forecasts per pool")
     window_s: float = Field(6 * 3600.0, gt=0, description="usage rate over this much event time")
     horizon_s: float = Field(24 * 3600.0, gt=0, description="warn when the limit is this close")
     critical_share: float = Field(0.9, gt=0, le=1, description="page at this share of the limit")
     errant_share: float = Field(0.25, gt=0, le=1,
                                 description="one run using this share of the limit is flagged")
-    min_points: int = Field(3, ge=2)
+    min_points: int = Field(3, ge=2, description="usage points needed before forecasting")
 
 
 class ValidationSettings(_Section):
     """The validation gate (``detectors/pipelines.py:ValidationGate``)."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="the validation gate on validation runs")
     tolerance: float = Field(0.02, ge=0, description="relative worsening tolerated per metric")
-    lower_is_better: tuple[str, ...] = (r"loss", r"error", r"mae", r"mse", r"rmse", r"mape",
-                                        r"latency", r"brier")
-    ignore: tuple[str, ...] = (r"^rows?$", r"count", r"duration", r"seconds", r"^n_")
+    lower_is_better: tuple[str, ...] = Field(
+        (r"loss", r"error", r"mae", r"mse", r"rmse", r"mape", r"latency", r"brier"),
+        description="metric name patterns where lower is better (regular expressions)")
+    ignore: tuple[str, ...] = Field((r"^rows?$", r"count", r"duration", r"seconds", r"^n_"),
+                                    description="metric name patterns the gate ignores (regular "
+                                                "expressions)")
     pause: bool = Field(True, description="publish a pause command for a regressed version")
-    severity: Severity = "error"
+    severity: Severity = Field("error", description="severity of validation_gate")
 
 
 class MetricAnomalySettings(_Section):
     """Metric anomaly detection (``detectors/anomaly.py``)."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="watch ml.metrics series for anomalies")
     warmup_points: int = Field(576, ge=10, description="no alert before (2 days at 5 min)")
     threshold: float = Field(0.9999, gt=0.5, lt=1,
                              description="calibrated anomaly probability that alerts")
     season_s: float = Field(86400.0, gt=0, description="the seasonal period (daily)")
-    cooldown_s: float = Field(3600.0, ge=0, description="no new alert this soon after one")
-    resolve_after_s: float = Field(1800.0, ge=0,
-                                   description="resolve after this long back to normal")
-    severity: Severity = "warning"
+    severity: Severity = Field("warning", description="of the alerts (their cooldown and "
+                                                      "resolve delay: alerts.per_class)")
     series_ttl_s: float = Field(7 * 86400.0, gt=0, description="forget a series quiet this long")
     max_metrics_per_source: int = Field(256, ge=1, description="metrics watched per source; "
                                                                "more are dead-lettered")

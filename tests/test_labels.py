@@ -151,9 +151,10 @@ def test_join_and_check_units() -> None:
         j.add(str(i), float(i), "v1", "stable", 0.5)
     assert j.expire(watermark=6.5) == 2 and len(j) == 1
     chk = PerformanceCheck("m", "v1", window=10, run_length=1e6)
-    for _ in range(10):
-        chk.update(3.0, 2.0, 0.0)  # regression: MAE 1 becomes the reference
-    assert chk.task == "regression" and chk.reference == 1.0
+    # regression: MAE 1 becomes the reference
+    assert chk.update({"ts": np.zeros(10), "prediction": [3.0] * 10, "label": [2.0] * 10}) == []
+    assert chk.task == "regression" and chk.learned_reference == 1.0
+    assert chk.reference is None  # the parameter: none given
 
 
 def test_predictions_and_their_labels_in_one_micro_batch_join() -> None:

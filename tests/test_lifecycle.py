@@ -215,8 +215,9 @@ def test_resolve_firing_since_is_an_rfc3339_timestamp() -> None:
 def test_alert_event_shape_for_a_window_signal() -> None:
     w = WindowStats("fraud-scorer", "v7", "stable", T0, T0 + 60, 5000, 3, 80, 90.0, 400.0,
                     912.25, 1500.0)
-    s = LatencyThreshold(threshold_ms=500, min_events=10).update(w)
-    assert s is not None and s.active
+    [s] = LatencyThreshold("fraud-scorer", "v7", threshold_ms=500,
+                           min_events=10).update({"windows": [w]})
+    assert s.active
     e = alert_event(s, "trigger")
     assert_contract(e)
     assert e["event_action"] == "trigger"

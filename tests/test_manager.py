@@ -144,3 +144,58 @@ def test_silences_match_by_pattern_and_time() -> None:
     hit = Signal("feature_drift", "k", True, "warning", "", 0, "fraud-scorer", "v7")
     assert s.matches(hit, 15) and not s.matches(hit, 25) and not s.matches(hit, 5)
     assert not s.matches(Signal("feature_drift", "k", True, "error", "", 0, "fraud-scorer"), 15)
+
+
+# -- class rules (metric_anomaly's: what its detector's alert policy used to do) -------------
+
+A = "metric_anomaly:svc:cpu"
+
+
+def point(t: float, anomalous: bool) -> Signal:
+    return Signal("metric_anomaly", A, anomalous, "warning", f"cpu at {t}", t, "svc", None,
+                  {"value": 99.0 if anomalous else 40.0})
+
+
+def ruled(keep: float, cooldown: float) -> AlertManager:
+    return AlertManager(ManagerSettings(per_class={
+        "metric_anomaly": {"keep_firing_for_s": keep, "cooldown_s": cooldown}}))
+
+
+def test_a_class_rule_keeps_firing_for_its_own_time_and_cools_down() -> None:
+    m = ruled(keep=10, cooldown=100)
+    steps = [(0, True), (5, True), (15, False), (16, False), (50, True), (120, True)]
+    said = [[e["event_action"] for e in m.process([point(t, a)])] for t, a in steps]
+    # trigger; re-affirmed (nothing to send); resolved 10 s after the last anomalous point;
+    # nothing; within the cooldown of the trigger at 0: ignored; past it: a new trigger
+    assert said == [["trigger"], [], ["resolve"], [], [], ["trigger"]]
+    again = ruled(keep=10, cooldown=100)
+    again.load_dict(orjson.loads(orjson.dumps(m.to_dict())))
+    assert again.to_dict() == m.to_dict()
+
+
+def test_a_class_rule_reaffirms_rather_than_flaps() -> None:
+    m = ruled(keep=1800, cooldown=3600)
+    out = run(m, [point(t, t % 600 == 0) for t in range(0, 3000, 300)] +
+              [point(t, False) for t in range(3000, 6000, 300)])
+    assert out == [("trigger", A), ("resolve", A)]  # anomalous every other point: one incident
+    assert not m.alerts[A].flapping
+
+
+def test_the_cooldown_outlives_the_flap_window_and_survives_ticks() -> None:
+    m = ruled(keep=0, cooldown=3600)
+    assert run(m, [point(0, True), point(300, False)]) == [("trigger", A), ("resolve", A)]
+    m.tick(2000, 2000)  # past the flap window (600 s): the key is kept, it is cooling down
+    assert run(m, [point(2400, True)]) == []
+    m.tick(3700, 3700)  # past the cooldown: forgotten
+    assert A not in m.alerts
+    assert run(m, [point(3800, True)]) == [("trigger", A)]
+
+
+def test_default_class_rules_and_overrides() -> None:
+    rule = ManagerSettings().per_class["metric_anomaly"]
+    assert (rule.keep_firing_for_s, rule.cooldown_s) == (1800.0, 3600.0)
+    merged = ManagerSettings(per_class={"metric_anomaly": {"cooldown_s": 60},
+                                        "latency_slo": {"keep_firing_for_s": 120}}).per_class
+    assert merged["metric_anomaly"].keep_firing_for_s == 1800.0  # merged field by field
+    assert merged["metric_anomaly"].cooldown_s == 60
+    assert merged["latency_slo"].keep_firing_for_s == 120 and merged["latency_slo"].cooldown_s == 0

@@ -49,7 +49,8 @@ def drive(pattern: Sequence[bool | None], manager: AlertManager | None = None,
     ``after_s`` past the last window; the notifications, with the clock they went
     out at."""
     m = manager or AlertManager(defaults())
-    det = LatencyThreshold(SETTINGS.latency.p99_threshold_ms, SETTINGS.latency.min_events)
+    det = LatencyThreshold("m", "v1", threshold_ms=SETTINGS.latency.p99_threshold_ms,
+                           min_events=SETTINGS.latency.min_events)
     closes = {int(T0 + SIZE * (i + 1) + LATENESS): i for i in range(len(pattern))}
     out: list[tuple[float, dict[str, Any]]] = []
     end = int(T0 + SIZE * len(pattern) + LATENESS + after_s)
@@ -57,8 +58,7 @@ def drive(pattern: Sequence[bool | None], manager: AlertManager | None = None,
         i = closes.get(now)
         bad = pattern[i] if i is not None else None
         if i is not None and bad is not None:
-            signal = det.update(window(i, bad))
-            assert signal is not None
+            [signal] = det.update({"windows": [window(i, bad)]})
             out += [(float(now), e) for e in m.process([signal], now)]
         out += [(float(now), e) for e in m.tick(now, event_now=now)]
     return out
@@ -159,10 +159,10 @@ def test_no_verdict_after_a_bad_window_is_not_a_resolve() -> None:
 
 def test_a_tick_without_an_event_clock_does_not_resolve_an_event_time_alert() -> None:
     m = AlertManager(defaults())
-    det = LatencyThreshold(SETTINGS.latency.p99_threshold_ms, SETTINGS.latency.min_events)
+    det = LatencyThreshold("m", "v1", threshold_ms=SETTINGS.latency.p99_threshold_ms,
+                           min_events=SETTINGS.latency.min_events)
     for i, bad in enumerate([True, False]):
-        signal = det.update(window(i, bad))
-        assert signal is not None
+        [signal] = det.update({"windows": [window(i, bad)]})
         m.process([signal], T0 + SIZE * (i + 1))
     assert m.tick(T0 + 10 * KEEP) == []  # the wall clock says nothing about event time
     assert m.tick(T0 + 10 * KEEP, T0 + 2 * SIZE + KEEP - 1) == []
@@ -337,3 +337,11 @@ def test_state_does_not_grow_with_weeks_of_one_flapping_alert() -> None:
     (first, sent_first), (second, sent_second) = week(0), week(7 * 24 * 60)
     assert second < first + 50  # a few more digits in the timestamps, nothing more
     assert sent_first == sent_second == 2 * 7 * 24  # one trigger and one resolve an hour
+
+
+@pytest.mark.parametrize("bad", [{"per_class": {"latency": {"cooldown_s": 1}}},
+                                 {"per_class": {"metric_anomaly": {"cooldown_s": -1}}},
+                                 {"per_class": {"metric_anomaly": {"keep_firing_for_s": -1}}}])
+def test_bad_class_rules_are_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        ManagerSettings(**bad)

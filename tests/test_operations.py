@@ -9,9 +9,10 @@ import numpy as np
 import orjson
 import polars as pl
 
+from detectors.base import Batch
 from detectors.pipelines import DurationAnomaly, FailureStreak, RunInfo, StallWatch
 from detectors.profile import build_profile
-from detectors.quota import QuotaForecast, UsagePoint
+from detectors.quota import QuotaForecast, UsagePoint, usage_batch
 from streams.config import Settings
 from streams.core.operations import OperationsProcessor, OpsOutbox
 from streams.core.predictions import InMessage
@@ -22,11 +23,20 @@ HOUR = 3600.0
 POOL_TOPIC = "s-pool-usage"
 
 
+def runs(status: list[str], durations: list[float | None] | None = None, t0: float = T0,
+         prefix: str = "r", errors: list[str | None] | None = None) -> Batch:
+    """Run events, one a second from ``t0``."""
+    n = len(status)
+    return {"ts": t0 + np.arange(n, dtype=float), "run_id": [f"{prefix}{i}" for i in range(n)],
+            "status": status, "error": errors or [None] * n,
+            "duration_s": durations or [None] * n}
+
+
 def test_failure_severity_rises_with_the_streak_and_a_success_resolves() -> None:
     f = FailureStreak("train", critical_after=3)
-    sev = [f.on_end(f"r{i}", True, T0 + i, "OOM").severity for i in range(4)]
+    sev = [s.severity for s in f.update(runs(["failed"] * 4, errors=["OOM"] * 4))]
     assert sev == ["error", "error", "critical", "critical"]
-    ok = f.on_end("r5", False, T0 + 5, None)
+    [ok] = f.update(runs(["succeeded"], t0=T0 + 5, prefix="ok"))
     assert not ok.active and f.streak == 0
 
 
@@ -34,19 +44,17 @@ def test_stall_limit_is_learned_from_past_runs_within_floor_and_ceiling() -> Non
     w = StallWatch("train", floor_s=60, ceiling_s=10_000, factor=1.5, min_runs=5)
     run = RunInfo("r1", "training", T0, last_wall=1000.0)
     assert w.check([run], now=1000.0 + 9_999) == []  # before history: the ceiling
-    for d in (100, 110, 120, 105, 115):
-        w.learn(d)
+    assert w.update(runs(["succeeded"] * 5, [100, 110, 120, 105, 115])) == []
     limit = w.expected_s()
     assert 1.5 * 115 < limit <= 1.5 * 120
     assert w.check([run], now=1000.0 + limit - 1) == []
     [stalled] = w.check([run], now=1000.0 + limit + 1)
     assert stalled.active and stalled.key == "pipeline_stalled:train:r1"
     assert w.check([run], now=1000.0 + 2 * limit) == []  # said once
-    back = w.alive("r1", now=5000.0)
-    assert back is not None and not back.active
-    w.learn(1.0)
-    for _ in range(60):
-        w.learn(1.0)
+    [back] = w.update({"ts": np.array([5000.0]), "run_id": ["r1"], "status": ["heartbeat"],
+                       "duration_s": [None]})
+    assert not back.active
+    w.update(runs(["succeeded"] * 61, [1.0] * 61, prefix="fast"))
     assert w.expected_s() == 60  # the floor
 
 
@@ -54,31 +62,29 @@ def test_duration_anomaly_is_silent_in_warm_up_then_catches_a_slow_run_and_adapt
     rng = np.random.default_rng(3)
     d = DurationAnomaly("train", min_runs=10, threshold=0.999, accept_after=3)
     normal = rng.lognormal(np.log(600), 0.1, size=40)
-    said = [d.observe(f"r{i}", float(x), T0 + i) for i, x in enumerate(normal)]
-    assert all(s is None for s in said[:10])  # warm-up: nothing, not even "normal"
-    assert not any(s is not None and s.active for s in said)
-    slow = d.observe("slow", 1800.0, T0 + 100)
-    assert slow is not None and slow.active and slow.details["duration_s"] == 1800
+    said = d.update(runs(["succeeded"] * 40, normal.tolist()))
+    assert len(said) == 30 and said[0].timestamp == T0 + 10  # warm-up: nothing, not "normal"
+    assert not any(s.active for s in said)
+    [slow] = d.update(runs(["succeeded"], [1800.0], T0 + 100, "slow"))
+    assert slow.active and slow.details["duration_s"] == 1800
     assert slow.details["expected"]["high"] < 1800 < 4 * slow.details["typical_s"]
-    back = d.observe("ok", 610.0, T0 + 101)
-    assert back is not None and not back.active
+    [back] = d.update(runs(["succeeded"], [610.0], T0 + 101, "ok"))
+    assert not back.active
     # the input doubled for good: three slow runs in a row become the new normal
-    shifted = [d.observe(f"s{i}", 1500.0 + 10 * (i % 3), T0 + 200 + i) for i in range(12)]
-    assert [s is not None and s.active for s in shifted[:3]] == [True, True, True]
-    assert shifted[3:10] == [None] * 7  # learned afresh: a new warm-up
-    assert shifted[-1] is not None and not shifted[-1].active
-    state = orjson.loads(orjson.dumps(d.to_dict()))
-    again = DurationAnomaly("train")
-    again.load_dict(state)
-    assert again.observe("x", 1510.0, T0 + 300) == d.observe("x", 1510.0, T0 + 300)
+    shifted = d.update(runs(["succeeded"] * 12, [1500.0 + 10 * (i % 3) for i in range(12)],
+                            T0 + 200, "s"))
+    assert [s.active for s in shifted[:3]] == [True, True, True]
+    # learned afresh: a new warm-up (runs 3 to 9 say nothing), then normal again
+    assert [s.timestamp - T0 - 200 for s in shifted] == [0, 1, 2, 10, 11]
+    assert not shifted[-1].active
 
 
 def points(used: list[float], limit: float = 200.0, spacing: float = HOUR,
            run_used: list[float] | None = None, pipeline: str = "train",
-           run_id: str = "r1", t0: float = T0) -> list[UsagePoint]:
-    return [UsagePoint(t0 + i * spacing, pipeline, run_id, "heartbeat",
-                       None if run_used is None else run_used[i], u, limit)
-            for i, u in enumerate(used)]
+           run_id: str = "r1", t0: float = T0) -> Batch:
+    return usage_batch([UsagePoint(t0 + i * spacing, pipeline, run_id, "heartbeat",
+                                   None if run_used is None else run_used[i], u, limit)
+                        for i, u in enumerate(used)])
 
 
 def test_quota_forecast_warns_within_the_horizon_and_pages_at_90_percent() -> None:
@@ -104,14 +110,15 @@ def test_top_consumers_and_an_errant_run_are_named() -> None:
            for i in range(5)]
     pts += [UsagePoint(T0 + 10 + i, "hyperopt", "h1", "heartbeat", 20.0 * i, 20 + 20 * i, 200)
             for i in range(5)]
-    sig = q.update(pts)
+    sig = q.update(usage_batch(pts))
     errant = [s for s in sig if s.key == "quota_exhaustion:team-a:gpu_hours:run:h1"]
     assert [s.active for s in errant] == [True]  # 60 > 25 % of 200, said once
     assert errant[0].details["pipeline"] == "hyperopt"
     top = q.consumers()
     assert [c["pipeline"] for c in top] == ["hyperopt", "nightly"]
     assert top[0]["used"] == 80 and top[1]["used"] == 8
-    [ended] = q.update([UsagePoint(T0 + 20, "hyperopt", "h1", "succeeded", 80, 100, 200)])[:1]
+    [ended] = q.update(usage_batch([UsagePoint(T0 + 20, "hyperopt", "h1", "succeeded", 80, 100,
+                                               200)]))[:1]
     assert ended.key.endswith("run:h1") and not ended.active
 
 

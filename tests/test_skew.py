@@ -76,10 +76,10 @@ def test_calibrated_threshold_keeps_the_false_alarm_budget_on_stationary_data() 
     assert bins is not None
     run_length = 50_000.0
     cal = calibrate(bins.reference, window=1000, hop=250, run_length=run_length)
-    det = SkewDetector("m", "v1", bins, cal)
+    det = SkewDetector("m", "v1", "c", bins=bins, calibration=cal)
     n = 2_000_000
     idx = rng.choice(5, size=n, p=ref)
-    alarms = sum(s.active for s in det.update(idx, np.arange(n, dtype=float)))
+    alarms = sum(s.active for s in det.update({"ts": np.arange(n, dtype=float), "bin": idx}))
     expected = n / run_length  # 40
     assert expected / 3 < alarms < expected * 2, alarms
 
@@ -94,10 +94,10 @@ def test_a_mean_shift_is_detected_soon_after_the_change_and_not_before(
                                           "counts": np.histogram(ref, edges)[0].tolist()})
     assert bins is not None
     cal = calibrate(bins.reference, window=2000, hop=500, run_length=6.048e7)
-    det = SkewDetector("m", "v1", bins, cal)
+    det = SkewDetector("m", "v1", "x", bins=bins, calibration=cal)
     change = 20_000
     x = np.concatenate([rng.normal(size=change), rng.normal(loc=shift, size=10_000)])
-    signals = det.update(bins.bin_numeric(x), np.arange(x.size, dtype=float))
+    signals = det.update({"ts": np.arange(x.size, dtype=float), "bin": bins.bin_numeric(x)})
     first = next(s.timestamp for s in signals if s.active)
     assert change <= first <= change + within
 

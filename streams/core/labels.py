@@ -86,18 +86,18 @@ class LabelTracker:
                 continue
             est = self.estimates.get(series)
             if est is None:
-                est = self.estimates[series] = ConfidenceEstimate(
-                    self.model, series[0], lab.estimate_window,
-                    self.settings.skew.run_length_events, lab.min_drop, series[1])
-            out.extend(est.update(np.asarray(preds, dtype=float), ts[rows]))
+                est = self.estimates[series] = self._estimate(*series)
+            out.extend(est.update({"ts": ts[rows],
+                                   "prediction": np.asarray(preds, dtype=float)}))
         return out
 
     def on_labels(self, event_ids: Sequence[str], ts: Sequence[float], labels: Sequence[Any],
                   references: ReferenceLookup | None) -> list[Signal]:
         """Join labels to their predictions; score them; watch the label distribution."""
-        lab = self.settings.labels
         out: list[Signal] = []
         drift_values: dict[tuple[str, str], tuple[list[Any], list[float]]] = {}
+        run: tuple[str, str] | None = None  # consecutive labels of one series: one batch
+        preds: list[Any] = []
         for eid, t, label in zip(event_ids, ts, labels, strict=True):
             entry = self.join.match(eid)
             if entry is None:
@@ -105,25 +105,50 @@ class LabelTracker:
             _, version, cohort, prediction = entry
             label = compact_value(label)  # as the prediction was kept
             series = (version, cohort)
-            check = self.checks.get(series)
-            if check is None:
-                ref = references(version) if references is not None else None
-                perf = ref.performance if ref is not None else None
-                reference = None if not perf else perf.get("accuracy", perf.get("mae"))
-                check = self.checks[series] = PerformanceCheck(
-                    self.model, version, lab.window, self.settings.skew.run_length_events,
-                    lab.min_drop, reference, cohort, lab.severity)
-            signal = check.update(prediction, label, t)
-            if signal is not None:
-                out.append(signal)
+            if series != run:
+                out.extend(self._score(run, preds, drift_values))
+                run, preds = series, []
+            if series not in self.checks:
+                self.checks[series] = self._check(version, cohort, references)
             values, times = drift_values.setdefault(series, ([], []))
+            preds.append(prediction)
             values.append(label)
             times.append(t)
+        out.extend(self._score(run, preds, drift_values))
         for (version, cohort), (values, times) in drift_values.items():
             det = self._label_drift(version, cohort, references)
             if det is not None:
                 out.extend(_update_bins(det, values, np.asarray(times)))
         return out
+
+    def _score(self, series: tuple[str, str] | None, preds: list[Any],
+               drift_values: dict[tuple[str, str], tuple[list[Any], list[float]]]
+               ) -> list[Signal]:
+        """Score the last ``len(preds)`` labels of ``series`` (one run of them, in order)."""
+        if series is None or not preds:
+            return []
+        values, times = drift_values[series]
+        n = len(preds)
+        return self.checks[series].update({"ts": np.asarray(times[-n:]), "prediction": preds,
+                                           "label": values[-n:]})
+
+    def _check(self, version: str, cohort: str,
+               references: ReferenceLookup | None) -> PerformanceCheck:
+        lab = self.settings.labels
+        ref = references(version) if references is not None else None
+        perf = ref.performance if ref is not None else None
+        reference = None if not perf else perf.get("accuracy", perf.get("mae"))
+        return PerformanceCheck(self.model, version, cohort=cohort, window=lab.window,
+                                run_length=self.settings.skew.run_length_events,
+                                min_drop=lab.min_drop, reference=reference,
+                                severity=lab.severity)
+
+    def _estimate(self, version: str, cohort: str) -> ConfidenceEstimate:
+        lab = self.settings.labels
+        return ConfidenceEstimate(self.model, version, cohort=cohort,
+                                  window=lab.estimate_window,
+                                  run_length=self.settings.skew.run_length_events,
+                                  min_drop=lab.min_drop)
 
     def _label_drift(self, version: str, cohort: str,
                      references: ReferenceLookup | None) -> SkewDetector | None:
@@ -132,8 +157,9 @@ class LabelTracker:
             ref = references(version)
             if ref is not None and ref.label is not None:
                 det = self.label_drift[(version, cohort)] = SkewDetector(
-                    self.model, version, ref.label.bins, ref.label.skew, cohort,
-                    check="label_drift", severity=self.settings.skew.severity)
+                    self.model, version, ref.label.bins.name, cohort=cohort,
+                    bins=ref.label.bins, calibration=ref.label.skew, check="label_drift",
+                    severity=self.settings.skew.severity)
                 saved = self._saved_drift.pop((version, cohort), None)
                 if saved is not None:
                     det.load_dict(saved)
@@ -158,16 +184,11 @@ class LabelTracker:
         }
 
     def load_dict(self, data: dict[str, Any]) -> None:
-        lab = self.settings.labels
         for v, c, d in data.get("checks", []):
-            chk = self.checks[(v, c)] = PerformanceCheck(
-                self.model, v, lab.window, self.settings.skew.run_length_events, lab.min_drop,
-                None, c, lab.severity)
+            chk = self.checks[(v, c)] = self._check(v, c, None)
             chk.load_dict(d)
         for v, c, d in data.get("estimates", []):
-            est = self.estimates[(v, c)] = ConfidenceEstimate(
-                self.model, v, lab.estimate_window, self.settings.skew.run_length_events,
-                lab.min_drop, c)
+            est = self.estimates[(v, c)] = self._estimate(v, c)
             est.load_dict(d)
         self._saved_drift = {(v, c): d for v, c, d in data.get("label_drift", [])}
 
@@ -178,5 +199,5 @@ def _update_bins(det: SkewDetector, values: list[Any], ts: np.ndarray) -> list[S
         x = np.fromiter((float(v) if type(v) in (int, float, bool) else np.nan for v in values),
                         dtype=float, count=len(values))
         ok = np.isfinite(x)
-        return det.update(bins.bin_numeric(x[ok]), ts[ok])
-    return det.update(bins.bin_categories([category_key(v) for v in values]), ts)
+        return det.update({"ts": ts[ok], "bin": bins.bin_numeric(x[ok])})
+    return det.update({"ts": ts, "bin": bins.bin_categories([category_key(v) for v in values])})

@@ -23,7 +23,7 @@ import polars as pl
 
 from alerting.manager import AlertManager, ManagerSettings
 from alerting.rollout import RolloutPolicy, RolloutTracker, TrackerOutput
-from detectors.base import Signal
+from detectors.base import Batch, Signal
 from detectors.canary import CanaryAnalysis, PredictionHistograms, Verdict
 from detectors.contract import dedup_key
 from detectors.drift import DriftDetector
@@ -67,17 +67,21 @@ class Output:
 class _Series:
     """Detectors of one (version, cohort) series."""
 
-    def __init__(self, s: Settings) -> None:
-        b = s.burn_rate
+    def __init__(self, model: str, version: str, cohort: str, s: Settings) -> None:
+        b, lat, err = s.burn_rate, s.latency, s.error_rate
         rules = tuple(BurnRule(r.name, r.long_s, r.short_s, r.factor, r.severity)
                       for r in b.rules)
-        self.latency = LatencyThreshold(s.latency.p99_threshold_ms, s.latency.min_events,
-                                        s.latency.severity)
-        self.errors = ErrorRateSpike(s.error_rate.threshold, s.error_rate.baseline_factor,
-                                     s.error_rate.min_events, severity=s.error_rate.severity)
+        self.latency = LatencyThreshold(model, version, cohort, threshold_ms=lat.p99_threshold_ms,
+                                        min_events=lat.min_events, severity=lat.severity)
+        self.errors = ErrorRateSpike(model, version, cohort, threshold=err.threshold,
+                                     factor=err.baseline_factor, min_events=err.min_events,
+                                     severity=err.severity)
         self.burns = [
-            BurnRate("latency", b.latency_objective, rules, b.min_events, b.min_bad),
-            BurnRate("availability", b.availability_objective, rules, b.min_events, b.min_bad),
+            BurnRate(model, version, cohort, sli="latency", objective=b.latency_objective,
+                     rules=rules, min_events=b.min_events, min_bad=b.min_bad),
+            BurnRate(model, version, cohort, sli="availability",
+                     objective=b.availability_objective, rules=rules, min_events=b.min_events,
+                     min_bad=b.min_bad),
         ] if b.enabled else []
         self.last_arrival = 0.0
         self.skew: dict[str, list[SkewDetector | DriftDetector]] = {}
@@ -99,18 +103,19 @@ class _Series:
             for name, fr in ref.features.items():
                 dets: list[SkewDetector | DriftDetector] = []
                 if s.skew.enabled:
-                    dets.append(SkewDetector(model, version, fr.bins, fr.skew, cohort,
-                                             severity=s.skew.severity))
+                    dets.append(SkewDetector(model, version, name, cohort=cohort, bins=fr.bins,
+                                             calibration=fr.skew, severity=s.skew.severity))
                 if s.drift.enabled:
-                    check = "prediction_drift" if name == "prediction" else "feature_drift"
-                    dets.append(DriftDetector(model, version, fr.bins, fr.drift,
-                                              s.drift.baseline_factor, cohort, check,
-                                              s.drift.severity))
+                    dets.append(DriftDetector(model, version, name, cohort=cohort,
+                                              bins=fr.bins, calibration=fr.drift,
+                                              baseline_factor=s.drift.baseline_factor,
+                                              severity=s.drift.severity))
                 self.skew[name] = dets
             q = s.quality
             self.quality = QualityDetector(
-                model, version, list(ref.specs), q.window_events, s.skew.run_length_events,
-                q.min_excess, cohort, q.severity, s.limits.max_unknown_features
+                model, version, cohort=cohort, specs=ref.specs, window=q.window_events,
+                run_length=s.skew.run_length_events, min_excess=q.min_excess,
+                max_unknown=s.limits.max_unknown_features, severity=q.severity,
             ) if q.enabled and ref.specs else None
             if self.saved_skew.get("reference") == ref.created_at:
                 if self.quality is not None and self.saved_skew.get("quality"):
@@ -123,9 +128,10 @@ class _Series:
         return self.skew
 
     def evaluate(self, w: WindowStats) -> list[Signal]:
-        out = [s for s in (self.latency.update(w), self.errors.update(w)) if s is not None]
+        batch: Batch = {"windows": [w]}
+        out = self.latency.update(batch) + self.errors.update(batch)
         for burn in self.burns:
-            out.extend(burn.update(w))
+            out.extend(burn.update(batch))
         return out
 
     def first_events_reference(self, model: str, version: str,
@@ -209,7 +215,8 @@ class ModelMonitor:
         self.windows = TumblingWindows(model, w.size_s, w.allowed_lateness_s,
                                        settings.burn_rate.slow_ms, w.percentile_accuracy)
         o = settings.outage
-        self.outage = OutageDetector(model, o.k, o.floor_s, o.min_arrivals, severity=o.severity)
+        self.outage = OutageDetector(model, k=o.k, floor_s=o.floor_s,
+                                     min_arrivals=o.min_arrivals, severity=o.severity)
         self.book = AlertManager(ManagerSettings(**settings.alerts.model_dump()))
         self.series: dict[tuple[str, str], _Series] = {}
         self.offsets: dict[int, int] = {}  # input partition -> last offset folded in
@@ -274,7 +281,8 @@ class ModelMonitor:
         """
         out = Output()
         self.last_arrival = self._wall = now
-        self._emit(out, self.outage.observe(now))
+        for signal in self.outage.update({"ts": np.array([now])}):
+            self._emit(out, signal)
         pairs = frame.select("version", "cohort").unique().rows()
         for version, cohort in pairs:
             self._series(version, cohort).last_arrival = now
@@ -398,7 +406,7 @@ class ModelMonitor:
             cols = _columns(ref, feats)
             signals: list[Signal] = []
             if series.quality is not None:
-                signals.extend(series.quality.update(cols, ts))
+                signals.extend(series.quality.update({"ts": ts, "features": cols}))
             for name, dets in detectors.items():
                 if name == "prediction":
                     preds = [predictions[i] for i in rows]
@@ -427,8 +435,7 @@ class ModelMonitor:
             self.last_arrival = max(self.last_arrival, now - self.settings.worker.idle_close_s)
             self.outage.grace(now)
             return out
-        signal = self.outage.check(now)
-        if signal is not None:
+        for signal in self.outage.check(now):
             self._emit(out, signal)
         idle = now - self.last_arrival > self.settings.worker.idle_close_s
         if self.windows.open_windows and idle:
@@ -455,7 +462,8 @@ class ModelMonitor:
     def _series(self, version: str, cohort: str) -> _Series:
         s = self.series.get((version, cohort))
         if s is None:
-            s = self.series[(version, cohort)] = _Series(self.settings)
+            s = self.series[(version, cohort)] = _Series(self.model, version, cohort,
+                                                         self.settings)
         return s
 
     def _evaluate(self, out: Output, closed: list[WindowStats]) -> None:
@@ -593,21 +601,16 @@ def _compare(dets: list[SkewDetector | DriftDetector], values: list[Any],
         return []
     bins = dets[0].bins
     out: list[Signal] = []
+    batch: Batch
     if bins.kind == "numeric":
         assert numbers is not None
         ok = np.isfinite(numbers)
-        idx, x, t = bins.bin_numeric(numbers[ok]), numbers[ok], ts[ok]
-        for det in dets:
-            out.extend(det.update(idx, t, x))
-        return out
-    present, cats = _categories(values)
-    idx = bins.bin_categories(cats)
-    unseen = ([c for c in cats if c not in bins.index]
-              if idx.size and (idx >= bins.size - 2).any() else [])
+        batch = {"ts": ts[ok], "bin": bins.bin_numeric(numbers[ok]), "value": numbers[ok]}
+    else:
+        present, cats = _categories(values)
+        batch = {"ts": ts[present], "bin": bins.bin_categories(cats), "category": cats}
     for det in dets:
-        if unseen and isinstance(det, SkewDetector):
-            det.note_unseen(unseen)
-        out.extend(det.update(idx, ts[present]))
+        out.extend(det.update(batch))
     return out
 
 

@@ -41,9 +41,9 @@ import orjson
 from alerting.manager import WALL_CLOCK_CHECKS, AlertManager, ManagerSettings, Silence
 from alerting.rollout import make_command
 from detectors.anomaly import MetricAnomalyDetector
-from detectors.base import Signal
+from detectors.base import Batch, Signal
 from detectors.pipelines import DurationAnomaly, FailureStreak, RunInfo, StallWatch, ValidationGate
-from detectors.quota import QuotaForecast, UsagePoint
+from detectors.quota import QuotaForecast, UsagePoint, usage_batch
 from streams.config import Settings
 from streams.core.isolation import fold_isolated
 from streams.core.parse import DeadLetter, MetricColumns, parse_metrics, parse_pipeline, raw_text
@@ -136,12 +136,18 @@ class PipelineState(_Keyed):
         p, v = settings.pipelines, settings.validation
         self.runs: dict[str, RunInfo] = {}
         self.pools: dict[str, tuple[str, str]] = {}  # run -> (pool, resource) it reported
-        self.failures = FailureStreak(name, p.failure_critical_after, p.failure_severity)
-        self.stall = StallWatch(name, p.stall_floor_s, p.stall_ceiling_s, p.stall_factor,
-                                p.stall_min_runs, p.stall_severity)
-        self.duration = DurationAnomaly(name, p.duration_min_runs, p.duration_threshold,
-                                        p.duration_accept_after, p.duration_severity)
-        self.gate = ValidationGate(name, v.tolerance, v.lower_is_better, v.ignore, v.severity)
+        self.failures = FailureStreak(name, critical_after=p.failure_critical_after,
+                                      severity=p.failure_severity)
+        self.stall = StallWatch(name, floor_s=p.stall_floor_s, ceiling_s=p.stall_ceiling_s,
+                                factor=p.stall_factor, min_runs=p.stall_min_runs,
+                                severity=p.stall_severity)
+        self.duration = DurationAnomaly(name, min_runs=p.duration_min_runs,
+                                        threshold=p.duration_threshold,
+                                        accept_after=p.duration_accept_after,
+                                        severity=p.duration_severity)
+        self.gate = ValidationGate(name, tolerance=v.tolerance,
+                                   lower_is_better=v.lower_is_better, ignore=v.ignore,
+                                   severity=v.severity)
 
     def ingest(self, rec: Record, wall: float, references: ReferenceStore | None,
                box: OpsOutbox) -> list[tuple[str, str, UsagePoint]]:
@@ -157,25 +163,19 @@ class PipelineState(_Keyed):
                 del self.runs[min(self.runs, key=lambda r: self.runs[r].last_wall)]
         if run is not None:
             run.last_wall = wall
+        row: Batch = {"ts": np.array([ts]), "run_id": [run_id], "status": [status],
+                      "error": [rec["error"]], "duration_s": [None]}
         if status in ("started", "heartbeat"):
-            back = self.stall.alive(run_id, ts)
-            if back is not None:
-                signals.append(back)
+            signals.extend(self.stall.update(row))
         else:
             self.runs.pop(run_id, None)
-            back = self.stall.alive(run_id, ts, ended=True)
-            if back is not None:
-                signals.append(back)
-            signals.append(self.failures.on_end(run_id, status == "failed", ts, rec["error"]))
             duration = rec.get("duration_s")
             if duration is None and run is not None:
                 duration = ts - run.started_ts
-            if duration is not None and duration > 0:
-                if status == "succeeded":
-                    self.stall.learn(duration)
-                judged = self.duration.observe(run_id, duration, ts)
-                if judged is not None:
-                    signals.append(judged)
+            row["duration_s"] = [duration]
+            signals.extend(self.stall.update(row))  # resolves its stall; learns a success
+            signals.extend(self.failures.update(row))
+            signals.extend(self.duration.update(row))
             if rec["kind"] == "validation" and status == "succeeded" and \
                     self.settings.validation.enabled:
                 signals.extend(self._validate(rec, references, box))
@@ -190,7 +190,8 @@ class PipelineState(_Keyed):
             return []
         out: list[Signal] = []
         if rec["metrics"]:
-            out.extend(self.gate.observe(model, version, rec["metrics"], rec["ts"]))
+            out.extend(self.gate.update({"ts": np.array([rec["ts"]]), "model": [model],
+                                         "version": [version], "metrics": [rec["metrics"]]}))
         if rec.get("profile") and references is not None:
             ref = references.get(model, version)
             if ref is not None:
@@ -205,7 +206,7 @@ class PipelineState(_Keyed):
     def _pause(self, s: Signal, model: str, version: str, ts: float) -> Record:
         previous = s.details.get("previous_version") or "-"
         # one pause per version and reason, whatever replays: pause:M:V:validation[-skew]
-        what = "validation" if s.key == self.gate.key(model, version) else "validation-skew"
+        what = "validation" if s.key == self.gate.key_for(model, version) else "validation-skew"
         return make_command("pause", model, previous, version, what, s.summary, ts,
                             alert_dedup_keys=[s.key], evidence=s.details)
 
@@ -238,7 +239,7 @@ class PipelineState(_Keyed):
         return alerts
 
     def _forget(self, run_id: str, wall: float, ttl: float) -> list[Record]:
-        key = self.stall.key(run_id)
+        key = self.stall.key_for(run_id)
         lc = self.book.alerts.get(key)
         if lc is None:
             return []
@@ -280,13 +281,12 @@ class MetricState(_Keyed):
         m = settings.metric_anomaly
         self.detector = MetricAnomalyDetector(
             name, metric, warmup_points=m.warmup_points, threshold=m.threshold,
-            season_s=m.season_s, cooldown_s=m.cooldown_s, resolve_after_s=m.resolve_after_s,
-            severity=m.severity)
+            season_s=m.season_s, severity=m.severity)
 
     def ingest(self, ts: np.ndarray, values: np.ndarray, wall: float) -> list[Record]:
         self.last_seen = wall
         order = np.argsort(ts, kind="stable")
-        return self.emit(self.detector.update(ts[order], values[order]), wall)
+        return self.emit(self.detector.update({"ts": ts[order], "value": values[order]}), wall)
 
     def to_dict(self) -> Record:
         return {**self.base_dict(), "kind": "metric", "metric": self.metric,
@@ -312,8 +312,9 @@ class PoolState(_Keyed):
         if f is None:
             q = self.settings.quota
             f = self.forecasts[resource] = QuotaForecast(
-                self.name, resource, q.window_s, q.horizon_s, q.critical_share,
-                q.errant_share, q.min_points)
+                self.name, resource, window_s=q.window_s, horizon_s=q.horizon_s,
+                critical_share=q.critical_share, errant_share=q.errant_share,
+                min_points=q.min_points)
         return f
 
     def ingest(self, points: list[Record], wall: float) -> list[Record]:
@@ -325,7 +326,7 @@ class PoolState(_Keyed):
                 p.get("used"), p.get("limit")))
         signals: list[Signal] = []
         for resource, pts in by_resource.items():
-            signals.extend(self.forecast(resource).update(pts))
+            signals.extend(self.forecast(resource).update(usage_batch(pts)))
         return self.emit(signals, wall)
 
     def to_dict(self) -> Record:
