@@ -12,8 +12,8 @@ from aiokafka import AIOKafkaProducer
 
 from alerting.manager import Silence
 from detectors.profile import build_profile
-from streams.cli.silences import add_silence
 from streams.cli.profile import publish_profile
+from streams.cli.silences import add_silence
 from streams.config import TopicSettings, load_settings
 from streams.runtime.kafka import ensure_topics
 from tests.conftest import WorkerProcess, test_config

@@ -198,3 +198,13 @@ def test_other_inputs_are_keyed_too() -> None:
 def _feedback() -> Any:
     from streams.core.parse import FeedbackColumns
     return FeedbackColumns()
+
+
+def test_amounts_used_are_not_negative() -> None:
+    run = {"event_id": "e", "ts": NOW, "pipeline": "p", "kind": "training", "run_id": "r",
+           "status": "heartbeat"}
+    [dead] = parse_pipeline(orjson.dumps({**run, "resources": {"gpu_hours": -2}}), [])
+    assert dead.reason == "bad_value: 'resources.gpu_hours' -2 is negative"
+    quota = {"pool": "a", "resource": "gpu_hours", "used": -1, "limit": 10}
+    [dead] = parse_pipeline(orjson.dumps({**run, "quota": quota}), [])
+    assert dead.code == "bad_value" and "quota.used" in dead.reason

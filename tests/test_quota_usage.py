@@ -146,7 +146,7 @@ def test_records_are_read_by_the_workers_parser_and_its_reasons_kept() -> None:
         "not_object: expected a JSON object, got int"]
     assert runs.rejected[2].startswith("bad_key: the message key 'other' is not the event's "
                                        "pipeline 'fraud-train'")
-    assert runs.rejected[3] == "bad_value: 'resources.gpu_hours' -1.0 is negative"
+    assert runs.rejected[3] == "bad_value: 'resources.gpu_hours' -1 is negative"
     assert row(runs.usage().frame, resource="gpu_hours")["total"] == 2.0
 
 

@@ -157,10 +157,6 @@ def parse_runs(messages: Iterable[tuple[Key, bytes | None]],
         events: list[dict[str, Any]] = []
         rejected.extend(dead.reason for dead in parse_pipeline(value, events, limits, key))
         for rec in events:
-            negative = _negative(rec)
-            if negative is not None:
-                rejected.append(negative)
-                continue
             quota = rec.get("quota")
             _append(ev, rec["pipeline"], rec["run_id"], rec["kind"],
                     quota["pool"] if quota else None, rec["ts"])
@@ -184,17 +180,6 @@ def parse_runs(messages: Iterable[tuple[Key, bytes | None]],
                                        "ts": pl.Float64, "used": pl.Float64,
                                        "limit": pl.Float64})
     return Runs(runs, per_run, quotas, events_frame.height, rejected)
-
-
-def _negative(rec: Mapping[str, Any]) -> str | None:
-    """Why an event the parser accepted cannot be used: an amount used below 0."""
-    for name, amount in (rec["resources"] or {}).items():
-        if amount < 0:
-            return f"bad_value: 'resources.{name[:64]}' {amount} is negative"
-    quota = rec.get("quota")
-    if quota is not None and quota["used"] < 0:
-        return f"bad_value: 'quota.used' {quota['used']} is negative"
-    return None
 
 
 def _unkeyed(values: Iterable[bytes | None]) -> Iterable[tuple[Key, bytes | None]]:

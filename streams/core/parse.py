@@ -625,6 +625,9 @@ def _pipeline_event(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
         "resources": _numbers(ev, "resources", limits),
         "metrics": _numbers(ev, "metrics", limits),
     }
+    for name, amount in (rec["resources"] or {}).items():
+        if amount < 0:  # an amount used so far (CONTRACT.md)
+            raise Invalid(f"bad_value: 'resources.{name[:64]}' {amount:g} is negative")
     if ev.get("duration_s") is not None:
         d = _number(ev, "duration_s")
         if d < 0:
@@ -637,6 +640,8 @@ def _pipeline_event(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
         limit = _number(q, "limit")
         if limit <= 0:
             raise Invalid(f"bad_value: 'quota.limit' {limit} must be positive")
+        if _number(q, "used") < 0:
+            raise Invalid(f"bad_value: 'quota.used' {_number(q, 'used'):g} is negative")
         rec["quota"] = {"pool": _required(q, "pool", limits),
                         "resource": _required(q, "resource", limits),
                         "used": _number(q, "used"), "limit": limit}
