@@ -1,0 +1,249 @@
+"""One (version, cohort) series of a model: its detectors, and its reference checks.
+
+A :class:`Series` holds what judges one version in one cohort: the window
+detectors (p99 threshold, error-rate spike, burn rates) and the checks against
+the version's reference profile (training/serving skew, drift, data quality),
+which it builds on the profile's bins and rebuilds when a new profile
+arrives. Without a published profile it learns one from the version's first
+``skew.first_events`` events. The module's functions pull a micro-batch's
+feature and prediction columns apart once, vectorised, for every check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from detectors.base import Batch, Signal
+from detectors.drift import DriftDetector
+from detectors.errors import ErrorRateSpike
+from detectors.profile import build_profile, category_key
+from detectors.quality import FeatureColumns, QualityDetector
+from detectors.skew import SkewDetector
+from detectors.slo import BurnRate, BurnRule, LatencyThreshold
+from detectors.windows import WindowStats
+from streams.config import Settings
+from streams.core.references import Reference
+
+__all__ = ["Series", "ReferenceLookup", "series_rows", "columns", "compare", "numbers",
+           "categories"]
+
+ReferenceLookup = Callable[[str], "Reference | None"]
+_NUMBER = (int, float)
+
+
+class Series:
+    """The detectors of one (version, cohort) series: windows' SLOs, and the reference
+    checks (skew, drift, quality) against its profile, published or learned."""
+
+    def __init__(self, model: str, version: str, cohort: str, s: Settings) -> None:
+        b, lat, err = s.burn_rate, s.latency, s.error_rate
+        rules = tuple(BurnRule(r.name, r.long_s, r.short_s, r.factor, r.severity)
+                      for r in b.rules)
+        self.latency = LatencyThreshold(model, version, cohort, threshold_ms=lat.p99_threshold_ms,
+                                        min_events=lat.min_events, severity=lat.severity)
+        self.errors = ErrorRateSpike(model, version, cohort, threshold=err.threshold,
+                                     factor=err.baseline_factor, min_events=err.min_events,
+                                     severity=err.severity)
+        self.burns = [
+            BurnRate(model, version, cohort, sli="latency", objective=b.latency_objective,
+                     rules=rules, min_events=b.min_events, min_bad=b.min_bad),
+            BurnRate(model, version, cohort, sli="availability",
+                     objective=b.availability_objective, rules=rules, min_events=b.min_events,
+                     min_bad=b.min_bad),
+        ] if b.enabled else []
+        self.last_arrival = 0.0
+        self.skew: dict[str, list[SkewDetector | DriftDetector]] = {}
+        self.quality: QualityDetector | None = None
+        # Without a published profile: the first events' rows, then their profile.
+        self.first_rows: list[dict[str, Any]] = []
+        self.first_profile: dict[str, Any] | None = None
+        self.profile_just_built = False
+        self.first_ref: Reference | None = None
+        self.skew_reference: float | None = None  # created_at of the profile in use
+        self.saved_skew: dict[str, Any] = {}       # restored state, until the profile is back
+
+    def reference_detectors(self, model: str, version: str, cohort: str, ref: Reference,
+                            s: Settings) -> dict[str, list[SkewDetector | DriftDetector]]:
+        """Skew and drift detectors per feature of ``ref``; rebuilt when a new profile
+        arrives (their windows are on the profile's bins)."""
+        if self.skew_reference != ref.created_at or not self.skew:
+            self.skew = {}
+            for name, fr in ref.features.items():
+                dets: list[SkewDetector | DriftDetector] = []
+                if s.skew.enabled:
+                    dets.append(SkewDetector(model, version, name, cohort=cohort, bins=fr.bins,
+                                             calibration=fr.skew, severity=s.skew.severity))
+                if s.drift.enabled:
+                    dets.append(DriftDetector(model, version, name, cohort=cohort,
+                                              bins=fr.bins, calibration=fr.drift,
+                                              baseline_factor=s.drift.baseline_factor,
+                                              severity=s.drift.severity))
+                self.skew[name] = dets
+            q = s.quality
+            self.quality = QualityDetector(
+                model, version, cohort=cohort, specs=ref.specs, window=q.window_events,
+                run_length=s.skew.run_length_events, min_excess=q.min_excess,
+                max_unknown=s.limits.max_unknown_features, severity=q.severity,
+            ) if q.enabled and ref.specs else None
+            if self.saved_skew.get("reference") == ref.created_at:
+                if self.quality is not None and self.saved_skew.get("quality"):
+                    self.quality.load_dict(self.saved_skew["quality"])
+                for name, states in self.saved_skew.get("features", {}).items():
+                    for det, state in zip(self.skew.get(name, []), states, strict=False):
+                        det.load_dict(state)
+            self.saved_skew = {}
+            self.skew_reference = ref.created_at
+        return self.skew
+
+    def evaluate(self, w: WindowStats) -> list[Signal]:
+        batch: Batch = {"windows": [w]}
+        out = self.latency.update(batch) + self.errors.update(batch)
+        for burn in self.burns:
+            out.extend(burn.update(batch))
+        return out
+
+    def compare(self, model: str, version: str, cohort: str,
+                feats: list[dict[str, Any] | None], preds: list[Any], ts: np.ndarray,
+                references: ReferenceLookup, s: Settings) -> list[Signal]:
+        """This series' on-time rows of a micro-batch against its reference profile
+        (the published one, or one learned from its first events)."""
+        ref = references(version)
+        if ref is None:  # no training profile: learn one from the first events
+            ref = self.first_events_reference(model, version, feats, preds, s)
+            if ref is None or self.profile_just_built:
+                return []
+        detectors = self.reference_detectors(model, version, cohort, ref, s)
+        cols = columns(ref, feats)
+        signals: list[Signal] = []
+        if self.quality is not None:
+            signals.extend(self.quality.update({"ts": ts, "features": cols}))
+        for name, dets in detectors.items():
+            if name == "prediction":
+                x = numbers(preds) if dets and dets[0].bins.kind == "numeric" else None
+                signals.extend(compare(dets, preds, x, ts))
+            else:
+                signals.extend(compare(dets, cols.values[name], cols.numbers.get(name), ts))
+        if ref.source != "published":
+            signals = [_note_source(signal, ref) for signal in signals]
+        return signals
+
+    def first_events_reference(self, model: str, version: str,
+                               feats: list[dict[str, Any] | None], preds: list[Any],
+                               s: Settings) -> Reference | None:
+        """A profile of this version's first ``skew.first_events`` events (0: never).
+
+        The rows collected are not checkpointed (a takeover starts collecting
+        again); the profile, once built, is.
+        """
+        self.profile_just_built = False
+        n = s.skew.first_events
+        if n == 0:
+            return None
+        if self.first_profile is None:
+            for f, p in zip(feats, preds, strict=True):
+                if len(self.first_rows) >= n:
+                    break
+                row = dict(f or {})
+                if p is not None:
+                    row["prediction"] = p
+                self.first_rows.append(row)
+            if len(self.first_rows) < n:
+                return None
+            try:
+                frame = pl.from_dicts(self.first_rows, infer_schema_length=None, strict=False)
+                cap = s.limits.max_profile_features
+                if frame.width > cap:  # the most often present features, and the prediction
+                    present = frame.select(pl.all().count()).row(0)
+                    ranked = sorted(zip(present, frame.columns, strict=True), reverse=True)
+                    keep = {c for _, c in ranked[:cap]} | {"prediction"}
+                    frame = frame.select([c for c in frame.columns if c in keep])
+                self.first_profile = build_profile(frame.lazy(), model, version, created_at=0.0)
+            except (pl.exceptions.PolarsError, TypeError, ValueError):
+                self.first_profile = {"model": model, "version": version, "created_at": 0.0,
+                                      "rows": 0, "features": {}}  # nothing usable to learn
+            self.first_rows = []
+            self.profile_just_built = True
+        if self.first_ref is None:
+            self.first_ref = Reference.from_profile(self.first_profile, s.skew,
+                                                     s.drift.baseline_factor, "first_events")
+        return self.first_ref
+
+    def to_dict(self) -> dict[str, Any]:
+        skew = ({"reference": self.skew_reference,
+                 "features": {n: [d.to_dict() for d in ds] for n, ds in self.skew.items()},
+                 "quality": self.quality.to_dict() if self.quality else None}
+                if self.skew else self.saved_skew)
+        return {"errors": self.errors.to_dict(), "burns": [b.to_dict() for b in self.burns],
+                "last_arrival": self.last_arrival, "skew": skew,
+                "first_profile": self.first_profile}
+
+    def load_dict(self, data: dict[str, Any]) -> None:
+        self.errors.load_dict(data["errors"])
+        for burn, d in zip(self.burns, data["burns"], strict=False):
+            burn.load_dict(d)
+        self.last_arrival = data["last_arrival"]
+        self.saved_skew = data.get("skew") or {}
+        self.first_profile = data.get("first_profile")
+
+
+def series_rows(frame: pl.DataFrame) -> list[tuple[tuple[str, str], np.ndarray]]:
+    """Row numbers of each (version, cohort) in ``frame``, in order of appearance."""
+    versions, cohorts = frame["version"], frame["cohort"]
+    if versions.n_unique() == 1 and cohorts.n_unique() == 1:  # the usual case: one series
+        return [((str(versions[0]), str(cohorts[0])), np.arange(frame.height))]
+    keys = frame.select("version", "cohort").with_row_index("row")
+    return [((str(v), str(c)), part["row"].to_numpy())
+            for (v, c), part in keys.group_by(["version", "cohort"], maintain_order=True)]
+
+
+def columns(ref: Reference, feats: list[dict[str, Any] | None]) -> FeatureColumns:
+    """Every feature the reference knows, extracted once for all the checks."""
+    names = [spec.name for spec in ref.specs]
+    names += [n for n in ref.features if n != "prediction" and n not in names]
+    numeric = {spec.name for spec in ref.specs if spec.kind == "numeric"}
+    numeric |= {n for n, fr in ref.features.items() if fr.bins.kind == "numeric"}
+    return FeatureColumns.extract(feats, names, numeric)
+
+
+def compare(dets: list[SkewDetector | DriftDetector], values: list[Any],
+             numbers: np.ndarray | None, ts: np.ndarray) -> list[Signal]:
+    """Bin one feature's values of a micro-batch once (vectorised); update its detectors."""
+    if not dets:
+        return []
+    bins = dets[0].bins
+    out: list[Signal] = []
+    batch: Batch
+    if bins.kind == "numeric":
+        assert numbers is not None
+        ok = np.isfinite(numbers)
+        batch = {"ts": ts[ok], "bin": bins.bin_numeric(numbers[ok]), "value": numbers[ok]}
+    else:
+        present, cats = categories(values)
+        batch = {"ts": ts[present], "bin": bins.bin_categories(cats), "category": cats}
+    for det in dets:
+        out.extend(det.update(batch))
+    return out
+
+
+def numbers(values: Sequence[Any]) -> np.ndarray:
+    """Numbers as floats; anything else (None, text, bool) as NaN."""
+    return np.fromiter((v if type(v) in _NUMBER else np.nan for v in values), dtype=float,
+                       count=len(values))
+
+
+def categories(values: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
+    """The mask of present values, and those values as category keys."""
+    present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    return present, [v if type(v) is str else category_key(v) for v in values if v is not None]
+
+
+def _note_source(signal: Signal, ref: Reference) -> Signal:
+    """Say in the alert that the reference was learned from serving, not training."""
+    note = f"the version's first {ref.rows} events (no training profile was published)"
+    return replace(signal, summary=f"{signal.summary}; reference: {note}",
+                   details={**signal.details, "reference": note})
