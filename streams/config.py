@@ -114,7 +114,7 @@ class WorkerSettings(_Section):
 
 
 class LimitSettings(_Section):
-    """Bounds on what is read and written; see the README's "Limits and guarantees"."""
+    """Bounds on what is read and written; see docs/RUNNING.md, "Limits and guarantees"."""
 
     max_message_bytes: int = Field(1_000_000, ge=1, description="largest input message read")
     max_batch_events: int = Field(10_000, ge=1, description="events in one batch message")

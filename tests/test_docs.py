@@ -22,3 +22,23 @@ def test_the_reference_names_every_setting_with_its_meaning() -> None:
         for name, field in sfield.annotation.model_fields.items():  # type: ignore[union-attr]
             assert f"| `{name}` |" in doc
             assert field.description, f"{section}.{name} has no description"
+
+
+def test_the_architecture_names_real_files_each_once_on_the_path() -> None:
+    import re
+
+    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    path = doc.split("## One prediction's path", 1)[1].split("\n## ", 1)[0]
+    steps = re.findall(r"\*\*`([\w/]+\.py)`\*\*", path)
+    assert len(steps) >= 15
+    assert len(steps) == len(set(steps)), "a file is entered twice on the path"
+    for name in set(re.findall(r"`((?:streams|detectors|alerting)/[\w/]+\.py)`", doc)):
+        assert (ROOT / name).is_file(), f"{name} does not exist"
+
+
+def test_every_doc_the_readme_points_to_exists() -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for target in re.findall(r"\]\((docs/[\w.]+)\)", readme):
+        assert (ROOT / target).is_file(), target

@@ -386,7 +386,7 @@ def test_a_worker_catching_up_does_not_call_its_backlog_an_outage() -> None:
 def test_a_micro_batch_is_processed_in_slices_of_bounded_input() -> None:
     from types import SimpleNamespace
 
-    from streams.runtime.shell import slices
+    from streams.runtime.agents import slices
 
     events = [SimpleNamespace(message=SimpleNamespace(value=b"x" * n))
               for n in (300, 300, 300, 50, 900, 10)]

@@ -112,7 +112,7 @@ class Outbox:
 
 
 def stats_record(w: WindowStats) -> Record:
-    """The ``ml.stats`` message of one closed window (documented in the README)."""
+    """The ``ml.stats`` message of one closed window (CONTRACT.md, `ml.stats`)."""
     return {
         "model": w.model, "version": w.version, "cohort": w.cohort,
         "window": {"start": rfc3339(w.start), "end": rfc3339(w.end)},

@@ -5,7 +5,7 @@ JSON object under a key of a changelog-backed Faust table. Kafka refuses a
 record over the broker's ``max.message.bytes`` (1 MB by default), and a refused
 write inside Faust stops the whole worker, so no record may grow with traffic.
 State is kept small by design (bounded detectors, caps on models, series,
-metrics and join entries; see the README's "Limits and guarantees"), and
+metrics and join entries; see docs/RUNNING.md, "Limits and guarantees"), and
 :class:`Checkpointer` enforces the bound on what is written whatever happens:
 
 - a record is encoded once (orjson) and its size known before it is sent;

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from alerting.manager import Silence
 from streams.core.operations import OperationsProcessor, OpsOutbox
-from streams.core.predictions import Outbox, PredictionProcessor
+from streams.core.predictions import InMessage, Outbox, PredictionProcessor
 from streams.core.references import ReferenceStore
 from streams.runtime.app import Sentinelle
 from streams.runtime.follow import follow_topic
@@ -45,13 +45,29 @@ from streams.runtime.shell import (
     StateWriter,
     Topics,
     export_counts,
-    messages_of,
-    slices,
 )
 
-__all__ = ["register", "Wiring"]
+__all__ = ["register", "Wiring", "slices", "messages_of"]
 
 log = logging.getLogger("sentinelle.worker")
+
+
+def slices(events: Sequence[EventT], max_bytes: int) -> Iterator[Sequence[EventT]]:
+    """Consecutive runs of ``events`` of about ``max_bytes`` of input each."""
+    start, size = 0, 0
+    for i, e in enumerate(events):
+        size += len(e.message.value or b"")
+        if size >= max_bytes:
+            yield events[start:i + 1]
+            start, size = i + 1, 0
+    if start < len(events):
+        yield events[start:]
+
+
+def messages_of(events: Sequence[EventT]) -> list[InMessage]:
+    """What the processors take of Faust's events."""
+    return [InMessage(e.message.value, e.message.partition, e.message.offset, e.message.topic,
+                      e.message.key) for e in events]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,13 +35,13 @@ from detectors.contract import MAX_ALERT_BYTES
 from streams.config import Settings
 from streams.core.operations import OpsOutbox
 from streams.core.parse import DeadLetter, raw_text
-from streams.core.predictions import InMessage, Outbox
+from streams.core.predictions import Outbox
 from streams.core.references import InvalidProfile, ReferenceStore
 from streams.core.state import Checkpointer, read
 from streams.runtime.metrics import Metrics
 
-__all__ = ["Publisher", "StateWriter", "ReferenceLoader", "SilenceLoader", "Lag", "slices",
-           "messages_of", "export_counts"]
+__all__ = ["Publisher", "StateWriter", "ReferenceLoader", "SilenceLoader", "Lag",
+           "export_counts"]
 
 log = logging.getLogger("sentinelle.worker")
 
@@ -59,24 +59,6 @@ class Table(Protocol):
 
     def send_changelog(self, partition: int | None, key: Any, value: Any,
                        key_serializer: Any = None, value_serializer: Any = None) -> Any: ...
-
-
-def slices(events: Sequence[EventT], max_bytes: int) -> Iterator[Sequence[EventT]]:
-    """Consecutive runs of ``events`` of about ``max_bytes`` of input each."""
-    start, size = 0, 0
-    for i, e in enumerate(events):
-        size += len(e.message.value or b"")
-        if size >= max_bytes:
-            yield events[start:i + 1]
-            start, size = i + 1, 0
-    if start < len(events):
-        yield events[start:]
-
-
-def messages_of(events: Sequence[EventT]) -> list[InMessage]:
-    """What the processors take of Faust's events."""
-    return [InMessage(e.message.value, e.message.partition, e.message.offset, e.message.topic,
-                      e.message.key) for e in events]
 
 
 def export_counts(counter: PromCounter, counts: Counter[str], last: dict[str, int]) -> None:

@@ -5,7 +5,7 @@ state file (traffic weights per version) and announces the result on
 ``ml.deployments``, which the Sentinelle worker reads to know the rollout's
 new step (and the simulator, standing in for a service mesh, to move traffic).
 A real controller (Argo Rollouts, Flagger, a KServe canary) would do the same
-against its own API; see the README, "Deployment controllers".
+against its own API; see docs/CANARY.md, "Deployment controllers".
 
 Rules:
 
