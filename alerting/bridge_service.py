@@ -103,12 +103,17 @@ def _location(url: str, resp: aiohttp.ClientResponse) -> str:
 async def run_bridge(servers: str, topic: str, deadletter_topic: str, group_id: str,
                      post: Post, body_of: Callable[[dict[str, Any]], dict[str, Any]],
                      rate: float = 10.0, backoff: Backoff = Backoff(),
-                     on_delivery: Callable[[dict[str, Any], Outcome], None] | None = None) -> None:
-    """Forward ``topic`` until cancelled; commit each message once it is settled."""
+                     on_delivery: Callable[[dict[str, Any], Outcome], None] | None = None,
+                     options: dict[str, Any] | None = None) -> None:
+    """Forward ``topic`` until cancelled; commit each message once it is settled.
+
+    ``options``: more keyword arguments of the Kafka clients (authentication and TLS,
+    as :func:`streams.runtime.kafka.client_options` gives them)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, group_id=group_id,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
-                                session_timeout_ms=10_000, rebalance_timeout_ms=10_000)
-    producer = AIOKafkaProducer(bootstrap_servers=servers)
+                                session_timeout_ms=10_000, rebalance_timeout_ms=10_000,
+                                **(options or {}))
+    producer = AIOKafkaProducer(bootstrap_servers=servers, **(options or {}))
     await consumer.start()
     await producer.start()
     bucket = TokenBucket(rate)

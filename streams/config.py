@@ -40,6 +40,117 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class KafkaSecuritySettings(_Section):
+    """How every Kafka client of Sentinelle authenticates and encrypts.
+
+    The password is never in the file: ``password_env`` names the environment
+    variable that holds it, or ``password_file`` a file whose first line it is.
+    It is read when a client is built (``streams.runtime.kafka.client_options``),
+    never logged or printed. Checked on load: a SASL protocol needs a mechanism,
+    a username and one password source (set, and not empty); SASL fields with
+    another protocol, or TLS files without TLS, are errors too (they would be
+    silently ignored).
+    """
+
+    protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over "
+                                 "TLS)")
+    sasl_mechanism: SaslMechanism | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; required with a SASL "
+                          "protocol")
+    username: str | None = Field(None, min_length=1,
+                                 description="the SASL principal; required with a SASL protocol")
+    password_env: str | None = Field(
+        None, min_length=1, description="name of the environment variable holding the SASL "
+                                        "password (never the password itself)")
+    password_file: Path | None = Field(
+        None, description="file whose first line is the SASL password (instead of "
+                          "password_env)")
+    ssl_cafile: Path | None = Field(
+        None, description="CA bundle (PEM) the brokers' certificates are checked against; "
+                          "unset: the system's CAs")
+    ssl_certfile: Path | None = Field(None, description="client certificate (PEM), for mutual "
+                                                        "TLS")
+    ssl_keyfile: Path | None = Field(None, description="the client certificate's private key "
+                                                       "(PEM), unencrypted")
+    ssl_check_hostname: bool = Field(True, description="check that a broker's certificate "
+                                                       "names its host")
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    def password(self) -> str | None:
+        """The SASL password, from ``password_env`` or ``password_file`` (None without SASL).
+
+        Read anew at each call, so a rotated password file is picked up by the
+        next client; a ValueError names the field when it cannot be had.
+        """
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env, "")
+            if not value:
+                raise ValueError(f"password_env: the environment variable {self.password_env} "
+                                 f"is not set (or empty)")
+            return value
+        if self.password_file is not None:
+            try:
+                text = self.password_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ValueError(f"password_file: cannot read {str(self.password_file)!r}: "
+                                 f"{why}") from None
+            first = text.splitlines()[0] if text else ""
+            if not first:
+                raise ValueError(f"password_file: {str(self.password_file)!r} is empty")
+            return first
+        return None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSecuritySettings:
+        sasl_fields = ("sasl_mechanism", "username", "password_env", "password_file")
+        if self.sasl:
+            for name in ("sasl_mechanism", "username"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{name}: required with protocol {self.protocol}")
+            if (self.password_env is None) == (self.password_file is None):
+                raise ValueError(f"password_env, password_file: exactly one is required with "
+                                 f"protocol {self.protocol}")
+            self.password()  # there, and not empty (it is read again by each client)
+        else:
+            for name in sasl_fields:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: only used with protocol SASL_PLAINTEXT or "
+                                     f"SASL_SSL (protocol is {self.protocol})")
+        tls_files = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        for name in tls_files:
+            path = getattr(self, name)
+            if path is not None:
+                if not self.tls:
+                    raise ValueError(f"{name}: only used with protocol SSL or SASL_SSL "
+                                     f"(protocol is {self.protocol})")
+                _readable(path, name)
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile: needs ssl_certfile")
+        return self
+
+
+def _readable(path: Path, name: str) -> None:
+    """A ValueError naming the field when ``path`` is not a readable file."""
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read {str(path)!r}: {exc.strerror}") from None
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str | None = Field(
         None, description="host:port[,host:port]; unset means the embedded broker (demo)")
@@ -54,6 +165,10 @@ class KafkaSettings(_Section):
     producer_batch_bytes: int | None = Field(
         None, ge=1, description="the producer's max_batch_size; unset: 16 KiB, or one record "
                                 "per batch on Tansu, which misreports the end of a batch")
+    security: KafkaSecuritySettings = Field(
+        default_factory=KafkaSecuritySettings,
+        description="authentication and encryption of every Kafka client (see docs/RUNNING.md, "
+                    "\"Security\")")
 
     @property
     def servers(self) -> str:
@@ -108,6 +223,9 @@ class WorkerSettings(_Section):
         64, ge=1, description="(version, cohort) series per model, with the same eviction rule")
     max_operations: int = Field(
         10_000, ge=1, description="pipelines, metric series and quota pools one worker holds")
+    delivery_timeout_s: float = Field(
+        300.0, gt=0, description="how long an output the broker does not acknowledge is tried "
+                                 "again (the broker may be restarting) before it is dropped")
     slice_bytes: int = Field(
         2_000_000, ge=1, description="a micro-batch is processed in slices of about this many "
                                      "input bytes, yielding to timers and rebalances between")
@@ -351,6 +469,11 @@ class CanarySettings(_Section):
     ladder: tuple[int, ...] = Field((5, 25, 50, 100), description="canary traffic steps, %")
     approval_above: int = Field(50, ge=0, le=100,
                                 description="steps above this share wait for an approval")
+    approvers: tuple[str, ...] = Field(
+        (), description="who may approve (an approval's approved_by, exactly); empty: anyone. "
+                        "An approval from someone else is dead-lettered and does nothing. "
+                        "Grant the write on ml.deploy.approvals to one principal too "
+                        "(docs/RUNNING.md, \"Security\")")
     cooldown_s: float = Field(300.0, ge=0,
                               description="event time after a command before judging again")
     on_failure: Literal["rollback", "pause"] = Field("rollback",

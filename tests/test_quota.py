@@ -83,7 +83,7 @@ async def test_estimate_reports_both_topics(monkeypatch: pytest.MonkeyPatch) -> 
                                          (b"fraud-train", b"[1]")],  # a batch of a number
               settings.topics.stats: keyed([window("fraud", 0, 6000), {"model": 1}], "model")}
 
-    async def fake_read(servers: str, topic: str) -> list[Message]:
+    async def fake_read(servers: str, topic: str, options: object = None) -> list[Message]:
         return topics[topic]
 
     monkeypatch.setattr(qe, "read_topic", fake_read)

@@ -39,11 +39,12 @@ from streams.cli import (
     tail,
     worker,
 )
+from streams.cli.base import Commands
 
 __all__ = ["main"]
 
 
-@click.group()
+@click.group(cls=Commands)
 @click.version_option(package_name="sentinelle")
 def main() -> None:
     """Sentinelle: streaming monitor for production ML on Kafka."""

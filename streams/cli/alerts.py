@@ -12,6 +12,7 @@ from streams.cli.base import with_settings
 from streams.cli.tail import format_record
 from streams.config import Settings
 from streams.runtime.follow import read_all
+from streams.runtime.kafka import client_options
 
 __all__ = ["alerts", "firing_alerts"]
 
@@ -31,7 +32,7 @@ async def firing_alerts(settings: Settings) -> list[dict[str, Any]]:
     """Alerts triggered and not resolved, from the whole ``ml.alerts`` topic."""
     servers = settings.kafka.servers
     firing: dict[str, dict[str, Any]] = {}
-    for _, value in await read_all(servers, settings.topics.alerts):
+    for _, value in await read_all(servers, settings.topics.alerts, client_options(settings)):
         try:
             alert = orjson.loads(value or b"null")
             key, action = alert["dedup_key"], alert["event_action"]

@@ -25,7 +25,7 @@ import click
 from streams.config import ConfigError, Settings, load_settings
 
 __all__ = ["config_option", "servers_option", "kafka_options", "with_settings",
-           "load", "fail", "fail_on"]
+           "load", "fail", "fail_on", "Commands"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +50,28 @@ def fail_on(*errors: type[Exception], prefix: str = "") -> Iterator[None]:
         yield
     except (errors or (ValueError,)) as exc:
         fail(f"{prefix}{exc}")
+
+
+def _kafka_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is aiokafka's (imported only if a command used Kafka)."""
+    errors = sys.modules.get("aiokafka.errors")
+    return errors is not None and isinstance(exc, errors.KafkaError)
+
+
+class Commands(click.Group):
+    """The ``sentinelle`` group: a Kafka client that cannot connect or is refused (no
+    credentials, wrong ones, no TLS where it is required) ends its command with
+    ``sentinelle: Kafka: …`` and status 2, naming ``kafka.security``, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if not _kafka_error(exc):
+                raise
+            fail(f"Kafka: {exc}\n(is the cluster reachable, and does it "
+                 f"need authentication or TLS? see kafka.security in docs/RUNNING.md, "
+                 f"\"Security\")")
 
 
 def load(config_path: str | None, servers: str | None) -> Settings:

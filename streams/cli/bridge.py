@@ -59,6 +59,7 @@ def _forward(settings: Settings, name: str, url: str, rate: float, body_of: Body
 
     from alerting.bridge import redact_url
     from alerting.bridge_service import http_poster, run_bridge
+    from streams.runtime.kafka import client_options
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -67,7 +68,8 @@ def _forward(settings: Settings, name: str, url: str, rate: float, body_of: Body
             await run_bridge(settings.kafka.servers,
                              settings.topics.alerts, settings.topics.deadletter,
                              f"{settings.worker.app_id}-bridge-{name}",
-                             http_poster(session, url), body_of, rate)
+                             http_poster(session, url), body_of, rate,
+                             options=client_options(settings))
 
     click.echo(f"forwarding {settings.topics.alerts} to {name} ({redact_url(url)})")
     try:

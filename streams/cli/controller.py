@@ -25,7 +25,7 @@ def controller(state_path: str, starts: tuple[str, ...], environment: str | None
     """Reference deployment controller: apply ml.deploy.commands, announce ml.deployments."""
     from pathlib import Path
 
-    from streams.runtime.kafka import ensure_topics
+    from streams.runtime.kafka import client_options, ensure_topics
     from streams.tools.controller import parse_start, run_controller
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -35,11 +35,13 @@ def controller(state_path: str, starts: tuple[str, ...], environment: str | None
     t = settings.topics
 
     async def go() -> None:
+        options = client_options(settings)
         await ensure_topics(servers, t.all(), settings.kafka.partitions,
-                            settings.kafka.replication_factor, compacted=t.compacted())
+                            settings.kafka.replication_factor, compacted=t.compacted(),
+                            options=options)
         await run_controller(servers, t.commands, t.deployments, Path(state_path),
                              f"{settings.worker.app_id}-controller", parsed, environment,
-                             deadletter_topic=t.deadletter)
+                             deadletter_topic=t.deadletter, options=options)
 
     click.echo(f"applying {t.commands} to {state_path}; announcing on {t.deployments}")
     try:

@@ -107,13 +107,15 @@ def make_profile(data: str, model: str, version: str, settings: Settings, bins: 
 async def publish_profile(settings: Settings, profile: dict[str, Any]) -> None:
     from aiokafka import AIOKafkaProducer
 
-    from streams.runtime.kafka import ensure_topics
+    from streams.runtime.kafka import client_options, ensure_topics
 
     servers = settings.kafka.servers
     topic = settings.topics.references
+    options = client_options(settings)
     await ensure_topics(servers, [topic], settings.kafka.partitions,
-                        settings.kafka.replication_factor, compacted=[topic])
-    producer = AIOKafkaProducer(bootstrap_servers=servers, max_request_size=8 * 1024 * 1024)
+                        settings.kafka.replication_factor, compacted=[topic], options=options)
+    producer = AIOKafkaProducer(bootstrap_servers=servers, max_request_size=8 * 1024 * 1024,
+                                **options)
     await producer.start()
     try:
         key = f"{profile['model']}:{profile['version']}".encode()

@@ -82,10 +82,14 @@ async def estimate(settings: Settings, capacity_qps: float, days: float | None,
         raise ValueError("days must be > 0")
     if plot not in (None, "-"):
         _check_plot_path(plot)
+    from streams.runtime.kafka import client_options
+
     servers = settings.kafka.servers
     pipeline_topic = settings.topics.pipeline
+    options = client_options(settings)
     messages, stats_messages = await asyncio.gather(
-        read_topic(servers, pipeline_topic), read_topic(servers, settings.topics.stats))
+        read_topic(servers, pipeline_topic, options),
+        read_topic(servers, settings.topics.stats, options))
     runs = parse_runs(messages, parse_limits(settings, time.time()))  # once: table and charts
     undecodable = sum(reason.split(":", 1)[0] in _NOT_OBJECTS for reason in runs.rejected)
     malformed = runs.skipped - undecodable

@@ -29,8 +29,8 @@ class Decoded(NamedTuple):
     undecodable: int
 
 
-async def _exists(servers: str, topic: str) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+async def _exists(servers: str, topic: str, options: dict[str, Any]) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers, **options)
     await admin.start()
     try:
         return topic in set(await admin.list_topics())
@@ -38,15 +38,16 @@ async def _exists(servers: str, topic: str) -> bool:
         await admin.close()
 
 
-async def read_topic(servers: str, topic: str) -> list[Message]:
+async def read_topic(servers: str, topic: str,
+                     options: dict[str, Any] | None = None) -> list[Message]:
     """Every message now in ``topic``, oldest first per partition.
 
     A topic that does not exist holds no messages (it is not created: this is a
-    read-only report).
+    read-only report). ``options``: :func:`streams.runtime.kafka.client_options`.
     """
-    if not await _exists(servers, topic):
+    if not await _exists(servers, topic, options or {}):
         return []
-    return await read_all(servers, topic)
+    return await read_all(servers, topic, options)
 
 
 def decode_values(values: Iterable[bytes | None]) -> Decoded:

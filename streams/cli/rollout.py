@@ -28,7 +28,7 @@ from detectors.contract import dedup_key, rfc3339
 from streams.cli.base import fail, fail_on, with_settings
 from streams.config import Settings
 from streams.runtime.follow import read_all
-from streams.runtime.kafka import ensure_topics
+from streams.runtime.kafka import client_options, ensure_topics
 
 __all__ = ["rollout", "latest_deployment", "manual_command", "publish", "approval"]
 
@@ -122,10 +122,12 @@ async def latest_deployment(settings: Settings, model: str) -> dict[str, Any] | 
     """The newest ``ml.deployments`` record of ``model``, if any."""
     servers = settings.kafka.servers
     t = settings.topics
+    options = client_options(settings)
     await ensure_topics(servers, [t.deployments], settings.kafka.partitions,
-                        settings.kafka.replication_factor, compacted=[t.deployments])
+                        settings.kafka.replication_factor, compacted=[t.deployments],
+                        options=options)
     latest = None
-    for key, value in await read_all(servers, t.deployments):
+    for key, value in await read_all(servers, t.deployments, options):
         if key == model.encode() and value is not None:
             latest = orjson.loads(value)
     return latest
@@ -174,9 +176,10 @@ def approval(model: str, version: str, by: str, action: str = "promote",
 
 async def publish(settings: Settings, topic: str, model: str, record: dict[str, Any]) -> None:
     servers = settings.kafka.servers
+    options = client_options(settings)
     await ensure_topics(servers, [topic], settings.kafka.partitions,
-                        settings.kafka.replication_factor)
-    producer = AIOKafkaProducer(bootstrap_servers=servers)
+                        settings.kafka.replication_factor, options=options)
+    producer = AIOKafkaProducer(bootstrap_servers=servers, **options)
     await producer.start()
     try:
         await producer.send_and_wait(topic, orjson.dumps(record), key=model.encode())

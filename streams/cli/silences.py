@@ -21,7 +21,7 @@ from detectors.contract import rfc3339
 from streams.cli.base import fail_on, with_settings
 from streams.config import Settings
 from streams.runtime.follow import read_all
-from streams.runtime.kafka import ensure_topics
+from streams.runtime.kafka import client_options, ensure_topics
 
 __all__ = ["silence", "parse_duration", "parse_matchers", "add_silence", "read_silences",
            "expire_silence"]
@@ -109,9 +109,11 @@ def parse_matchers(items: tuple[str, ...]) -> dict[str, str]:
 async def _publish(settings: Settings, silence: Silence) -> Silence:
     """Write ``silence`` to the compacted silences topic (created if missing)."""
     servers = settings.kafka.servers
+    options = client_options(settings)
     await ensure_topics(servers, [settings.topics.silences], settings.kafka.partitions,
-                        settings.kafka.replication_factor, compacted=[settings.topics.silences])
-    producer = AIOKafkaProducer(bootstrap_servers=servers)
+                        settings.kafka.replication_factor, compacted=[settings.topics.silences],
+                        options=options)
+    producer = AIOKafkaProducer(bootstrap_servers=servers, **options)
     await producer.start()
     try:
         await producer.send_and_wait(settings.topics.silences, orjson.dumps(silence.to_dict()),
@@ -131,10 +133,12 @@ async def add_silence(settings: Settings, matchers: dict[str, str], duration_s: 
 
 async def read_silences(settings: Settings) -> dict[str, Silence]:
     servers = settings.kafka.servers
+    options = client_options(settings)
     await ensure_topics(servers, [settings.topics.silences], settings.kafka.partitions,
-                        settings.kafka.replication_factor, compacted=[settings.topics.silences])
+                        settings.kafka.replication_factor, compacted=[settings.topics.silences],
+                        options=options)
     found: dict[str, Silence] = {}
-    for key, value in await read_all(servers, settings.topics.silences):
+    for key, value in await read_all(servers, settings.topics.silences, options):
         if value is None:
             found.pop((key or b"").decode(), None)
             continue

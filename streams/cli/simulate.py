@@ -24,7 +24,7 @@ __all__ = ["simulate"]
 def simulate(settings: Settings, scenario: str, rate: float, duration: float | None,
              seed: int) -> None:
     """Produce contract events for a few models, incidents included."""
-    from streams.runtime.kafka import ensure_topics
+    from streams.runtime.kafka import client_options, ensure_topics
     from streams.tools.simulate import run
 
     servers = settings.kafka.servers
@@ -33,11 +33,14 @@ def simulate(settings: Settings, scenario: str, rate: float, duration: float | N
 
     async def go() -> int:
         t = settings.topics
+        options = client_options(settings)
         await ensure_topics(servers, t.all(), settings.kafka.partitions,
-                            settings.kafka.replication_factor, compacted=t.compacted())
+                            settings.kafka.replication_factor, compacted=t.compacted(),
+                            options=options)
         # traffic follows the canary shares a controller announces on ml.deployments
         return await run(servers, t.predictions, sc, rate, seed, duration,
-                         deployments_topic=t.deployments, pipeline_topic=t.pipeline)
+                         deployments_topic=t.deployments, pipeline_topic=t.pipeline,
+                         options=options)
 
     sent = asyncio.run(go())
     click.echo(f"sent {sent} events")

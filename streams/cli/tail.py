@@ -23,12 +23,15 @@ def tail(settings: Settings, what: str, from_beginning: bool) -> None:
     """Follow ml.alerts (or ml.deadletter, ml.stats, ml.deploy.commands, ml.deployments)."""
     from aiokafka import AIOKafkaConsumer
 
+    from streams.runtime.kafka import client_options
+
     topic = getattr(settings.topics, what)
 
     async def go() -> None:
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers,
                                     group_id=None,
-                                    auto_offset_reset="earliest" if from_beginning else "latest")
+                                    auto_offset_reset="earliest" if from_beginning else "latest",
+                                    **client_options(settings))
         await consumer.start()
         try:
             async for msg in consumer:

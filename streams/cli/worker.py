@@ -40,15 +40,16 @@ def worker(settings: Settings, loglevel: str) -> None:
 
     from streams.runtime.agents import register
     from streams.runtime.app import create_app, pool_topic_name, topic_max_bytes
-    from streams.runtime.kafka import ensure_topics, is_tansu
+    from streams.runtime.kafka import client_options, ensure_topics, is_tansu
 
     servers = settings.kafka.servers
     t = settings.topics
+    options = client_options(settings)
     asyncio.run(ensure_topics(servers, [*t.all(), pool_topic_name(settings)],
                               settings.kafka.partitions,
                               settings.kafka.replication_factor, compacted=t.compacted(),
-                              max_message_bytes=topic_max_bytes(settings)))
-    if settings.kafka.producer_batch_bytes is None and asyncio.run(is_tansu(servers)):
+                              max_message_bytes=topic_max_bytes(settings), options=options))
+    if settings.kafka.producer_batch_bytes is None and asyncio.run(is_tansu(servers, options)):
         settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
             update={"producer_batch_bytes": 1})})  # one record per batch: see is_tansu
     s = create_app(settings)

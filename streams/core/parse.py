@@ -40,7 +40,7 @@ from __future__ import annotations
 import base64
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -515,10 +515,13 @@ def _add_feedback(ev: Any, cols: FeedbackColumns, message: int, element: int,
 
 
 def parse_control(data: bytes | None, kind: str, out: list[dict[str, Any]],
-                  limits: ParseLimits = DEFAULT_LIMITS, key: Key = UNCHECKED) -> list[DeadLetter]:
+                  limits: ParseLimits = DEFAULT_LIMITS, key: Key = UNCHECKED,
+                  approvers: Collection[str] = ()) -> list[DeadLetter]:
     """An ``ml.deployments`` (``kind="deployment"``) or ``ml.deploy.approvals`` record.
 
     Valid records are appended to ``out`` normalised (``ts`` in epoch seconds).
+    ``approvers`` (``canary.approvers``), when not empty, are the only ``approved_by``
+    an approval may have; another one is dead-lettered.
 
     >>> out = []
     >>> parse_control(b'{"model": "m", "version": "v8", "action": "promote", '
@@ -527,10 +530,20 @@ def parse_control(data: bytes | None, kind: str, out: list[dict[str, Any]],
     >>> parse_control(b'{"model": "m", "phase": "sideways", "stable_version": "v7", '
     ...               b'"ts": 5}', "deployment", out)[0].reason
     "bad_value: 'phase' must be one of started, step, paused, promoted, rolled_back, aborted"
+    >>> parse_control(b'{"model": "m", "version": "v8", "action": "promote", '
+    ...               b'"approved_by": "eve", "ts": 5}', "approval", out, approvers=["ana"]
+    ...               )[0].reason
+    "bad_value: 'approved_by' 'eve' is not an allowed approver"
     """
-    add = _add_deployment if kind == "deployment" else _add_approval
-    return _parse(data, lambda ev, i: out.append(add(ev, limits, key)),
-                  replace(limits, max_events=1000))
+    if kind == "deployment":
+        def add(ev: Any, i: int) -> None:
+            out.append(_add_deployment(ev, limits, key))
+    else:
+        allowed = frozenset(approvers)
+
+        def add(ev: Any, i: int) -> None:
+            out.append(_add_approval(ev, limits, key, allowed))
+    return _parse(data, add, replace(limits, max_events=1000))
 
 
 def _control_header(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
@@ -562,11 +575,15 @@ def _add_deployment(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
     return rec
 
 
-def _add_approval(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
+def _add_approval(ev: Any, limits: ParseLimits, key: Key,
+                  approvers: frozenset[str] = frozenset()) -> dict[str, Any]:
     rec = _control_header(ev, limits, key)
     rec["version"] = _required(ev, "version", limits)
     rec["action"] = _one_of(ev, "action", APPROVAL_ACTIONS)
     rec["approved_by"] = _required(ev, "approved_by", limits)
+    if approvers and rec["approved_by"] not in approvers:
+        raise Invalid(f"bad_value: 'approved_by' {rec['approved_by']!r} is not an allowed "
+                      f"approver")
     return rec
 
 

@@ -462,7 +462,8 @@ class PredictionProcessor:
         topic = msg.topic or ""
         kind = self.control_topics[topic]
         records: list[Record] = []
-        for dl in parse_control(msg.value, kind, records, limits, msg.key):
+        for dl in parse_control(msg.value, kind, records, limits, msg.key,
+                                approvers=self.settings.canary.approvers):
             box.deadletters.append(dl.to_record(topic, msg.partition, msg.offset))
         for model in dict.fromkeys(r["model"] for r in records):
             mon = self.monitor(model, msg.partition, now, saved, box)

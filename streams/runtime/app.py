@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import faust
 
 from streams.config import Settings
+from streams.runtime.kafka import faust_options
 
 __all__ = ["Sentinelle", "create_app", "broker_urls", "pool_topic_name", "topic_max_bytes"]
 
@@ -88,6 +89,7 @@ def create_app(settings: Settings) -> Sentinelle:
         web_in_thread=False,
         producer_max_request_size=topic_max_bytes(settings),
         producer_max_batch_size=k.producer_batch_bytes or 16384,
+        **faust_options(settings),  # kafka.security: SASL and TLS
     )
     table_configs = {"max.message.bytes": str(topic_max_bytes(settings))}
 

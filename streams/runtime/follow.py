@@ -65,9 +65,13 @@ async def _at_end(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -
     return all([await consumer.position(tp) >= end for tp, end in ends.items()])
 
 
-async def read_all(servers: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    """(key, value) of every record now in ``topic``, oldest first per partition."""
-    consumer = await _start(servers, topic)
+async def read_all(servers: str, topic: str, consumer_options: dict[str, object] | None = None
+                   ) -> list[tuple[bytes | None, bytes | None]]:
+    """(key, value) of every record now in ``topic``, oldest first per partition.
+
+    ``consumer_options``: more keyword arguments of the consumer, as
+    :func:`streams.runtime.kafka.client_options` gives them."""
+    consumer = await _start(servers, topic, consumer_options)
     try:
         ends = await consumer.end_offsets(list(consumer.assignment()))
         out: list[tuple[bytes | None, bytes | None]] = []

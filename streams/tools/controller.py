@@ -231,17 +231,20 @@ async def run_controller(servers: str, commands_topic: str, deployments_topic: s
                          environment: str | None = None,
                          on_record: Callable[[dict[str, Any]], None] | None = None,
                          stop: asyncio.Event | None = None,
-                         deadletter_topic: str | None = None) -> None:
+                         deadletter_topic: str | None = None,
+                         options: dict[str, Any] | None = None) -> None:
     """Apply commands until ``stop`` is set (or forever).
 
     A command that cannot be applied (:func:`parse_command`) is logged with its
     partition and offset, sent to ``deadletter_topic`` (when given) as the
-    contract's ``ml.deadletter`` record, and skipped.
+    contract's ``ml.deadletter`` record, and skipped. ``options``: more keyword
+    arguments of the Kafka clients (:func:`streams.runtime.kafka.client_options`).
     """
     state = ControllerState.load(state_path)
-    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    producer = AIOKafkaProducer(bootstrap_servers=servers, **(options or {}))
     consumer = AIOKafkaConsumer(commands_topic, bootstrap_servers=servers, group_id=group_id,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                **(options or {}))
     await producer.start()
     await consumer.start()
 

@@ -43,7 +43,7 @@ from detectors.profile import build_profile
 from streams.cli.profile import publish_profile
 from streams.cli.rollout import approval
 from streams.config import TopicSettings, load_settings
-from streams.runtime.kafka import ensure_topics
+from streams.runtime.kafka import client_options, ensure_topics
 from streams.tools.broker import EmbeddedBroker
 from streams.tools.controller import run_controller
 from streams.tools.simulate import SCENARIOS, run, training_rows
@@ -167,9 +167,10 @@ def run_demo(rate: float = 40.0, bootstrap_servers: str | None = None) -> int:
     view = _View(scenario.duration_s)
     try:
         topics = cfg["topics"]
-        settings = load_settings(cfg_path, servers)
+        settings = load_settings(cfg_path, servers)  # kafka.security: from the environment
+        options = client_options(settings)
         asyncio.run(ensure_topics(servers, topics.values(), 4,
-                                  compacted=settings.topics.compacted()))
+                                  compacted=settings.topics.compacted(), options=options))
         profiles = [(spec, v) for spec in scenario.models for v in spec.versions]
         for spec, version in profiles:  # what each version was trained on
             profile = build_profile(pl.LazyFrame(training_rows(spec, 5000)), spec.model, version)
@@ -183,7 +184,7 @@ def run_demo(rate: float = 40.0, bootstrap_servers: str | None = None) -> int:
         _wait_ready(log_path, worker, timeout=90)
         console.print(f"worker ready; scenario: {scenario.description}")
         asyncio.run(_live(servers, topics, scenario, rate, view, console,
-                          workdir / "rollouts.json", cfg["worker"]["app_id"]))
+                          workdir / "rollouts.json", cfg["worker"]["app_id"], options))
     finally:
         if worker is not None and worker.poll() is None:
             worker.terminate()
@@ -197,17 +198,19 @@ def run_demo(rate: float = 40.0, bootstrap_servers: str | None = None) -> int:
 
 
 async def _live(servers: str, topics: dict[str, str], scenario: Any, rate: float, view: _View,
-                console: Console, state_path: Path, app_id: str) -> None:
+                console: Console, state_path: Path, app_id: str,
+                options: dict[str, Any] | None = None) -> None:
+    options = options or {}
     consumer = AIOKafkaConsumer(topics["alerts"], topics["deadletter"], topics["commands"],
                                 topics["deployments"], bootstrap_servers=servers,
-                                group_id=None, auto_offset_reset="earliest")
+                                group_id=None, auto_offset_reset="earliest", **options)
     await consumer.start()
-    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    producer = AIOKafkaProducer(bootstrap_servers=servers, **options)
     await producer.start()
     stop = asyncio.Event()
     controller = asyncio.create_task(run_controller(
         servers, topics["commands"], topics["deployments"], state_path, f"{app_id}-controller",
-        list(scenario.rollouts), "demo", stop=stop))
+        list(scenario.rollouts), "demo", stop=stop, options=options))
 
     def progress(t: float, sent: int) -> None:
         view.elapsed, view.sent = t, sent
@@ -247,7 +250,8 @@ async def _live(servers: str, topics: dict[str, str], scenario: Any, rate: float
                                           duration_s=scenario.duration_s + GRACE_S,
                                           on_progress=progress,
                                           deployments_topic=topics["deployments"],
-                                          pipeline_topic=topics["pipeline"]))
+                                          pipeline_topic=topics["pipeline"],
+                                          options=options))
             while not sim.done():
                 if view.elapsed >= scenario.duration_s:
                     if not _firing(view.alerts) and _rollouts_over(view):

@@ -216,11 +216,15 @@ def _framed(kind: str, key: str, events: list[bytes], batch: int) -> Iterator[Me
 
 
 async def produce(servers: str, topics: dict[str, str], plan: LoadPlan, start: float,
-                  progress: Callable[[str], None] = lambda s: None) -> Produced:
-    """Send the whole run; return what was sent."""
+                  progress: Callable[[str], None] = lambda s: None,
+                  options: dict[str, Any] | None = None) -> Produced:
+    """Send the whole run; return what was sent. ``options``: more keyword arguments of
+    the Kafka clients (:func:`streams.runtime.kafka.client_options`), here and in
+    :func:`check`."""
     produced = Produced()
     producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=20,
-                                max_batch_size=1024 * 1024, max_request_size=4 * 1024 * 1024)
+                                max_batch_size=1024 * 1024, max_request_size=4 * 1024 * 1024,
+                                **(options or {}))
     await producer.start()
     began = time.monotonic()
     try:
@@ -259,10 +263,10 @@ class Report:
 
 
 async def _read(servers: str, topic: str, until: Callable[[list[Any]], bool], timeout: float,
-                raw: bool = False) -> list[Any]:
+                raw: bool = False, options: dict[str, Any] | None = None) -> list[Any]:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, group_id=None,
                                 auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=8 * 1024 * 1024)
+                                max_partition_fetch_bytes=8 * 1024 * 1024, **(options or {}))
     await consumer.start()
     out: list[Any] = []
     deadline = time.monotonic() + timeout
@@ -277,10 +281,11 @@ async def _read(servers: str, topic: str, until: Callable[[list[Any]], bool], ti
     return out
 
 
-async def _read_to_end(servers: str, topic: str) -> list[bytes | None]:
+async def _read_to_end(servers: str, topic: str,
+                       options: dict[str, Any] | None = None) -> list[bytes | None]:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, group_id=None,
                                 auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=8 * 1024 * 1024)
+                                max_partition_fetch_bytes=8 * 1024 * 1024, **(options or {}))
     await consumer.start()
     out: list[bytes | None] = []
     try:
@@ -302,7 +307,8 @@ async def _read_to_end(servers: str, topic: str) -> list[bytes | None]:
 
 async def check(servers: str, topics: dict[str, str], app_id: str, plan: LoadPlan,
                 produced: Produced, max_record_bytes: int, timeout: float = 300.0,
-                progress: Callable[[str], None] = lambda s: None) -> Report:
+                progress: Callable[[str], None] = lambda s: None,
+                options: dict[str, Any] | None = None) -> Report:
     """Wait for every event to be counted in ``ml.stats``, then judge the outputs."""
     want = sum(produced.events.values())
     said = [time.monotonic()]
@@ -314,23 +320,24 @@ async def check(servers: str, topics: dict[str, str], app_id: str, plan: LoadPla
             said[0] = time.monotonic()
         return n >= want
 
-    stats = await _read(servers, topics["stats"], counted, timeout)
+    stats = await _read(servers, topics["stats"], counted, timeout, options=options)
     counts: Counter[str] = Counter()
     for r in stats:
         counts[r["model"]] += r["count"]
     keys = set(plan.expected_alerts())
     alerts_seen = await _read(servers, topics["alerts"], lambda recs: all(
         any(a["dedup_key"] == k and a["event_action"] == "resolve" for a in recs)
-        for k in keys), timeout=60)
+        for k in keys), timeout=60, options=options)
     alerts: dict[str, list[str]] = {}
     for a in alerts_seen:
         alerts.setdefault(a["dedup_key"], []).append(a["event_action"])
     hostile = sum(produced.hostile.values())
     dead = await _read(servers, topics["deadletter"], lambda recs: len(recs) >= hostile,
-                       timeout=30)
+                       timeout=30, options=options)
     reasons = Counter(d["reason"].split(":", 1)[0] for d in dead)
     sizes = [len(v) for table in ("model-state", "ops-state")
-             for v in await _read_to_end(servers, f"{app_id}-{table}-changelog") if v]
+             for v in await _read_to_end(servers, f"{app_id}-{table}-changelog", options)
+             if v]
     problems = []
     for model, n in produced.events.items():
         if counts[model] != n:

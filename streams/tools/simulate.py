@@ -336,12 +336,15 @@ def follow_routes(record: dict[str, Any], routes: Routes) -> None:
 async def run(bootstrap_servers: str, topic: str, scenario: Scenario, rate: float,
               seed: int = 7, duration_s: float | None = None, tick_s: float = 0.1,
               on_progress: Callable[[float, int], None] | None = None,
-              deployments_topic: str | None = None, pipeline_topic: str | None = None) -> int:
+              deployments_topic: str | None = None, pipeline_topic: str | None = None,
+              options: dict[str, Any] | None = None) -> int:
     """Send the scenario in real time; return the number of events sent.
 
     With ``deployments_topic``, traffic follows the rollouts announced there:
     a model's canary gets the share its controller set. With ``pipeline_topic``,
     the scenario's pipeline runs are sent there too, keyed by pipeline.
+    ``options``: more keyword arguments of the Kafka clients
+    (:func:`streams.runtime.kafka.client_options`).
     """
     rng = random.Random(seed)
     routes: Routes = {}
@@ -353,9 +356,10 @@ async def run(bootstrap_servers: str, topic: str, scenario: Scenario, rate: floa
                     follow_routes(orjson.loads(value), routes)
 
         follower = asyncio.create_task(follow_topic(bootstrap_servers, deployments_topic,
-                                                    on_record, asyncio.Event()))
+                                                    on_record, asyncio.Event(),
+                                                    consumer_options=options))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5,
-                                max_request_size=2_000_000)
+                                max_request_size=2_000_000, **(options or {}))
     await producer.start()
     total = 0
     counter: dict[str, float] = {}
