@@ -58,20 +58,23 @@ def kafka_bootstrap() -> Iterator[str]:
 class WorkerProcess:
     """A ``sentinelle worker`` child process with its own topics and group."""
 
-    def __init__(self, servers: str, config: dict[str, Any], workdir: Path) -> None:
+    def __init__(self, servers: str, config: dict[str, Any], workdir: Path,
+                 name: str | None = None) -> None:
         self.servers = servers
         self.config = config
         self.topics: dict[str, str] = config["topics"]
-        self.config_path = workdir / f"{config['worker']['app_id']}.yaml"
+        name = name or config["worker"]["app_id"]  # several workers of one group: their names
+        self.config_path = workdir / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.log_path = workdir / f"{config['worker']['app_id']}.log"
+        self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._text = ""                     # this run's output so far
         self._ended = False                 # the output pipe closed (the worker exited)
         self._changed = threading.Condition()
         self._reader: threading.Thread | None = None
 
-    def start(self, timeout: float = 90.0) -> WorkerProcess:
+    def start(self, timeout: float = 90.0, wait: bool = True) -> WorkerProcess:
+        """Start the worker; unless ``wait`` is False, wait until Faust says it is ready."""
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.servers}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--config", str(self.config_path)],
@@ -79,7 +82,8 @@ class WorkerProcess:
         self._text, self._ended = "", False  # each start waits for its own "Ready" line
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
-        self.wait_for_log("Worker]: Ready", timeout)
+        if wait:
+            self.wait_for_log("Worker]: Ready", timeout)
         return self
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:

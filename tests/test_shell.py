@@ -60,7 +60,8 @@ def publisher() -> tuple[Publisher, Topics, FakeTable, Metrics]:
     topics = Topics(*(AsyncMock() for _ in range(5)))
     table = FakeTable()
     pub = Publisher(topics, StateWriter(table, "model-state", metrics, 600_000),
-                    StateWriter(FakeTable(), "ops-state", metrics, 600_000), metrics, 20_000)
+                    StateWriter(FakeTable(), "ops-state", metrics, 600_000), metrics, 20_000,
+                    delivery_timeout_s=0.2)
     return pub, topics, table, metrics
 
 
@@ -106,6 +107,44 @@ async def test_an_output_that_cannot_be_sent_is_counted_and_the_rest_goes_on(
                       reason=reason) == 1
     assert sample(metrics, "sentinelle_outputs_dropped_total", kind="stats",
                   reason="send_failed") == 1
+
+
+async def test_outputs_are_acknowledged_before_the_state_that_records_them(
+        publisher: tuple[Publisher, Topics, FakeTable, Metrics]) -> None:
+    pub, topics, table, metrics = publisher
+    order: list[str] = []
+    acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    attempts = 0
+
+    async def send(*, key: bytes | None, value: bytes) -> asyncio.Future[None]:
+        nonlocal attempts
+        attempts += 1
+        order.append("alert sent")
+        if attempts == 1:  # the broker does not take the first try
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(ConnectionError("broker away"))
+            return failed
+        acked.add_done_callback(lambda _: order.append("alert acknowledged"))
+        asyncio.get_running_loop().call_soon(acked.set_result, None)
+        return acked
+
+    topics.alerts.send = send  # type: ignore[attr-defined]
+    real = table.send_changelog
+
+    def changelog(*args: Any, **kw: Any) -> None:
+        order.append("state written")
+        real(*args, **kw)
+
+    table.send_changelog = changelog  # type: ignore[method-assign]
+    trouble: list[bool] = []
+    pub.on_trouble = trouble.append
+    pub.delivery_timeout_s = 10.0  # long enough for one more try (after 0.5 s)
+    await pub.publish(Outbox(alerts=[("k", alert("m"))],
+                             checkpoints=[(0, "m", {"kind": "model", "partition": 0})]))
+    assert order == ["alert sent", "alert sent", "alert acknowledged", "state written"]
+    assert trouble == [True, False]  # the readiness page is told, both ways
+    assert sample(metrics, "sentinelle_outputs_dropped_total", kind="alert",
+                  reason="send_failed") == 0
 
 
 async def test_pool_usage_is_sent_keyed_by_pool(

@@ -10,11 +10,13 @@ import asyncio
 import base64
 import random
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from streams.tools.broker import free_port
@@ -179,6 +181,19 @@ async def test_malformed_inputs_go_to_the_deadletter_topic_and_processing_goes_o
     topic = w.topics["predictions"]
     assert f'sentinelle_deadletters_total{{reason="not_json",topic="{topic}"}} 2.0' in page
     assert f'sentinelle_deadletters_total{{reason="late",topic="{topic}"}} 1.0' in page
+    # The port serves Sentinelle's pages: alive, ready (joined, restored, read) ...
+    base = f"http://127.0.0.1:{port}"
+    for path in ("/health", "/ready"):
+        reply = await asyncio.to_thread(urllib.request.urlopen, base + path, None, 10)
+        assert reply.status == 200, path
+    ready = orjson.loads((await asyncio.to_thread(urllib.request.urlopen, base + "/ready",
+                                                  None, 10)).read())
+    assert ready == {"ready": True, "waiting_for": []}
+    # ... and none of Faust's generic pages, which would show the tables' contents.
+    for path in ("/table/", "/router/", "/graph/", "/stats/"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(urllib.request.urlopen, base + path, None, 10)
+        assert refused.value.code == 404, path
 
 
 async def test_a_restarted_worker_restores_state_no_second_trigger_and_still_resolves(

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from streams.cli.base import servers_option, with_settings
+from streams.cli.base import fail, servers_option, with_settings
 from streams.config import Settings
 
 __all__ = ["broker", "worker", "demo"]
@@ -39,16 +39,40 @@ def worker(settings: Settings, loglevel: str) -> None:
     from faust import Worker
 
     from streams.runtime.agents import register
-    from streams.runtime.app import create_app, pool_topic_name, topic_max_bytes
-    from streams.runtime.kafka import client_options, ensure_topics, is_tansu
+    from streams.runtime.app import (
+        copartition_groups,
+        create_app,
+        pool_topic_name,
+        topic_max_bytes,
+    )
+    from streams.runtime.kafka import (
+        client_options,
+        copartitioning_problems,
+        ensure_topics,
+        is_tansu,
+        partition_counts,
+    )
 
     servers = settings.kafka.servers
     t = settings.topics
     options = client_options(settings)
+    groups = copartition_groups(settings)
+    counts = asyncio.run(partition_counts(servers, [n for g in groups.values() for n in g],
+                                          options, timeout=None))
+    problems = copartitioning_problems(counts, groups, settings.kafka.partitions)
+    if problems:
+        fail("existing topics break co-partitioning (a model's state lives on the changelog "
+             "partition of its input partition):\n  " + "\n  ".join(problems) +
+             "\nIf the inputs have N partitions and the changelogs do not exist yet, set "
+             "kafka.partitions: N. If the inputs were repartitioned after the changelogs were "
+             "created, stop every worker, delete the changelog topics (state is rebuilt from "
+             "new traffic) or repartition them alike, then start again. docs/RUNNING.md, "
+             "\"Scaling and state\", says more.")
     asyncio.run(ensure_topics(servers, [*t.all(), pool_topic_name(settings)],
                               settings.kafka.partitions,
                               settings.kafka.replication_factor, compacted=t.compacted(),
-                              max_message_bytes=topic_max_bytes(settings), options=options))
+                              max_message_bytes=topic_max_bytes(settings), options=options,
+                              timeout=None))  # waits for a broker that is not up yet
     if settings.kafka.producer_batch_bytes is None and asyncio.run(is_tansu(servers, options)):
         settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
             update={"producer_batch_bytes": 1})})  # one record per batch: see is_tansu

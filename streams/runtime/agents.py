@@ -36,8 +36,10 @@ from streams.core.predictions import InMessage, Outbox, PredictionProcessor
 from streams.core.references import ReferenceStore
 from streams.runtime.app import Sentinelle
 from streams.runtime.follow import follow_topic
+from streams.runtime.kafka import client_options
 from streams.runtime.metrics import make_metrics
 from streams.runtime.shell import (
+    Health,
     Lag,
     Publisher,
     ReferenceLoader,
@@ -98,8 +100,10 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
     chunk = int(lim.max_record_bytes * 0.6)  # base64 makes a chunk 4/3 larger
     models = StateWriter(s.state, "model-state", metrics, chunk)
     operations = StateWriter(s.ops_state, "ops-state", metrics, chunk)
+    health = Health(lambda: (references_loaded.is_set(), silences_loaded.is_set()))
     publisher = Publisher(Topics(s.deadletter, s.stats, s.alerts, s.commands, s.pool_usage),
-                          models, operations, metrics, lim.max_record_bytes)
+                          models, operations, metrics, lim.max_record_bytes,
+                          settings.worker.delivery_timeout_s, health.trouble)
     load_reference = ReferenceLoader(references, publisher, t.references, metrics)
     load_silence = SilenceLoader(silences, publisher, t.silences, lim.max_silences, metrics)
     lag = Lag(settings)
@@ -179,12 +183,13 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
     async def follow_references() -> None:
         """Every profile, before any prediction is judged (see streams/runtime/follow.py)."""
         await follow_topic(settings.kafka.servers, t.references, load_reference,
-                           references_loaded)
+                           references_loaded, consumer_options=client_options(settings))
 
     @app.task
     async def follow_silences() -> None:
         """Every silence, shared by the alert managers of all the models."""
-        await follow_topic(settings.kafka.servers, t.silences, load_silence, silences_loaded)
+        await follow_topic(settings.kafka.servers, t.silences, load_silence, silences_loaded,
+                           consumer_options=client_options(settings))
 
     @app.timer(settings.worker.tick_s, name="sentinelle.ops_wall_clock_checks")
     async def ops_wall_clock_checks() -> None:
@@ -233,6 +238,16 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
+
+    @app.page("/health")
+    async def alive(web: Any, request: Any) -> Any:
+        return web.json({"status": "alive", "since": health.started})
+
+    @app.page("/ready")
+    async def ready_page(web: Any, request: Any) -> Any:
+        reasons = health.reasons(app)
+        return web.json({"ready": not reasons, "waiting_for": reasons},
+                        status=200 if not reasons else 503)
 
     return Wiring(pipeline, ops, publisher, references_loaded, silences_loaded,
                   {"predictions": watch_predictions, "operations": watch_operations})

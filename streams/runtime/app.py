@@ -16,7 +16,8 @@ import faust
 from streams.config import Settings
 from streams.runtime.kafka import faust_options
 
-__all__ = ["Sentinelle", "create_app", "broker_urls", "pool_topic_name", "topic_max_bytes"]
+__all__ = ["Sentinelle", "create_app", "broker_urls", "pool_topic_name", "topic_max_bytes",
+           "copartition_groups"]
 
 #: Room for a record's key, headers and batch framing above its value.
 RECORD_OVERHEAD = 64 * 1024
@@ -64,6 +65,19 @@ class Sentinelle:
     ops_state: faust.types.TableT
 
 
+def copartition_groups(settings: Settings) -> dict[str, list[str]]:
+    """Each state table's input topics and its changelog (Faust names it
+    ``<app_id>-<table>-changelog``): topics that must have as many partitions as
+    each other (see :func:`streams.runtime.kafka.copartitioning_problems`)."""
+    t, app_id = settings.topics, settings.worker.app_id
+    return {
+        "model state": [t.predictions, t.feedback, t.deployments, t.approvals,
+                        f"{app_id}-model-state-changelog"],
+        "operations state": [t.pipeline, t.metrics, pool_topic_name(settings),
+                             f"{app_id}-ops-state-changelog"],
+    }
+
+
 def create_app(settings: Settings) -> Sentinelle:
     k, w, t = settings.kafka, settings.worker, settings.topics
     if not k.bootstrap_servers:
@@ -87,6 +101,14 @@ def create_app(settings: Settings) -> Sentinelle:
         web_port=w.web_port or 6066,
         web_bind=w.web_host,
         web_in_thread=False,
+        # Only Sentinelle's own pages (/metrics, /health, /ready): Faust's generic
+        # ones would show the tables' contents (the label-join buffer among them)
+        # and the app's internals to anyone who can reach the port.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
         producer_max_request_size=topic_max_bytes(settings),
         producer_max_batch_size=k.producer_batch_bytes or 16384,
         **faust_options(settings),  # kafka.security: SASL and TLS

@@ -17,7 +17,8 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streams.config import KafkaSecuritySettings, Settings
 
-__all__ = ["ensure_topics", "is_tansu", "client_options", "faust_options", "ssl_context"]
+__all__ = ["ensure_topics", "partition_counts", "copartitioning_problems", "is_tansu",
+           "client_options", "faust_options", "ssl_context"]
 
 log = logging.getLogger("sentinelle.kafka")
 
@@ -121,9 +122,34 @@ async def _listening(servers: str, timeout: float = 1.0) -> bool:
     return False
 
 
+async def _admin(servers: str, options: ClientOptions | None,
+                 timeout: float | None) -> AIOKafkaAdminClient:
+    """A started admin client, the broker waited for as :func:`ensure_topics` says."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    backoff, tries = 0.2, 0
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=servers, **(options or {}))
+        try:
+            await admin.start()
+            return admin
+        except KafkaConnectionError:
+            await admin.close()
+            # Nothing listening yet: a broker starting, worth waiting for. A broker that
+            # listens and still cannot be used refused us (credentials, TLS): say so now.
+            if (deadline is not None and time.monotonic() > deadline) \
+                    or await _listening(servers):
+                raise
+            tries += 1
+            if tries > 1:
+                log.warning("Kafka at %s does not answer; trying again in %.1f s", servers,
+                            backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+
 async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int,
                         replication_factor: int = 1, compacted: Iterable[str] = (),
-                        timeout: float = 30.0, max_message_bytes: int | None = None,
+                        timeout: float | None = 30.0, max_message_bytes: int | None = None,
                         options: ClientOptions | None = None) -> None:
     """Create the topics that do not exist yet (idempotent).
 
@@ -132,21 +158,15 @@ async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions
     changelog must have exactly as many partitions as the input topic.
     ``max_message_bytes`` sets their ``max.message.bytes`` (see
     :func:`streams.runtime.app.topic_max_bytes`). ``options``: :func:`client_options`.
+
+    A broker that does not answer yet is waited for, with a doubling backoff (up
+    to 30 s between tries, each logged) for ``timeout`` seconds, or for ever when
+    ``timeout`` is None (the worker: a worker started before its broker, or
+    while it restarts, waits instead of dying). A broker that accepts the
+    connection and refuses the client (credentials, TLS) is an error at once.
     """
     compact = set(compacted)
-    deadline = time.monotonic() + timeout
-    while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(options or {}))
-        try:
-            await admin.start()
-            break
-        except KafkaConnectionError:
-            await admin.close()
-            # Nothing listening yet: a broker starting, worth waiting for. A broker that
-            # listens and still cannot be used refused us (credentials, TLS): say so now.
-            if time.monotonic() > deadline or await _listening(bootstrap_servers):
-                raise
-            await asyncio.sleep(0.2)
+    admin = await _admin(bootstrap_servers, options, timeout)
     try:
         existing = set(await admin.list_topics())
         sized = {} if max_message_bytes is None else {"max.message.bytes": str(max_message_bytes)}
@@ -164,3 +184,47 @@ async def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions
             log.info("created topics %s", ", ".join(t.name for t in wanted))
     finally:
         await admin.close()
+
+
+async def partition_counts(bootstrap_servers: str, names: Iterable[str],
+                           options: ClientOptions | None = None,
+                           timeout: float | None = 30.0) -> dict[str, int]:
+    """How many partitions each of ``names`` has, for those that exist (the broker
+    waited for as in :func:`ensure_topics`)."""
+    admin = await _admin(bootstrap_servers, options, timeout)
+    try:
+        wanted = list(dict.fromkeys(names))
+        existing = set(await admin.list_topics())
+        found = [n for n in wanted if n in existing]
+        if not found:
+            return {}
+        described = await admin.describe_topics(found)
+        return {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
+    finally:
+        await admin.close()
+
+
+def copartitioning_problems(counts: dict[str, int], groups: dict[str, list[str]],
+                            partitions: int) -> list[str]:
+    """What breaks co-partitioning, one sentence each (none: all is well).
+
+    A state table's changelog partition *p* holds the state of the keys that
+    arrive on partition *p* of the table's input topics, so, in each group (a
+    table's changelog and the inputs it is keyed by), every topic must have the
+    same number of partitions, and that is ``kafka.partitions`` (what a missing
+    topic of the group will be created with).
+
+    >>> copartitioning_problems({"in": 8, "app-state-changelog": 4},
+    ...                         {"model state": ["in", "app-state-changelog"]}, 4)[0]
+    "model state: topic 'in' has 8 partitions, kafka.partitions is 4 (app-state-changelog has 4)"
+    """
+    out = []
+    for group, names in groups.items():
+        wrong = {n: counts[n] for n in names if n in counts and counts[n] != partitions}
+        if not wrong:
+            continue
+        right = [f"{n} has {counts[n]}" for n in names if counts.get(n) == partitions]
+        for name, n in wrong.items():
+            out.append(f"{group}: topic {name!r} has {n} partitions, kafka.partitions is "
+                       f"{partitions}" + (f" ({', '.join(right)})" if right else ""))
+    return out

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,7 +40,7 @@ from streams.core.references import InvalidProfile, ReferenceStore
 from streams.core.state import Checkpointer, read
 from streams.runtime.metrics import Metrics
 
-__all__ = ["Publisher", "StateWriter", "ReferenceLoader", "SilenceLoader", "Lag",
+__all__ = ["Publisher", "StateWriter", "ReferenceLoader", "SilenceLoader", "Lag", "Health",
            "export_counts"]
 
 log = logging.getLogger("sentinelle.worker")
@@ -80,7 +80,7 @@ class StateWriter:
         """The state stored under ``key`` (chunks put together), or None."""
         return read(self.table.data, key)
 
-    def write(self, partition: int, key: str, value: dict[str, Any] | None) -> None:
+    def write(self, partition: int, key: str, value: dict[str, Any] | None) -> list[Any]:
         # One changelog record per key changed, on the key's own partition, sent
         # as encoded bytes. (Faust's ``table[key] = value`` would take the
         # partition from the current event, which a micro-batch does not have.)
@@ -89,20 +89,23 @@ class StateWriter:
         except Exception:
             log.exception("state %r cannot be encoded; not written", key[:120])
             self.metrics.guards.labels("state_unencodable").inc()
-            return
+            return []
         if not writes:
             self.metrics.state_writes.labels(self.name, "unchanged").inc()
-            return
+            return []
+        sent = []
         for w in writes:
             if w.data is None:
                 self.table.data.pop(w.key, None)
             else:
                 self.table.data[w.key] = w.data
-            self.table.send_changelog(w.partition, w.key, w.value, value_serializer="raw")
+            sent.append(self.table.send_changelog(w.partition, w.key, w.value,
+                                                  value_serializer="raw"))
         self.metrics.state_writes.labels(self.name, "written").inc(len(writes))
         if len(writes) > 2:
             self.metrics.state_writes.labels(self.name, "chunked").inc()
         self.metrics.state_largest.set(self.checkpointer.largest)
+        return sent
 
     def forget(self, keys: list[str]) -> None:
         self.checkpointer.forget(keys)
@@ -120,20 +123,38 @@ class Topics:
 
 
 class Publisher:
-    """Sends outboxes: outputs encoded and size-checked, then state.
+    """Sends outboxes: outputs first, acknowledged by the broker, then state.
 
-    An output that cannot be encoded (never one built from a parsed input; a
+    The order of effects makes a crash replay rather than lose: a micro-batch's
+    outputs (dead letters, window statistics, alerts, commands, pool usage) are
+    sent and their delivery awaited, *then* the state records that say they
+    were produced are written and their delivery awaited, and only then does
+    the agent hand the micro-batch back to Faust, which acknowledges its
+    messages and commits their offsets. A worker that dies at any point leaves
+    either uncommitted input (read again by the next owner, whose state then
+    skips what was folded) or outputs without their state (produced again on
+    the replay: harmless, as ``dedup_key`` and ``command_id`` are stable; a
+    window's statistics may then appear twice in ``ml.stats``).
+
+    A send the broker does not acknowledge is tried again with a doubling
+    backoff for up to ``delivery_timeout_s`` (the broker may be restarting),
+    saying so in the log; past that, it is logged and counted
+    (``sentinelle_outputs_dropped_total{kind="...",reason="send_failed"}``). An
+    output that cannot be encoded (never one built from a parsed input; a
     safety net) or is larger than its bound (``limits.max_record_bytes``; 512 kB
-    for an alert, the contract's) is logged, counted
-    (``sentinelle_outputs_dropped_total{kind,reason}``) and skipped, as is one
-    whose send fails: none of them stops the worker.
+    for an alert, the contract's) is logged, counted and skipped. None of these
+    stops the worker.
     """
 
     def __init__(self, topics: Topics, models: StateWriter, operations: StateWriter,
-                 metrics: Metrics, max_record_bytes: int) -> None:
+                 metrics: Metrics, max_record_bytes: int, delivery_timeout_s: float = 300.0,
+                 on_trouble: Callable[[bool], None] = lambda trouble: None) -> None:
         self.topics, self.models, self.operations = topics, models, operations
         self.metrics = metrics
         self.max_record_bytes = max_record_bytes
+        self.delivery_timeout_s = delivery_timeout_s
+        self.on_trouble = on_trouble  # told when deliveries start and stop failing
+        self.slow_after_s = 5.0       # an acknowledgement this late is trouble too
 
     def encode(self, kind: str, rec: Any, limit: int) -> bytes | None:
         try:
@@ -148,46 +169,123 @@ class Publisher:
             return None
         return data
 
-    async def send(self, topic: Sender, kind: str, key: bytes | None, rec: Any,
-                   limit: int | None = None) -> None:
-        data = self.encode(kind, rec, self.max_record_bytes if limit is None else limit)
-        if data is None:
-            return
-        try:
-            await topic.send(key=key, value=data)
-        except Exception:
-            log.exception("%s not published: the send failed", kind)
-            self.metrics.outputs_dropped.labels(kind, "send_failed").inc()
-
     async def publish(self, box: Outbox | OpsOutbox) -> None:
         t, m = self.topics, self.metrics
+        out: list[tuple[Sender, str, bytes | None, bytes]] = []
+
+        def add(topic: Sender, kind: str, key: bytes | None, rec: Any,
+                limit: int | None = None) -> None:
+            data = self.encode(kind, rec, self.max_record_bytes if limit is None else limit)
+            if data is not None:
+                out.append((topic, kind, key, data))
+
         for rec in box.deadletters:
             m.deadletters.labels(rec["topic"], rec["reason"].split(":", 1)[0]).inc()
-            await self.send(t.deadletter, "deadletter", None, rec)
+            add(t.deadletter, "deadletter", None, rec)
         for model, rec in getattr(box, "stats", ()):
             m.windows.inc()
-            await self.send(t.stats, "stats", model.encode(), rec)
+            add(t.stats, "stats", model.encode(), rec)
         for key, alert in box.alerts:
             m.alerts.labels(alert["payload"]["class"], alert["event_action"]).inc()
             log.info("alert %s %s: %s", alert["event_action"], key, alert["payload"]["summary"])
-            await self.send(t.alerts, "alert", alert["payload"]["component"].encode(), alert,
-                            min(MAX_ALERT_BYTES, self.max_record_bytes))
+            add(t.alerts, "alert", alert["payload"]["component"].encode(), alert,
+                min(MAX_ALERT_BYTES, self.max_record_bytes))
         for model, command in box.commands:
             m.commands.labels(command["action"]).inc()
             log.info("command %s: %s", command["command_id"], command["reason"])
-            await self.send(t.commands, "command", model.encode(), command)
-        writer = self.models if isinstance(box, Outbox) else self.operations
-        for partition, key, value in box.checkpoints:
-            writer.write(partition, key, value)
+            add(t.commands, "command", model.encode(), command)
         if isinstance(box, OpsOutbox):
             for pool, points in box.pool_usage:  # re-keyed by pool: one message per pool
-                await self.send(t.pool_usage, "pool_usage", pool.encode(), points)
+                add(t.pool_usage, "pool_usage", pool.encode(), points)
+        await self._deliver(out)
+        writer = self.models if isinstance(box, Outbox) else self.operations
+        sent: list[Any] = []
+        for partition, key, value in box.checkpoints:
+            sent += writer.write(partition, key, value)
+        await self._settled(sent, "state")
+
+    async def _deliver(self, out: list[tuple[Sender, str, bytes | None, bytes]]) -> None:
+        """Send every output and wait for the broker's acknowledgements, trying again
+        what failed with a doubling backoff until ``delivery_timeout_s``."""
+        give_up = time.monotonic() + self.delivery_timeout_s
+        backoff = 0.5
+        # a broker that neither takes nor refuses (stopped, partitioned away) makes the
+        # worker not ready after a few seconds, long before the producer's own timeout
+        slow = asyncio.get_running_loop().call_later(self.slow_after_s, self.on_trouble, True)
+        try:
+            await self._deliver_all(out, give_up, backoff)
+        finally:
+            slow.cancel()
+
+    async def _deliver_all(self, out: list[tuple[Sender, str, bytes | None, bytes]],
+                           give_up: float, backoff: float) -> None:
+        while out:
+            futures = []
+            for topic, kind, key, data in out:
+                try:
+                    futures.append(await topic.send(key=key, value=data))
+                except Exception as exc:  # refused at once (no broker, no metadata)
+                    futures.append(exc)
+            failed = []
+            for item, fut in zip(out, futures, strict=True):
+                error = fut if isinstance(fut, Exception) else await _outcome(fut)
+                if error is not None:
+                    failed.append((item, error))
+            if not failed:
+                self.on_trouble(False)
+                return
+            self.on_trouble(True)
+            if time.monotonic() + backoff > give_up:
+                for (_, kind, _, _), error in failed:
+                    log.error("%s not published: the broker did not take it (%s)", kind, error)
+                    self.metrics.outputs_dropped.labels(kind, "send_failed").inc()
+                return
+            log.warning("%d outputs not acknowledged (%s); trying again in %.1f s", len(failed),
+                        failed[0][1], backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+            out = [item for item, _ in failed]
+
+    async def _settled(self, futures: list[Any], kind: str) -> None:
+        """Wait for the changelog writes' acknowledgements (Faust's producer retries
+        them), for at most ``delivery_timeout_s``: past that the worker goes on, and
+        Faust's commit, which flushes its producer first, still commits no offset
+        ahead of them."""
+        waits = [asyncio.ensure_future(_outcome(f)) for f in futures]
+        if not waits:
+            return
+        done, pending = await asyncio.wait(waits, timeout=self.delivery_timeout_s)
+        for w in pending:
+            w.cancel()
+        errors = [w.result() for w in done if w.result() is not None]
+        for error in errors:
+            log.error("%s not written: %s", kind, error)
+            self.metrics.outputs_dropped.labels(kind, "send_failed").inc()
+        if not errors and not pending:
+            self.on_trouble(False)  # the broker takes writes again
+        if pending:
+            log.warning("%d %s writes not acknowledged within %.0f s; going on", len(pending),
+                        kind, self.delivery_timeout_s)
+            self.metrics.outputs_dropped.labels(kind, "unacknowledged").inc(len(pending))
 
     async def dead(self, topic: str, partition: int, offset: int, reason: str,
                    value: bytes | None) -> None:
         """Dead-letter one record of a followed topic."""
         rec = DeadLetter(reason, raw_text(value or b"")).to_record(topic, partition, offset)
         await self.publish(Outbox(deadletters=[rec]))
+
+
+async def _outcome(fut: Any) -> BaseException | None:
+    """What became of a send: None when delivered, else its error."""
+    if fut is None or not isinstance(fut, Awaitable):
+        return None  # a test double, or nothing to wait for
+    try:
+        await asyncio.shield(fut)  # giving up waiting must not cancel the send itself
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return exc
+    return None
 
 
 class ReferenceLoader:
@@ -291,4 +389,43 @@ class Lag:
                     out.add(tp.partition)
         except Exception:  # no consumer yet (starting, rebalancing): nobody is behind
             log.debug("no highwater marks yet", exc_info=True)
+        return out
+
+
+class Health:
+    """What the worker's ``/health`` and ``/ready`` pages say.
+
+    Alive (``/health``, 200) while the event loop answers. Ready (``/ready``,
+    200; else 503 with the reasons) once the reference profiles and the
+    silences have been read to their end, the worker has joined its consumer
+    group (not rebalancing) and restored the state of its partitions (not in
+    recovery), and the broker takes its outputs. Kubernetes: the liveness probe
+    on ``/health``, the readiness probe on ``/ready``.
+    """
+
+    def __init__(self, loaded: Callable[[], tuple[bool, bool]]) -> None:
+        self.loaded = loaded                 # (profiles read, silences read)
+        self.delivery_trouble = False        # the broker does not acknowledge outputs
+        self.started = time.time()
+
+    def trouble(self, now: bool) -> None:
+        if now != self.delivery_trouble:
+            log.warning("the broker %s", "does not acknowledge outputs: not ready" if now
+                        else "acknowledges outputs again: ready")
+        self.delivery_trouble = now
+
+    def reasons(self, app: Any) -> list[str]:
+        """Why the worker is not ready (none: it is)."""
+        out = []
+        profiles, silences = self.loaded()
+        if not profiles:
+            out.append("reading the reference profiles")
+        if not silences:
+            out.append("reading the silences")
+        if getattr(app, "rebalancing", False):
+            out.append("joining the consumer group (rebalancing)")
+        if getattr(app, "in_recovery", False):
+            out.append("restoring state from the changelog")
+        if self.delivery_trouble:
+            out.append("the broker does not acknowledge outputs")
         return out

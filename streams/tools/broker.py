@@ -13,6 +13,7 @@ engine answers; see ``tests/conftest.py``.)
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import subprocess
 import time
@@ -78,6 +79,7 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
+            self.resume()  # a paused process does not act on SIGTERM
             self._proc.terminate()
             try:
                 self._proc.wait(timeout=10)
@@ -85,6 +87,16 @@ class EmbeddedBroker:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): it keeps its connections and answers nothing, as a
+        broker behind a network partition does. :meth:`resume` thaws it."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -1,0 +1,115 @@
+"""Two workers of one group; one is killed (SIGKILL) mid-stream, the other takes over.
+
+Twenty models spread over four partitions and two workers. Half of them serve
+slowly for a window, so their ``latency_slo`` alert fires on whichever worker
+owns them. One worker is then killed with ``kill -9`` while the traffic goes
+on: the survivor takes its partitions, restores their state from the
+changelog, and resolves the alerts the dead worker opened (a resolve needs
+the firing alert's state from before the kill), never triggering one a second
+time; every prediction is counted in ``ml.stats`` once (or, for a message the
+dead worker folded but had not committed, twice: the at-least-once replay that
+docs/RUNNING.md explains).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WorkerProcess, test_config
+from tests.kafka_io import Collector, produce
+from tests.test_worker_kafka import events
+
+pytestmark = pytest.mark.kafka
+
+WINDOW = 10.0
+MODELS = [f"model-{i:02d}" for i in range(20)]
+SLOW = MODELS[::2]
+CFG = {
+    "kafka": {"partitions": 4},
+    "windows": {"size_s": WINDOW, "allowed_lateness_s": 0},
+    "latency": {"p99_threshold_ms": 300, "min_events": 10},
+    "burn_rate": {"enabled": False},
+    "alerts": {"keep_firing_for_s": 0},
+    "worker": {"idle_close_s": 15.0},  # closes the last windows, not earlier ones
+}
+
+
+def owned(w: WorkerProcess) -> set[str]:
+    """The models whose alerts this worker published."""
+    return set(re.findall(r"alert trigger latency_slo:(model-\d+):", w.log()))
+
+
+async def send_windows(servers: str, topic: str, t0: float, first: int, last: int,
+                       slow_window: int | None = None,
+                       started: asyncio.Event | None = None) -> int:
+    """Windows ``first..last`` of every model (30 events each); the slow models are slow in
+    ``slow_window``; ``started`` is set once the first window is sent. Returns the number
+    of events sent."""
+    n = 0
+    for w in range(first, last + 1):
+        if w > first and started is not None:
+            started.set()
+        for m in MODELS:
+            latency = 900.0 if (w == slow_window and m in SLOW) else 50.0
+            batch = events(m, t0 + w * WINDOW, 30, latency, seed=w)
+            await produce(servers, topic, [batch], key=m.encode())
+            n += len(batch)
+    return n
+
+
+async def test_a_killed_worker_is_taken_over_with_its_state(kafka_bootstrap: str,
+                                                           tmp_path: Path) -> None:
+    cfg = test_config(f"t{uuid.uuid4().hex[:10]}", CFG)
+    a = WorkerProcess(kafka_bootstrap, cfg, tmp_path, "a").start()
+    b = WorkerProcess(kafka_bootstrap, cfg, tmp_path, "b").start()
+    topic = cfg["topics"]["predictions"]
+    t0 = time.time() - 900
+    try:
+        async with Collector(kafka_bootstrap, cfg["topics"]["alerts"]) as alerts, \
+                Collector(kafka_bootstrap, cfg["topics"]["stats"]) as stats:
+            sent = await send_windows(kafka_bootstrap, topic, t0, 0, 2, slow_window=2)
+            sent += await send_windows(kafka_bootstrap, topic, t0, 3, 3)  # closes window 2
+            await alerts.until(lambda r: {a["dedup_key"] for a in r}
+                               >= {f"latency_slo:{m}:v1:p99" for m in SLOW},
+                               what="every slow model's alert")
+            victims = owned(b) & set(SLOW)
+            assert victims and owned(a) & set(SLOW), "both workers own some slow models"
+            # mid-stream: the rest of the traffic is on its way while b dies
+            midway = asyncio.Event()
+            rest = asyncio.create_task(send_windows(kafka_bootstrap, topic, t0, 4, 6,
+                                                    started=midway))
+            await midway.wait()
+            assert b.proc is not None
+            b.proc.kill()  # SIGKILL: no goodbye to the group, no flush
+            sent += await rest
+            await alerts.until(lambda r: {a["dedup_key"] for a in r if
+                                          a["event_action"] == "resolve"}
+                               >= {f"latency_slo:{m}:v1:p99" for m in SLOW},
+                               timeout=120, what="every slow model's alert resolved")
+            await stats.until(lambda r: sum(s["count"] for s in r) >= sent, timeout=90,
+                              what="every prediction counted")
+            assert a.proc is not None and a.proc.poll() is None, a.log()[-3000:]
+    finally:
+        a.stop()
+        b.stop()
+    for m in SLOW:
+        key = f"latency_slo:{m}:v1:p99"
+        seen = list(dict.fromkeys((x["event_action"], x["payload"]["timestamp"])
+                                  for x in alerts.records if x["dedup_key"] == key))
+        assert [action for action, _ in seen] == ["trigger", "resolve"], (key, seen)
+    resolved_by_a = set(re.findall(r"alert resolve latency_slo:(model-\d+):", a.log()))
+    assert victims <= resolved_by_a, "the survivor resolved the dead worker's alerts"
+    counted = Counter[str]()
+    for s in stats.records:
+        counted[s["model"]] += s["count"]
+    for m in MODELS:
+        assert 7 * 30 <= counted[m] <= 2 * 7 * 30, (m, counted[m])
+    assert sum(counted.values()) >= sent
+
