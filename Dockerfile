@@ -5,6 +5,7 @@ COPY pyproject.toml README.md ./
 COPY streams ./streams
 COPY detectors ./detectors
 COPY alerting ./alerting
+COPY sentinelle ./sentinelle
 RUN pip install --no-cache-dir .
 ENTRYPOINT ["sentinelle"]
 CMD ["worker"]
