@@ -47,6 +47,7 @@ from streams.runtime.shell import (
     StateWriter,
     Topics,
     export_counts,
+    owned_records,
 )
 
 __all__ = ["register", "Wiring", "slices", "messages_of"]
@@ -191,6 +192,12 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         await follow_topic(settings.kafka.servers, t.silences, load_silence, silences_loaded,
                            consumer_options=client_options(settings))
 
+    def owned(table: Any, topics: set[str]) -> list[tuple[str, Any]]:
+        """The table's records of the partitions this worker actively owns (see
+        :func:`streams.runtime.shell.owned_records`)."""
+        actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in topics}
+        return owned_records(table.data, actives)
+
     @app.timer(settings.worker.tick_s, name="sentinelle.ops_wall_clock_checks")
     async def ops_wall_clock_checks() -> None:
         if not loaded():
@@ -198,8 +205,8 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         try:
             now = time.time()
             behind = await lag.behind(app.consumer, set(s.operations.topics), now)
-            await publish(ops.tick(now, list(s.ops_state.data.items()), operations.saved,
-                                   behind))
+            await publish(ops.tick(now, owned(s.ops_state, set(s.operations.topics)),
+                                   operations.saved, behind))
         except Exception:
             log.exception("the operations' wall-clock checks failed; trying again next tick")
             metrics.guards.labels("tick_errors").inc()
@@ -211,7 +218,8 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         try:
             now = time.time()
             behind = await lag.behind(app.consumer, {topic_name}, now)
-            await publish(pipeline.tick(now, list(s.state.data.items()), models.saved, behind))
+            await publish(pipeline.tick(now, owned(s.state, {topic_name}), models.saved,
+                                        behind))
             metrics.labels.clear()  # models no longer held leave the page
             for model, mon in pipeline.monitors.items():
                 for outcome, n in mon.labels.stats().items():

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,7 +41,7 @@ from streams.core.state import Checkpointer, read
 from streams.runtime.metrics import Metrics
 
 __all__ = ["Publisher", "StateWriter", "ReferenceLoader", "SilenceLoader", "Lag", "Health",
-           "export_counts"]
+           "export_counts", "owned_records"]
 
 log = logging.getLogger("sentinelle.worker")
 
@@ -111,6 +111,23 @@ class StateWriter:
         self.checkpointer.forget(keys)
 
 
+def owned_records(data: Mapping[str, Any], actives: set[int]) -> list[tuple[str, Any]]:
+    """The state records of the partitions this worker actively owns.
+
+    A table also holds *standby* copies of other workers' partitions (Faust reads
+    their changelogs too, so a takeover starts warm). The wall-clock timers load
+    the models of their records that are not in memory yet (a partition taken
+    over); taking a standby record for one's own would run a second, stale
+    monitor of another worker's model, closing its windows early, publishing
+    their statistics twice and raising outages for traffic it never sees.
+
+    >>> owned_records({"a": {"partition": 0}, "b": {"partition": 1}, "c": "x"}, {0})
+    [('a', {'partition': 0})]
+    """
+    return [(key, value) for key, value in list(data.items())
+            if isinstance(value, dict) and value.get("partition") in actives]
+
+
 @dataclass(frozen=True)
 class Topics:
     """Where each kind of output goes."""
@@ -154,6 +171,7 @@ class Publisher:
         self.max_record_bytes = max_record_bytes
         self.delivery_timeout_s = delivery_timeout_s
         self.on_trouble = on_trouble  # told when deliveries start and stop failing
+        self._trouble = False
         self.slow_after_s = 5.0       # an acknowledgement this late is trouble too
 
     def encode(self, kind: str, rec: Any, limit: int) -> bytes | None:
@@ -204,6 +222,11 @@ class Publisher:
             sent += writer.write(partition, key, value)
         await self._settled(sent, "state")
 
+    def _troubled(self, now: bool) -> None:
+        if now != self._trouble:
+            self._trouble = now
+            self.on_trouble(now)
+
     async def _deliver(self, out: list[tuple[Sender, str, bytes | None, bytes]]) -> None:
         """Send every output and wait for the broker's acknowledgements, trying again
         what failed with a doubling backoff until ``delivery_timeout_s``."""
@@ -211,7 +234,7 @@ class Publisher:
         backoff = 0.5
         # a broker that neither takes nor refuses (stopped, partitioned away) makes the
         # worker not ready after a few seconds, long before the producer's own timeout
-        slow = asyncio.get_running_loop().call_later(self.slow_after_s, self.on_trouble, True)
+        slow = asyncio.get_running_loop().call_later(self.slow_after_s, self._troubled, True)
         try:
             await self._deliver_all(out, give_up, backoff)
         finally:
@@ -232,9 +255,9 @@ class Publisher:
                 if error is not None:
                     failed.append((item, error))
             if not failed:
-                self.on_trouble(False)
+                self._troubled(False)
                 return
-            self.on_trouble(True)
+            self._troubled(True)
             if time.monotonic() + backoff > give_up:
                 for (_, kind, _, _), error in failed:
                     log.error("%s not published: the broker did not take it (%s)", kind, error)
@@ -262,7 +285,7 @@ class Publisher:
             log.error("%s not written: %s", kind, error)
             self.metrics.outputs_dropped.labels(kind, "send_failed").inc()
         if not errors and not pending:
-            self.on_trouble(False)  # the broker takes writes again
+            self._troubled(False)  # the broker takes writes again
         if pending:
             log.warning("%d %s writes not acknowledged within %.0f s; going on", len(pending),
                         kind, self.delivery_timeout_s)
