@@ -11,8 +11,14 @@
   prediction is a probability); regression: mean absolute error.
 - :class:`ConfidenceEstimate` estimates accuracy without labels for a binary
   classifier that outputs probabilities (confidence-based performance
-  estimation: a calibrated score ``p`` is right with probability ``max(p, 1-p)``)
-  and raises an *estimated* ``performance_degradation`` when that estimate drops.
+  estimation, NannyML's CBPE: a score ``p`` is right with probability
+  ``cal(p)`` when it says 1, ``1 - cal(p)`` when it says 0) and raises an
+  *estimated* ``performance_degradation`` when that estimate drops.
+- :class:`ScoreCalibration` is ``cal``: the map score -> P(label = 1) fitted on
+  the reference's labelled predictions (histogram binning made monotone by
+  pool-adjacent-violators), with the reference's accuracy. Without it the
+  score is taken at its word (``cal(p) = p``), which is wrong for any
+  miscalibrated model, and the estimate is only compared with itself.
 
 Significance uses the same false-alarm budget as the distribution checks:
 ``alpha = window / run_length`` per test, plus a minimum effect (``min_drop``)
@@ -23,17 +29,20 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from river import metrics
 from scipy import stats
 
 from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
 
-__all__ = ["LabelJoin", "PerformanceCheck", "ConfidenceEstimate", "task_of"]
+__all__ = ["LabelJoin", "PerformanceCheck", "ConfidenceEstimate", "ScoreCalibration",
+           "task_of", "pool_adjacent_violators", "raw_correct"]
 
 
 def _as_binary(v: Any) -> int | None:
@@ -449,19 +458,217 @@ class PerformanceCheck:
             self._score(prediction, label)
 
 
-class ConfidenceEstimate:
-    """Accuracy estimated from probabilities alone (no labels needed).
+MAX_KNOTS = 200  # a profile's calibration may carry at most this many knots
 
-    For a calibrated binary classifier, a prediction ``p`` is right with
-    probability ``max(p, 1 - p)``; the mean over a window estimates accuracy, and
-    its standard error follows from those Bernoulli variances. The reference is
-    the version's first window (the estimate is compared with itself, so a
-    miscalibrated but stable model does not alert).
+
+def pool_adjacent_violators(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence closest to ``y`` in weighted least squares (isotonic).
+
+    >>> pool_adjacent_violators(np.array([0.1, 0.4, 0.3, 0.8]), np.array([1, 1, 3, 1.0]))
+    array([0.1  , 0.325, 0.325, 0.8  ])
+    """
+    vals: list[float] = []
+    wts: list[float] = []
+    sizes: list[int] = []
+    for yi, wi in zip(y.tolist(), w.tolist(), strict=True):
+        vals.append(yi)
+        wts.append(wi)
+        sizes.append(1)
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            wsum = wts[-2] + wts[-1]
+            merged = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / wsum if wsum > 0 else vals[-1]
+            vals[-2:], wts[-2:], sizes[-2:] = [merged], [wsum], [sizes[-2] + sizes[-1]]
+    return np.repeat(np.asarray(vals, dtype=float), sizes)
+
+
+def raw_correct(p: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """How likely each score is right taken at its word: ``p`` if it says 1, else ``1 - p``."""
+    return np.where(p >= threshold, p, 1.0 - p)
+
+
+def _unit(x: float, name: str) -> float:
+    if not 0.0 <= x <= 1.0:  # NaN fails too
+        raise ValueError(f"{name} must be in [0, 1], not {x!r}")
+    return float(x)
+
+
+@dataclass(frozen=True)
+class ScoreCalibration:
+    """What a binary classifier's score means, learned from the reference's labels.
+
+    ``scores`` are knots (the mean score of each histogram bin of the
+    reference's predictions, increasing) and ``rates`` the share of positive
+    labels there, made non-decreasing by pool-adjacent-violators (isotonic);
+    between knots the map is linear, outside them flat. ``counts`` are the
+    reference rows per knot. The decision ``threshold`` is a bin edge, so no
+    bin mixes the two decisions. ``accuracy`` is the reference's realized
+    accuracy at the threshold, ``expected_accuracy`` what the map expects on the
+    reference (close to it by construction; the difference is the binning's
+    error), and ``raw_accuracy`` what the raw confidence expects there (the gap
+    to ``accuracy`` is the model's miscalibration).
+
+    An overconfident model: its score says 0.9 where the truth is 0.68.
+
+    >>> rng = np.random.default_rng(42)
+    >>> x = rng.normal(0, 1.5, 20_000)
+    >>> y = (rng.random(x.size) < 1 / (1 + np.exp(-2 * x))).astype(int)
+    >>> p = 1 / (1 + np.exp(-6 * x))
+    >>> cal = ScoreCalibration.fit(p, y)
+    >>> len(cal.scores), round(cal.accuracy, 3), round(cal.raw_accuracy, 3)
+    (50, 0.837, 0.939)
+    >>> cal.probability(np.array([0.1, 0.5, 0.9])).round(2)
+    array([0.32, 0.51, 0.68])
+    """
+
+    scores: tuple[float, ...]
+    rates: tuple[float, ...]
+    counts: tuple[int, ...]
+    threshold: float
+    accuracy: float
+    expected_accuracy: float
+    raw_accuracy: float
+
+    def __post_init__(self) -> None:
+        n = len(self.scores)
+        if not 1 <= n <= MAX_KNOTS or len(self.rates) != n or len(self.counts) != n:
+            raise ValueError(f"a calibration has 1 to {MAX_KNOTS} knots, as many scores as "
+                             f"rates and counts")
+        for v in (*self.scores, *self.rates):
+            _unit(v, "scores and rates")
+        if any(b <= a for a, b in zip(self.scores, self.scores[1:], strict=False)):
+            raise ValueError("calibration scores must increase")
+        if any(b < a for a, b in zip(self.rates, self.rates[1:], strict=False)):
+            raise ValueError("calibration rates must not decrease")
+        if any(c < 0 for c in self.counts) or sum(self.counts) < 1:
+            raise ValueError("calibration counts must be >= 0, and not all 0")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError("the decision threshold must be in (0, 1)")
+        for name in ("accuracy", "expected_accuracy", "raw_accuracy"):
+            _unit(getattr(self, name), name)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts)
+
+    def probability(self, p: np.ndarray) -> np.ndarray:
+        """P(label = 1) for each score."""
+        return np.interp(p, self.scores, self.rates)
+
+    def expected_correct(self, p: np.ndarray) -> np.ndarray:
+        """How likely each prediction is right."""
+        q = self.probability(p)
+        return np.where(p >= self.threshold, q, 1.0 - q)
+
+    @classmethod
+    def from_bins(cls, counts: ArrayLike, score_sums: ArrayLike, positives: ArrayLike,
+                  correct: ArrayLike, raw_sums: ArrayLike,
+                  threshold: float = 0.5) -> ScoreCalibration:
+        """From per-bin sums over the reference (bins in score order, none straddling the
+        threshold): rows, scores, positive labels, right decisions, raw confidences."""
+        n = np.asarray(counts, dtype=float)
+        keep = n > 0
+        if not keep.any():
+            raise ValueError("no labelled probabilities to calibrate on")
+        n = n[keep]
+        x = np.asarray(score_sums, dtype=float)[keep] / n
+        pos = np.asarray(positives, dtype=float)[keep]
+        rates = np.clip(pool_adjacent_violators(pos / n, n), 0.0, 1.0)
+        says_one = x >= threshold
+        expected = float(np.where(says_one, rates, 1 - rates) @ n) / float(n.sum())
+        total = float(n.sum())
+        # Bins are disjoint, so their mean scores increase; merge any tie all the same.
+        xs, ys, ns = [float(x[0])], [float(rates[0])], [int(n[0])]
+        for xi, yi, ni in zip(x[1:].tolist(), rates[1:].tolist(), n[1:].tolist(), strict=True):
+            if xi <= xs[-1]:
+                ys[-1] = (ys[-1] * ns[-1] + yi * ni) / (ns[-1] + ni)
+                ns[-1] += int(ni)
+            else:
+                xs.append(xi)
+                ys.append(yi)
+                ns.append(int(ni))
+        return cls(tuple(xs), tuple(ys), tuple(ns), float(threshold),
+                   float(np.sum(np.asarray(correct, dtype=float))) / total,
+                   min(max(expected, 0.0), 1.0),
+                   float(np.sum(np.asarray(raw_sums, dtype=float))) / total)
+
+    @staticmethod
+    def edges(quantiles: Sequence[float], threshold: float) -> np.ndarray:
+        """Inner bin edges: the score quantiles and the threshold (one decision per bin)."""
+        qs = np.asarray(quantiles, dtype=float)
+        return np.unique(np.append(qs[(qs > 0) & (qs < 1)], threshold))
+
+    @classmethod
+    def fit(cls, scores: np.ndarray, labels: np.ndarray, threshold: float = 0.5,
+            max_knots: int = 50) -> ScoreCalibration:
+        """Fit on labelled probabilities (in memory; ``profile build`` does the same in
+        streaming passes with Polars)."""
+        if not 2 <= max_knots <= MAX_KNOTS:
+            raise ValueError(f"max_knots must be in [2, {MAX_KNOTS}]")
+        p = np.asarray(scores, dtype=float)
+        y = np.asarray(labels, dtype=float)
+        ok = np.isfinite(p) & (p >= 0) & (p <= 1) & ((y == 0) | (y == 1))
+        p, y = p[ok], y[ok]
+        if p.size == 0:
+            raise ValueError("no labelled probabilities to calibrate on")
+        inner = cls.edges(np.quantile(p, np.linspace(0, 1, max_knots)[1:-1]), threshold)
+        b = np.searchsorted(inner, p, side="right")
+        k = inner.size + 1
+
+        def per_bin(v: np.ndarray) -> np.ndarray:
+            return np.bincount(b, weights=v, minlength=k)
+
+        right = ((p >= threshold) == (y == 1)).astype(float)
+        return cls.from_bins(np.bincount(b, minlength=k), per_bin(p), per_bin(y),
+                             per_bin(right), per_bin(raw_correct(p, threshold)), threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The profile's ``performance.score_calibration``."""
+        return {"method": "histogram_isotonic", "threshold": self.threshold,
+                "scores": list(self.scores), "rates": list(self.rates),
+                "counts": list(self.counts), "rows": self.rows, "accuracy": self.accuracy,
+                "expected_accuracy": self.expected_accuracy, "raw_accuracy": self.raw_accuracy}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ScoreCalibration:
+        """``ValueError`` unless ``data`` is a valid :meth:`to_dict` output."""
+        if not isinstance(data, dict):
+            raise ValueError("score_calibration must be an object")
+        try:
+            return cls(tuple(float(v) for v in data["scores"]),
+                       tuple(float(v) for v in data["rates"]),
+                       tuple(int(v) for v in data["counts"]),
+                       float(data.get("threshold", 0.5)), float(data["accuracy"]),
+                       float(data["expected_accuracy"]), float(data["raw_accuracy"]))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"score_calibration: bad or missing field: {exc}") from None
+
+class ConfidenceEstimate:
+    """Accuracy estimated from probabilities alone (no labels needed), NannyML's CBPE way.
+
+    A prediction ``p`` says 1 when ``p >= threshold``; it is right with
+    probability ``q = cal(p)`` then, ``1 - q`` otherwise. The mean of that over
+    a window estimates the window's accuracy, and its standard error follows
+    from those Bernoulli variances.
+
+    - **Calibrated** (``calibration`` given, from the reference's labelled
+      predictions): ``cal`` is the fitted map, and the estimate is compared with
+      the reference's realized accuracy (whose own sampling noise is added to
+      the test's). This holds under covariate shift, as long as what a score
+      means does not change (no concept shift).
+    - **Uncalibrated**: ``cal(p) = p``, right only for a calibrated model, and
+      the reference is the version's first window (the estimate is compared with
+      itself, so a miscalibrated but stable model does not alert). The alert
+      says ``uncalibrated``.
+
+    Every signal carries both estimates: ``value`` (calibrated when it can be)
+    and ``raw_value`` (the raw confidence).
 
     Parameters
     ----------
     model, version, cohort
         The series.
+    calibration
+        The reference's :class:`ScoreCalibration`; None: uncalibrated.
     window
         Predictions per estimate.
     run_length
@@ -476,7 +683,6 @@ class ConfidenceEstimate:
     Scores that are confident (near 0 or 1) for 6,000 predictions, then hesitant
     (near 0.5): the model no longer knows.
 
-    >>> import numpy as np
     >>> rng = np.random.default_rng(42)
     >>> det = ConfidenceEstimate("fraud-scorer", "v7", window=2000)
     >>> sure = np.where(rng.random(6000) < 0.3, rng.uniform(0.85, 1, 6000),
@@ -484,32 +690,58 @@ class ConfidenceEstimate:
     >>> p = np.concatenate([sure, rng.uniform(0.3, 0.7, 4000)])
     >>> for s in det.update({"ts": np.arange(p.size, dtype=float), "prediction": p}):
     ...     print(f"prediction {s.timestamp:.0f}: {'ALERT' if s.active else 'ok'} "
-    ...           f"{s.details['value']:.3f} vs {s.details['reference']:.3f}")
-    prediction 3999: ok 0.924 vs 0.926
-    prediction 5999: ok 0.925 vs 0.926
-    prediction 7999: ALERT 0.601 vs 0.926
-    prediction 9999: ALERT 0.601 vs 0.926
+    ...           f"{s.details['value']:.3f} vs {s.details['reference']:.3f} "
+    ...           f"({s.details['calibration']})")
+    prediction 3999: ok 0.924 vs 0.926 (uncalibrated)
+    prediction 5999: ok 0.925 vs 0.926 (uncalibrated)
+    prediction 7999: ALERT 0.601 vs 0.926 (uncalibrated)
+    prediction 9999: ALERT 0.601 vs 0.926 (uncalibrated)
 
-    The first window (to prediction 1999) is the reference.
+    The first window (to prediction 1999) is the reference. An overconfident
+    model (score ``sigmoid(6x)`` where the truth is ``sigmoid(2x)``), calibrated
+    on its labelled reference, then serving a population moved towards ``x = 0``:
+    the raw confidence barely moves, the calibrated estimate follows the truth.
+
+    >>> def population(n, spread):
+    ...     x = rng.normal(0, spread, n)
+    ...     return 1 / (1 + np.exp(-6 * x)), (rng.random(n) < 1 / (1 + np.exp(-2 * x)))
+    >>> p_ref, y_ref = population(20_000, 1.5)
+    >>> det = ConfidenceEstimate("fraud-scorer", "v7", window=2000,
+    ...                          calibration=ScoreCalibration.fit(p_ref, y_ref))
+    >>> p, y = population(4000, 0.4)
+    >>> for s in det.update({"ts": np.arange(p.size, dtype=float), "prediction": p}):
+    ...     d, end = s.details, int(s.timestamp) + 1
+    ...     realized = ((p >= 0.5) == y)[end - 2000:end].mean()
+    ...     print(f"{'ALERT' if s.active else 'ok'} {d['value']:.3f} (raw {d['raw_value']:.3f})"
+    ...           f" vs {d['reference']:.3f}; realized {realized:.3f}")
+    ALERT 0.655 (raw 0.811) vs 0.838; realized 0.637
+    ALERT 0.653 (raw 0.808) vs 0.838; realized 0.660
     """
 
     inputs = ("ts", "prediction")
 
     def __init__(self, model: str, version: str, *, cohort: str = "stable",
-                 window: int = 2000, run_length: float = 60_480_000, min_drop: float = 0.02,
+                 calibration: ScoreCalibration | None = None, window: int = 2000,
+                 run_length: float = 60_480_000, min_drop: float = 0.02,
                  severity: Severity = "warning") -> None:
         if not (window >= 10 and run_length > window):
             raise ValueError("need window >= 10 and run_length > window")
         if not 0 <= min_drop < 1:
             raise ValueError("min_drop must be in [0, 1)")
+        if calibration is not None and not isinstance(calibration, ScoreCalibration):
+            raise ValueError("calibration must be a ScoreCalibration")
         check_severity(severity)
         self.model, self.version, self.cohort = model, version, cohort
+        self.calibration = calibration
         self.window, self.run_length, self.min_drop = window, run_length, min_drop
         self.severity = severity
         self.alpha = window / run_length
-        self.reference: float | None = None
-        self._sum = 0.0
-        self._var = 0.0
+        self.threshold = calibration.threshold if calibration is not None else 0.5
+        self.reference: float | None = (calibration.accuracy if calibration is not None
+                                        else None)
+        self._sum = 0.0   # expected right decisions (calibrated when it can be)
+        self._var = 0.0   # their Bernoulli variances
+        self._raw = 0.0   # the same from the raw confidence
         self._n = 0
 
     @classmethod
@@ -517,6 +749,10 @@ class ConfidenceEstimate:
         yield {"model": "m", "version": "v1", "window": 400, "run_length": 1e6}
         yield {"model": "m", "version": "v1", "cohort": "canary", "window": 200,
                "run_length": 1e5, "min_drop": 0.05, "severity": "error"}
+        # Scores meaning what they say, and a reference right 90 % of the time.
+        yield {"model": "m", "version": "v1", "window": 400, "run_length": 1e6,
+               "calibration": ScoreCalibration((0.0, 1.0), (0.0, 1.0), (5000, 5000), 0.5,
+                                               0.9, 0.9, 0.9)}
 
     @property
     def key(self) -> str:
@@ -525,50 +761,74 @@ class ConfidenceEstimate:
 
     def update(self, batch: Batch) -> list[Signal]:
         """Fold probabilities in (``prediction``: values in [0, 1], others filtered first);
-        a signal per full window after the first (the reference)."""
+        a signal per full window (uncalibrated: after the first, the reference)."""
         probs = np.asarray(batch["prediction"], dtype=float)
         ts = batch["ts"]
         out: list[Signal] = []
-        conf = np.maximum(probs, 1 - probs)
+        cal = self.calibration
+        raw = raw_correct(probs, self.threshold)
+        right = cal.expected_correct(probs) if cal is not None else raw
         pos = 0
-        while pos < conf.size:
-            take = min(self.window - self._n, conf.size - pos)
-            part = conf[pos:pos + take]
+        while pos < right.size:
+            take = min(self.window - self._n, right.size - pos)
+            part = right[pos:pos + take]
             self._sum += float(part.sum())
             self._var += float((part * (1 - part)).sum())
+            self._raw += float(raw[pos:pos + take].sum())
             self._n += take
             pos += take
             if self._n == self.window:
                 sig = self._evaluate(float(ts[pos - 1]))
                 if sig is not None:
                     out.append(sig)
-                self._sum = self._var = 0.0
+                self._sum = self._var = self._raw = 0.0
                 self._n = 0
         return out
 
     def _evaluate(self, ts: float) -> Signal | None:
-        value = self._sum / self._n
+        n, cal = self._n, self.calibration
+        value, raw = self._sum / n, self._raw / n
         if self.reference is None:
             self.reference = value
             return None
-        se = math.sqrt(self._var) / self._n
-        p = float(stats.norm.cdf((value - self.reference) / se)) if se > 0 else 1.0
-        active = value < self.reference - self.min_drop and p < self.alpha
+        ref = self.reference
+        var = self._var / n ** 2
+        if cal is not None:  # the reference accuracy is itself a sample of cal.rows
+            var += ref * (1 - ref) / cal.rows
+        se = math.sqrt(var)
+        p = float(stats.norm.cdf((value - ref) / se)) if se > 0 else 1.0
+        active = value < ref - self.min_drop and p < self.alpha
+        details: dict[str, Any] = {
+            "statistic": "estimated_accuracy", "value": round(value, 5),
+            "raw_value": round(raw, 5), "reference": round(ref, 5), "p_value": p,
+            "alpha_per_test": self.alpha, "min_drop": self.min_drop,
+            "threshold": self.threshold, "estimate": True,
+            "calibration": "calibrated" if cal is not None else "uncalibrated",
+            "method": "confidence-based performance estimation",
+            "cohort": self.cohort, "window": {"events": n, "end_ts": ts}}
+        if cal is not None:
+            details.update(reference_source="profile", reference_expected=round(
+                cal.expected_accuracy, 5), reference_raw=round(cal.raw_accuracy, 5),
+                reference_rows=cal.rows)
+            how = (f"calibrated on the reference's {cal.rows:,} labels; raw confidence "
+                   f"says {raw:.3f}")
+        else:
+            details["reference_source"] = "first_window"
+            how = ("uncalibrated: raw prediction confidence, vs the version's first window; "
+                   "profile the reference with its labels to calibrate")
         return Signal(
             check="performance_degradation", key=self.key,
             active=active, severity=self.severity,
             summary=(f"{self.model} {self.version}: estimated accuracy {value:.3f} "
-                     f"{'<' if active else 'vs'} {self.reference:.3f} (an estimate from "
-                     f"prediction confidence; no labels)"),
-            timestamp=ts, model=self.model, version=self.version,
-            details={"statistic": "estimated_accuracy", "value": round(value, 5),
-                     "reference": round(self.reference, 5), "p_value": p,
-                     "estimate": True, "method": "confidence-based performance estimation",
-                     "cohort": self.cohort, "window": {"events": self._n, "end_ts": ts}})
+                     f"{'<' if active else 'vs'} reference {ref:.3f} over {n} predictions "
+                     f"(an estimate, no labels; {how})"),
+            timestamp=ts, model=self.model, version=self.version, details=details)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reference": self.reference, "sum": self._sum, "var": self._var, "n": self._n}
+        return {"reference": self.reference, "sum": self._sum, "var": self._var,
+                "raw": self._raw, "n": self._n, "calibrated": self.calibration is not None}
 
     def load_dict(self, data: dict[str, Any]) -> None:
         self.reference = data["reference"]
         self._sum, self._var, self._n = data["sum"], data["var"], data["n"]
+        self._raw = data.get("raw", self._sum)  # checkpoints before 'raw': uncalibrated

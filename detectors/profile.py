@@ -11,7 +11,11 @@ the data a model version was trained on:
   and ``missing_rate``.
 
 ``prediction`` and ``label`` columns, when present, are profiled the same way
-under their own keys. :func:`build_profile` works on a Polars ``LazyFrame``, so
+under their own keys, and give ``performance``: the model's accuracy (or MAE) on
+this data. For a binary classifier's probabilities it also carries
+``score_calibration`` (:class:`~detectors.performance.ScoreCalibration`: what a
+score means, for the label-free estimate of accuracy); an optional field, which
+readers of older profiles do without. :func:`build_profile` works on a Polars ``LazyFrame``, so
 a Parquet or CSV file larger than memory is read in streaming passes.
 
 :class:`FeatureBins` maps serving values onto a profile's bins, vectorised.
@@ -25,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+
+from detectors.performance import ScoreCalibration
 
 __all__ = ["build_profile", "FeatureBins", "OTHER", "UNSEEN", "category_key"]
 
@@ -96,14 +102,19 @@ def _distinct(lf: pl.LazyFrame, col: str) -> int:
 
 
 def build_profile(data: pl.LazyFrame, model: str, version: str, bins: int = 20,
-                  max_categories: int = 50, created_at: float | None = None) -> dict[str, Any]:
+                  max_categories: int = 50, created_at: float | None = None,
+                  decision_threshold: float = 0.5, calibration_knots: int = 50
+                  ) -> dict[str, Any]:
     """The contract's reference profile of ``data``.
 
     Every column is a feature except the contract's event fields (``event_id``,
     ``ts``, ``latency_ms``…); ``prediction`` and ``label`` get their own keys.
     Numeric dtypes are profiled as numeric, except integer columns with at most
     ``bins`` distinct values (codes, 0/1 labels), which are categorical like
-    everything else.
+    everything else. When ``prediction`` holds probabilities (floats in [0, 1]) and
+    ``label`` is 0/1, ``performance.score_calibration`` maps a score to
+    P(label = 1) in at most ``calibration_knots`` knots, for decisions taken at
+    ``decision_threshold``.
 
     >>> import polars as pl
     >>> lf = pl.LazyFrame({"amount": [1.0, 2.0, 3.0, 4.0, None], "country": list("FFGGF")})
@@ -116,6 +127,8 @@ def build_profile(data: pl.LazyFrame, model: str, version: str, bins: int = 20,
     """
     if bins < 1 or max_categories < 1:
         raise ValueError("bins and max_categories must be >= 1")
+    if not 0 < decision_threshold < 1 or not 2 <= calibration_knots <= 200:
+        raise ValueError("decision_threshold must be in (0, 1), calibration_knots in [2, 200]")
     schema = data.collect_schema()
     rows = int(data.select(pl.len()).collect(engine="streaming").item())
     profile: dict[str, Any] = {
@@ -139,10 +152,47 @@ def build_profile(data: pl.LazyFrame, model: str, version: str, bins: int = 20,
         else:
             profile["features"][col] = prof
     if "prediction" in schema and "label" in schema:
-        perf = _performance(data, schema["prediction"], schema["label"])
+        perf: dict[str, Any] = dict(_performance(data, schema["prediction"], schema["label"]))
+        if schema["prediction"].is_float() and "accuracy" in perf:
+            cal = _score_calibration(data, decision_threshold, calibration_knots)
+            if cal is not None:
+                perf["score_calibration"] = cal.to_dict()
         if perf:
             profile["performance"] = perf
     return profile
+
+
+def _score_calibration(data: pl.LazyFrame, threshold: float,
+                       knots: int) -> ScoreCalibration | None:
+    """What the ``prediction`` probabilities mean given the 0/1 ``label``s: two streaming
+    passes (score quantiles, then sums per bin). None unless every score is in [0, 1]."""
+    p, y = pl.col("prediction").cast(pl.Float64), pl.col("label").cast(pl.Float64)
+    both = data.filter(p.is_not_null() & y.is_not_null() & p.is_not_nan())
+    qs = np.linspace(0, 1, knots)[1:-1]
+    head = both.select(p.min().alias("lo"), p.max().alias("hi"), pl.len().alias("n"),
+                       *[p.quantile(float(q), "linear").alias(f"q{i}") for i, q in enumerate(qs)]
+                       ).collect(engine="streaming").row(0, named=True)
+    if not head["n"] or head["lo"] < 0 or head["hi"] > 1:
+        return None  # scores, not probabilities
+    inner = ScoreCalibration.edges([head[f"q{i}"] for i in range(qs.size)], threshold)
+    v = pl.col("p")
+    index = (pl.sum_horizontal([(v >= float(e)).cast(pl.Int32) for e in inner])
+             if inner.size else pl.lit(0, dtype=pl.Int32))
+    says_one = v >= threshold
+    sums = (both.select(p.alias("p"), y.alias("y"))
+            .with_columns(index.alias("b"),
+                          (says_one == (pl.col("y") == 1)).cast(pl.Float64).alias("right"),
+                          pl.when(says_one).then(v).otherwise(1 - v).alias("raw"))
+            .group_by("b").agg(pl.len().alias("n"), v.sum().alias("p"), pl.col("y").sum(),
+                               pl.col("right").sum(), pl.col("raw").sum())
+            .sort("b").collect(engine="streaming"))
+    k = inner.size + 1
+    cols = {c: np.zeros(k) for c in ("n", "p", "y", "right", "raw")}
+    for row in sums.iter_rows(named=True):
+        for c in cols:
+            cols[c][int(row["b"])] = float(row[c])
+    return ScoreCalibration.from_bins(cols["n"], cols["p"], cols["y"], cols["right"],
+                                      cols["raw"], threshold)
 
 
 def _performance(data: pl.LazyFrame, pred: pl.DataType, label: pl.DataType) -> dict[str, float]:

@@ -386,6 +386,10 @@ class LabelSettings(_Section):
                             description="accuracy points (or relative MAE) worth an alert")
     estimate: bool = Field(True, description="estimate accuracy from confidence without labels")
     estimate_window: int = Field(2000, ge=10, description="predictions per confidence estimate")
+    estimate_label_lag_s: float = Field(
+        600.0, ge=0, description="keep estimating a series whose labels lag its predictions by "
+        "more than this (event time): labels an hour late leave the last hour to the estimate; "
+        "0: always estimate")
     severity: Severity = Field("error",
                                description="severity of performance_degradation and label_drift")
 

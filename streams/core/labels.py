@@ -6,8 +6,13 @@ bounded :class:`~detectors.performance.LabelJoin`; a label from ``ml.feedback``
 finds its prediction there, is scored by the version's
 :class:`~detectors.performance.PerformanceCheck`, and feeds the ``label_drift``
 check against the profile's label distribution. While a series has no labels,
+or its labels lag its predictions by more than ``labels.estimate_label_lag_s``
+of event time (labels an hour late leave the last hour unmeasured),
 :class:`~detectors.performance.ConfidenceEstimate` estimates its accuracy from
-the prediction scores (when they look like probabilities: numbers in [0, 1]).
+the prediction scores (when they look like probabilities: numbers in [0, 1]),
+calibrated on the version's profile when it carries a
+:class:`~detectors.performance.ScoreCalibration` (``uncalibrated`` otherwise, as
+its alerts say).
 
 The join buffer is the largest state Sentinelle keeps: at most
 ``labels.join_max`` entries per model (a hash sample past that, see
@@ -30,6 +35,7 @@ from detectors.performance import (
     ConfidenceEstimate,
     LabelJoin,
     PerformanceCheck,
+    ScoreCalibration,
     compact_value,
 )
 from detectors.profile import category_key
@@ -58,12 +64,16 @@ class LabelTracker:
         self.estimates: dict[tuple[str, str], ConfidenceEstimate] = {}
         self.label_drift: dict[tuple[str, str], SkewDetector] = {}
         self._saved_drift: dict[tuple[str, str], dict[str, Any]] = {}
+        self._saved_estimates: dict[tuple[str, str], dict[str, Any]] = {}
+        self.labelled_to: dict[tuple[str, str], float] = {}  # latest labelled prediction's ts
         self.join_saved_at = -np.inf  # the first checkpoint is written at once
 
     def on_predictions(self, event_ids: Sequence[str], ts: np.ndarray, versions: Sequence[str],
                        cohorts: Sequence[str], predictions: Sequence[Any],
-                       watermark: float) -> list[Signal]:
-        """Remember predictions for the join; estimate accuracy where no label came yet."""
+                       watermark: float, references: ReferenceLookup | None = None
+                       ) -> list[Signal]:
+        """Remember predictions for the join; estimate accuracy where labels are missing
+        or late (calibrated by the version's profile from ``references``, when it can)."""
         lab = self.settings.labels
         add = self.join.add
         for eid, t, v, c, p in zip(event_ids, ts.tolist(), versions, cohorts, predictions,
@@ -80,16 +90,29 @@ class LabelTracker:
         for series, rows in groups.items():
             check = self.checks.get(series)
             if check is not None and check.task is not None:
-                continue  # labels arrive: measure, don't estimate
+                lag = float(ts[rows].max()) - self.labelled_to.get(series, -np.inf)
+                if lag <= lab.estimate_label_lag_s:
+                    continue  # labels arrive in time: measure, don't estimate
             preds = [predictions[i] for i in rows]
             if not preds or not all(_is_probability(p) for p in preds):
                 continue
-            est = self.estimates.get(series)
-            if est is None:
-                est = self.estimates[series] = self._estimate(*series)
-            out.extend(est.update({"ts": ts[rows],
-                                   "prediction": np.asarray(preds, dtype=float)}))
+            out.extend(self._estimator(*series, references).update(
+                {"ts": ts[rows], "prediction": np.asarray(preds, dtype=float)}))
         return out
+
+    def _estimator(self, version: str, cohort: str,
+                   references: ReferenceLookup | None) -> ConfidenceEstimate:
+        """The series' estimate, (re)built when its profile's calibration is new."""
+        ref = references(version) if references is not None else None
+        cal = ref.score_calibration if ref is not None else None
+        est = self.estimates.get((version, cohort))
+        if est is not None and (cal is None or est.calibration == cal):
+            return est  # a profile gone keeps what was learned
+        est = self.estimates[(version, cohort)] = self._estimate(version, cohort, cal)
+        saved = self._saved_estimates.pop((version, cohort), None)
+        if saved is not None and bool(saved.get("calibrated")) == (cal is not None):
+            est.load_dict(saved)
+        return est
 
     def on_labels(self, event_ids: Sequence[str], ts: Sequence[float], labels: Sequence[Any],
                   references: ReferenceLookup | None) -> list[Signal]:
@@ -102,9 +125,11 @@ class LabelTracker:
             entry = self.join.match(eid)
             if entry is None:
                 continue  # counted by the join as unmatched
-            _, version, cohort, prediction = entry
+            predicted_at, version, cohort, prediction = entry
             label = compact_value(label)  # as the prediction was kept
             series = (version, cohort)
+            if predicted_at > self.labelled_to.get(series, -np.inf):
+                self.labelled_to[series] = predicted_at
             if series != run:
                 out.extend(self._score(run, preds, drift_values))
                 run, preds = series, []
@@ -143,9 +168,10 @@ class LabelTracker:
                                 min_drop=lab.min_drop, reference=reference,
                                 severity=lab.severity)
 
-    def _estimate(self, version: str, cohort: str) -> ConfidenceEstimate:
+    def _estimate(self, version: str, cohort: str,
+                  calibration: ScoreCalibration | None = None) -> ConfidenceEstimate:
         lab = self.settings.labels
-        return ConfidenceEstimate(self.model, version, cohort=cohort,
+        return ConfidenceEstimate(self.model, version, cohort=cohort, calibration=calibration,
                                   window=lab.estimate_window,
                                   run_length=self.settings.skew.run_length_events,
                                   min_drop=lab.min_drop)
@@ -167,7 +193,8 @@ class LabelTracker:
 
     def forget(self, version: str, cohort: str) -> None:
         """Drop the label checks of a series whose state expired."""
-        for table in (self.checks, self.estimates, self.label_drift, self._saved_drift):
+        for table in (self.checks, self.estimates, self.label_drift, self._saved_drift,
+                      self._saved_estimates, self.labelled_to):
             table.pop((version, cohort), None)
 
     def stats(self) -> dict[str, float]:
@@ -178,7 +205,10 @@ class LabelTracker:
         return {
             "join": self.join.meta(),
             "checks": [[v, c, chk.to_dict()] for (v, c), chk in self.checks.items()],
-            "estimates": [[v, c, e.to_dict()] for (v, c), e in self.estimates.items()],
+            "estimates": [[v, c, e.to_dict()] for (v, c), e in self.estimates.items()]
+            + [[v, c, d] for (v, c), d in self._saved_estimates.items()
+               if (v, c) not in self.estimates],
+            "labelled_to": [[v, c, t] for (v, c), t in self.labelled_to.items()],
             "label_drift": [[v, c, d.to_dict()] for (v, c), d in self.label_drift.items()]
             + [[v, c, d] for (v, c), d in self._saved_drift.items()],
         }
@@ -187,9 +217,10 @@ class LabelTracker:
         for v, c, d in data.get("checks", []):
             chk = self.checks[(v, c)] = self._check(v, c, None)
             chk.load_dict(d)
-        for v, c, d in data.get("estimates", []):
-            est = self.estimates[(v, c)] = self._estimate(v, c)
-            est.load_dict(d)
+        # Estimates come back at their next prediction, once the profile is at hand:
+        # a calibrated one needs its calibration.
+        self._saved_estimates = {(v, c): d for v, c, d in data.get("estimates", [])}
+        self.labelled_to = {(v, c): float(t) for v, c, t in data.get("labelled_to", [])}
         self._saved_drift = {(v, c): d for v, c, d in data.get("label_drift", [])}
 
 

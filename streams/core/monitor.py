@@ -166,7 +166,8 @@ class ModelMonitor:
         if st.labels.enabled and predictions is not None and event_ids is not None:
             for signal in self.labels.on_predictions(
                     event_ids, frame["ts"].to_numpy(), frame["version"].to_list(),
-                    frame["cohort"].to_list(), predictions, self.windows.watermark):
+                    frame["cohort"].to_list(), predictions, self.windows.watermark,
+                    references):
                 self._emit(out, signal)
         return out
 

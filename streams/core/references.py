@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from detectors.performance import ScoreCalibration
 from detectors.profile import FeatureBins
 from detectors.quality import FeatureSpec
 from detectors.skew import Calibration, calibrate
@@ -52,6 +53,7 @@ class Reference:
     source: str = "published"  # or "first_events": taken from the version's first events
     label: FeatureRef | None = None      # the label distribution, for label drift
     performance: dict[str, float] | None = None  # e.g. {"accuracy": 0.93} or {"mae": 4.1}
+    score_calibration: ScoreCalibration | None = None  # what a probability means (estimates)
 
     @classmethod
     def from_profile(cls, profile: Any, skew: SkewSettings, baseline_factor: int = 4,
@@ -103,12 +105,18 @@ class Reference:
         rows = int(profile.get("rows") or 0)
         label = features.pop("label", None)
         perf = profile.get("performance")
+        score_cal = None
+        if isinstance(perf, dict) and perf.get("score_calibration") is not None:
+            try:
+                score_cal = ScoreCalibration.from_dict(perf["score_calibration"])
+            except ValueError as exc:
+                raise InvalidProfile(f"bad_value: performance.{exc}") from None
         perf = ({k: float(v) for k, v in perf.items() if isinstance(v, (int, float))}
                 if isinstance(perf, dict) else None)
         return cls(profile["model"], profile["version"],
                    float(created) if isinstance(created, (int, float)) else 0.0, rows, features,
                    tuple(FeatureSpec.from_profile(n, spec, rows) for n, spec in feats.items()),
-                   source, label, perf or None)
+                   source, label, perf or None, score_cal)
 
 
 class ReferenceStore:
