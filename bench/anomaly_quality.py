@@ -31,9 +31,21 @@ normalised so that detecting nothing is 0 and detecting everything at once is
 recall per anomaly kind, and detections and
 false positives per profile.
 
+Then, when the labelled real series of ``--nab`` are there (the 21 NAB files of
+``/work/shared/anomaly-dev`` by default), the NAB standard-profile score on
+them: each file replayed in order, fresh state per file, through
+:class:`streams.core.operations.MetricState` (the worker's own path: the
+detector built from the settings, its signals through the series' alert
+manager) in micro-batches of 12 points; the triggers go to an ``alerts.jsonl``
+(``--alerts-out``) and are scored with the folder's ``score.py``. Beside it, in
+the same run, a plain River baseline: :class:`river.anomaly.GaussianScorer` on
+a day's window behind a :class:`river.anomaly.QuantileFilter` (q 0.999), its
+flags after the same warm-up through the same alert manager rule.
+
 Run it::
 
     .venv/bin/python bench/anomaly_quality.py [--series 40] [--seed 7] [--plot alerts.png]
+        [--nab /work/shared/anomaly-dev] [--alerts-out alerts.jsonl]
 
 About 15 s for the default 40 series (160,000 points; Sentinelle takes nearly
 all of it). Progress goes to stderr, the report to stdout. ``--plot`` draws one
@@ -45,13 +57,17 @@ Nothing is asserted: it is a script that prints figures, not a test.
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
+import json
 import math
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 
 import _series as syn
 import numpy as np
@@ -290,11 +306,116 @@ def plot_alerts(series: list[syn.Series], path: str) -> None:
     plt.close(fig)
 
 
+NAB_DIR = "/work/shared/anomaly-dev"
+NAB_CHUNK = 12          # points per micro-batch in the replay (an hour at 5 min)
+RIVER_Q = 0.999         # the River baseline's quantile filter
+
+
+def _nab_file(root: str, rel: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    from datetime import datetime
+
+    stamps, ts, xs = [], [], []
+    with open(os.path.join(root, "data", rel), newline="") as f:
+        rows = csv.reader(f)
+        next(rows)
+        for t, v in rows:
+            stamps.append(t)
+            ts.append(datetime.strptime(t, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+                      .timestamp())
+            xs.append(float(v))
+    return stamps, np.asarray(ts), np.asarray(xs)
+
+
+def nab_sentinelle(rel: str, ts: np.ndarray, xs: np.ndarray) -> tuple[list[int], float]:
+    """Trigger rows of the worker's path (MetricState: detector + alert manager), seconds."""
+    from datetime import datetime
+
+    from streams.config import Settings
+    from streams.core.operations import MetricState
+
+    st = MetricState("nab", Settings(), 0, rel)
+    rows, seconds = [], 0.0
+    for i in range(0, ts.size, NAB_CHUNK):
+        t = time.perf_counter()
+        out = st.ingest(ts[i:i + NAB_CHUNK], xs[i:i + NAB_CHUNK], float(ts[i]))
+        seconds += time.perf_counter() - t
+        for a in out:
+            if a["event_action"] == "trigger":
+                at = datetime.fromisoformat(a["payload"]["timestamp"].replace("Z", "+00:00"))
+                rows.append(int(np.searchsorted(ts, at.timestamp())))
+    return rows, seconds
+
+
+def nab_river(rel: str, ts: np.ndarray, xs: np.ndarray) -> tuple[list[int], float]:
+    """Trigger rows of River's GaussianScorer behind a QuantileFilter, same alert rule."""
+    from river import anomaly
+
+    t = time.perf_counter()
+    det = anomaly.QuantileFilter(anomaly.GaussianScorer(window_size=ROLLING_WINDOW,
+                                                        grace_period=100), q=RIVER_Q)
+    flags = np.zeros(xs.size, dtype=bool)
+    for i, x in enumerate(xs.tolist()):
+        score = det.score_one(None, x)
+        flags[i] = bool(det.classify(score))
+        det.learn_one(None, x)
+    seconds = time.perf_counter() - t
+    _, idx = apply_policy(ts, flags)
+    return idx, seconds
+
+
+def run_nab(root: str, alerts_out: str | None) -> None:
+    """NAB standard score of Sentinelle and of the River baseline on ``root``'s files."""
+    sys.path.insert(0, root)
+    import score as nab  # the folder's own scorer (standard library only)
+
+    windows = nab.load_windows(os.path.join(root, "labels", "combined_windows.json"))
+    cost = nab.load_profiles(root)["standard"]
+    runs: dict[str, tuple[dict[str, list[int]], float, int]] = {}
+    layouts = []
+    files = {rel: _nab_file(root, rel) for rel in sorted(windows)}
+    for rel, (stamps, _, _) in files.items():
+        layouts.append(nab.FileLayout.build(rel, [nab.parse_timestamp(t) for t in stamps],
+                                            windows[rel]))
+    for name, run in (("sentinelle", nab_sentinelle), (f"river gauss q{RIVER_Q:g}", nab_river)):
+        dets, seconds, points = {}, 0.0, 0
+        for rel, (_, ts, xs) in files.items():
+            dets[rel], sec = run(rel, ts, xs)
+            seconds += sec
+            points += ts.size
+        runs[name] = (dets, seconds, points)
+        progress(f"NAB replay: {name} done")
+    if alerts_out:
+        with open(alerts_out, "w") as f:
+            for rel, rows in runs["sentinelle"][0].items():
+                for r in rows:
+                    f.write(json.dumps({"file": rel, "timestamp": files[rel][0][r]}) + "\n")
+    scored = {name: nab.score_set(layouts, d, "standard", cost) for name, (d, _, _) in
+              runs.items()}
+    print()
+    print(f"NAB standard profile on {root} ({len(layouts)} files, "
+          f"{sum(lay.counted_windows for lay in layouts)} windows)")
+    rows = []
+    names = list(scored)
+    for k, lay in enumerate(layouts):
+        rows.append([lay.rel, *(f"{scored[n].files[k].raw:+.2f} "
+                                f"({scored[n].files[k].tp_windows}/{scored[n].files[k].windows}"
+                                f", {scored[n].files[k].fp_detections} FP)" for n in names)])
+    print_table(["file", *(f"{n}: raw (windows, FP)" for n in names)], rows)
+    print()
+    rows = [[n, f"{scored[n].normalized:.1f}", str(sum(len(v) for v in runs[n][0].values())),
+             f"{1e6 * runs[n][1] / runs[n][2]:.1f}"] for n in names]
+    print_table(["detector", "NAB standard", "alerts", "µs/point"], rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
     parser.add_argument("--series", type=int, default=40, help="number of synthetic series")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic set")
     parser.add_argument("--plot", metavar="PNG", help="example series with alerts")
+    parser.add_argument("--nab", metavar="DIR", default=NAB_DIR,
+                        help="labelled NAB series (anomaly-dev layout); '' to skip")
+    parser.add_argument("--alerts-out", metavar="JSONL",
+                        help="write Sentinelle's NAB triggers here (score.py alerts input)")
     args = parser.parse_args(argv)
     progress(f"generating {args.series} series ...")
     series = syn.make_set(args.series, args.seed)
@@ -308,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         OUTCOMES[name] = outs
         tallies[name] = tally(series, outs)
     report(args, series, tallies)
+    if args.nab and os.path.exists(os.path.join(args.nab, "score.py")):
+        run_nab(args.nab, args.alerts_out)
     if args.plot:
         if importlib.util.find_spec("matplotlib") is None:
             print("plot skipped: matplotlib is not installed")

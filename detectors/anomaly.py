@@ -198,6 +198,7 @@ class _Model:
         self.absz.append(min(abs(z), Z_CAP))
         self.short.update(d)
         shift = 0.0
+        recent, before = self.short.get(), self.ref.get(1)   # the shift's evidence
         if len(self.ref) >= SHORT_POINTS:
             spread = max((self.ref.get(2) - self.ref.get(0)) / IQR_SD, scale)
             shift = abs(self.short.get() - self.ref.get(1)) / spread
@@ -225,7 +226,8 @@ class _Model:
         self._learn_season(y, ts, b)
         half = self.cal["point"].inverse(self.p_alert) * scale
         return 1.0 - p, {"raw": raw, "probs": probs, "worst": worst, "expected": f,
-                         "half": half, "anomalous": anomalous}
+                         "half": half, "anomalous": anomalous, "seasonal": self.w * s_b,
+                         "recent": recent, "before": before}
 
     def spread_power(self) -> tuple[float, float]:
         """Slope of log |residual| on log level, and its standard error (Tukey's
@@ -427,16 +429,19 @@ class MetricAnomalyDetector:
     >>> for s in signals:
     ...     if s.active:
     ...         i = int((s.timestamp - ts[0]) // 300)
-    ...         print(f"point {i} (day {i / 288:.2f}):", s.summary.split(" ", 2)[2])
-    point 773 (day 2.68): = 28.29 outside expected 10.85–39.48 (anomaly probability 0.99995)
-    point 774 (day 2.69): = 25.44 outside expected 12.07–40.76 (anomaly probability 0.99994)
-    point 775 (day 2.69): = 23.59 outside expected 10.57–39.21 (anomaly probability 0.99991)
-    point 778 (day 2.70): = 23.61 outside expected 12.88–41.5 (anomaly probability 0.99994)
-    point 779 (day 2.70): = 30.54 outside expected 12.88–41.59 (anomaly probability 0.99997)
-    point 964 (day 3.35): = 97 outside expected 38.01–68.1 (anomaly probability 1.00000)
+    ...         print(f"point {i} (day {i / 288:.2f}):", s.summary.split(" ", 2)[2].split(" (")[0])
+    point 773 (day 2.68): variance change: 1.70 noise widths on average over 12 points
+    point 774 (day 2.69): variance change: 1.67 noise widths on average over 12 points
+    point 775 (day 2.69): variance change: 1.63 noise widths on average over 12 points
+    point 778 (day 2.70): variance change: 1.68 noise widths on average over 12 points
+    point 779 (day 2.70): variance change: 1.77 noise widths on average over 12 points
+    point 964 (day 3.35): = 97 outside expected 38.01–68.1
 
-    Through the alert manager (its ``metric_anomaly`` rule), the dip of day 2.68
-    is one alert, re-affirmed by its later points, and the spike another one:
+    Each summary names the signal that fired, with its own evidence: the noisy
+    stretch of day 2.68 is a variance change (its values are inside the point
+    band), day 3.35 a point outside its band. Through the alert manager (its
+    ``metric_anomaly`` rule), the noisy stretch is one alert, re-affirmed by its
+    later points, and the spike another one:
 
     >>> from alerting.manager import AlertManager
     >>> for e in AlertManager().process(signals):
@@ -543,21 +548,32 @@ class MetricAnomalyDetector:
         # once per point after the warm-up: kept lean (positional Signal, no helpers)
         active = det["anomalous"]
         tr = self._transform or "identity"
+        seasonal, by = det["seasonal"], det["worst"]
         f, half = det["expected"], det["half"]
-        if tr == "identity":
-            lo, hi = f - half, f + half
-        else:
-            lo, hi = _inverse(tr, f - half), _inverse(tr, f + half)
+        lo, hi = _inverse(tr, f - half), _inverse(tr, f + half)
         name = self._name
-        summary = (f"{name} = {value:.4g} outside expected {lo:.4g}–{hi:.4g} "
-                   f"(anomaly probability {prob:.5f})" if active else
-                   f"{name} back to normal: {value:.4g} (expected {lo:.4g}–{hi:.4g})")
+        extra: dict[str, Any] = {}
+        if not active:
+            summary = f"{name} back to normal: {value:.4g} (expected {lo:.4g}–{hi:.4g})"
+        elif by == "point":
+            summary = (f"{name} = {value:.4g} outside expected {lo:.4g}–{hi:.4g} "
+                       f"(point anomaly, probability {prob:.5f})")
+        elif by == "shift":
+            recent = _inverse(tr, det["recent"] + seasonal)
+            before = _inverse(tr, det["before"] + seasonal)
+            extra = {"recent_median": recent, "reference_median": before}
+            summary = (f"{name} level shift: median {recent:.4g} over the last {SHORT_POINTS} "
+                       f"points against {before:.4g} over the {REF_POINTS} before "
+                       f"(probability {prob:.5f})")
+        else:  # volatility
+            summary = (f"{name} variance change: {det['raw']['volatility']:.2f} noise widths "
+                       f"on average over {VOL_POINTS} points (probability {prob:.5f})")
         return Signal(
             "metric_anomaly", self._key, active, self.severity, summary, ts, self.source, None,
             {"metric": self.metric, "value": value, "expected": {"low": lo, "high": hi},
-             "score": round(det["raw"][det["worst"]], 4), "probability": prob,
+             "score": round(det["raw"][by], 4), "probability": prob,
              "probability_threshold": self.threshold, "statistic": "anomaly_likelihood",
-             "detected_by": det["worst"], "transform": tr})
+             "detected_by": by, "transform": tr, **extra})
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self._n, "transform": self._transform, "floor": self._floor,

@@ -128,9 +128,49 @@ def test_signal_shape() -> None:
     assert "threshold" not in d  # the alert manager would read value/threshold as hysteresis
     assert set(d["expected"]) == {"low", "high"} and d["score"] > 0
     assert s.summary.startswith("fraud-scorer/api cpu_utilization = 400 outside expected ")
-    assert "(anomaly probability 0.9999" in s.summary or "(anomaly probability 1.00000" in \
-        s.summary
+    assert d["detected_by"] == "point"
+    assert "(point anomaly, probability 0.9999" in s.summary or \
+        "(point anomaly, probability 1.00000" in s.summary
     orjson.dumps(d)
+
+
+def test_summary_names_the_signal_that_fired_consistently() -> None:
+    # issue 13: "value = 100 outside expected 3.176–677.5" came from a shift or volatility
+    # alert worded as a point one. A point summary's value is outside its band; the others
+    # say which signal fired, with their own evidence
+    rng = np.random.default_rng(13)
+    ts, x = seasonal(13, 6)
+    x[4 * 288:4 * 288 + 36] += rng.normal(0, 25.0, 36)        # a variance burst
+    x[5 * 288:] += 30.0                                        # a level shift
+    x[4 * 288 + 150] = 400.0                                   # a spike
+    sigs = [s for s in update(MetricAnomalyDetector("svc", "cpu"), ts, x) if s.active]
+    by = {s.details["detected_by"] for s in sigs}
+    assert "point" in by and by <= {"point", "shift", "volatility"}
+    for s in sigs:
+        d = s.details
+        if d["detected_by"] == "point":
+            assert not d["expected"]["low"] <= d["value"] <= d["expected"]["high"]
+            assert " outside expected " in s.summary
+        else:
+            assert " outside expected " not in s.summary
+        if d["detected_by"] == "shift":
+            assert s.summary.startswith("svc cpu level shift: median ")
+            assert f"{d['recent_median']:.4g}" in s.summary
+            assert f"{d['reference_median']:.4g}" in s.summary
+        if d["detected_by"] == "volatility":
+            assert s.summary.startswith("svc cpu variance change: ")
+            shown = float(s.summary.split("change: ")[1].split(" noise widths")[0])
+            assert shown == pytest.approx(d["score"], abs=0.006)
+
+
+def test_checkpoint_stays_bounded() -> None:
+    # the docstring's bound: about 80 kB of JSON per series, whatever the series' length
+    rng = np.random.default_rng(14)
+    ts, x = seasonal(14, 20, sd=3.0)
+    x = x + rng.standard_t(3, x.size)
+    det = MetricAnomalyDetector("svc", "cpu")
+    update(det, ts, x)
+    assert len(orjson.dumps(det.to_dict())) < 90_000
 
 
 @pytest.mark.parametrize("cut", [100, 400, 1500, 2600])
