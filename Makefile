@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/e2e.py
 
 load: $(STAMP)
 	$(BIN)/python bench/load.py

@@ -1,0 +1,58 @@
+"""A Faust pass-through agent: the stream processor's own ceiling, for ``bench/e2e.py``.
+
+It reads the given topics with a fresh consumer group, decodes each message
+with orjson (an event, or the contract's batch form: an array of events) and
+counts events, nothing else. When it has counted ``PASSTHROUGH_EXPECT`` events it
+prints one JSON line, ``{"first": t, "last": t, "events": n, "messages": m}``
+(wall-clock times of the first and the last event), and exits.
+
+Run by the bench as a child process; its settings come from the environment:
+``KAFKA_BOOTSTRAP_SERVERS``, ``PASSTHROUGH_TOPICS`` (comma-separated),
+``PASSTHROUGH_GROUP``, ``PASSTHROUGH_EXPECT``, ``PASSTHROUGH_PARTITIONS``.
+The consumer settings are the worker's (``streams/runtime/app.py``), so the
+two differ only in what happens to a message once it is read.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import faust
+import orjson
+
+servers = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+topics = os.environ["PASSTHROUGH_TOPICS"].split(",")
+expect = int(os.environ["PASSTHROUGH_EXPECT"])
+
+app = faust.App(
+    os.environ["PASSTHROUGH_GROUP"], broker=[f"kafka://{s}" for s in servers.split(",")],
+    store="memory://", web_enabled=False,
+    topic_partitions=int(os.environ["PASSTHROUGH_PARTITIONS"]),
+    consumer_auto_offset_reset="earliest", broker_session_timeout=10.0,
+    broker_rebalance_timeout=10.0, broker_heartbeat_interval=3.0,
+    datadir=os.path.join(tempfile.gettempdir(), f"passthrough-{os.getpid()}"))
+source = app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw",
+                   value_serializer="raw")
+seen: dict[str, Any] = {"first": None, "events": 0, "messages": 0}
+
+
+@app.agent(source)
+async def passthrough(stream: Any) -> None:
+    async for value in stream:
+        if seen["first"] is None:
+            seen["first"] = time.time()
+        decoded = orjson.loads(value)
+        seen["events"] += len(decoded) if isinstance(decoded, list) else 1
+        seen["messages"] += 1
+        if seen["events"] >= expect:
+            print(orjson.dumps({**seen, "last": time.time()}).decode(), flush=True)
+            os._exit(0)  # the measurement is done: no orderly leave needed
+
+
+if __name__ == "__main__":
+    sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+    app.main()
