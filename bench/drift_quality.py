@@ -9,13 +9,18 @@ Prints, for 12 synthetic features (8 numeric, 4 categorical), in one run:
   for the most frequent category's share moving up by 10 points (categorical);
 - the same figures for Alibi Detect's ``CVMDriftOnline`` configured to the same
   expected run time (ERT), side by side, when Alibi Detect is available;
-- events per second processed by each detector, with the ratio to Sentinelle's.
+- events per second processed by each detector, with the ratio to Sentinelle's;
+- next to each delay, the **information bound** ``ln(L) / KL(shifted ||
+  reference)``, both laws binned on the profile's bins (1,000,000 draws each):
+  the least mean delay any test with that false-alarm rate can have, per
+  feature and as the median over the features.
 
-Detectors measured: ``sentinelle skew`` (:class:`detectors.skew.SkewDetector`,
-a window against the training profile) and ``sentinelle drift``
-(:class:`detectors.drift.DriftDetector`, a recent window against a trailing
-baseline of serving data, plus ADWIN on chunk means for numeric features), each
-fed as the worker feeds them (values binned on the profile's bins with
+Detectors measured, with their default (sequential) test: ``sentinelle skew``
+(:class:`detectors.skew.SkewDetector`, CUSUMs against the training profile,
+its 50,000 rows as the reference size) and ``sentinelle drift``
+(:class:`detectors.drift.DriftDetector`, CUSUMs against a trailing baseline of
+serving data, plus ADWIN on chunk means for numeric features), each fed as the
+worker feeds them (values binned on the profile's bins with
 :meth:`~detectors.profile.FeatureBins.bin_numeric` /
 :meth:`~detectors.profile.FeatureBins.bin_categories`, then ``update``).
 
@@ -154,6 +159,7 @@ from scipy import stats
 from detectors.base import Batch, Signal
 from detectors.drift import DriftDetector
 from detectors.profile import FeatureBins, build_profile, category_key
+from detectors.sequential import information_bound
 from detectors.skew import SkewDetector
 from streams.config import DriftSettings, SkewSettings
 from streams.core.references import FeatureRef, Reference
@@ -220,8 +226,9 @@ def arm_events(kind: str, skew: SkewSettings, baseline_factor: int) -> int:
 
 def make_detector(kind: str, fr: FeatureRef, baseline_factor: int
                   ) -> SkewDetector | DriftDetector:
-    if kind == "skew":
-        return SkewDetector("bench", "v1", fr.bins.name, bins=fr.bins, calibration=fr.skew)
+    if kind == "skew":  # the profile's rows are the reference's size, as the worker passes it
+        return SkewDetector("bench", "v1", fr.bins.name, bins=fr.bins, calibration=fr.skew,
+                            reference_size=TRAIN_ROWS)
     return DriftDetector("bench", "v1", fr.bins.name, bins=fr.bins, calibration=fr.drift,
                          baseline_factor=baseline_factor)
 
@@ -245,6 +252,27 @@ def bin_values(feat: syn.Feature, bins: FeatureBins, x: np.ndarray) -> np.ndarra
     if feat.kind == "categorical":
         return bins.bin_categories(feat.labels(x))
     return bins.bin_categories([category_key(v) for v in x.astype(np.int64).tolist()])
+
+
+BOUND_DRAWS = 1_000_000
+
+
+def information_bounds(refs: dict[str, Reference], run_lengths: dict[str, float]
+                       ) -> dict[tuple[str, str, float], float]:
+    """``ln(L) / KL(shifted || reference)`` per (configuration, feature, shift), both laws
+    binned on the profile's bins (``BOUND_DRAWS`` draws each, seeded)."""
+    out: dict[tuple[str, str, float], float] = {}
+    for fi, feat in enumerate(syn.FEATURES):
+        bins = refs["default"].features[feat.name].bins
+        rng = syn.rng_for(6, fi)
+        base = np.bincount(bin_values(feat, bins, feat.draw(rng, BOUND_DRAWS)),
+                           minlength=bins.size).astype(float)
+        for shift in (SHIFTS_SD if feat.kind == "numeric" else (CATEGORY_POINTS,)):
+            moved = np.bincount(bin_values(feat, bins, feat.draw(rng, BOUND_DRAWS, shift)),
+                                minlength=bins.size).astype(float)
+            for c, length in run_lengths.items():
+                out[(c, feat.name, shift)] = information_bound(moved, base, length)
+    return out
 
 
 @dataclass
@@ -550,7 +578,7 @@ def report(args: argparse.Namespace, plan: Plan, skew: SkewSettings, bf: int,
            delays: dict[tuple[str, str, str, float], list[Outcome]],
            speed: dict[str, tuple[int, float]], alibi: dict[str, Any] | None,
            alibi_why: str, alibi_python: str | None, ert_b: int,
-           kinds: dict[str, str]) -> None:
+           kinds: dict[str, str], bounds: dict[tuple[str, str, float], float]) -> None:
     for ln in header_lines("quick" if args.quick else "default", plan, skew, bf):
         print(ln)
     numeric = [f.name for f in syn.NUMERIC]
@@ -673,17 +701,46 @@ def report(args: argparse.Namespace, plan: Plan, skew: SkewSettings, bf: int,
                 early["alibi"] += sum(o == -1 for o in outs)
                 runs["alibi"] += len(outs)
                 cells.append(delay_cell(outs))
+            bound = float(np.median([bounds[(config, n, shift)] for n in names]))
+            cells.append(f"{bound:,.0f}")
             rows.append([label, *cells])
         rows.append(["alarms before the change",
                      *[f"{early[k]} of {runs[k]} runs" if runs[k] else "-"
-                       for k in (*KINDS, "alibi")]])
+                       for k in (*KINDS, "alibi")], "-"])
         run_length = SHORT_RUN_LENGTH if config == "short" else skew.run_length_events
         notes = ["cells: median events from the change to the alerting event (detected within "
-                 f"{CAP:,} / runs without an alarm before the change)"]
+                 f"{CAP:,} / runs without an alarm before the change)",
+                 "bound: ln(run length) / KL(shifted || reference) on the profile's bins, the "
+                 "least mean delay of any test with this false-alarm rate (median over the "
+                 "features; by feature below)"]
         if config == "default":
             notes.append(f"(1) alibi {alibi_na}")
         table(f"Median detection delay (events), run length {run_length:,.0f}",
-              ["shift", LABELS["skew"], LABELS["drift"], LABELS["alibi"]], rows, notes)
+              ["shift", LABELS["skew"], LABELS["drift"], LABELS["alibi"], "bound"], rows, notes)
+
+    for config in ("default", "short"):
+        rows = []
+        worst = {k: 0.0 for k in KINDS}
+        for f in syn.FEATURES:
+            cells = []
+            for shift in (SHIFTS_SD if f.kind == "numeric" else (CATEGORY_POINTS,)):
+                b = bounds[(config, f.name, shift)]
+                part = [f"{b:,.0f}"]
+                for k in KINDS:
+                    med = summarise(delays[(config, k, f.name, shift)])[0]
+                    if not math.isnan(med):
+                        worst[k] = max(worst[k], med / b)
+                    part.append(f"{_med(med)} ({med / b:.2f}x)" if math.isfinite(med)
+                                else _med(med))
+                cells.append(" | ".join(part))
+            cells += [""] * (len(SHIFTS_SD) - len(cells))
+            rows.append([f.name, *cells])
+        run_length = SHORT_RUN_LENGTH if config == "short" else skew.run_length_events
+        table(f"Delay against the information bound by feature, run length {run_length:,.0f}: "
+              "bound | skew (ratio) | drift (ratio)",
+              ["feature", *[f"+{s:g} SD (categorical: +10 points)" if s == SHIFTS_SD[0]
+                            else f"+{s:g} SD" for s in SHIFTS_SD]], rows,
+              [f"largest ratio: skew {worst['skew']:.2f}, drift {worst['drift']:.2f}"])
 
     # ---- per feature (short run length)
     def feature_label(f: syn.Feature) -> str:
@@ -748,9 +805,8 @@ def report(args: argparse.Namespace, plan: Plan, skew: SkewSettings, bf: int,
           [f"Sentinelle: {speed['skew'][0]:,} events in micro-batches of {FEED:,}, binning "
            "included; Alibi: one predict() per event"
            + (f", {alibi['speed']['events']:,} events" if alibi and "speed" in alibi else ""),
-           f"Sentinelle tests once per {skew.hop_events} events (about "
-           f"{1e6 * speed['skew'][1] / (speed['skew'][0] / skew.hop_events):.0f} us per skew "
-           "test, binning included), Alibi once per event"])
+           "Sentinelle folds every event into its CUSUMs (blocks of 4 or 32 events, one "
+           "matrix product per micro-batch), Alibi tests once per event"])
 
 
 def _med(med: float) -> str:
@@ -844,9 +900,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     speed = speed_sentinelle(refs, plan.speed_events, skew_default, bf)
     progress("done; report follows on stdout")
 
+    progress("information bounds ...")
+    bounds = information_bounds(refs, {"default": skew_default.run_length_events,
+                                       "short": SHORT_RUN_LENGTH})
     kinds = {n: fr.bins.kind for n, fr in refs["default"].features.items()}
     report(args, plan, skew_default, bf, stat, delays, speed, alibi, alibi_why,
-           alibi_python, ert_b, kinds)
+           alibi_python, ert_b, kinds, bounds)
     if args.plot:
         plot(args.plot, delays, alibi)
     print(f"\ntotal time {time.perf_counter() - T0:.0f} s")

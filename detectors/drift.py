@@ -16,6 +16,14 @@ before them (the *baseline*), both binned on the feature's reference bins:
   the same budget as the JS test. Chunk means of hundreds of values are close to
   Gaussian, where ADWIN's Hoeffding bound is conservative.
 
+**Sequential test (the default).** ``test="sequential"`` replaces the
+two-window JS test by the CUSUMs of :mod:`detectors.sequential` against the
+baseline's shares (the ``baseline_factor * window`` values before the recent
+window, rebuilt each time the baseline has been renewed, its noise allowed for
+as a reference of that many values): an abrupt change alerts within a small
+multiple of the information bound instead of after a few windows. ADWIN runs
+with both.
+
 A detection stays active until the baseline has moved past the change (then the
 recent and baseline windows agree again): the alert says "this changed", and
 resolves once the new regime is the norm. ``prediction`` is checked the same
@@ -35,7 +43,8 @@ from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
 from detectors.distance import js_distance
 from detectors.profile import FeatureBins
-from detectors.skew import Calibration, ChunkCounter, _test_bins, calibrate
+from detectors.sequential import Change, SequentialTest, alternatives
+from detectors.skew import TESTS, Calibration, ChunkCounter, _test_bins, calibrate
 
 __all__ = ["DriftDetector"]
 
@@ -60,6 +69,9 @@ class DriftDetector:
         Baseline length in recent windows.
     severity
         Of the alert.
+    test
+        ``sequential`` (CUSUMs against the baseline) or ``window`` (JS distance of
+        the recent window against the baseline); ADWIN runs with both.
 
     Examples
     --------
@@ -90,17 +102,20 @@ class DriftDetector:
 
     def __init__(self, model: str, version: str, feature: str, *, cohort: str = "stable",
                  bins: FeatureBins, calibration: Calibration, baseline_factor: int = 4,
-                 severity: Severity = "warning") -> None:
+                 severity: Severity = "warning", test: str = "sequential") -> None:
         if bins.name != feature:
             raise ValueError(f"bins of {bins.name!r} given for feature {feature!r}")
         if not baseline_factor >= 1:
             raise ValueError("baseline_factor must be >= 1")
+        if test not in TESTS:
+            raise ValueError(f"test must be one of {TESTS}")
         check_severity(severity)
         self.model, self.version, self.feature, self.cohort = model, version, feature, cohort
         self.bins = bins
         self.calibration = calibration
         self.baseline_factor = baseline_factor
         self.severity = severity
+        self.test = test
         self.check = "prediction_drift" if feature == "prediction" else "feature_drift"
         self._recent_chunks = calibration.window // calibration.hop
         self._capacity = self._recent_chunks * (1 + baseline_factor)
@@ -110,6 +125,10 @@ class DriftDetector:
         self._adwin = self._new_adwin()
         self._hold = 0  # chunks an ADWIN detection stays active
         self._adwin_at: float | None = None
+        # Sequential: the baseline the CUSUMs test against, and chunks until it is renewed.
+        self._seq: SequentialTest | None = None
+        self._base: np.ndarray | None = None
+        self._renew = 0
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
@@ -120,6 +139,9 @@ class DriftDetector:
         yield {"model": "m", "version": "v1", "feature": bins.name, "cohort": "canary",
                "bins": bins, "calibration": calibrate(bins.reference, 400, 200, 1e6, baseline=800),
                "baseline_factor": 2, "severity": "error"}
+        yield {"model": "m", "version": "v1", "feature": bins.name, "bins": bins,
+               "calibration": calibrate(bins.reference, 400, 100, 1e6, baseline=1600),
+               "test": "window"}
 
     def _new_adwin(self) -> river_drift.ADWIN:
         return river_drift.ADWIN(delta=self.calibration.hop / self.calibration.run_length,
@@ -134,11 +156,19 @@ class DriftDetector:
         """Fold bin indices in (``value``, optional: the raw numbers, for ADWIN); a signal
         per test."""
         idx, ts, values = batch["bin"], batch["ts"], batch.get("value")
-        out = []
+        out: list[Signal] = []
+        fed = 0  # values of idx the sequential test has seen
         for last, counts, mean in self._counter.add(idx, values):
             self._chunks.append(counts)
             if len(self._chunks) > self._capacity:
                 self._chunks.popleft()
+            if self.test == "sequential" and len(self._chunks) == self._capacity:
+                if self._renew == 0:  # the baseline is renewed: test against the new one
+                    out.extend(self._feed(idx, ts, fed, last + 1))
+                    fed = last + 1
+                    self._rebuild(np.sum(list(self._chunks)[:-self._recent_chunks], axis=0))
+                    self._renew = self._capacity - self._recent_chunks
+                self._renew -= 1
             if values is not None:
                 self._means.append(mean)
                 self._adwin.update(mean)
@@ -146,10 +176,93 @@ class DriftDetector:
                     self._hold = self._capacity
                     self._adwin_at = float(ts[last])
             if len(self._chunks) == self._capacity:
-                out.append(self._evaluate(float(ts[last])))
+                if self.test == "sequential":
+                    out.extend(self._feed(idx, ts, fed, last + 1))
+                    fed = last + 1
+                    out.append(self._status(float(ts[last])))
+                else:
+                    out.append(self._evaluate(float(ts[last])))
             if self._hold:
                 self._hold -= 1
+        out.extend(self._feed(idx, ts, fed, idx.size))
         return out
+
+    def _rebuild(self, base: np.ndarray) -> None:
+        self._base = base
+        alt = alternatives(self.bins, self.calibration.run_length, shares=base,
+                           reference_size=int(base.sum()))
+        if self._seq is None:
+            self._seq = SequentialTest(alt, hold=(self._capacity + 1) * self.calibration.hop)
+        else:
+            self._seq.set_alternatives(alt)
+
+    def _feed(self, idx: np.ndarray, ts: np.ndarray, lo: int, hi: int) -> list[Signal]:
+        """Values ``lo:hi`` of the batch into the sequential test; its alarms and clears."""
+        out: list[Signal] = []
+        while self._seq is not None and hi > lo:
+            changes = self._seq.feed(idx[lo:hi])
+            out.extend(self._change(c, lo, idx, ts) for c in changes)
+            if not changes or changes[-1].alarm:
+                break
+            # The hold is over: the baseline is all post-change now; test against it.
+            lo += changes[-1].index + 1
+            self._rebuild(np.sum(list(self._chunks)[:-self._recent_chunks], axis=0))
+            self._renew = self._capacity - self._recent_chunks
+        return out
+
+    def _change(self, c: Change, lo: int, idx: np.ndarray, ts: np.ndarray) -> Signal:
+        assert self._seq is not None and self._base is not None
+        alt = self._seq.alternatives
+        at = lo + c.index
+        name = "predictions" if self.check == "prediction_drift" else f"feature '{self.feature}'"
+        details: dict[str, Any] = {
+            "feature": self.feature, "statistic": "cusum", "cohort": self.cohort,
+            "value": round(c.statistic, 3) if c.alarm else 0.0,
+            "threshold": round(c.threshold, 3), "alternative": alt.names[c.alternative],
+            "detected_by": "cusum" if c.alarm else None,
+        }
+        if c.alarm:
+            recent = np.bincount(idx[max(0, at + 1 - c.since):at + 1], minlength=self.bins.size)
+            p, q = recent / max(int(recent.sum()), 1), self._base / self._base.sum()
+            moved = np.argsort(-np.abs(p - q))[:3]
+            details.update({
+                "events_since_change_start": c.since,
+                "largest_moves": [{"bin": self.bins.labels[i], "recent": round(float(p[i]), 4),
+                                   "baseline": round(float(q[i]), 4)} for i in moved],
+                "window": {"events": int(recent.sum()), "baseline_events": int(self._base.sum()),
+                           "end_ts": float(ts[at])},
+                "calibration": alt.describe(c.alternative),
+            })
+            why = (f"{alt.names[c.alternative]}: CUSUM {c.statistic:.1f} >= {c.threshold:.1f} "
+                   f"nats, {c.since:,} values since the change began")
+        else:
+            why = "the baseline has absorbed the change"
+        return Signal(check=self.check, key=self.key, active=c.alarm, severity=self.severity,
+                      summary=f"{self.model} {self.version}: {name} drifted ({why})"
+                      if c.alarm else f"{self.model} {self.version}: {name}: {why}",
+                      timestamp=float(ts[at]), model=self.model, version=self.version,
+                      details=details)
+
+    def _status(self, ts: float) -> Signal:
+        assert self._seq is not None
+        j, value, threshold = self._seq.status()
+        by_seq = self._seq.alarm is not None
+        active = by_seq or self._hold > 0
+        name = "predictions" if self.check == "prediction_drift" else f"feature '{self.feature}'"
+        why = ("a change the baseline has not absorbed yet" if by_seq
+               else "ADWIN detected a change in its mean" if active
+               else f"CUSUM {value:.1f} < {threshold:.1f} nats")
+        details: dict[str, Any] = {
+            "feature": self.feature, "statistic": "cusum", "cohort": self.cohort,
+            "value": round(value, 3), "threshold": round(threshold, 3),
+            "alternative": self._seq.alternatives.names[j] if j >= 0 else None,
+            "detected_by": "cusum" if by_seq else "adwin" if active else None,
+            "adwin_change_at_ts": self._adwin_at,
+        }
+        return Signal(check=self.check, key=self.key, active=active, severity=self.severity,
+                      summary=f"{self.model} {self.version}: {name} "
+                      f"{'drifted' if active else 'steady'} ({why})",
+                      timestamp=ts, model=self.model, version=self.version, details=details)
 
     def _evaluate(self, ts: float) -> Signal:
         chunks = list(self._chunks)
@@ -180,14 +293,24 @@ class DriftDetector:
                       timestamp=ts, model=self.model, version=self.version, details=details)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"chunks": [c.tolist() for c in self._chunks], **self._counter.to_dict(),
-                "means": list(self._means), "hold": self._hold, "adwin_at": self._adwin_at}
+        out = {"chunks": [c.tolist() for c in self._chunks], **self._counter.to_dict(),
+               "means": list(self._means), "hold": self._hold, "adwin_at": self._adwin_at}
+        if self._seq is not None and self._base is not None:
+            out["sequential"] = {"base": self._base.tolist(), "renew": self._renew,
+                                 **self._seq.to_dict()}
+        return out
 
     def load_dict(self, data: dict[str, Any]) -> None:
         if not self._counter.load_dict(data):
             return  # other bins: start afresh
         self._chunks = deque(np.asarray(c, dtype=np.int64) for c in data["chunks"])
         self._hold, self._adwin_at = int(data["hold"]), data["adwin_at"]
+        seq = data.get("sequential")
+        if self.test == "sequential" and seq is not None and len(seq["base"]) == self.bins.size:
+            self._rebuild(np.asarray(seq["base"], dtype=np.int64))
+            assert self._seq is not None
+            self._seq.load_dict(seq)
+            self._renew = int(seq["renew"])
         # ADWIN's buckets are not JSON; replaying the recent chunk means rebuilds
         # it (exactly, unless its window had grown past ADWIN_HISTORY chunks).
         self._adwin = self._new_adwin()

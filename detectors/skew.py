@@ -22,6 +22,16 @@ bootstrap (multinomial windows of ``window`` values from the reference shares)
 fixes the small-sample scale, and the chi-square limit of Jensen-Shannon
 (``8 n JSD ~ chi2(k - 1)``) carries it to a tail far smaller than any bootstrap
 could reach.
+
+**Sequential test (the default).** A windowed test cannot alert sooner than a
+few hundred values after a change; ``test="sequential"`` runs a bank of CUSUMs
+on the bins instead (:mod:`detectors.sequential`), calibrated for the same run
+length and for the reference's own sampling noise (``reference_size``, the
+profile's rows), which alerts within a small multiple of the information bound
+``ln(L) / KL``: a few dozen values for a 1 SD shift. The alert is active from
+the value where a CUSUM crosses its threshold until a CUSUM of the reference
+against the alternative that fired says the stream is back. The window above
+is kept as evidence (its JS distance, the bins that moved).
 """
 
 from __future__ import annotations
@@ -39,8 +49,11 @@ from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
 from detectors.distance import js_distance, linf_distance
 from detectors.profile import FeatureBins
+from detectors.sequential import Change, SequentialTest, alternatives
 
-__all__ = ["Calibration", "calibrate", "ChunkCounter", "SkewDetector"]
+__all__ = ["Calibration", "calibrate", "ChunkCounter", "SkewDetector", "TESTS"]
+
+TESTS = ("sequential", "window")
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,12 +200,21 @@ class SkewDetector:
         ``training_serving_skew``, or ``label_drift`` for the labels.
     severity
         Of the alert.
+    test
+        ``sequential`` (CUSUMs, :mod:`detectors.sequential`: an alarm as soon as
+        the evidence suffices) or ``window`` (the JS distance of the window,
+        every ``hop`` values).
+    reference_size
+        Values the reference shares were estimated from (the profile's rows;
+        ``None``: unknown); the sequential test allows for their noise.
 
     Examples
     --------
-    A numeric feature trained on N(0, 1); serving follows it for 20,000 values,
-    then its mean moves by half a standard deviation. The window of 2,000 values
-    is tested every 500.
+    A numeric feature trained on 50,000 values of N(0, 1); serving follows it
+    for 20,000 values, then its mean moves by half a standard deviation. The
+    sequential test alerts 148 values after the change (the information bound
+    for this shift on these bins, ``ln(6.048e7) / KL``, is about 147 values);
+    the window of 2,000 values tested every 500 needs 1,000.
 
     >>> import numpy as np
     >>> from detectors.profile import FeatureBins
@@ -206,11 +228,18 @@ class SkewDetector:
     >>> x = np.concatenate([rng.normal(size=20_000), rng.normal(0.5, 1, size=10_000)])
     >>> signals = det.update({"ts": np.arange(x.size, dtype=float), "bin": bins.bin_numeric(x)})
     >>> first = next(s for s in signals if s.active)
-    >>> print(f"Skew detected at value {first.timestamp:.0f}: JS distance "
-    ...       f"{first.details['value']:.3f} > {first.details['threshold']:.3f}")
-    Skew detected at value 20999: JS distance 0.102 > 0.072
+    >>> print(f"Skew detected at value {first.timestamp:.0f}: CUSUM "
+    ...       f"{first.details['value']:.1f} > {first.details['threshold']:.1f} nats, "
+    ...       f"{first.details['alternative']}")
+    Skew detected at value 20147: CUSUM 20.9 > 19.6 nats, mean shift +0.5 sd
     >>> sum(s.active for s in signals if s.timestamp < 20_000)
     0
+    >>> window = SkewDetector("fraud-scorer", "v7", "amount", bins=bins, calibration=cal,
+    ...                       test="window")
+    >>> signals = window.update({"ts": np.arange(x.size, dtype=float),
+    ...                          "bin": bins.bin_numeric(x)})
+    >>> next(s.timestamp for s in signals if s.active)
+    20999.0
     """
 
     inputs = ("ts", "bin")
@@ -218,20 +247,32 @@ class SkewDetector:
 
     def __init__(self, model: str, version: str, feature: str, *, cohort: str = "stable",
                  bins: FeatureBins, calibration: Calibration,
-                 check: str = "training_serving_skew", severity: Severity = "warning") -> None:
+                 check: str = "training_serving_skew", severity: Severity = "warning",
+                 test: str = "sequential", reference_size: int | None = None) -> None:
         if bins.name != feature:
             raise ValueError(f"bins of {bins.name!r} given for feature {feature!r}")
         if check not in self.CHECKS:
             raise ValueError(f"check must be one of {self.CHECKS}")
+        if test not in TESTS:
+            raise ValueError(f"test must be one of {TESTS}")
+        if reference_size is not None and not reference_size >= 1:
+            raise ValueError("reference_size must be >= 1")
         check_severity(severity)
         self.model, self.version, self.feature, self.cohort = model, version, feature, cohort
         self.bins = bins
         self.calibration = calibration
         self.check = check
         self.severity = severity
+        self.test = test
+        self.reference_size = reference_size
         self._chunks: deque[np.ndarray] = deque()
         self._counter = ChunkCounter(bins.size, calibration.hop)
         self._unseen: dict[str, int] = {}
+        self._seq = (SequentialTest(alternatives(bins, calibration.run_length,
+                                                 reference_size=reference_size),
+                                    confirm=calibration.window)
+                     if test == "sequential" else None)
+        self._quiet = 0  # values since the last signal (sequential)
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
@@ -241,7 +282,10 @@ class SkewDetector:
         label = _test_bins("categorical", "label")
         yield {"model": "m", "version": "v1", "feature": "label", "cohort": "canary",
                "bins": label, "calibration": calibrate(label.reference, 400, 200, 1e6),
-               "check": "label_drift", "severity": "error"}
+               "check": "label_drift", "severity": "error", "reference_size": 10_000}
+        num = _test_bins("numeric")
+        yield {"model": "m", "version": "v1", "feature": num.name, "bins": num,
+               "calibration": calibrate(num.reference, 400, 100, 1e6), "test": "window"}
 
     @property
     def key(self) -> str:
@@ -259,6 +303,8 @@ class SkewDetector:
         if cats is not None and idx.size and (idx >= self.bins.size - 2).any():
             self._note_unseen([c for c in cats if c not in self.bins.index])
         ts = batch["ts"]
+        if self._seq is not None:
+            return self._sequential(idx, ts)
         out = []
         chunks_per_window = self.calibration.window // self.calibration.hop
         for last, counts, _ in self._counter.add(idx):
@@ -268,6 +314,103 @@ class SkewDetector:
             if len(self._chunks) == chunks_per_window:
                 out.append(self._evaluate(float(ts[last])))
         return out
+
+    def _sequential(self, idx: np.ndarray, ts: np.ndarray) -> list[Signal]:
+        """The sequential test's alarms and clears, and a status every ``hop`` values."""
+        assert self._seq is not None
+        before = (list(self._chunks), self._counter.current.copy())
+        changes = self._seq.feed(idx)
+        chunks_per_window = self.calibration.window // self.calibration.hop
+        for _, counts, _ in self._counter.add(idx):
+            self._chunks.append(counts)
+            if len(self._chunks) > chunks_per_window:
+                self._chunks.popleft()
+        out = [self._change_signal(c, idx, ts, before) for c in changes]
+        tail = idx.size - 1 - changes[-1].index if changes else idx.size
+        self._quiet = tail if changes else self._quiet + idx.size
+        if self._quiet >= self.calibration.hop and idx.size:
+            self._quiet = 0
+            j, value, threshold = self._seq.status()
+            out.append(self._status_signal(j, value, threshold, float(ts[-1])))
+        return out
+
+    def _recent(self, idx: np.ndarray, at: int, since: int,
+                before: tuple[list[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Counts of the values since the change started (whole chunks before this batch,
+        at most a window of them)."""
+        lo = max(0, at + 1 - since)
+        counts = np.bincount(idx[lo:at + 1], minlength=self.bins.size)
+        if since > at + 1:
+            chunks, current = before
+            need = since - (at + 1)
+            counts = counts + current
+            need -= int(current.sum())
+            for c in reversed(chunks):
+                if need <= 0:
+                    break
+                counts = counts + c
+                need -= int(c.sum())
+        return counts
+
+    def _change_signal(self, c: Change, idx: np.ndarray, ts: np.ndarray,
+                       before: tuple[list[np.ndarray], np.ndarray]) -> Signal:
+        assert self._seq is not None
+        alt = self._seq.alternatives
+        what = "training/serving skew" if self.check == "training_serving_skew" else "drift"
+        details: dict[str, Any] = {
+            "feature": self.feature, "statistic": "cusum", "cohort": self.cohort,
+            "value": round(c.statistic, 3) if c.alarm else 0.0,
+            "threshold": round(c.threshold, 3), "alternative": alt.names[c.alternative],
+        }
+        if c.alarm:
+            counts = self._recent(idx, c.index, c.since, before)
+            serving = counts / max(int(counts.sum()), 1)
+            ref = self.bins.reference
+            moved = np.argsort(-np.abs(serving - ref))[:3]
+            details.update({
+                "feature_type": self.bins.kind,
+                "events_since_change_start": c.since,
+                "largest_moves": [{"bin": self.bins.labels[i],
+                                   "serving": round(float(serving[i]), 4),
+                                   "reference": round(float(ref[i]), 4)} for i in moved],
+                "window": {"events": int(counts.sum()), "end_ts": float(ts[c.index])},
+                "window_js_distance": round(js_distance(serving, ref), 5),
+                "calibration": {**alt.describe(c.alternative),
+                                "window": self.calibration.to_dict()},
+            })
+            if self.bins.kind == "categorical":
+                details["linf"] = linf_distance(serving, ref)
+                details["unseen_categories"] = sorted(self._unseen)
+            summary = (f"{self.model} {self.version}: {what} on feature '{self.feature}' "
+                       f"({alt.names[c.alternative]}: CUSUM {c.statistic:.1f} >= "
+                       f"{c.threshold:.1f} nats, {c.since:,} values since the change began)")
+        else:
+            details["events_since_alarm"] = c.since
+            summary = (f"{self.model} {self.version}: {what} on feature '{self.feature}' "
+                       f"is over (no change found again for {c.since:,} values)")
+        return Signal(check=self.check, key=self.key, active=c.alarm, severity=self.severity,
+                      summary=summary, timestamp=float(ts[c.index]), model=self.model,
+                      version=self.version, details=details)
+
+    def _status_signal(self, j: int, value: float, threshold: float, ts: float) -> Signal:
+        assert self._seq is not None
+        active = self._seq.alarm is not None
+        what = "training/serving skew" if self.check == "training_serving_skew" else "drift"
+        name = self._seq.alternatives.names[j] if j >= 0 else "none"
+        details: dict[str, Any] = {"feature": self.feature, "statistic": "cusum",
+                                   "value": round(value, 3), "threshold": round(threshold, 3),
+                                   "cohort": self.cohort, "alternative": name}
+        if active and self._seq.alarm is not None:
+            details["events_since_change_start"] = (self._seq.seen - self._seq.alarm["at"]
+                                                    + self._seq.alarm["since"])
+            details["last_confirmed_events_ago"] = self._seq.seen - self._seq.alarm.get(
+                "confirmed", self._seq.alarm["at"])
+        summary = (f"{self.model} {self.version}: {what} on feature '{self.feature}' "
+                   f"({'still ' if active else 'no '}change; CUSUM {value:.1f} "
+                   f"{'>=' if active else '<'} {threshold:.1f} nats)")
+        return Signal(check=self.check, key=self.key, active=active, severity=self.severity,
+                      summary=summary, timestamp=ts, model=self.model, version=self.version,
+                      details=details)
 
     def _note_unseen(self, values: list[str]) -> None:
         """Remember a few categories the reference never listed (evidence only)."""
@@ -307,14 +450,21 @@ class SkewDetector:
                       details=details)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"chunks": [c.tolist() for c in self._chunks], **self._counter.to_dict(),
-                "unseen": dict(self._unseen)}
+        out = {"chunks": [c.tolist() for c in self._chunks], **self._counter.to_dict(),
+               "unseen": dict(self._unseen)}
+        if self._seq is not None:
+            out["sequential"] = self._seq.to_dict()
+            out["quiet"] = self._quiet
+        return out
 
     def load_dict(self, data: dict[str, Any]) -> None:
         if not self._counter.load_dict(data):
             return  # the reference changed shape: start afresh
         self._chunks = deque(np.asarray(c, dtype=np.int64) for c in data["chunks"])
         self._unseen = dict(data["unseen"])
+        if self._seq is not None and "sequential" in data:
+            self._seq.load_dict(data["sequential"])
+            self._quiet = int(data.get("quiet", 0))
 
 
 def _test_bins(kind: str, name: str | None = None) -> FeatureBins:

@@ -330,8 +330,14 @@ class OutageSettings(_Section):
 
 class SkewSettings(_Section):
     enabled: bool = Field(True, description="training/serving skew against the reference profile")
-    window_events: int = Field(2000, ge=10, description="serving values compared at once")
-    hop_events: int = Field(500, ge=1, description="the window is tested every hop values")
+    test: Literal["sequential", "window"] = Field(
+        "sequential", description="sequential: CUSUMs on the bins, an alert as soon as the "
+                                  "evidence suffices (a 1 SD shift: a few dozen values); "
+                                  "window: the JS distance of the window, every hop values")
+    window_events: int = Field(2000, ge=10, description="serving values compared at once "
+                                                        "(sequential: the alert's evidence)")
+    hop_events: int = Field(500, ge=1, description="the window is tested every hop values "
+                                                   "(sequential: a status signal every hop)")
     run_length_events: float = Field(
         60_480_000, gt=0,
         description="expected events between false alarms per feature (1/week at 100/s)")
@@ -357,6 +363,11 @@ class DriftSettings(_Section):
     enabled: bool = Field(True,
                           description="feature and prediction drift against a trailing baseline")
     baseline_factor: int = Field(4, ge=1, description="baseline length, in recent windows")
+    test: Literal["sequential", "window"] = Field(
+        "sequential", description="sequential: CUSUMs against the trailing baseline (rebuilt "
+                                  "each time it is renewed), held until the baseline has "
+                                  "absorbed the change; window: recent window vs baseline, "
+                                  "JS; ADWIN runs with both")
     severity: Severity = Field("warning",
                                description="severity of feature_drift and prediction_drift")
 

@@ -23,10 +23,12 @@ def normal_bins(seed: int = 0, name: str = "x") -> FeatureBins:
     return bins
 
 
-def detector(run_length: float = 6.048e7, feature: str = "x") -> DriftDetector:
+def detector(run_length: float = 6.048e7, feature: str = "x",
+             test: str = "sequential") -> DriftDetector:
     bins = normal_bins(name=feature)
     cal = calibrate(bins.reference, window=2000, hop=500, run_length=run_length, baseline=8000)
-    return DriftDetector("m", "v1", feature, bins=bins, calibration=cal, baseline_factor=4)
+    return DriftDetector("m", "v1", feature, bins=bins, calibration=cal, baseline_factor=4,
+                         test=test)
 
 
 def feed(det: DriftDetector, x: np.ndarray) -> list[tuple[float, bool, str | None]]:
@@ -35,21 +37,34 @@ def feed(det: DriftDetector, x: np.ndarray) -> list[tuple[float, bool, str | Non
     return [(s.timestamp, s.active, s.details["detected_by"]) for s in sigs]
 
 
-def test_stationary_stream_stays_within_the_false_alarm_budget() -> None:
+def starts(out: list[tuple[float, bool, str | None]]) -> int:
+    """Alerts started (inactive -> active transitions)."""
+    count, on = 0, False
+    for _, active, _ in out:
+        count += active and not on
+        on = active
+    return count
+
+
+@pytest.mark.parametrize("test", ["sequential", "window"])
+def test_stationary_stream_stays_within_the_false_alarm_budget(test: str) -> None:
     run_length = 200_000.0
     x = np.random.default_rng(1).normal(size=2_000_000)
-    alarms = sum(active for _, active, _ in feed(detector(run_length), x))
+    out = feed(detector(run_length, test=test), x)
+    alarms = starts(out) if test == "sequential" else sum(a for _, a, _ in out)
     assert alarms <= 2 * x.size / run_length  # 10 expected at most (a union bound)
 
 
-@pytest.mark.parametrize("shift, within", [(0.5, 1500), (1.0, 500)])
-def test_abrupt_change_detected_by_the_two_sample_test(shift: float, within: int) -> None:
+@pytest.mark.parametrize("test, shift, within, by", [
+    ("window", 0.5, 1500, "jensen_shannon"), ("window", 1.0, 500, "jensen_shannon"),
+    ("sequential", 0.5, 400, "cusum"), ("sequential", 1.0, 120, "cusum")])
+def test_abrupt_change_detected(test: str, shift: float, within: int, by: str) -> None:
     rng = np.random.default_rng(2)
     x = np.concatenate([rng.normal(size=20_000), rng.normal(loc=shift, size=20_000)])
-    out = feed(detector(), x)
+    out = feed(detector(test=test), x)
     assert not any(active for t, active, _ in out if t < 20_000)
     first = next((t, by) for t, active, by in out if active)
-    assert 20_000 <= first[0] <= 20_000 + within and first[1] == "jensen_shannon"
+    assert 20_000 <= first[0] <= 20_000 + within and first[1] == by
     # Once the baseline is all post-change data, the alert clears.
     assert out[-1][1] is False
 

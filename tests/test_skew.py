@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from detectors.profile import OTHER, FeatureBins, build_profile
+from detectors.sequential import information_bound
 from detectors.skew import SkewDetector, calibrate
 from streams.cli.profile import scan
 from streams.config import Settings
@@ -76,7 +77,7 @@ def test_calibrated_threshold_keeps_the_false_alarm_budget_on_stationary_data() 
     assert bins is not None
     run_length = 50_000.0
     cal = calibrate(bins.reference, window=1000, hop=250, run_length=run_length)
-    det = SkewDetector("m", "v1", "c", bins=bins, calibration=cal)
+    det = SkewDetector("m", "v1", "c", bins=bins, calibration=cal, test="window")
     n = 2_000_000
     idx = rng.choice(5, size=n, p=ref)
     alarms = sum(s.active for s in det.update({"ts": np.arange(n, dtype=float), "bin": idx}))
@@ -94,12 +95,131 @@ def test_a_mean_shift_is_detected_soon_after_the_change_and_not_before(
                                           "counts": np.histogram(ref, edges)[0].tolist()})
     assert bins is not None
     cal = calibrate(bins.reference, window=2000, hop=500, run_length=6.048e7)
-    det = SkewDetector("m", "v1", "x", bins=bins, calibration=cal)
+    det = SkewDetector("m", "v1", "x", bins=bins, calibration=cal, test="window")
     change = 20_000
     x = np.concatenate([rng.normal(size=change), rng.normal(loc=shift, size=10_000)])
     signals = det.update({"ts": np.arange(x.size, dtype=float), "bin": bins.bin_numeric(x)})
     first = next(s.timestamp for s in signals if s.active)
     assert change <= first <= change + within
+
+
+def alarms(signals: list[Any]) -> list[Any]:
+    """Signals that start an alert (inactive -> active), as the alert manager sees them."""
+    out, on = [], False
+    for s in signals:
+        if s.active and not on:
+            out.append(s)
+        on = s.active
+    return out
+
+
+def normal_bins(rows: int, seed: int = 11) -> FeatureBins:
+    ref = np.random.default_rng(seed).normal(size=rows)
+    edges = np.quantile(ref, np.linspace(0, 1, 21))
+    bins = FeatureBins.from_profile("x", {"type": "numeric", "bins": edges.tolist(),
+                                          "counts": np.histogram(ref, edges)[0].tolist()})
+    assert bins is not None
+    return bins
+
+
+@pytest.mark.parametrize("kind", ["numeric", "categorical"])
+def test_sequential_false_alarms_stay_near_the_configured_rate(kind: str) -> None:
+    # Short run length so alarms are frequent enough to count; the reference is a
+    # finite sample (20,000 rows) and the stream is drawn from the true law.
+    run_length, n = 20_000.0, 2_000_000
+    rng = np.random.default_rng(5 if kind == "numeric" else 6)
+    if kind == "numeric":
+        bins = normal_bins(20_000)
+        x = bins.bin_numeric(rng.normal(size=n))
+    else:
+        shares = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
+        sample = rng.choice(5, size=20_000, p=shares)
+        freqs = np.bincount(sample, minlength=5) / 20_000
+        bins = FeatureBins.from_profile("x", {"type": "categorical", "frequencies": dict(
+            zip("abcde", freqs.tolist(), strict=True))})
+        assert bins is not None
+        x = rng.choice(5, size=n, p=shares)
+    cal = calibrate(bins.reference, window=2000, hop=500, run_length=run_length)
+    det = SkewDetector("m", "v1", "x", bins=bins, calibration=cal, reference_size=20_000)
+    signals = []
+    for i in range(0, n, 5_000):
+        signals += det.update({"ts": np.arange(i, i + 5_000, dtype=float), "bin": x[i:i + 5_000]})
+    count = len(alarms(signals))
+    expected = n / run_length  # 100
+    # Calibrated conservatively (a union bound over the bank of CUSUMs), never above.
+    assert expected / 8 <= count <= expected * 1.3, count  # 31 and 20 here
+
+
+@pytest.mark.parametrize("shift", [0.5, 1.0])
+def test_sequential_test_detects_a_shift_near_the_information_bound(shift: float) -> None:
+    bins = normal_bins(50_000)
+    run_length = 6.048e7
+    cal = calibrate(bins.reference, window=2000, hop=500, run_length=run_length)
+    rng = np.random.default_rng(12)
+    big = 2_000_000
+    shifted = np.bincount(bins.bin_numeric(rng.normal(shift, 1, big)), minlength=bins.size)
+    base = np.bincount(bins.bin_numeric(rng.normal(0, 1, big)), minlength=bins.size)
+    bound = information_bound(shifted.astype(float), base.astype(float), run_length)
+    delays = []
+    for r in range(15):
+        det = SkewDetector("m", "v1", "x", bins=bins, calibration=cal, reference_size=50_000)
+        change = 5_000 + 37 * r
+        x = np.concatenate([rng.normal(size=change), rng.normal(loc=shift, size=3_000)])
+        signals = det.update({"ts": np.arange(x.size, dtype=float), "bin": bins.bin_numeric(x)})
+        first = next(s for s in signals if s.active)
+        assert first.timestamp >= change  # no false alarm before
+        delays.append(first.timestamp - change + 1)
+    assert np.median(delays) <= 2 * bound, (np.median(delays), bound)
+    assert first.details["events_since_change_start"] <= 3 * delays[-1]
+
+
+def test_sequential_categorical_shift_names_the_moved_category() -> None:
+    shares = {"FR": 0.62, "DE": 0.28, "US": 0.10}
+    bins = FeatureBins.from_profile("country", {"type": "categorical", "frequencies": shares})
+    assert bins is not None
+    cal = calibrate(bins.reference, window=2000, hop=500, run_length=6.048e7)
+    det = SkewDetector("m", "v1", "country", bins=bins, calibration=cal, reference_size=50_000)
+    rng = np.random.default_rng(3)
+    before = rng.choice(3, 10_000, p=[0.62, 0.28, 0.10])
+    after = rng.choice(3, 5_000, p=[0.72, 0.28 * 0.28 / 0.38, 0.10 * 0.28 / 0.38])
+    x = np.concatenate([before, after])
+    signals = det.update({"ts": np.arange(x.size, dtype=float), "bin": x})
+    first = next(s for s in signals if s.active)
+    assert 10_000 <= first.timestamp <= 10_000 + 2_000
+    d = first.details
+    assert d["statistic"] == "cusum" and d["value"] >= d["threshold"]
+    assert d["largest_moves"][0]["bin"] == "FR"
+    assert d["largest_moves"][0]["serving"] > d["largest_moves"][0]["reference"]
+    assert "'FR'" in d["alternative"]
+
+
+def test_sequential_state_round_trip_mid_alarm_changes_nothing() -> None:
+    bins = normal_bins(50_000)
+    cal = calibrate(bins.reference, window=2000, hop=500, run_length=1e6)
+    rng = np.random.default_rng(4)
+    x = bins.bin_numeric(np.concatenate([rng.normal(size=10_000),
+                                         rng.normal(0.5, 1, 3_000), rng.normal(size=20_000)]))
+    ts = np.arange(x.size, dtype=float)
+
+    def run(cut: int | None) -> list[tuple[float, bool]]:
+        det = SkewDetector("m", "v1", "x", bins=bins, calibration=cal, reference_size=50_000)
+        out = []
+        for i in range(0, x.size, 777):
+            if cut is not None and i == cut:
+                state = orjson.loads(orjson.dumps(det.to_dict()))
+                det = SkewDetector("m", "v1", "x", bins=bins, calibration=cal,
+                                   reference_size=50_000)
+                det.load_dict(state)
+            out += [(s.timestamp, s.active) for s in det.update({"ts": ts[i:i + 777],
+                                                                 "bin": x[i:i + 777]})]
+        return out
+
+    plain = run(None)
+    assert any(a for _, a in plain) and not plain[-1][1]  # raised, then over
+    assert run(777 * 14) == plain
+    size = len(orjson.dumps(SkewDetector("m", "v1", "x", bins=bins, calibration=cal,
+                                         reference_size=50_000).to_dict()))
+    assert size < 4_000, size
 
 
 def test_invalid_profiles_are_refused_with_a_reason() -> None:
@@ -159,9 +279,10 @@ def test_pipeline_raises_and_resolves_skew_against_the_published_profile() -> No
     drifted = send(serving(1000, T0 + 20.0, seed=2, shift=3.0))  # amounts triple
     assert skew_alerts(drifted) == [("trigger", "training_serving_skew:m:v1:amount")]
     evidence = alert_of(drifted, "training_serving_skew:m:v1:amount")["payload"]["custom_details"]
-    assert evidence["statistic"] == "jensen_shannon" and evidence["value"] > evidence["threshold"]
+    assert evidence["statistic"] == "cusum" and evidence["value"] >= evidence["threshold"]
     assert evidence["calibration"]["run_length_events"] == 1e6
-    assert evidence["window"]["events"] == 400
+    assert 0 < evidence["events_since_change_start"] <= 400
+    assert evidence["largest_moves"][0]["serving"] != evidence["largest_moves"][0]["reference"]
     back = send(serving(1000, T0 + 40.0, seed=3))
     assert skew_alerts(back) == [("resolve", "training_serving_skew:m:v1:amount")]
     unseen = send(serving(1000, T0 + 60.0, seed=4, country="ZZ"))
@@ -186,7 +307,8 @@ def test_pipeline_reports_feature_drift_against_the_trailing_baseline() -> None:
     drift = alert_of(box, "feature_drift:m:v1:amount")
     assert drift["payload"]["class"] == "feature_drift"
     details = drift["payload"]["custom_details"]
-    assert details["window"]["baseline_events"] == 4 * details["window"]["events"] == 1600
+    assert details["window"]["baseline_events"] == 1600  # 4 windows of 400
+    assert details["detected_by"] == "cusum" and details["events_since_change_start"] > 0
     assert "prediction_drift:m:v1" not in [k for k, _ in box.alerts]
 
 

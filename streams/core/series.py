@@ -77,12 +77,15 @@ class Series:
                 dets: list[SkewDetector | DriftDetector] = []
                 if s.skew.enabled:
                     dets.append(SkewDetector(model, version, name, cohort=cohort, bins=fr.bins,
-                                             calibration=fr.skew, severity=s.skew.severity))
+                                             calibration=fr.skew, severity=s.skew.severity,
+                                             test=s.skew.test,
+                                             reference_size=ref.rows or None))
                 if s.drift.enabled:
                     dets.append(DriftDetector(model, version, name, cohort=cohort,
                                               bins=fr.bins, calibration=fr.drift,
                                               baseline_factor=s.drift.baseline_factor,
-                                              severity=s.drift.severity))
+                                              severity=s.drift.severity,
+                                              test=s.drift.test))
                 self.skew[name] = dets
             q = s.quality
             self.quality = QualityDetector(

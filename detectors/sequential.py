@@ -1,0 +1,535 @@
+"""Sequential tests on binned values: a bank of CUSUMs against a reference's bin shares.
+
+A windowed test (a window of 2,000 values tested every 500) cannot alert sooner
+than a few hundred values after a change, whatever its size. A sequential test
+has no such floor: Page's CUSUM accumulates, value by value, the log-likelihood
+ratio of an alternative distribution ``p`` against the reference ``q``,
+``S = max(0, S + log p(x) / q(x))``, and alerts when ``S`` reaches ``h``. Run
+against the right ``p`` it is optimal (Lorden; Moustakides): for a false alarm
+every ``L`` values it needs about ``ln(L) / KL(p || q)`` values after the
+change, which is also the least any test can need (:func:`information_bound`).
+
+**Alternatives.** The change is unknown, so a bank of CUSUMs runs side by side,
+one per alternative, on the feature's bins (:func:`alternatives`):
+
+- numeric features: the reference histogram *shifted* by ``±0.125 .. 2``
+  standard deviations (robust: interquartile range / 1.349) and *spread* or
+  *narrowed* (``x e^{±0.2, ±0.5}`` around the median), both computed on the
+  profile's bins from its piecewise-uniform density, so they are the binned
+  distributions a location or scale change gives; and one bin's share up
+  (odds ``x e``: a spike, a default value pouring in);
+- categorical features: each category's share up (odds ``x e^{0.5, 1, 2.5}``)
+  or down (``x e^-1.5``, categories of 5 % or more), the others in proportion; when every
+  category is a number (integer codes, counts), also the shares tilted toward
+  higher or lower values (``p ∝ q e^{θ x}``, exact for a Poisson rate).
+
+Each alternative is mixed with 1 % of the reference, so no bin has probability
+0 under it (one impossible value resets a CUSUM, it does not break it).
+
+**Calibration.** The setting is the run length ``L`` (expected values between
+false alarms on a stationary stream). It is shared out between the families
+(numeric: 50 % shifts, 15 % spread, 35 % bins), then evenly between each
+family's alternatives, and each CUSUM gets the threshold ``h`` whose run
+length is at least its share: the larger of Lorden's bound ``e^h`` and the
+Brownian approximation ``(e^h - 1 - h) / KL(q || p)`` (a CUSUM on a small
+alternative drifts down slowly and waits long between excursions). Both are
+conservative for these discrete increments (the overshoot past ``h`` is
+ignored) and the union over the bank more so.
+
+**The reference's own noise.** The reference shares are estimated from ``n``
+training values, so the stream's true shares differ from them by about
+``1/sqrt(n)``; an alternative leaning the same way would then drift upward on a
+stationary stream. The shares are smoothed (half a count per bin, so a value
+never seen in training has a small, not a zero, share) and every increment is
+lowered by a margin of ``h / n`` nats: to first order this makes the expected
+false-alarm rate, averaged over the reference's sampling error, the target
+(the rate grows as ``exp(2 h e)`` for a sampling error ``e`` along the
+alternative; ``e`` is Gaussian with variance ``1/n`` in the alternative's own
+units, and the margin cancels the mean of that exponential). With 50,000
+training rows the margin costs a 0.25 SD shift about 1 % of its drift.
+
+**Cost.** Values are counted per block (4 values for the alternatives expected
+to take under 256 values, 32 for the others): one ``bincount``, one matrix
+product with the bank's table of log ratios, then the CUSUM of every
+alternative over the blocks at once (``S_t = W_t - min(0, min W)``, with ``W``
+the cumulative sum of the increments). A CUSUM over blocks restarts only at
+block boundaries, so it is a (slightly) conservative CUSUM, and an alert comes
+at a block's end: at most ``block - 1`` values late. The state is one float and
+one integer per alternative and a partial block per block size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from detectors.profile import OTHER, UNSEEN, FeatureBins
+
+__all__ = ["Alternatives", "alternatives", "SequentialTest", "Change", "information_bound"]
+
+SHIFTS_SD = (0.125, 0.177, 0.25, 0.354, 0.5, 0.707, 1.0, 1.414, 2.0)
+LOG_SCALES = (0.2, 0.5)
+BIN_NUMERIC = (1.0,)              # log odds of one bin, numeric features
+BIN_UP = (0.5, 1.0, 2.5)           # log odds of one category, up
+BIN_DOWN = (-1.5,)                 # and down (categories of at least DOWN_MIN)
+DOWN_MIN = 0.05
+TILTS = (0.125, 0.25, 0.5, 1.0, 2.0)  # ordered categories: standardised tilts
+FLOOR = 0.01                       # share of the reference mixed into each alternative
+WEIGHTS = {"shift": 0.5, "spread": 0.15, "bin": 0.35}
+UNKNOWN_SIZE = 1e6                 # reference size assumed when none is known
+
+
+def information_bound(shifted: np.ndarray, reference: np.ndarray, run_length: float) -> float:
+    """``ln(run_length) / KL(shifted || reference)``: the fewest values after a change any
+    test with that false-alarm rate needs, on average, to see it (Lai, 1998).
+
+    >>> import numpy as np
+    >>> round(information_bound(np.array([0.6, 0.4]), np.array([0.5, 0.5]), 6.048e7))
+    890
+    """
+    p = shifted / shifted.sum()
+    q = reference / reference.sum()
+    on = p > 0
+    kl = float((p[on] * np.log(p[on] / np.maximum(q[on], 1e-300))).sum())
+    return math.log(run_length) / kl if kl > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class Alternatives:
+    """A bank of alternatives to a reference, with their calibrated thresholds."""
+
+    names: tuple[str, ...]
+    family: tuple[str, ...]
+    reference: np.ndarray     # smoothed reference shares (k)
+    log_ratio: np.ndarray     # log p_j(i) / q(i), margin included (m x k)
+    threshold: np.ndarray     # h_j, nats (m)
+    kl_null: np.ndarray       # KL(q || p_j) (m)
+    kl_alt: np.ndarray        # KL(p_j || q) (m)
+    margin: np.ndarray        # nats taken off each increment for the reference's noise (m)
+    run_length: float
+    reference_size: float | None
+
+    @property
+    def size(self) -> int:
+        return len(self.names)
+
+    def describe(self, j: int) -> dict[str, Any]:
+        return {"alternative": self.names[j], "family": self.family[j],
+                "threshold": round(float(self.threshold[j]), 3),
+                "kl_per_value": round(float(self.kl_alt[j]), 5),
+                "margin_per_value": round(float(self.margin[j]), 6),
+                "run_length_events": self.run_length,
+                "reference_size": self.reference_size, "alternatives": self.size}
+
+
+def alternatives(bins: FeatureBins, run_length: float, *, shares: np.ndarray | None = None,
+                 reference_size: float | None = None) -> Alternatives:
+    """The bank of alternatives for ``bins`` (against ``shares``, default its reference).
+
+    ``reference_size``: how many values the shares were estimated from (``None``:
+    unknown, taken as exact).
+
+    >>> import numpy as np
+    >>> from detectors.profile import FeatureBins
+    >>> bins = FeatureBins.from_profile("c", {"type": "categorical",
+    ...                                 "frequencies": {"a": 0.6, "b": 0.3, "c": 0.1}})
+    >>> alt = alternatives(bins, 6.048e7, reference_size=10_000)
+    >>> alt.size, alt.names[0]
+    (18, "more 'a' (odds x1.65)")
+    >>> bool((alt.threshold > 14).all() and (alt.threshold < 21).all())
+    True
+    """
+    if not run_length > 1:
+        raise ValueError("run_length must be > 1")
+    raw = bins.reference if shares is None else np.asarray(shares, dtype=float)
+    k = raw.size
+    n = float(reference_size) if reference_size else UNKNOWN_SIZE
+    q = (raw / raw.sum() * n + 0.5) / (n + 0.5 * k)
+    names: list[str] = []
+    family: list[str] = []
+    rows: list[np.ndarray] = []   # log p / q, before the margin
+    probs: list[np.ndarray] = []
+
+    def add(name: str, fam: str, p: np.ndarray, mix: bool = True) -> None:
+        if mix:
+            p = (1 - FLOOR) * p + FLOOR * q
+        names.append(name)
+        family.append(fam)
+        probs.append(p)
+        rows.append(np.log(p / q))
+
+    if bins.kind == "numeric" and k >= 2 and math.isfinite(bins.lo) and bins.hi > bins.lo:
+        edges = np.concatenate([[bins.lo], bins.inner_edges, [bins.hi]])
+        cum = np.concatenate([[0.0], np.cumsum(q)])
+        cum[-1] = 1.0
+        # The unit of the shifts: a robust standard deviation (interquartile range / 1.349,
+        # from the profile's quantiles), which heavy tails or a far minimum or maximum
+        # (uniform over the outer bins) would not inflate.
+        q1, q3 = np.interp([0.25, 0.75], cum, edges)
+        sd = float(q3 - q1) / 1.349
+        median = float(np.interp(0.5, cum, edges))
+        inner = bins.inner_edges
+
+        def binned(at: np.ndarray) -> np.ndarray:
+            # Shares of the bins when P(X < inner edge) is the reference CDF at ``at``.
+            return np.diff(np.concatenate([[0.0], np.interp(at, edges, cum), [1.0]]))
+
+        if sd > 0:
+            for d in SHIFTS_SD:
+                for sign in (1, -1):
+                    add(f"mean shift {sign * d:+.3g} sd", "shift", binned(inner - sign * d * sd))
+            for s in LOG_SCALES:
+                for sign in (1, -1):
+                    f = math.exp(sign * s)
+                    add(f"spread x{f:.3g}", "spread", binned(median + (inner - median) / f))
+        for j in range(k):
+            for eta in BIN_NUMERIC:
+                add(f"more of bin '{bins.labels[j]}' (odds x{math.exp(eta):.3g})", "bin",
+                    _bin_tilt(q, j, eta), mix=False)
+    elif bins.kind == "categorical":
+        ordered = _ordered_values(bins)
+        if ordered is not None:
+            score = ordered - float((q * ordered).sum())
+            score = score / math.sqrt(float((q * score * score).sum()))
+            for theta in TILTS:
+                for sign in (1, -1):
+                    w = q * np.exp(sign * theta * score)
+                    add(f"{'higher' if sign > 0 else 'lower'} values (tilt {sign * theta:+.3g} "
+                        "sd)", "shift", w / w.sum())
+        for j in range(k):
+            for eta in BIN_UP + (BIN_DOWN if q[j] >= DOWN_MIN else ()):
+                word = "more" if eta > 0 else "less"
+                add(f"{word} '{bins.labels[j]}' (odds x{math.exp(eta):.3g})", "bin",
+                    _bin_tilt(q, j, eta), mix=False)
+    if not names:
+        empty = np.empty(0)
+        return Alternatives((), (), q, np.empty((0, k)), empty, empty, empty, empty,
+                            run_length, reference_size)
+    log_ratio = np.array(rows)
+    p = np.array(probs)
+    kl_null = np.maximum(-(q * log_ratio).sum(axis=1), 1e-12)
+    kl_alt = (p * log_ratio).sum(axis=1)
+    fam = np.array(family)
+    weights = {f: WEIGHTS[f] for f in WEIGHTS if (fam == f).any()}
+    total = sum(weights.values())
+    share = np.array([weights[f] / total / int((fam == f).sum()) for f in family])
+    h = _thresholds(kl_null, run_length / share, reference_size)
+    margin = h / reference_size if reference_size else np.zeros_like(h)
+    return Alternatives(tuple(names), tuple(family), q, log_ratio - margin[:, None], h,
+                        kl_null, kl_alt, margin, run_length, reference_size)
+
+
+def _bin_tilt(q: np.ndarray, j: int, eta: float) -> np.ndarray:
+    """Bin ``j``'s log odds moved by ``eta``, the other bins' shares in proportion."""
+    p = q * (1 - q[j] * math.expm1(eta) / (1 + q[j] * math.expm1(eta)))
+    p[j] = q[j] * math.exp(eta) / (1 + q[j] * math.expm1(eta))
+    return p / p.sum()
+
+
+def _ordered_values(bins: FeatureBins) -> np.ndarray | None:
+    """The categories as numbers (``__other__``/``__unseen__`` at the mean), if all are."""
+    cats = [c for c in bins.labels if c not in (OTHER, UNSEEN)]
+    if len(cats) < 3:
+        return None
+    try:
+        values = [float(c) for c in cats]
+    except ValueError:
+        return None
+    if not all(math.isfinite(v) for v in values):
+        return None
+    ref = bins.reference[:len(cats)]
+    mean = float(np.dot(ref, values) / ref.sum()) if ref.sum() > 0 else 0.0
+    return np.array(values + [mean] * (bins.size - len(cats)))
+
+
+def _thresholds(kl_null: np.ndarray, target: np.ndarray, size: float | None) -> np.ndarray:
+    """Per alternative, the least ``h`` whose run length reaches ``target``."""
+    lorden = np.log(target)
+    h = lorden.copy()
+    for _ in range(12):  # h = log(1 + h + target * mu), mu = KL(q || p) + h / size
+        mu = kl_null + (h / size if size else 0.0)
+        h = np.minimum(lorden, np.log1p(h + target * mu))
+    return h
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """The test changed state at value ``index`` of the batch (0-based)."""
+
+    index: int
+    alarm: bool            # True: alarm raised; False: cleared
+    alternative: int       # the alternative that crossed (alarm) or was tested (clear)
+    statistic: float       # its CUSUM, nats
+    threshold: float
+    since: int             # values from the estimated change start to ``index``, inclusive
+
+
+class _Group:
+    """The alternatives tested over blocks of one size, and their CUSUMs."""
+
+    def __init__(self, block: int, members: np.ndarray, alt: Alternatives) -> None:
+        self.block, self.members = block, members
+        self.k = alt.reference.size
+        self.table = np.ascontiguousarray(alt.log_ratio[members].T)  # k x m_g
+        self.h = alt.threshold[members]
+        self.reset(0)
+
+    def reset(self, seen: int) -> None:
+        self.s = np.zeros(self.members.size)
+        self.zero_at = np.full(self.members.size, seen, dtype=np.int64)
+        self.partial = np.zeros(self.k, dtype=np.int64)
+        self.fill = 0
+
+    def counts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Counts of the blocks ``x`` completes (the carried partial block first), the
+        partial block left, and the fill before."""
+        b, k = self.block, self.k
+        total = self.fill + x.size
+        full = total // b
+        if full == 0:
+            return np.empty((0, k)), self.partial + np.bincount(x, minlength=k), self.fill
+        ids = (np.arange(self.fill, total) // b) * k
+        ids += x
+        c = np.bincount(ids, minlength=(full + 1) * k).reshape(full + 1, k)
+        c[0] += self.partial
+        return c[:full].astype(float), c[full], self.fill
+
+    def scan(self, x: np.ndarray, seen: int) -> tuple[int, int, float, int] | None:
+        """Fold ``x`` in (``seen``: values before it). None, or the first crossing: index in
+        ``x`` of the block's last value, member, CUSUM, value count when it was last 0.
+        On a crossing the state is left as it was (the caller resets it)."""
+        counts, partial, fill = self.counts(x)
+        b = self.block
+        base = seen - fill   # value count at the start of the first block
+        if counts.shape[0] == 0:
+            self.partial, self.fill = partial, fill + x.size
+            return None
+        w = counts @ self.table
+        w[0] += self.s
+        np.cumsum(w, axis=0, out=w)
+        run = np.minimum.accumulate(w, axis=0)
+        reached = run[-1].copy()   # the least W: under 0 when the CUSUM touched 0
+        np.minimum(run, 0.0, out=run)
+        s = np.subtract(w, run, out=run)
+        if not (s.max(axis=0) >= self.h).any():
+            self.s = s[-1].copy()
+            touched = reached < 0
+            if touched.any():
+                last = w[:, touched].argmin(axis=0)
+                self.zero_at[touched] = base + (last + 1) * b
+            self.partial, self.fill = partial, (fill + x.size) % b
+            return None
+        over = s >= self.h
+        row = int(np.argmax(over.any(axis=1)))
+        crossed = np.flatnonzero(over[row])
+        j = int(crossed[np.argmax(s[row, crossed] / self.h[crossed])])
+        zeros = np.flatnonzero(s[:row + 1, j] <= 0)
+        zero = base + (int(zeros[-1]) + 1) * b if zeros.size else int(self.zero_at[j])
+        return (row + 1) * b - fill - 1, j, float(s[row, j]), zero
+
+
+class SequentialTest:
+    """A CUSUM per alternative, over blocks of values; an alarm, then its end.
+
+    Alternatives that take long to detect (expected delay ``d`` values) are
+    counted in blocks of up to ``d / 8`` values (among ``blocks``): coarse
+    blocks cost little and delay such alarms by a few per cent at most, fine
+    ones keep fast alarms fast.
+
+    After an alarm every CUSUM starts again from 0. With ``hold=None`` the alarm
+    holds while the change keeps being found again: it ends after
+    ``max(confirm, 3 * d)`` values without a new crossing, ``d`` the values
+    from the estimated change start to the alarm (a change found once in ``d``
+    values is found again in about as many while it lasts). With ``hold=N`` it
+    ends after ``N`` values (a trailing baseline that will have absorbed the
+    change by then) and :meth:`feed` returns at the end, the rest of the values
+    unread, so that the caller can renew its reference first.
+
+    >>> import numpy as np
+    >>> from detectors.profile import FeatureBins
+    >>> bins = FeatureBins.from_profile("c", {"type": "categorical",
+    ...                                 "frequencies": {"a": 0.6, "b": 0.3, "c": 0.1}})
+    >>> test = SequentialTest(alternatives(bins, 1e6, reference_size=10_000))
+    >>> rng = np.random.default_rng(7)
+    >>> x = np.concatenate([rng.choice(3, 5000, p=[.6, .3, .1]),
+    ...                     rng.choice(3, 2000, p=[.4, .3, .3])])
+    >>> [(c.index, c.alarm, test.alternatives.names[c.alternative]) for c in test.feed(x)]
+    [(5079, True, "more 'c' (odds x2.72)")]
+    """
+
+    def __init__(self, alternatives: Alternatives, blocks: tuple[int, ...] = (4, 32),
+                 hold: int | None = None, confirm: int = 2000) -> None:
+        if not blocks or min(blocks) < 1 or list(blocks) != sorted(blocks):
+            raise ValueError("blocks must be increasing sizes >= 1")
+        if hold is not None and hold < 1:
+            raise ValueError("hold must be >= 1")
+        if confirm < 1:
+            raise ValueError("confirm must be >= 1")
+        self.blocks = tuple(blocks)
+        self.hold = hold
+        self.confirm = confirm
+        self.set_alternatives(alternatives)
+        self.seen = 0                        # values since the last reset
+        self.reset()
+
+    def set_alternatives(self, alternatives: Alternatives) -> None:
+        """The bank to test (a new one for the same bins: the CUSUMs carry on against it)."""
+        old = getattr(self, "groups", None)
+        self.alternatives = alt = alternatives
+        drift = np.maximum(alt.kl_alt - alt.margin, 1e-9)
+        delay = alt.threshold / drift
+        size = np.full(alt.size, self.blocks[0])
+        for b in self.blocks[1:]:
+            size[delay >= 8 * b] = b
+        groups = [_Group(b, np.flatnonzero(size == b), alt) for b in self.blocks
+                  if (size == b).any()]
+        if old is not None and [g.members.tolist() for g in old] == [
+                g.members.tolist() for g in groups]:
+            for g, o in zip(groups, old, strict=True):
+                g.s, g.zero_at, g.partial, g.fill = o.s, o.zero_at, o.partial, o.fill
+        self.groups = groups
+
+    def reset(self) -> None:
+        for g in self.groups:
+            g.reset(self.seen)
+        self.alarm: dict[str, Any] | None = None   # the alarm in force
+
+    # ------------------------------------------------------------------ update
+
+    def feed(self, x: np.ndarray) -> list[Change]:
+        """Fold bin indices in; the alarms and clears they lead to (not a detector: the
+        detectors of :mod:`detectors.skew` and :mod:`detectors.drift` run it)."""
+        out: list[Change] = []
+        start, n = 0, x.size
+        while start < n:
+            part = x[start:] if start else x
+            if self.alarm is None:
+                at = self._watch(part, start, out)
+            elif self.hold is not None:
+                at = self._hold(part, start, out)
+                if at is not None:
+                    break  # the caller renews its reference before the rest
+            else:
+                at = self._confirm(part, start, out)
+            if at is None:
+                break
+            start += at + 1
+        return out
+
+    def _scan(self, x: np.ndarray) -> tuple[int, int, float, int, int] | None:
+        """Every group over ``x``: the first crossing (index in ``x``, alternative, CUSUM,
+        value count at its last 0, block), after which every CUSUM starts again; or None
+        (then the state has moved past ``x``)."""
+        first: tuple[int, int, float, int] | None = None
+        gfirst: _Group | None = None
+        for g in self.groups:
+            hit = g.scan(x, self.seen)
+            if hit is not None and (first is None or hit[0] < first[0]):
+                first, gfirst = hit, g
+        if first is None or gfirst is None:
+            self.seen += x.size
+            return None
+        at, jj, stat, zero = first
+        self.seen += at + 1
+        for g in self.groups:
+            g.reset(self.seen)
+        return at, int(gfirst.members[jj]), stat, zero, gfirst.block
+
+    def _span(self, since: int) -> int:
+        """Values without a new crossing after which an alarm is over."""
+        return max(self.confirm, 3 * since)
+
+    def _watch(self, x: np.ndarray, offset: int, out: list[Change]) -> int | None:
+        hit = self._scan(x)
+        if hit is None:
+            return None
+        at, j, stat, zero, _ = hit
+        since = self.seen - zero
+        out.append(Change(offset + at, True, j, stat, float(self.alternatives.threshold[j]),
+                          since))
+        self.alarm = {"alternative": j, "statistic": stat, "at": self.seen, "since": since,
+                      "until": self.seen + (self.hold or self._span(since))}
+        return at
+
+    def _hold(self, x: np.ndarray, offset: int, out: list[Change]) -> int | None:
+        assert self.alarm is not None
+        left = int(self.alarm["until"]) - self.seen
+        if x.size < left:
+            self.seen += x.size
+            return None
+        self.seen += left
+        self._end(offset + left - 1, out)
+        return left - 1
+
+    def _confirm(self, x: np.ndarray, offset: int, out: list[Change]) -> int | None:
+        """While an alarm is in force the CUSUMs run afresh: a new crossing confirms it
+        (and pushes its end back), none for :meth:`_span` values ends it."""
+        assert self.alarm is not None
+        left = int(self.alarm["until"]) - self.seen
+        part = x[:left]
+        hit = self._scan(part)
+        if hit is not None:
+            at, j, stat, zero, _ = hit
+            self.alarm.update(statistic=max(stat, float(self.alarm["statistic"])),
+                              until=self.seen + self._span(self.seen - zero),
+                              confirmed=self.seen)
+            return at
+        if part.size < left:
+            return None
+        self._end(offset + left - 1, out)
+        return left - 1
+
+    def _end(self, index: int, out: list[Change]) -> None:
+        assert self.alarm is not None
+        j = int(self.alarm["alternative"])
+        out.append(Change(index, False, j, 0.0, float(self.alternatives.threshold[j]),
+                          self.seen - int(self.alarm["at"])))
+        self.alarm = None
+        for g in self.groups:
+            g.reset(self.seen)
+
+    # ------------------------------------------------------------------ status
+
+    def statistics(self) -> np.ndarray:
+        """Every alternative's CUSUM, nats."""
+        s = np.zeros(self.alternatives.size)
+        for g in self.groups:
+            s[g.members] = g.s
+        return s
+
+    def status(self) -> tuple[int, float, float]:
+        """The alternative nearest its threshold, its CUSUM and threshold (an alarm in
+        force: the alarm's, its CUSUM at least the threshold)."""
+        h = self.alternatives.threshold
+        if self.alarm is not None:
+            j = int(self.alarm["alternative"])
+            return j, max(float(self.alarm["statistic"]), float(h[j])), float(h[j])
+        if self.alternatives.size == 0:
+            return -1, 0.0, math.inf
+        s = self.statistics()
+        j = int(np.argmax(s / h))
+        return j, float(s[j]), float(h[j])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"groups": [{"s": g.s.tolist(), "zero_at": g.zero_at.tolist(),
+                            "partial": g.partial.tolist(), "fill": g.fill}
+                           for g in self.groups],
+                "seen": self.seen, "alarm": self.alarm}
+
+    def load_dict(self, data: dict[str, Any]) -> bool:
+        """False (nothing loaded) when the state is of another bank or other bins."""
+        groups = data.get("groups", [])
+        if (len(groups) != len(self.groups)
+                or any(len(d["s"]) != g.members.size or len(d["partial"]) != g.k
+                       for d, g in zip(groups, self.groups, strict=True))):
+            return False
+        for d, g in zip(groups, self.groups, strict=True):
+            g.s = np.asarray(d["s"], dtype=float)
+            g.zero_at = np.asarray(d["zero_at"], dtype=np.int64)
+            g.partial = np.asarray(d["partial"], dtype=np.int64)
+            g.fill = int(d["fill"])
+        self.seen, self.alarm = int(data["seen"]), data["alarm"]
+        return True
