@@ -164,3 +164,34 @@ def has_compose() -> bool:
 @pytest.mark.skipif(not has_compose(), reason="no `docker compose` here")
 def test_docker_compose_config_accepts_it() -> None:  # pragma: no cover - needs Docker
     subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"], check=True)
+
+
+def test_prometheus_scrapes_every_worker(compose: dict[str, Any]) -> None:
+    prom = services(compose)["prometheus"]
+    mounts = {v.split(":")[1]: ROOT / v.split(":")[0] for v in prom["volumes"]}
+    config = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text(encoding="utf-8"))
+    targets = {t for job in config["scrape_configs"] if job["job_name"] == "sentinelle-worker"
+               for sc in job["static_configs"] for t in sc["targets"]}
+    assert targets == {f"{name}:{svc['environment']['SENTINELLE_WORKER__WEB_PORT']}"
+                       for name, svc in workers(compose).items()}
+    assert all(job.get("metrics_path", "/metrics") == "/metrics"
+               for job in config["scrape_configs"])
+
+
+def test_grafana_is_provisioned_from_the_repository(compose: dict[str, Any]) -> None:
+    grafana = services(compose)["grafana"]
+    mounts = {v.split(":")[1]: ROOT / v.split(":")[0] for v in grafana["volumes"]}
+    provisioning = mounts["/etc/grafana/provisioning"]
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml")
+                              .read_text(encoding="utf-8"))["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "sentinelle.yml")
+                                .read_text(encoding="utf-8"))["providers"]
+    dashboards = mounts[provider["options"]["path"]]
+    import json
+    dash = json.loads((dashboards / "sentinelle.json").read_text(encoding="utf-8"))
+    uids = {p["datasource"]["uid"] for p in dash["panels"] if "datasource" in p}
+    assert uids == {source["uid"]}  # every panel asks the provisioned datasource
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] is None  # from the shell
+    assert services(compose)["grafana"]["depends_on"]["prometheus"]["condition"] == \
+        "service_healthy"

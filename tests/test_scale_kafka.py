@@ -104,6 +104,13 @@ async def test_a_killed_worker_is_taken_over_with_its_state(kafka_bootstrap: str
         seen = list(dict.fromkeys((x["event_action"], x["payload"]["timestamp"])
                                   for x in alerts.records if x["dedup_key"] == key))
         assert [action for action, _ in seen] == ["trigger", "resolve"], (key, seen)
+    # No alert key of any class is triggered a second time while it fires.
+    firing: set[str] = set()
+    for x in dict.fromkeys((x["dedup_key"], x["event_action"], x["payload"]["timestamp"])
+                           for x in alerts.records):
+        key, action, _ = x
+        assert not (action == "trigger" and key in firing), f"{key} triggered twice"
+        (firing.add if action == "trigger" else firing.discard)(key)
     resolved_by_a = set(re.findall(r"alert resolve latency_slo:(model-\d+):", a.log()))
     assert victims <= resolved_by_a, "the survivor resolved the dead worker's alerts"
     counted = Counter[str]()

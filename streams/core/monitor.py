@@ -39,7 +39,20 @@ from streams.core.canary import CANARY_CHECKS, CanaryWatch
 from streams.core.labels import LabelTracker
 from streams.core.series import ReferenceLookup, Series, series_rows
 
-__all__ = ["ModelMonitor", "Output"]
+__all__ = ["ModelMonitor", "Output", "READING_CHECKS", "Reading"]
+
+#: The checks whose latest statistic and calibrated threshold the monitor keeps for
+#: the worker's metrics (``sentinelle_feature_statistic``), per feature.
+READING_CHECKS = frozenset({"training_serving_skew", "feature_drift", "prediction_drift"})
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """The latest value of one feature's skew or drift statistic, and its threshold."""
+
+    statistic: str
+    value: float
+    threshold: float
 
 
 @dataclass(slots=True)
@@ -93,6 +106,12 @@ class ModelMonitor:
         self.control_offsets: dict[str, int] = {}  # "topic:partition" -> last offset
         self._wall = 0.0  # the wall clock of the call in progress (silences go by it)
         self._late = [0, 0]  # events late, and all events, since the last window closed
+        # What the worker's metrics show, not checkpointed (refilled by the next windows):
+        # each series' latest closed window; each (version, cohort, feature, check)'s
+        # latest statistic; each canary's latest verdict. Dropped with their series.
+        self.latest: dict[tuple[str, str], WindowStats] = {}
+        self.readings: dict[tuple[str, str, str, str], Reading] = {}
+        self.verdicts: dict[str, str] = {}
 
     def admit(self, pairs: Sequence[tuple[str, str]], now: float) -> tuple[
             set[tuple[str, str]], list[dict[str, Any]]]:
@@ -126,6 +145,11 @@ class ModelMonitor:
                      now: float) -> list[dict[str, Any]]:
         del self.series[(version, cohort)]
         self.windows.drop_series(version, cohort)
+        self.latest.pop((version, cohort), None)
+        for k in [k for k in self.readings if k[:2] == (version, cohort)]:
+            del self.readings[k]
+        if not any(v == version for v, _ in self.series):
+            self.verdicts.pop(version, None)
         self.labels.forget(version, cohort)
         if any((v, c) != (version, cohort) for v, c in self.series if v == version):
             return []  # the other cohort of this version still serves: keep its alerts
@@ -201,6 +225,8 @@ class ModelMonitor:
     def _take(self, out: Output, res: TrackerOutput) -> None:
         out.commands.extend(res.commands)
         out.verdicts.extend(res.verdicts)
+        for canary, verdict in res.verdicts:
+            self.verdicts[canary] = verdict.outcome
         for signal in res.signals:
             self._emit(out, signal)
 
@@ -284,6 +310,9 @@ class ModelMonitor:
     def _evaluate(self, out: Output, closed: list[WindowStats]) -> None:
         for w in closed:
             out.stats.append(w)
+            last = self.latest.get((w.version, w.cohort))
+            if last is None or w.end >= last.end:
+                self.latest[(w.version, w.cohort)] = w
             for signal in self._series(w.version, w.cohort).evaluate(w):
                 self._emit(out, signal)
         if closed:
@@ -319,6 +348,13 @@ class ModelMonitor:
                      "threshold": limit, "count": late, "events": total}))
 
     def _emit(self, out: Output, signal: Signal) -> None:
+        if signal.check in READING_CHECKS and signal.version is not None:
+            d = signal.details
+            value, threshold = d.get("value"), d.get("threshold")
+            if isinstance(value, int | float) and isinstance(threshold, int | float):
+                self.readings[(signal.version, str(d.get("cohort", "stable")),
+                               str(d.get("feature", "")), signal.check)] = Reading(
+                    str(d.get("statistic", "")), float(value), float(threshold))
         out.alerts.extend(self.book.process([signal], self._wall))
 
     # -- checkpoint -------------------------------------------------------

@@ -75,6 +75,7 @@ class OpsOutbox:
     pool_usage: list[tuple[str, list[Record]]] = field(default_factory=list)  # (pool, points)
     checkpoints: list[tuple[int, str, Record | None]] = field(default_factory=list)
     events: int = 0
+    events_by_topic: Counter[str] = field(default_factory=Counter)  # for the metrics
 
     def merge(self, other: OpsOutbox) -> None:
         self.deadletters += other.deadletters
@@ -83,6 +84,7 @@ class OpsOutbox:
         self.pool_usage += other.pool_usage
         self.checkpoints += other.checkpoints
         self.events += other.events
+        self.events_by_topic.update(other.events_by_topic)
 
 
 class _Keyed:
@@ -541,12 +543,14 @@ class OperationsProcessor:
                         "status": point.status, "run_used": point.run_used, "used": point.used,
                         "limit": point.limit}]))
             box.events += len(whats)
+            box.events_by_topic[self.settings.topics.pipeline] += len(whats)
         elif isinstance(st, MetricState):
             ts = np.fromiter((w[0] for w in whats), dtype=float, count=len(whats))
             values = np.fromiter((w[1] for w in whats), dtype=float, count=len(whats))
             for a in st.ingest(ts, values, now):
                 box.alerts.append((a["dedup_key"], a))
             box.events += len(whats)
+            box.events_by_topic[self.settings.topics.metrics] += len(whats)
         else:
             for value in whats:
                 for a in st.ingest(orjson.loads(value), now):

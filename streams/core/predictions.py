@@ -92,6 +92,8 @@ class Outbox:
     checkpoints: list[tuple[int, str, Record | None]] = field(default_factory=list)
     commands: list[tuple[str, Record]] = field(default_factory=list)
     events: int = 0
+    # models whose state was dropped (expired, evicted): the worker's metrics forget them
+    retired: list[str] = field(default_factory=list)
 
     def add(self, model: str, out: Output) -> None:
         self.stats.extend((model, stats_record(w)) for w in out.stats)
@@ -109,6 +111,7 @@ class Outbox:
         self.checkpoints += other.checkpoints
         self.commands += other.commands
         self.events += other.events
+        self.retired += other.retired
 
 
 def stats_record(w: WindowStats) -> Record:
@@ -209,6 +212,7 @@ class PredictionProcessor:
         """Forget a model: resolve what fires, tombstone its state."""
         self.monitors.pop(mon.model, None)
         box.add(mon.model, Output(alerts=mon.retire(now, reason)))
+        box.retired.append(mon.model)
         _, segments = mon.labels.join.checkpoint()
         sids = set(segments) | set(mon.labels.join.meta()["segments"])
         box.checkpoints.append((mon.partition, mon.model, None))

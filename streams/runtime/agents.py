@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ from streams.core.references import ReferenceStore
 from streams.runtime.app import Sentinelle
 from streams.runtime.follow import follow_topic
 from streams.runtime.kafka import client_options
-from streams.runtime.metrics import make_metrics
+from streams.runtime.metrics import StateCollector, make_metrics
 from streams.runtime.shell import (
     Health,
     Lag,
@@ -98,6 +99,8 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
     topic_name = s.predictions.get_topic_name()
     pipeline = PredictionProcessor(settings, topic_name, references, silences=silences)
     ops = OperationsProcessor(settings, s.pool_usage.get_topic_name(), references, silences)
+    registry.register(StateCollector(lambda: pipeline.monitors,
+                                     lambda: [st.book for st in ops.states.values()]))
     chunk = int(lim.max_record_bytes * 0.6)  # base64 makes a chunk 4/3 larger
     models = StateWriter(s.state, "model-state", metrics, chunk)
     operations = StateWriter(s.ops_state, "ops-state", metrics, chunk)
@@ -114,7 +117,6 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         await publisher.publish(box)
         export_counts(metrics.guards, pipeline.counts, exported[0])
         export_counts(metrics.guards, ops.counts, exported[1])
-        metrics.models.set(len(pipeline.monitors))
 
     async def ready() -> None:
         """Never judge serving data before its profile, nor alert before the silences."""
@@ -150,15 +152,22 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
     async def handle(part: Sequence[EventT], kind: str) -> None:
         lag.seen(part)
         messages = messages_of(part)
-        metrics.messages.labels(kind).inc(len(messages))
+        for topic, n in Counter(m.topic for m in messages).items():
+            metrics.messages.labels(topic).inc(n)
+        agent = "predictions" if kind == "inputs" else "operations"
+        started = time.perf_counter()
         if kind == "inputs":
             box: Outbox | OpsOutbox = pipeline.process_safely(messages, time.time(),
                                                               models.saved)
             metrics.events.labels(topic_name).inc(box.events)
         else:
             box = ops.process(messages, time.time(), operations.saved)
-            metrics.events.labels("operations").inc(box.events)
+            for topic, n in box.events_by_topic.items():
+                metrics.events.labels(topic).inc(n)
+        processed = time.perf_counter()
+        metrics.batch_seconds.labels(agent).observe(processed - started)
         await publish(box)
+        metrics.publish_seconds.labels(agent).observe(time.perf_counter() - processed)
 
     async def consume(stream: faust.StreamT, kind: str) -> None:
         # take_events (faust-streaming) is missing from the StreamT interface.
@@ -220,10 +229,8 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
             behind = await lag.behind(app.consumer, {topic_name}, now)
             await publish(pipeline.tick(now, owned(s.state, {topic_name}), models.saved,
                                         behind))
-            metrics.labels.clear()  # models no longer held leave the page
-            for model, mon in pipeline.monitors.items():
-                for outcome, n in mon.labels.stats().items():
-                    metrics.labels.labels(model, outcome).set(n)
+            metrics.set_lag(await lag.lags(app.consumer, set(s.inputs.topics)
+                                           | set(s.operations.topics)))
         except Exception:
             log.exception("the wall-clock checks failed; trying again next tick")
             metrics.guards.labels("tick_errors").inc()
@@ -234,7 +241,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         # worker would keep checking models another worker now owns.
         ours = {topic_name, *s.operations.topics}
         parts = {tp.partition for tp in revoked if tp.topic in ours}
-        pipeline.revoke(parts)
+        metrics.forget_models(pipeline.revoke(parts))
         ops.revoke(parts)
         for table, writer in ((s.state, models), (s.ops_state, operations)):
             gone = [key for key, value in list(table.data.items())

@@ -75,6 +75,7 @@ class StateWriter:
     def __init__(self, table: Table, name: str, metrics: Metrics, chunk_bytes: int) -> None:
         self.table, self.name, self.metrics = table, name, metrics
         self.checkpointer = Checkpointer(chunk_bytes)
+        self.bytes_written = 0  # since the worker started (sentinelle_changelog_bytes_total)
 
     def saved(self, key: str) -> dict[str, Any] | None:
         """The state stored under ``key`` (chunks put together), or None."""
@@ -102,6 +103,9 @@ class StateWriter:
             sent.append(self.table.send_changelog(w.partition, w.key, w.value,
                                                   value_serializer="raw"))
         self.metrics.state_writes.labels(self.name, "written").inc(len(writes))
+        size = sum(len(w.value) for w in writes if w.value is not None)
+        self.bytes_written += size
+        self.metrics.changelog_bytes.labels(self.name).inc(size)
         if len(writes) > 2:
             self.metrics.state_writes.labels(self.name, "chunked").inc()
         self.metrics.state_largest.set(self.checkpointer.largest)
@@ -209,7 +213,7 @@ class Publisher:
             add(t.alerts, "alert", alert["payload"]["component"].encode(), alert,
                 min(MAX_ALERT_BYTES, self.max_record_bytes))
         for model, command in box.commands:
-            m.commands.labels(command["action"]).inc()
+            m.commands.labels(command["action"], model).inc()
             log.info("command %s: %s", command["command_id"], command["reason"])
             add(t.commands, "command", model.encode(), command)
         if isinstance(box, OpsOutbox):
@@ -218,8 +222,13 @@ class Publisher:
         await self._deliver(out)
         writer = self.models if isinstance(box, Outbox) else self.operations
         sent: list[Any] = []
+        before = writer.bytes_written
         for partition, key, value in box.checkpoints:
             sent += writer.write(partition, key, value)
+        if box.checkpoints:
+            m.checkpoint_bytes.labels(writer.name).observe(writer.bytes_written - before)
+        if isinstance(box, Outbox) and box.retired:
+            m.forget_models(box.retired)  # their series leave the metrics page
         await self._settled(sent, "state")
 
     def _troubled(self, now: bool) -> None:
@@ -396,6 +405,24 @@ class Lag:
     def seen(self, events: Sequence[EventT]) -> None:
         for e in events:
             self.read[e.message.tp] = (e.message.offset, e.message.timestamp)
+
+    async def lags(self, consumer: Any, topics: set[str]) -> dict[tuple[str, int], int]:
+        """Messages not yet processed per assigned partition of ``topics``: the high
+        watermark minus the offset after the last one the agents took (the consumer's
+        position before they took any); none while there is no consumer yet."""
+        out: dict[tuple[str, int], int] = {}
+        try:
+            for tp in consumer.assignment():
+                if tp.topic not in topics:
+                    continue
+                high = consumer.highwater(tp)
+                done, _ = self.read.get(tp, (None, None))
+                position = done + 1 if done is not None else await consumer.position(tp)
+                if high is not None and position is not None:
+                    out[(tp.topic, tp.partition)] = max(0, high - position)
+        except Exception:  # no consumer yet (starting, rebalancing)
+            log.debug("no highwater marks yet", exc_info=True)
+        return out
 
     async def behind(self, consumer: Any, topics: set[str], now: float) -> set[int]:
         out = set()
