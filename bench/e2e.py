@@ -315,6 +315,7 @@ async def time_worker(servers: str, run: Run, topics: dict[str, str], total_mess
                       workdir: Path, timeout: float) -> None:
     app_id = f"{topics['predictions'].split('.')[0]}-w-{uuid.uuid4().hex[:6]}"
     w = Worker(servers, config(topics, app_id), workdir).start()
+    inputs = ("predictions", "feedback", "deployments")  # what total_messages counts
     parts = [TopicPartition(topics[t], p) for t in ("predictions", "feedback")
              for p in range(PARTITIONS)]
     admin = AIOKafkaAdminClient(bootstrap_servers=servers)
@@ -334,7 +335,8 @@ async def time_worker(servers: str, run: Run, topics: dict[str, str], total_mess
             if time.monotonic() > deadline:
                 raise Failed(f"the {run.name} run did not finish in {timeout:.0f} s", w)
             if m is not None:
-                read = sum(v for k, v in m.items() if k.startswith("sentinelle_messages_total"))
+                read = sum(v for k, v in m.items() if k.startswith("sentinelle_messages_total")
+                           and any(f'"{topics[t]}"' in k for t in inputs))
                 folded = sum(v for k, v in m.items() if k.startswith("sentinelle_events_total"))
                 if first is None and folded > 0:  # the first prediction folded
                     first = time.time()
