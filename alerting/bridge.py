@@ -51,7 +51,7 @@ import orjson
 
 __all__ = ["Outcome", "classify", "parse_retry_after", "Backoff", "TokenBucket",
            "pagerduty_body", "slack_body", "redact_url", "scrub", "Delivery", "deliver",
-           "Settled", "settle", "deadletter_record"]
+           "Settled", "settle", "deadletter_record", "Post", "BodyOf"]
 
 log = logging.getLogger("sentinelle.bridge")
 
@@ -62,6 +62,8 @@ class Outcome(Enum):
     DELIVERED = "delivered"
     RETRY = "retry"
     REJECTED = "rejected"
+    EXPIRED = "expired"  # still undelivered at its maximum age: dead-lettered
+    SKIPPED = "skipped"  # nothing to send for this record (``body_of`` gave None)
 
 
 def classify(status: int | None) -> Outcome:
@@ -147,7 +149,7 @@ class TokenBucket:
         now = self.clock()
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
-        if self._tokens >= 1:
+        if self._tokens >= 1 - 1e-9:  # not a wait of 1e-17 s that a clock cannot show
             self._tokens -= 1
             return 0.0
         return (1 - self._tokens) / self.rate
@@ -210,19 +212,34 @@ class Delivery:
     detail: str = ""
 
 
-Post = Callable[[dict[str, Any]], Awaitable[tuple[int | None, str, float | None]]]
+#: Posts one JSON body (an object, or a list for Alertmanager): (status or None, the
+#: start of the answer, Retry-After seconds).
+Post = Callable[[Any], Awaitable[tuple[int | None, str, float | None]]]
+#: An alert (or command) to the body posted; None: nothing to post for it.
+BodyOf = Callable[[dict[str, Any]], Any]
 
 
-async def deliver(body: dict[str, Any], post: Post, backoff: Backoff = Backoff(),
+def _secrets(body: Any) -> list[str]:
+    """The routing key of a body, never to be logged or dead-lettered."""
+    key = body.get("routing_key") if isinstance(body, dict) else None
+    return [key] if isinstance(key, str) else []
+
+
+async def deliver(body: Any, post: Post, backoff: Backoff = Backoff(),
                   bucket: TokenBucket | None = None,
-                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> Delivery:
-    """Post ``body`` until it is delivered or rejected.
+                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                  give_up_at: float | None = None,
+                  clock: Callable[[], float] = time.time) -> Delivery:
+    """Post ``body`` until it is delivered or rejected (or, past ``give_up_at``, expired).
 
     ``post`` returns (status or None, the start of the answer, Retry-After
     seconds). The detail keeps the start of the answer, without the routing key
-    (an endpoint may echo the request) or any URL's path and query.
+    (an endpoint may echo the request) or any URL's path and query. With
+    ``give_up_at`` (a ``clock()`` time), a message that would be retried after it
+    is :attr:`Outcome.EXPIRED` instead, with the last answer as its detail; it is
+    always tried at least once.
     """
-    secrets = [body["routing_key"]] if isinstance(body.get("routing_key"), str) else []
+    secrets = _secrets(body)
     attempt = 0
     while True:
         if bucket is not None:
@@ -234,6 +251,9 @@ async def deliver(body: dict[str, Any], post: Post, backoff: Backoff = Backoff()
         if outcome is not Outcome.RETRY:
             return Delivery(outcome, status, attempt, scrub(text[:500], secrets))
         delay = backoff.delay(attempt - 1, retry_after)
+        if give_up_at is not None and clock() + delay > give_up_at:
+            last = status or f"nothing ({scrub(text[:200], secrets)})"
+            return Delivery(Outcome.EXPIRED, status, attempt, f"last answer: {last}")
         log.warning("endpoint answered %s; retry %d in %.1f s",
                     status or f"nothing ({scrub(text[:200], secrets)})", attempt, delay)
         await sleep(delay)
@@ -251,16 +271,20 @@ class Settled:
     reason: str = ""
 
 
-async def settle(raw: bytes, body_of: Callable[[dict[str, Any]], dict[str, Any]], post: Post,
+async def settle(raw: bytes, body_of: BodyOf, post: Post,
                  backoff: Backoff = Backoff(), bucket: TokenBucket | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> Settled:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 give_up_at: float | None = None,
+                 clock: Callable[[], float] = time.time) -> Settled:
     """Deliver one record of ``ml.alerts``; never raises (but for cancellation).
 
     A record that is not a JSON object, or on which anything fails (shaping
     the body, posting it), is settled as rejected with the reason to
     dead-letter it, so one bad record cannot stop the bridge or make it
     crash-loop on that record. The reason names the exception with its URLs
-    cut to the host and without the routing key.
+    cut to the host and without the routing key. ``body_of`` returning None
+    settles the record as :attr:`Outcome.SKIPPED`; one still undelivered at
+    ``give_up_at`` is :attr:`Outcome.EXPIRED`, with its reason, to dead-letter.
     """
     try:
         alert = orjson.loads(raw)
@@ -268,12 +292,14 @@ async def settle(raw: bytes, body_of: Callable[[dict[str, Any]], dict[str, Any]]
         return Settled(None, Outcome.REJECTED, f"not_json: {exc}")
     if not isinstance(alert, dict):
         return Settled(None, Outcome.REJECTED, "not_json: not an object")
-    body: dict[str, Any] = {}
+    body: Any = None
     try:
         body = body_of(alert)
-        delivery = await deliver(body, post, backoff, bucket, sleep)
+        if body is None:
+            return Settled(alert, Outcome.SKIPPED)
+        delivery = await deliver(body, post, backoff, bucket, sleep, give_up_at, clock)
     except Exception as exc:  # any failure on this one record: dead-letter it, go on
-        secrets = [body["routing_key"]] if isinstance(body.get("routing_key"), str) else []
+        secrets = _secrets(body)
         reason = scrub(f"error: {type(exc).__name__}: {exc}"[:500], secrets)
         log.error("could not forward %.200s (%s); dead-lettered", alert.get("dedup_key"),
                   reason)
@@ -283,6 +309,12 @@ async def settle(raw: bytes, body_of: Callable[[dict[str, Any]], dict[str, Any]]
                   delivery.status)
         return Settled(alert, Outcome.REJECTED,
                        f"rejected: HTTP {delivery.status}: {delivery.detail}")
+    if delivery.outcome is Outcome.EXPIRED:
+        log.error("gave up on %.200s after %d attempts: undelivered at its maximum age; "
+                  "dead-lettered", alert.get("dedup_key"), delivery.attempts)
+        return Settled(alert, Outcome.EXPIRED,
+                       f"expired: undelivered at its maximum age (bridges.max_age_s) after "
+                       f"{delivery.attempts} attempts; {delivery.detail}")
     return Settled(alert, delivery.outcome)
 
 

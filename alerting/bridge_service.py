@@ -8,16 +8,19 @@ commits offsets.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from alerting.bridge import (
     Backoff,
+    BodyOf,
     Outcome,
     Post,
     TokenBucket,
@@ -28,7 +31,12 @@ from alerting.bridge import (
     settle,
 )
 
-__all__ = ["http_poster", "run_bridge"]
+__all__ = ["http_poster", "run_bridge", "BridgeMetrics", "BridgeWatch", "OnDelivery", "Periodic"]
+
+#: Called once a record is settled: (the record, what became of it, its partition).
+OnDelivery = Callable[[dict[str, Any], Outcome, int], None]
+#: Called between polls with the partitions this bridge holds (Alertmanager's re-posts).
+Periodic = Callable[[set[TopicPartition]], Awaitable[None]]
 
 log = logging.getLogger("sentinelle.bridge")
 
@@ -100,15 +108,57 @@ def _location(url: str, resp: aiohttp.ClientResponse) -> str:
         return "(unparseable URL)"
 
 
+class BridgeMetrics:
+    """What the bridges of one process show on its ``/metrics``: records settled by
+    outcome, and how old the oldest undelivered record is (the one in flight: records
+    go one at a time, in order), so a stuck delivery is seen long before it expires."""
+
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.time
+                 ) -> None:
+        self.clock = clock
+        self.settled = Counter("sentinelle_bridge_records_total", "Records settled, by outcome",
+                               ["bridge", "outcome"], registry=registry)
+        self.oldest = Gauge("sentinelle_bridge_oldest_undelivered_age_seconds",
+                            "Age (since publication) of the oldest record not yet delivered; "
+                            "0 when none waits", ["bridge"], registry=registry)
+
+    def watch(self, name: str) -> BridgeWatch:
+        watch = BridgeWatch(name, self)
+        self.oldest.labels(name).set_function(watch.oldest_age)
+        return watch
+
+
+class BridgeWatch:
+    """One bridge's share of :class:`BridgeMetrics`."""
+
+    def __init__(self, name: str, metrics: BridgeMetrics) -> None:
+        self.name, self.metrics = name, metrics
+        self.in_flight_since: float | None = None  # publication time of the record in flight
+
+    def oldest_age(self) -> float:
+        since = self.in_flight_since
+        return 0.0 if since is None else max(0.0, self.metrics.clock() - since)
+
+    def settled(self, outcome: Outcome) -> None:
+        self.metrics.settled.labels(self.name, outcome.value).inc()
+
+
 async def run_bridge(servers: str, topic: str, deadletter_topic: str, group_id: str,
-                     post: Post, body_of: Callable[[dict[str, Any]], dict[str, Any]],
+                     post: Post, body_of: BodyOf,
                      rate: float = 10.0, backoff: Backoff = Backoff(),
-                     on_delivery: Callable[[dict[str, Any], Outcome], None] | None = None,
-                     options: dict[str, Any] | None = None) -> None:
+                     on_delivery: OnDelivery | None = None,
+                     options: dict[str, Any] | None = None,
+                     max_age_s: float | None = None,
+                     metrics: BridgeWatch | None = None,
+                     periodic: Periodic | None = None) -> None:
     """Forward ``topic`` until cancelled; commit each message once it is settled.
 
     ``options``: more keyword arguments of the Kafka clients (authentication and TLS,
-    as :func:`streams.runtime.kafka.client_options` gives them)."""
+    as :func:`streams.runtime.kafka.client_options` gives them). ``max_age_s``: a
+    record still undelivered this long after it was published (its Kafka
+    timestamp) is given up and dead-lettered with reason ``expired: …``.
+    ``periodic`` runs in the same task as the deliveries, between polls, so what
+    it posts never overtakes nor races a record being delivered."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, group_id=group_id,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 session_timeout_ms=10_000, rebalance_timeout_ms=10_000,
@@ -123,22 +173,34 @@ async def run_bridge(servers: str, topic: str, deadletter_topic: str, group_id: 
             for tp, msgs in batches.items():
                 for msg in msgs:
                     await _forward(msg, tp, post, body_of, backoff, bucket, producer,
-                                   deadletter_topic, on_delivery)
+                                   deadletter_topic, on_delivery, max_age_s, metrics)
                     await consumer.commit({tp: msg.offset + 1})
+            if periodic is not None:
+                await periodic(set(consumer.assignment()))
     finally:
         await consumer.stop()  # leaves the group: a restarted bridge joins at once
         await producer.stop()
 
 
-async def _forward(msg: Any, tp: TopicPartition, post: Post,
-                   body_of: Callable[[dict[str, Any]], dict[str, Any]], backoff: Backoff,
-                   bucket: TokenBucket, producer: AIOKafkaProducer, deadletter_topic: str,
-                   on_delivery: Callable[[dict[str, Any], Outcome], None] | None) -> None:
+async def _forward(msg: Any, tp: TopicPartition, post: Post, body_of: BodyOf,
+                   backoff: Backoff, bucket: TokenBucket, producer: AIOKafkaProducer,
+                   deadletter_topic: str, on_delivery: OnDelivery | None,
+                   max_age_s: float | None, metrics: BridgeWatch | None) -> None:
     raw = msg.value or b""
-    settled = await settle(raw, body_of, post, backoff, bucket)
-    if settled.outcome is Outcome.REJECTED:
+    published = msg.timestamp / 1000 if msg.timestamp and msg.timestamp > 0 else time.time()
+    if metrics is not None:
+        metrics.in_flight_since = published
+    try:
+        settled = await settle(raw, body_of, post, backoff, bucket,
+                               give_up_at=None if max_age_s is None else published + max_age_s)
+    finally:
+        if metrics is not None:
+            metrics.in_flight_since = None
+    if metrics is not None:
+        metrics.settled(settled.outcome)
+    if settled.outcome in (Outcome.REJECTED, Outcome.EXPIRED):
         # `raw` is the message as read from ml.alerts: it never holds the routing key.
         record = deadletter_record(tp.topic, tp.partition, msg.offset, settled.reason, raw)
         await producer.send_and_wait(deadletter_topic, orjson.dumps(record))
     if on_delivery is not None and settled.alert is not None:
-        on_delivery(settled.alert, settled.outcome)
+        on_delivery(settled.alert, settled.outcome, tp.partition)

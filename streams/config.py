@@ -497,6 +497,9 @@ class CanarySettings(_Section):
     pause_models: tuple[str, ...] = Field(
         (), description="models whose failed canary is paused, not rolled back")
     severity: Severity = Field("critical", description="severity of canary_regression")
+    flagger_models: dict[str, str] = Field(
+        default_factory=dict, description="Flagger Canary 'namespace/name' -> model, for the "
+                                          "webhooks whose metadata names no model")
     announced_ttl_s: float = Field(
         86400.0, gt=0,
         description="keep a model's state this long (wall clock, from the ts of the latest "
@@ -580,6 +583,82 @@ class MetricAnomalySettings(_Section):
                                                                "more are dead-lettered")
 
 
+class PagerDutyRoute(_Section):
+    """One routing rule of the PagerDuty bridge: the first rule whose every pattern matches wins."""
+
+    match: dict[Literal["class", "severity", "model"], str] = Field(
+        min_length=1, description="shell patterns on the alert's class, severity and model "
+                                  "(component), e.g. {class: canary_regression} or "
+                                  "{model: 'fraud-*', severity: critical}")
+    routing_key_env: str | None = Field(None, min_length=1,
+                                        description="environment variable holding the key")
+    routing_key_file: Path | None = Field(None, description="file whose first line is the key")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PagerDutyRoute:
+        if (self.routing_key_env is None) == (self.routing_key_file is None):
+            raise ValueError("give routing_key_env or routing_key_file (one of them)")
+        return self
+
+
+class PagerDutyBridgeSettings(_Section):
+    """``sentinelle bridge pagerduty`` (``alerting/pagerduty.py``). Routing keys are never in
+    the file: each rule names the variable or the file holding its key."""
+
+    routing_key_env: str = Field("PAGERDUTY_ROUTING_KEY", min_length=1,
+                                 description="variable holding the default routing key")
+    routing_key_file: Path | None = Field(
+        None, description="file whose first line is the default routing key (beats the "
+                          "variable)")
+    routes: list[PagerDutyRoute] = Field(
+        default_factory=list, description="routing keys per class, severity or model pattern, "
+                                          "first match wins; else the default key")
+    client: str = Field("Sentinelle", min_length=1, description="the event's client name")
+    client_url: str | None = Field(None, description="the event's client_url (a template, "
+                                                     "like dashboard_url)")
+    rate_per_key: float = Field(
+        110.0, gt=0, le=120, description="events per minute per routing key at most "
+                                         "(PagerDuty takes ~120)")
+    change_events: bool = Field(True, description="send rollbacks and promotions from "
+                                                  "ml.deploy.commands as Change Events")
+
+
+class AlertmanagerBridgeSettings(_Section):
+    """``sentinelle bridge alertmanager`` (``alerting/alertmanager.py``)."""
+
+    repost_s: float = Field(
+        60.0, gt=0, description="re-post every firing alert this often; endsAt is set "
+                                "4 x this ahead, as Prometheus does, so keep it under a "
+                                "quarter of how long an alert may outlive a dead bridge")
+
+
+class BridgeSettings(_Section):
+    """The alert bridges (``alerting/bridge.py``): links, stuck deliveries, per-tool settings.
+
+    URL templates take ``{model}``, ``{version}``, ``{class}``, ``{severity}`` and
+    ``{dedup_key}`` (URL-quoted)."""
+
+    runbooks: dict[AlertClass, str] = Field(
+        default_factory=dict, description="a runbook URL template per alert class")
+    dashboard_url: str | None = Field(None, description="a dashboard URL template")
+    max_age_s: float | None = Field(
+        None, gt=0, description="give up on an alert still undelivered this long after it "
+                                "was published: dead-lettered (reason expired); null: never")
+    metrics_port: int = Field(0, ge=0, le=65535,
+                              description="serve the bridge's /metrics here; 0: not served")
+    pagerduty: PagerDutyBridgeSettings = Field(
+        PagerDutyBridgeSettings(),
+        description="sentinelle bridge pagerduty: routing_key_env or routing_key_file (the "
+                    "default key), routes (per class, severity or model pattern: match, "
+                    "routing_key_env or routing_key_file), client, client_url, rate_per_key "
+                    "(events/min per key, 110), change_events (true); docs/RUNNING.md, "
+                    "\"Alert bridges\"")
+    alertmanager: AlertmanagerBridgeSettings = Field(
+        AlertmanagerBridgeSettings(),
+        description="sentinelle bridge alertmanager: repost_s (60), how often a firing alert "
+                    "is posted again; its endsAt is 4 x that ahead")
+
+
 class Settings(BaseSettings):
     """Every setting of Sentinelle, frozen once loaded."""
 
@@ -605,6 +684,7 @@ class Settings(BaseSettings):
     quota: QuotaSettings = QuotaSettings()
     validation: ValidationSettings = ValidationSettings()
     metric_anomaly: MetricAnomalySettings = MetricAnomalySettings()
+    bridges: BridgeSettings = BridgeSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import click
+import orjson
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from streams.cli import main
@@ -52,7 +54,8 @@ def test_alert_lines_are_readable() -> None:
 SETTINGS_COMMANDS = [
     ["worker"], ["simulate"], ["tail"], ["alerts"], ["controller", "--state", "s.json"],
     ["silence", "add", "--match", "class=a"], ["silence", "list"], ["silence", "expire", "x"],
-    ["bridge", "webhook", "--url", "http://x"], ["rollout", "fail", "m"],
+    ["bridge", "webhook", "--url", "http://x"], ["bridge", "alertmanager", "--url", "http://x"],
+    ["verdict", "wait", "m", "v"], ["config", "show"], ["rollout", "fail", "m"],
     ["rollout", "pause", "m"], ["rollout", "promote", "m"],
     ["rollout", "approve", "m", "--by", "a"],
     ["profile", "build", "x.csv", "--model", "m", "--version", "v"],
@@ -73,27 +76,38 @@ def test_every_command_stops_on_a_bad_configuration_the_same_way(
 
 def test_the_command_tree() -> None:
     assert sorted(main.commands) == [
-        "alerts", "bridge", "broker", "controller", "demo", "profile", "quota", "rollout",
-        "silence", "simulate", "tail", "worker"]
+        "alerts", "bridge", "broker", "config", "controller", "demo", "profile", "quota",
+        "rollout", "silence", "simulate", "tail", "verdict", "worker"]
     groups = {name: c for name, c in main.commands.items() if isinstance(c, click.Group)}
     assert {name: sorted(g.commands) for name, g in groups.items()} == {
-        "bridge": ["pagerduty", "webhook"], "profile": ["build"], "quota": ["estimate"],
-        "rollout": ["approve", "fail", "pause", "promote"], "silence": ["add", "expire", "list"]}
+        "bridge": ["alertmanager", "pagerduty", "webhook"], "profile": ["build"],
+        "quota": ["estimate"], "rollout": ["approve", "fail", "pause", "promote"],
+        "silence": ["add", "expire", "list"], "verdict": ["wait"],
+        "config": ["check", "schema", "show"]}
     leaves = [c for name, c in main.commands.items() if name not in groups]
     leaves += [c for g in groups.values() for c in g.commands.values()]
     for command in leaves:
         options = [o for p in command.params for o in p.opts]
-        if command.name not in ("broker", "demo"):
+        if command.name not in ("broker", "demo", "check", "schema"):
             assert "--config" in options and "--bootstrap-servers" in options, command.name
 
 
-def test_pagerduty_wants_its_routing_key_before_anything_else(tmp_path: Path) -> None:
-    cfg = tmp_path / "bad.yaml"
-    cfg.write_text("windows:\n  size_s: -5\n")
-    result = CliRunner().invoke(main, ["bridge", "pagerduty", "--config", str(cfg)],
-                                env={"PAGERDUTY_ROUTING_KEY": ""})
+def test_pagerduty_wants_its_routing_keys_before_it_connects(tmp_path: Path) -> None:
+    # the keys are named in the configuration (bridges.pagerduty), so it is read first
+    result = CliRunner().invoke(main, ["bridge", "pagerduty"], env={"PAGERDUTY_ROUTING_KEY": ""})
     assert result.exit_code == 2
-    assert result.stderr == "sentinelle: set PAGERDUTY_ROUTING_KEY to the PagerDuty routing key\n"
+    assert result.stderr == ("sentinelle: default routing key: set PAGERDUTY_ROUTING_KEY to the "
+                             "PagerDuty routing key\n")
+    cfg = tmp_path / "pd.yaml"
+    cfg.write_text("bridges:\n  pagerduty:\n    routes:\n      - match: {class: outage}\n"
+                   f"        routing_key_file: {tmp_path / 'missing'}\n")
+    result = CliRunner().invoke(main, ["bridge", "pagerduty", "--config", str(cfg)],
+                                env={"PAGERDUTY_ROUTING_KEY": "K-123"})
+    assert result.exit_code == 2 and "first line of" in result.stderr
+    assert "K-123" not in result.output + result.stderr
+    result = CliRunner().invoke(main, ["bridge", "pagerduty", "--routing-key-env", "NOPE"],
+                                env={"NOPE": ""})
+    assert result.stderr == "sentinelle: set NOPE to the PagerDuty routing key\n"
 
 
 def test_a_wrong_input_ends_with_the_same_exit() -> None:
@@ -101,3 +115,21 @@ def test_a_wrong_input_ends_with_the_same_exit() -> None:
                                 env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     assert result.exit_code == 2
     assert result.stderr.startswith("sentinelle: bad matcher 'bogus'")
+
+
+def test_config_check_show_and_schema(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("canary:\n  severity: error\n")
+    bad.write_text("canary:\n  severity: critcal\n")
+    result = CliRunner().invoke(main, ["config", "check", str(good)])
+    assert result.exit_code == 0 and result.output == f"{good}: ok\n"
+    result = CliRunner().invoke(main, ["config", "check", str(bad)])
+    assert result.exit_code == 2 and "field 'canary.severity'" in result.stderr
+    assert "'critcal'" in result.stderr
+    result = CliRunner().invoke(main, ["config", "show", "--config", str(good)],
+                                env={"SENTINELLE_WINDOWS__SIZE_S": "30"})
+    shown = yaml.safe_load(result.output)
+    assert shown["canary"]["severity"] == "error" and shown["windows"]["size_s"] == 30
+    assert shown["bridges"]["pagerduty"]["routing_key_env"] == "PAGERDUTY_ROUTING_KEY"
+    schema = orjson.loads(CliRunner().invoke(main, ["config", "schema"]).output)
+    assert "canary" in schema["properties"] and "$defs" in schema

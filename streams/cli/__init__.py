@@ -8,9 +8,11 @@ module                      commands
 :mod:`.tail`                ``tail``
 :mod:`.alerts`              ``alerts``
 :mod:`.silences`            ``silence add|list|expire``
-:mod:`.bridge`              ``bridge pagerduty|webhook``
+:mod:`.bridge`              ``bridge pagerduty|alertmanager|webhook``
 :mod:`.controller`          ``controller``
 :mod:`.rollout`             ``rollout fail|pause|promote|approve``
+:mod:`.verdict`             ``verdict wait``
+:mod:`.config`              ``config check|show|schema``
 :mod:`.profile`             ``profile build``
 :mod:`.quota`               ``quota estimate`` (numbers: :mod:`.quota_usage`,
                             reading: :mod:`.quota_topics`)
@@ -30,6 +32,7 @@ import click
 from streams.cli import (
     alerts,
     bridge,
+    config,
     controller,
     profile,
     quota,
@@ -37,6 +40,7 @@ from streams.cli import (
     silences,
     simulate,
     tail,
+    verdict,
     worker,
 )
 from streams.cli.base import Commands
@@ -52,5 +56,6 @@ def main() -> None:
 
 for _command in (worker.broker, worker.worker, worker.demo, simulate.simulate, tail.tail,
                  alerts.alerts, silences.silence, bridge.bridge, controller.controller,
-                 rollout.rollout, profile.profile, quota.quota):
+                 rollout.rollout, profile.profile, quota.quota, verdict.verdict,
+                 config.config):
     main.add_command(_command)

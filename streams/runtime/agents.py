@@ -26,16 +26,20 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import faust
+from aiohttp import ClientTimeout
 from faust.types import TP, EventT
 from prometheus_client import CollectorRegistry, generate_latest
 
+from alerting import flagger
 from alerting.manager import Silence
 from streams.core.operations import OperationsProcessor, OpsOutbox
 from streams.core.predictions import InMessage, Outbox, PredictionProcessor
 from streams.core.references import ReferenceStore
 from streams.runtime.app import Sentinelle
+from streams.runtime.canary_page import CanaryViews, local_streaks
 from streams.runtime.follow import follow_topic
 from streams.runtime.kafka import client_options
 from streams.runtime.metrics import StateCollector, make_metrics
@@ -249,6 +253,68 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
             for key in gone:
                 table.data.pop(key, None)
             writer.forget(gone)
+
+    canaries = CanaryViews({t.commands: "commands", t.deployments: "deployments",
+                            t.alerts: "alerts", t.approvals: "approvals"})
+
+    @app.task
+    async def follow_canaries() -> None:
+        """Commands, deployments, alerts and approvals, whole: any worker answers
+        /v1/canary/... and Flagger's webhooks."""
+        await asyncio.gather(*(
+            follow_topic(settings.kafka.servers, topic, canaries.follower(topic),
+                         asyncio.Event(), consumer_options=client_options(settings))
+            for topic in canaries.kinds))
+
+    async def owner_streaks(model: str, version: str) -> tuple[dict[str, Any] | None, str]:
+        """The streaks from the worker owning ``model``'s partition (see canary_page.py)."""
+        if model in pipeline.monitors:
+            return local_streaks(pipeline.monitors, model, version), "this worker"
+        try:
+            url = app.router.external_topic_key_store(s.predictions, model.encode())
+            if str(url).rstrip("/") == str(app.conf.canonical_url).rstrip("/"):
+                return None, "this worker"  # ours, with no traffic since it was taken
+            target = f"{str(url).rstrip('/')}/v1/canary/{quote(model, safe='')}/" \
+                     f"{quote(version, safe='')}?local=1"
+            async with app.http_client.get(target, timeout=ClientTimeout(total=2)) as resp:
+                answer = await resp.json()
+            return answer.get("streaks"), str(url)
+        except Exception as exc:  # no assignment yet, owner unreachable: say so, answer
+            log.info("canary streaks of %s from its owner: %s", model, exc)
+            return None, "unavailable"
+
+    @app.page("/v1/canary/{model}/{version}")
+    async def canary_verdict(web: Any, request: Any, model: str, version: str) -> Any:
+        if request.query.get("local"):
+            streaks = local_streaks(pipeline.monitors, model, version)
+            body, status = canaries.answer(model, version, streaks, "this worker")
+        else:
+            body, status = canaries.answer(model, version, *await owner_streaks(model, version))
+        return web.json(body, status=status)
+
+    @app.page("/v1/flagger/{hook}")
+    class FlaggerWebhook(faust.web.View):
+        """Flagger's webhooks (alerting/flagger.py), answered from the canary view."""
+
+        async def post(self, request: Any, hook: str) -> Any:
+            name = next((h for h in flagger.HOOKS if h == hook), None)
+            if name is None:
+                return self.json({"error": f"no such hook {hook!r}",
+                                  "hooks": list(flagger.HOOKS)}, status=404)
+            try:
+                payload = await request.json()
+            except ValueError:
+                payload = None
+            found = flagger.target(payload, settings.canary.flagger_models, canaries.verdicts)
+            if found is None:
+                return self.json({"error": "no model: set metadata.model, or map the Canary's "
+                                           "namespace/name in canary.flagger_models"}, status=400)
+            model, version = found
+            view = canaries.verdicts.get(model, version) if version else None
+            status, why = flagger.answer(name, view)
+            return self.json({"hook": hook, "model": model, "version": version,
+                              "verdict": view.verdict if view else "pending", "why": why},
+                             status=status)
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:

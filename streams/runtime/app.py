@@ -8,6 +8,7 @@ Sentinelle's own (:mod:`streams.core.parse`); outputs are JSON written with orjs
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 
@@ -100,6 +101,10 @@ def create_app(settings: Settings) -> Sentinelle:
         web_enabled=w.web_port > 0,
         web_port=w.web_port or 6066,
         web_bind=w.web_host,
+        # The URL other workers use to reach this one (GET /v1/canary/... asks the
+        # owner of a model's partition): the bound address, unless it is a wildcard.
+        web_host=(w.web_host if w.web_host not in ("0.0.0.0", "::", "")  # noqa: S104
+                  else socket.gethostname()),
         web_in_thread=False,
         # Only Sentinelle's own pages (/metrics, /health, /ready): Faust's generic
         # ones would show the tables' contents (the label-join buffer among them)

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-__all__ = ["follow_topic", "read_all"]
+__all__ = ["follow_topic", "read_all", "read_all_partitions"]
 
 log = logging.getLogger("sentinelle.follow")
 
@@ -79,6 +79,24 @@ async def read_all(servers: str, topic: str, consumer_options: dict[str, object]
             got = await consumer.getmany(timeout_ms=300)
             for msgs in got.values():
                 out.extend((m.key, m.value) for m in msgs)
+            if not got and await _at_end(consumer, ends):
+                return out
+    finally:
+        await consumer.stop()
+
+
+async def read_all_partitions(servers: str, topic: str,
+                              consumer_options: dict[str, object] | None = None
+                              ) -> list[tuple[int, bytes | None]]:
+    """(partition, value) of every record now in ``topic``, oldest first per partition."""
+    consumer = await _start(servers, topic, consumer_options)
+    try:
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        out: list[tuple[int, bytes | None]] = []
+        while True:
+            got = await consumer.getmany(timeout_ms=300)
+            for tp, msgs in got.items():
+                out.extend((tp.partition, m.value) for m in msgs)
             if not got and await _at_end(consumer, ends):
                 return out
     finally:
