@@ -39,7 +39,7 @@ from streams.core.operations import OperationsProcessor, OpsOutbox
 from streams.core.predictions import InMessage, Outbox, PredictionProcessor
 from streams.core.references import ReferenceStore
 from streams.runtime.app import Sentinelle
-from streams.runtime.canary_page import CanaryViews, local_streaks
+from streams.runtime.canary_page import CanaryViews, RolloutCollector, local_streaks
 from streams.runtime.follow import follow_topic
 from streams.runtime.kafka import client_options
 from streams.runtime.metrics import StateCollector, make_metrics
@@ -256,6 +256,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
 
     canaries = CanaryViews({t.commands: "commands", t.deployments: "deployments",
                             t.alerts: "alerts", t.approvals: "approvals"})
+    registry.register(RolloutCollector(canaries))
 
     @app.task
     async def follow_canaries() -> None:

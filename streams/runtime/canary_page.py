@@ -80,3 +80,42 @@ class CanaryViews:
             body = {**view.as_dict(), "known": True}
         body.update(streaks=streaks, streaks_from=streaks_from)
         return body, 200
+
+
+VERDICTS = ("pending", "pass", "fail", "inconclusive")
+
+
+class RolloutCollector:
+    """The rollouts' verdicts and steps as Prometheus gauges, for teams who gate on the
+    Prometheus provider rather than the ``/v1/canary`` page: per model, its latest canary
+    version, ``sentinelle_rollout_verdict{model,version,verdict}`` (1 for the verdict the
+    page would answer, 0 for the others) and ``sentinelle_rollout_traffic_percent``. Every
+    worker follows every rollout, so any of them answers; one series set per model."""
+
+    def __init__(self, views: CanaryViews) -> None:
+        self.views = views
+
+    def describe(self) -> list[Any]:
+        return []  # collected at scrape time; no fixed series
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        verdict = GaugeMetricFamily("sentinelle_rollout_verdict", "A rollout's verdict for its "
+                                    "canary version (as GET /v1/canary answers): 1 for the "
+                                    "verdict, 0 for the others",
+                                    labels=["model", "version", "verdict"])
+        traffic = GaugeMetricFamily("sentinelle_rollout_traffic_percent", "The canary's share "
+                                    "of traffic, as the controller last applied it",
+                                    labels=["model", "version"])
+        v = self.views.verdicts
+        for model, version in sorted(v._canary.items()):
+            view = v.get(model, version)
+            if view is None:
+                continue
+            for name in VERDICTS:
+                verdict.add_metric([model, version, name], 1.0 if view.verdict == name else 0.0)
+            if view.traffic_percent is not None:
+                traffic.add_metric([model, version], float(view.traffic_percent))
+        yield verdict
+        yield traffic
