@@ -18,6 +18,8 @@ from click.testing import CliRunner
 
 from streams.cli import main
 from streams.cli.tail import format_record
+from streams.tools.broker import free_port
+from tests.conftest import ROOT
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -133,3 +135,19 @@ def test_config_check_show_and_schema(tmp_path: Path) -> None:
     assert shown["bridges"]["pagerduty"]["routing_key_env"] == "PAGERDUTY_ROUTING_KEY"
     schema = orjson.loads(CliRunner().invoke(main, ["config", "schema"]).output)
     assert "canary" in schema["properties"] and "$defs" in schema
+
+
+def test_an_unreachable_broker_is_one_clear_error_and_no_traceback() -> None:
+    port = free_port()  # nothing listens there
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "tail", "alerts",
+                           "--bootstrap-servers", f"127.0.0.1:{port}"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.startswith("sentinelle: Kafka: "), done.stderr
+    for noise in ("Traceback", "Unclosed", "Unable connect"):
+        assert noise not in done.stderr, done.stderr
+
+
+def test_help_names_the_environment_variables() -> None:
+    out = CliRunner().invoke(main, ["tail", "--help"], terminal_width=200).output
+    assert "env var: KAFKA_BOOTSTRAP_SERVERS" in out

@@ -14,6 +14,7 @@ the code that uses them, so every command starts in a fraction of a second.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                              help="YAML configuration file (every setting has a default).")
 servers_option = click.option("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS",
-                              help="Kafka cluster, host:port[,host:port].")
+                              show_envvar=True, help="Kafka cluster, host:port[,host:port].")
 
 
 def fail(message: str) -> NoReturn:
@@ -64,6 +65,11 @@ class Commands(click.Group):
     ``sentinelle: Kafka: …`` and status 2, naming ``kafka.security``, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        if ctx.invoked_subcommand not in ("worker", "demo", "broker"):
+            # a command's own one-line error says it; aiokafka's connection log and its
+            # "Unclosed" warning for a client that never started would only add noise
+            for noisy in ("aiokafka", "asyncio"):
+                logging.getLogger(noisy).setLevel(logging.CRITICAL)
         try:
             return super().invoke(ctx)
         except Exception as exc:
