@@ -21,7 +21,15 @@ commands with it.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, NotRequired, TypedDict, get_args
+from typing import (
+    Any,
+    Final,
+    Literal,
+    NotRequired,  # pydantic reads them (schemas)
+    get_args,
+)
+
+from typing_extensions import TypedDict
 
 __all__ = [
     "Severity", "SEVERITIES", "SEVERITY_RANK", "AlertClass", "ALERT_CLASSES", "Group",

@@ -37,6 +37,7 @@ from streams.cli import (
     profile,
     quota,
     rollout,
+    schema,
     silences,
     simulate,
     tail,
@@ -57,5 +58,5 @@ def main() -> None:
 for _command in (worker.broker, worker.worker, worker.demo, simulate.simulate, tail.tail,
                  alerts.alerts, silences.silence, bridge.bridge, controller.controller,
                  rollout.rollout, profile.profile, quota.quota, verdict.verdict,
-                 config.config):
+                 config.config, schema.schema):
     main.add_command(_command)

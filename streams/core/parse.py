@@ -49,6 +49,7 @@ import orjson
 
 from detectors.contract import (
     APPROVAL_ACTIONS,
+    COHORTS,
     DEPLOYMENT_PHASES,
     MAX_BATCH_EVENTS,
     MAX_MESSAGE_BYTES,
@@ -337,6 +338,8 @@ def _add_prediction(ev: Any, cols: PredictionColumns, message: int, element: int
     if latency < 0:
         raise Invalid(f"negative_latency: 'latency_ms' is {latency}")
     cohort = _string(ev, "cohort", False, limits) or "stable"
+    if cohort not in COHORTS:
+        raise Invalid(f"bad_value: 'cohort' must be stable or canary; got {cohort[:32]!r}")
     status = _string(ev, "status", False, limits) or "ok"
     if status not in PREDICTION_STATUSES:
         raise Invalid(f"bad_value: 'status' must be one of ok, error, timeout; got {status[:32]!r}")
