@@ -500,6 +500,12 @@ class CanarySettings(_Section):
     flagger_models: dict[str, str] = Field(
         default_factory=dict, description="Flagger Canary 'namespace/name' -> model, for the "
                                           "webhooks whose metadata names no model")
+    approval_token_env: str | None = Field(
+        None, min_length=1,
+        description="the environment variable holding the bearer token of POST "
+                    "/v1/approvals/{model} on the worker's web port (a person's approval by "
+                    "HTTP, published to ml.deploy.approvals by the worker); unset: that page "
+                    "is off. The token is never logged")
     announced_ttl_s: float = Field(
         86400.0, gt=0,
         description="keep a model's state this long (wall clock, from the ts of the latest "

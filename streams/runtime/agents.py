@@ -20,7 +20,9 @@ their end.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -29,12 +31,14 @@ from typing import Any
 from urllib.parse import quote
 
 import faust
+import orjson
 from aiohttp import ClientTimeout
 from faust.types import TP, EventT
 from prometheus_client import CollectorRegistry, generate_latest
 
 from alerting import flagger
 from alerting.manager import Silence
+from detectors.contract import rfc3339
 from streams.core.operations import OperationsProcessor, OpsOutbox
 from streams.core.predictions import InMessage, Outbox, PredictionProcessor
 from streams.core.references import ReferenceStore
@@ -316,6 +320,45 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
             return self.json({"hook": hook, "model": model, "version": version,
                               "verdict": view.verdict if view else "pending", "why": why},
                              status=status)
+
+    @app.page("/v1/approvals/{model}")
+    class ApprovalPage(faust.web.View):
+        """A person's approval by HTTP (``canary.approval_token_env``): checked like
+        ``sentinelle rollout approve`` (the approvers' allow-list), then published to
+        ml.deploy.approvals by the worker, where the worker reads it as any approval."""
+
+        async def post(self, request: Any, model: str) -> Any:
+            status, body = await approve_by_http(request, model)
+            return self.json(body, status=status)
+
+    async def approve_by_http(request: Any, model: str) -> tuple[int, dict[str, Any]]:
+        c = settings.canary
+        token = os.environ.get(c.approval_token_env or "", "") if c.approval_token_env else ""
+        if not token:
+            return 404, {"error": "approvals by HTTP are off (canary.approval_token_env)"}
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return 401, {"error": "a bearer token is required"}
+        try:
+            payload = await request.json()
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict) or not isinstance(payload.get("by"), str) \
+                or not payload["by"]:
+            return 400, {"error": "the body is {\"by\": NAME, \"version\": V (default: the "
+                                  "canary in flight), \"action\": promote|rollback}"}
+        by, action = payload["by"], payload.get("action", "promote")
+        version = payload.get("version") or canaries.verdicts.canary_of(model)
+        if action not in ("promote", "rollback") or not isinstance(version, str):
+            return 400, {"error": "action must be promote or rollback, and the version known"}
+        if c.approvers and by not in c.approvers:
+            return 403, {"error": f"{by!r} is not an allowed approver (canary.approvers)"}
+        rec = {"model": model, "version": version, "action": action, "approved_by": by,
+               "ts": rfc3339(time.time())}
+        await app.producer.send_and_wait(t.approvals, model.encode(), orjson.dumps(rec),
+                                         None, None, None)
+        log.info("approval by HTTP: %s %s %s by %s", action, model, version, by)
+        return 200, {"approved": rec}
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:
