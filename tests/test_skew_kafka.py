@@ -41,7 +41,9 @@ async def test_published_profile_skewed_traffic_triggers_then_resolves(
     details = trigger["payload"]["custom_details"]
     assert trigger["payload"]["class"] == "training_serving_skew"
     assert details["feature"] == "amount" and details["value"] > details["threshold"]
-    assert details["largest_moves"] and details["calibration"]["window_events"] == 400
+    # the sequential test's evidence: the moved bins, and the windowed calibration beside it
+    assert details["largest_moves"] and details["calibration"]["window"]["window_events"] == 400
+    assert details["events_since_change_start"] > 0
     assert orjson.dumps(trigger)  # the evidence is plain JSON
 
 

@@ -44,6 +44,7 @@ from streams.core.predictions import InMessage, Outbox, PredictionProcessor
 from streams.core.references import ReferenceStore
 from streams.runtime.app import Sentinelle
 from streams.runtime.canary_page import CanaryViews, RolloutCollector, local_streaks
+from streams.runtime.dashboard import PAGE, snapshot
 from streams.runtime.follow import follow_topic
 from streams.runtime.kafka import client_options
 from streams.runtime.metrics import StateCollector, make_metrics
@@ -359,6 +360,32 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
                                          None, None, None)
         log.info("approval by HTTP: %s %s %s by %s", action, model, version, by)
         return 200, {"approved": rec}
+
+    def samples(metric: Any, label: str) -> dict[str, float]:
+        """A metric's values summed by one label (the dashboard's small tables)."""
+        out: dict[str, float] = {}
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                k = sample.labels.get(label, "")
+                out[k] = out.get(k, 0.0) + sample.value
+        return out
+
+    @app.page("/api/state")
+    async def dashboard_state(web: Any, request: Any) -> Any:
+        lag = samples(metrics.consumer_lag, "topic")
+        state = snapshot(pipeline.monitors, canaries.verdicts,
+                         samples(metrics.deadletters, "reason"), lag,
+                         [st.book for st in ops.states.values()])
+        return web.bytes(orjson.dumps(state, default=str,
+                                      option=orjson.OPT_SERIALIZE_NUMPY |
+                                      orjson.OPT_NON_STR_KEYS),
+                         content_type="application/json")
+
+    @app.page("/dashboard")
+    async def dashboard(web: Any, request: Any) -> Any:
+        return web.html(PAGE)
 
     @app.page("/metrics")
     async def prometheus_metrics(web: Any, request: Any) -> Any:

@@ -44,7 +44,7 @@ from streams.cli.profile import publish_profile
 from streams.cli.rollout import approval
 from streams.config import TopicSettings, load_settings
 from streams.runtime.kafka import client_options, ensure_topics
-from streams.tools.broker import EmbeddedBroker
+from streams.tools.broker import EmbeddedBroker, free_port
 from streams.tools.controller import run_controller
 from streams.tools.simulate import SCENARIOS, run, training_rows
 
@@ -159,6 +159,7 @@ def run_demo(rate: float = 40.0, bootstrap_servers: str | None = None) -> int:
         servers = broker.bootstrap_servers
         console.print(f"started the embedded broker (Tansu) on {servers}")
     cfg = demo_config(prefix)
+    cfg["worker"]["web_port"] = web_port = free_port()  # the live dashboard, on the loopback
     cfg_path = workdir / "demo.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     log_path = workdir / "worker.log"
@@ -183,6 +184,8 @@ def run_demo(rate: float = 40.0, bootstrap_servers: str | None = None) -> int:
         console.print(f"starting a Sentinelle worker (pid {worker.pid}, log {log_path}) ...")
         _wait_ready(log_path, worker, timeout=90)
         console.print(f"worker ready; scenario: {scenario.description}")
+        console.print(f"live dashboard: http://127.0.0.1:{web_port}/dashboard "
+                      f"(metrics: /metrics)")
         asyncio.run(_live(servers, topics, scenario, rate, view, console,
                           workdir / "rollouts.json", cfg["worker"]["app_id"], options))
     finally:

@@ -1,0 +1,139 @@
+"""The worker's live dashboard: ``/dashboard`` (one HTML page, no build step) and the
+``/api/state`` JSON it polls every two seconds.
+
+What a person watching a worker wants at a glance, from the worker's own memory
+(no Prometheus needed): per model, version and cohort, the latest closed
+window's latency percentiles, error rate and traffic; per feature, the latest
+skew or drift statistic against its calibrated threshold; what fires now, with
+its evidence; each rollout's verdict and traffic share; dead letters by
+reason; and the worker's own lag. The page is served on the worker's web port
+(loopback by default, ``worker.web_host``); it only reads.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from detectors.contract import rfc3339
+
+__all__ = ["snapshot", "PAGE"]
+
+
+def _num(x: float) -> float | None:
+    return round(x, 6) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def snapshot(monitors: Mapping[str, Any], verdicts: Any, deadletters: Mapping[str, float],
+             lag: Mapping[str, float], books: Iterable[Any] = (),
+             now: float | None = None) -> dict[str, Any]:
+    """The dashboard's state: plain JSON, bounded by the worker's caps (models,
+    series, features, alerts).
+
+    >>> snapshot({}, None, {"late": 2.0}, {})["deadletters"]
+    {'late': 2}
+    """
+    now = time.time() if now is None else now
+    series, features, firing = [], [], []
+    for model, mon in sorted(monitors.items()):
+        for (version, cohort), w in sorted(mon.latest.items()):
+            span = max(w.end - w.start, 1e-9)
+            series.append({"model": model, "version": version, "cohort": cohort,
+                           "window_end": w.end, "count": w.count,
+                           "p50_ms": _num(w.p50), "p95_ms": _num(w.p95), "p99_ms": _num(w.p99),
+                           "error_rate": _num(w.error_rate), "rps": _num(w.count / span)})
+        for (version, cohort, feature, check), r in sorted(mon.readings.items()):
+            features.append({"model": model, "version": version, "cohort": cohort,
+                             "feature": feature, "check": check, "statistic": r.statistic,
+                             "value": _num(r.value), "threshold": _num(r.threshold),
+                             "over": bool(r.value > r.threshold)})
+        books = [*books, mon.book]
+    for book in books:
+        for key, lc in book.firing.items():
+            sig = lc.last
+            if sig is None:
+                continue
+            firing.append({"dedup_key": key, "class": sig.check,
+                           "severity": lc.trigger_severity or sig.severity,
+                           "summary": lc.trigger_summary or sig.summary,
+                           "since": rfc3339(lc.since), "evidence": sig.details})
+    rollouts = []
+    if verdicts is not None:
+        for model, version in sorted(verdicts._canary.items()):
+            view = verdicts.get(model, version)
+            if view is not None:
+                rollouts.append({"model": model, "version": version, "verdict": view.verdict,
+                                 "traffic_percent": view.traffic_percent,
+                                 "command": (view.command or {}).get("command_id")})
+    return {"at": now, "series": series, "features": features,
+            "firing": sorted(firing, key=lambda a: str(a["dedup_key"])), "rollouts": rollouts,
+            "deadletters": {k: int(v) for k, v in sorted(deadletters.items())},
+            "lag": {k: int(v) for k, v in sorted(lag.items())}}
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sentinelle</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
+h1{font-size:1.3em;margin:0 0 .2em} h2{font-size:1.05em;margin:1.4em 0 .4em}
+table{border-collapse:collapse;background:#fff;min-width:40%}
+td,th{padding:.25em .6em;border-bottom:1px solid #e4e4e4;text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.bar{display:inline-block;height:.7em;background:#4a90d9;vertical-align:middle}
+.over .bar{background:#d9534f} .critical,.error{color:#b00} .warning{color:#a60}
+.muted{color:#888} pre{margin:0;font-size:12px;white-space:pre-wrap;max-width:60em}
+</style></head><body>
+<h1>Sentinelle</h1><div id="at" class="muted">connecting...</div>
+<h2>Firing now</h2><div id="firing"></div>
+<h2>Serving: latest window per model version</h2><div id="series"></div>
+<h2>Drift and skew, per feature, against the calibrated threshold</h2><div id="features"></div>
+<h2>Canary rollouts</h2><div id="rollouts"></div>
+<h2>Dead letters by reason</h2><div id="deadletters"></div>
+<h2>This worker's consumer lag (messages)</h2><div id="lag"></div>
+<script>
+"use strict";
+const esc = s => String(s ?? "").replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]));
+const num = (x, d = 1) => x == null ? "-" : Number(x).toFixed(d);
+function table(rows, cols) {
+  if (!rows.length) return '<span class="muted">none</span>';
+  return "<table><tr>" + cols.map(c => "<th>" + esc(c[0]) + "</th>").join("") + "</tr>" +
+    rows.map(r => "<tr" + (r.over ? ' class="over"' : "") + ">" +
+      cols.map(c => "<td" + (c[2] ? ' class="n"' : "") + ">" + c[1](r) + "</td>").join("") +
+      "</tr>").join("") + "</table>";
+}
+function render(s) {
+  document.getElementById("at").textContent = "updated " + new Date(s.at * 1000).toLocaleTimeString();
+  document.getElementById("firing").innerHTML = table(s.firing, [
+    ["alert", a => esc(a.dedup_key)], ["severity", a => '<span class="' + esc(a.severity) + '">' + esc(a.severity) + "</span>"],
+    ["summary", a => esc(a.summary)], ["since", a => esc(a.since)],
+    ["evidence", a => "<pre>" + esc(JSON.stringify(a.evidence)) + "</pre>"]]);
+  document.getElementById("series").innerHTML = table(s.series, [
+    ["model", r => esc(r.model)], ["version", r => esc(r.version)], ["cohort", r => esc(r.cohort)],
+    ["events", r => r.count, 1], ["req/s", r => num(r.rps), 1], ["errors", r => num(100 * r.error_rate) + " %", 1],
+    ["p50 ms", r => num(r.p50_ms), 1], ["p95 ms", r => num(r.p95_ms), 1], ["p99 ms", r => num(r.p99_ms), 1]]);
+  document.getElementById("features").innerHTML = table(s.features, [
+    ["model", r => esc(r.model + " " + r.version)], ["feature", r => esc(r.feature)], ["check", r => esc(r.check)],
+    ["statistic", r => esc(r.statistic) + " " + num(r.value, 3), 1], ["threshold", r => num(r.threshold, 3), 1],
+    ["", r => '<span class="bar" style="width:' + Math.min(200, 100 * (r.value || 0) / (r.threshold || 1)) + 'px"></span>']]);
+  document.getElementById("rollouts").innerHTML = table(s.rollouts, [
+    ["model", r => esc(r.model)], ["canary", r => esc(r.version)], ["verdict", r => esc(r.verdict)],
+    ["traffic %", r => num(r.traffic_percent, 0), 1], ["latest command", r => esc(r.command)]]);
+  const kv = o => table(Object.entries(o).map(([k, v]) => ({k, v})), [["", r => esc(r.k)], ["", r => r.v, 1]]);
+  document.getElementById("deadletters").innerHTML = kv(s.deadletters);
+  document.getElementById("lag").innerHTML = kv(s.lag);
+}
+async function poll() {
+  try {
+    const r = await fetch("api/state", {cache: "no-store"});
+    if (r.ok) render(await r.json());
+  } catch (e) {
+    document.getElementById("at").textContent = "worker unreachable: " + e;
+  }
+  setTimeout(poll, 2000);
+}
+poll();
+</script></body></html>
+"""
