@@ -78,7 +78,8 @@ def test_every_command_stops_on_a_bad_configuration_the_same_way(
 
 def test_the_command_tree() -> None:
     assert sorted(main.commands) == [
-        "alerts", "bridge", "broker", "config", "controller", "demo", "profile", "quota",
+        "alerts", "bridge", "broker", "config", "controller", "demo", "explain", "profile",
+        "quota",
         "rollout", "schema", "silence", "simulate", "tail", "verdict", "worker"]
     groups = {name: c for name, c in main.commands.items() if isinstance(c, click.Group)}
     assert {name: sorted(g.commands) for name, g in groups.items()} == {

@@ -34,6 +34,7 @@ from streams.cli import (
     bridge,
     config,
     controller,
+    explain,
     profile,
     quota,
     rollout,
@@ -58,5 +59,5 @@ def main() -> None:
 for _command in (worker.broker, worker.worker, worker.demo, simulate.simulate, tail.tail,
                  alerts.alerts, silences.silence, bridge.bridge, controller.controller,
                  rollout.rollout, profile.profile, quota.quota, verdict.verdict,
-                 config.config, schema.schema):
+                 config.config, schema.schema, explain.explain):
     main.add_command(_command)
