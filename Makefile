@@ -17,7 +17,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/sentinelle demo
 
-test: $(STAMP)
+# The dashboard's browser test drives Debian's headless Chromium (no browser download):
+# installed here the first time, with apt-get (as root, or through sudo).
+BROWSER := /usr/bin/chromedriver
+$(BROWSER):
+	@echo "installing chromium and chromium-driver (Debian packages) for the browser test ..."
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		( $$SUDO apt-get install -y -q chromium chromium-driver \
+		  || ( $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver ) \
+		) > $(VENV)/apt.log 2>&1 || { tail -20 $(VENV)/apt.log; exit 1; }
+
+test: $(STAMP) $(BROWSER)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest

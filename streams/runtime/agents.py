@@ -122,8 +122,16 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
     lag = Lag(settings)
     exported: tuple[dict[str, int], dict[str, int]] = ({}, {})  # what was already counted
 
+    triggers: dict[str, dict[str, Any]] = {}  # firing keys' trigger events (the dashboard)
+
     async def publish(box: Outbox | OpsOutbox) -> None:
         await publisher.publish(box)
+        for key, alert in box.alerts:  # what fires, with the evidence it fired on
+            if alert.get("event_action") == "trigger":
+                if key in triggers or len(triggers) < settings.alerts.max_alerts:
+                    triggers[key] = alert
+            else:
+                triggers.pop(key, None)
         export_counts(metrics.guards, pipeline.counts, exported[0])
         export_counts(metrics.guards, ops.counts, exported[1])
 
@@ -377,7 +385,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         lag = samples(metrics.consumer_lag, "topic")
         state = snapshot(pipeline.monitors, canaries.verdicts,
                          samples(metrics.deadletters, "reason"), lag,
-                         [st.book for st in ops.states.values()])
+                         [st.book for st in ops.states.values()], triggers=triggers)
         return web.bytes(orjson.dumps(state, default=str,
                                       option=orjson.OPT_SERIALIZE_NUMPY |
                                       orjson.OPT_NON_STR_KEYS),

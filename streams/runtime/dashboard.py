@@ -28,9 +28,12 @@ def _num(x: float) -> float | None:
 
 def snapshot(monitors: Mapping[str, Any], verdicts: Any, deadletters: Mapping[str, float],
              lag: Mapping[str, float], books: Iterable[Any] = (),
-             now: float | None = None) -> dict[str, Any]:
+             now: float | None = None,
+             triggers: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The dashboard's state: plain JSON, bounded by the worker's caps (models,
-    series, features, alerts).
+    series, features, alerts). ``triggers``: the trigger event of each firing key
+    this worker published, whose evidence (the moved bins, the window) is shown
+    rather than the latest signal's.
 
     >>> snapshot({}, None, {"late": 2.0}, {})["deadletters"]
     {'late': 2}
@@ -58,7 +61,9 @@ def snapshot(monitors: Mapping[str, Any], verdicts: Any, deadletters: Mapping[st
             firing.append({"dedup_key": key, "class": sig.check,
                            "severity": lc.trigger_severity or sig.severity,
                            "summary": lc.trigger_summary or sig.summary,
-                           "since": rfc3339(lc.since), "evidence": sig.details})
+                           "since": rfc3339(lc.since),
+                           "evidence": ((triggers or {}).get(key, {}).get("payload", {})
+                                        .get("custom_details") or sig.details)})
     rollouts = []
     if verdicts is not None:
         for model, version in sorted(verdicts._canary.items()):
@@ -75,7 +80,7 @@ def snapshot(monitors: Mapping[str, Any], verdicts: Any, deadletters: Mapping[st
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Sentinelle</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
 <style>
 body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
 h1{font-size:1.3em;margin:0 0 .2em} h2{font-size:1.05em;margin:1.4em 0 .4em}
@@ -84,7 +89,7 @@ td,th{padding:.25em .6em;border-bottom:1px solid #e4e4e4;text-align:left}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 .bar{display:inline-block;height:.7em;background:#4a90d9;vertical-align:middle}
 .over .bar{background:#d9534f} .critical,.error{color:#b00} .warning{color:#a60}
-.muted{color:#888} pre{margin:0;font-size:12px;white-space:pre-wrap;max-width:60em}
+.bar.ref{background:#999} .bar.srv{background:#d9534f} table.hist{min-width:0;margin:.2em 0} .muted{color:#888} pre{margin:0;font-size:12px;white-space:pre-wrap;word-break:break-all;max-width:60em}
 </style></head><body>
 <h1>Sentinelle</h1><div id="at" class="muted">connecting...</div>
 <h2>Firing now</h2><div id="firing"></div>
@@ -104,12 +109,22 @@ function table(rows, cols) {
       cols.map(c => "<td" + (c[2] ? ' class="n"' : "") + ">" + c[1](r) + "</td>").join("") +
       "</tr>").join("") + "</table>";
 }
+function hist(ev) {
+  // reference vs serving share of the bins that moved most (skew, drift, data quality)
+  const moves = (ev && ev.largest_moves) || [];
+  if (!moves.length) return "";
+  const top = Math.max(...moves.map(m => Math.max(m.reference, m.serving)), 0.01);
+  return '<table class="hist">' + moves.map(m =>
+    "<tr><td>" + esc(m.bin) + '</td><td><span class="bar ref" style="width:' + (150 * m.reference / top) +
+    'px"></span> ' + num(100 * m.reference) + ' % reference<br><span class="bar srv" style="width:' +
+    (150 * m.serving / top) + 'px"></span> ' + num(100 * m.serving) + " % serving</td></tr>").join("") + "</table>";
+}
 function render(s) {
   document.getElementById("at").textContent = "updated " + new Date(s.at * 1000).toLocaleTimeString();
   document.getElementById("firing").innerHTML = table(s.firing, [
     ["alert", a => esc(a.dedup_key)], ["severity", a => '<span class="' + esc(a.severity) + '">' + esc(a.severity) + "</span>"],
     ["summary", a => esc(a.summary)], ["since", a => esc(a.since)],
-    ["evidence", a => "<pre>" + esc(JSON.stringify(a.evidence)) + "</pre>"]]);
+    ["evidence", a => hist(a.evidence) + "<pre>" + esc(JSON.stringify(a.evidence)) + "</pre>"]]);
   document.getElementById("series").innerHTML = table(s.series, [
     ["model", r => esc(r.model)], ["version", r => esc(r.version)], ["cohort", r => esc(r.cohort)],
     ["events", r => r.count, 1], ["req/s", r => num(r.rps), 1], ["errors", r => num(100 * r.error_rate) + " %", 1],
