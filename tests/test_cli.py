@@ -152,3 +152,18 @@ def test_an_unreachable_broker_is_one_clear_error_and_no_traceback() -> None:
 def test_help_names_the_environment_variables() -> None:
     out = CliRunner().invoke(main, ["tail", "--help"], terminal_width=200).output
     assert "env var: KAFKA_BOOTSTRAP_SERVERS" in out
+
+
+def test_the_worker_keeps_aiokafka_s_log_and_one_shot_commands_hush_it() -> None:
+    import logging
+
+    log = logging.getLogger("aiokafka")
+    before = log.level
+    try:
+        log.setLevel(logging.INFO)
+        CliRunner().invoke(main, ["worker", "--help"])
+        assert log.level == logging.INFO  # its group assignments are read from it (soak)
+        CliRunner().invoke(main, ["tail", "--help"])
+        assert log.level == logging.CRITICAL
+    finally:
+        log.setLevel(before)

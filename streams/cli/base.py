@@ -65,7 +65,9 @@ class Commands(click.Group):
     ``sentinelle: Kafka: …`` and status 2, naming ``kafka.security``, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        if ctx.invoked_subcommand not in ("worker", "demo", "broker"):
+        # the command about to run (click keeps it first among the unparsed arguments)
+        args = [*getattr(ctx, "_protected_args", ()), *ctx.args]
+        if not args or args[0] not in ("worker", "demo", "broker"):
             # a command's own one-line error says it; aiokafka's connection log and its
             # "Unclosed" warning for a client that never started would only add noise
             for noisy in ("aiokafka", "asyncio"):
