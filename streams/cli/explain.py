@@ -40,12 +40,16 @@ def find_alert(values: list[bytes | None], key: str) -> dict[str, Any] | None:
 
 
 def moves(alert: dict[str, Any]) -> list[tuple[str, float, float]]:
-    """(bin, reference share, serving share) of the bins that moved most, if any."""
+    """(bin, reference share, serving share) of the bins that moved most, if any (for
+    drift: the baseline's share and the recent window's)."""
     details = alert.get("payload", {}).get("custom_details") or {}
     out = []
     for m in details.get("largest_moves") or []:
-        if isinstance(m, dict) and {"bin", "reference", "serving"} <= m.keys():
-            out.append((str(m["bin"]), float(m["reference"]), float(m["serving"])))
+        if not isinstance(m, dict) or "bin" not in m:
+            continue
+        ref, now = m.get("reference", m.get("baseline")), m.get("serving", m.get("recent"))
+        if isinstance(ref, (int, float)) and isinstance(now, (int, float)):  # skew, or drift
+            out.append((str(m["bin"]), float(ref), float(now)))
     return out
 
 

@@ -111,13 +111,16 @@ function table(rows, cols) {
 }
 function hist(ev) {
   // reference vs serving share of the bins that moved most (skew, drift, data quality)
-  const moves = (ev && ev.largest_moves) || [];
+  // skew compares serving with the training reference; drift, recent with its baseline
+  const moves = ((ev && ev.largest_moves) || []).map(m => ({bin: m.bin,
+    reference: m.reference ?? m.baseline, serving: m.serving ?? m.recent,
+    names: m.reference === undefined ? ["baseline", "recent"] : ["reference", "serving"]}));
   if (!moves.length) return "";
   const top = Math.max(...moves.map(m => Math.max(m.reference, m.serving)), 0.01);
   return '<table class="hist">' + moves.map(m =>
     "<tr><td>" + esc(m.bin) + '</td><td><span class="bar ref" style="width:' + (150 * m.reference / top) +
-    'px"></span> ' + num(100 * m.reference) + ' % reference<br><span class="bar srv" style="width:' +
-    (150 * m.serving / top) + 'px"></span> ' + num(100 * m.serving) + " % serving</td></tr>").join("") + "</table>";
+    'px"></span> ' + num(100 * m.reference) + " % " + m.names[0] + '<br><span class="bar srv" style="width:' +
+    (150 * m.serving / top) + 'px"></span> ' + num(100 * m.serving) + " % " + m.names[1] + "</td></tr>").join("") + "</table>";
 }
 function render(s) {
   document.getElementById("at").textContent = "updated " + new Date(s.at * 1000).toLocaleTimeString();
