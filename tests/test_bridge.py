@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import orjson
@@ -70,7 +70,28 @@ def test_bodies() -> None:
     assert "m: no predictions" in slack_body(alert)["text"]
 
 
-class FakeEndpoint:
+class LocalServer:
+    """A small aiohttp server on a free loopback port, for a test to talk to: a subclass
+    says what it answers (:meth:`app`); ``async with`` starts and stops it."""
+
+    port: int
+    _runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._runner = web.AppRunner(self.app())
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+class FakeEndpoint(LocalServer):
     """A real HTTP server on loopback that answers from a script, 202 by default."""
 
     def __init__(self, script: dict[str, list[int]]) -> None:
@@ -89,17 +110,10 @@ class FakeEndpoint:
             self._arrived.notify_all()
         return web.json_response({"status": "ok" if status == 202 else "no"}, status=status)
 
-    async def __aenter__(self) -> FakeEndpoint:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v2/enqueue", self.handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        return app
 
     @property
     def url(self) -> str:

@@ -26,6 +26,7 @@ from streams.runtime.kafka import ensure_topics
 from streams.tools.broker import free_port
 from tests.conftest import ROOT, test_config
 from tests.kafka_io import produce
+from tests.test_bridge import LocalServer
 
 T0 = "2026-11-27T07:00:00.000Z"
 
@@ -81,7 +82,7 @@ def test_firing_reposts_due_alerts_of_its_partitions_only() -> None:
     assert firing.keys() == {"b", "d"}
 
 
-class FakeAlertmanager:
+class FakeAlertmanager(LocalServer):
     """Alertmanager's v2 alerts API, as far as a client sees it: validates each posted
     alert as Alertmanager does, merges it by its label set, and says which are active."""
 
@@ -119,17 +120,10 @@ class FakeAlertmanager:
     def posts_of(self, key: str) -> list[dict[str, Any]]:
         return [p for p in self.posts if p["labels"].get("dedup_key") == key]
 
-    async def __aenter__(self) -> FakeAlertmanager:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/api/v2/alerts", self.handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        return app
 
 
 async def wait_for(condition: Any, timeout: float, what: str) -> None:

@@ -37,6 +37,7 @@ from alerting.bridge_service import http_poster, run_bridge
 from streams.runtime.kafka import ensure_topics
 from streams.tools.broker import free_port
 from tests.kafka_io import Collector, produce
+from tests.test_bridge import LocalServer
 
 NOW = 1_800_000_000.0  # a fixed wall clock for the HTTP-date cases
 Answer = tuple[int | None, str, float | None]
@@ -164,7 +165,7 @@ def test_deadletter_record_is_base64_when_not_utf8_and_always_fits_a_kafka_messa
 # -- http_poster against a real HTTP server --------------------------------------------
 
 
-class OddEndpoint:
+class OddEndpoint(LocalServer):
     """A real HTTP server on loopback: each dedup_key gets its scripted answers, then 202.
 
     An answer is a handler. Bodies may be PagerDuty events (``dedup_key``) or
@@ -203,18 +204,11 @@ class OddEndpoint:
         self.stolen.append(await request.read())
         return web.json_response({"status": "success"}, status=202)
 
-    async def __aenter__(self) -> OddEndpoint:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v2/enqueue", self.handle)
         app.router.add_route("*", "/stolen", self.steal)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        return app
 
     @property
     def url(self) -> str:

@@ -31,6 +31,7 @@ from streams.runtime.kafka import ensure_topics
 from streams.tools.broker import free_port
 from tests.conftest import test_config
 from tests.kafka_io import Collector, produce
+from tests.test_bridge import LocalServer
 from tests.test_bridge_alertmanager import start_bridge, stop, wait_for
 
 ROUTER = Router([Route({"class": "canary_regression"}, "KEY-DEPLOY"),
@@ -150,7 +151,7 @@ async def test_a_stuck_delivery_is_visible_then_given_up() -> None:
     assert "503" in settled.reason and "K" not in settled.reason.replace("KB", "")
 
 
-class FakePagerDuty:
+class FakePagerDuty(LocalServer):
     """The Events API v2 and the Change Events API on loopback; a key listed in
     ``stuck`` is answered 503 forever."""
 
@@ -172,18 +173,11 @@ class FakePagerDuty:
         self.changes.append(await request.json())
         return web.json_response({"status": "success"}, status=202)
 
-    async def __aenter__(self) -> FakePagerDuty:
+    def app(self) -> web.Application:
         app = web.Application(client_max_size=4 * 1024 * 1024)
         app.router.add_post("/v2/enqueue", self.enqueue)
         app.router.add_post("/v2/change/enqueue", self.change)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        return app
 
     def keys(self) -> list[str]:
         return [e.get("dedup_key", "") for e in self.events]
