@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,28 @@ def ids(records: list[dict[str, Any]]) -> list[str]:
     return [r["command_id"] for r in records]
 
 
+@contextlib.asynccontextmanager
+async def canary_traffic(servers: str, topics: dict[str, str], app_id: str,
+                         state: Path) -> AsyncIterator[None]:
+    """The canary scenario's traffic (400 events/s) and the reference controller, for the
+    block's duration; both stopped on the way out."""
+    stop = asyncio.Event()
+    scenario = SCENARIOS["canary"]
+    controller = asyncio.create_task(run_controller(
+        servers, topics["commands"], topics["deployments"], state, f"{app_id}-controller",
+        list(scenario.rollouts), stop=stop))
+    sim = asyncio.create_task(run(servers, topics["predictions"], scenario, rate=400,
+                                  duration_s=300, deployments_topic=topics["deployments"]))
+    try:
+        yield
+    finally:
+        stop.set()
+        sim.cancel()
+        for task in (sim, controller):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def test_bad_canary_rolled_back_good_one_promoted_with_approval_across_a_restart(
         worker_factory: Callable[..., WorkerProcess], tmp_path: Path) -> None:
     w = worker_factory({
@@ -37,14 +59,8 @@ async def test_bad_canary_rolled_back_good_one_promoted_with_approval_across_a_r
         "burn_rate": {"enabled": False}, "outage": {"floor_s": 60},
     })
     t = w.topics
-    stop = asyncio.Event()
-    scenario = SCENARIOS["canary"]
-    controller = asyncio.create_task(run_controller(
-        w.servers, t["commands"], t["deployments"], tmp_path / "rollouts.json",
-        f"{w.config['worker']['app_id']}-controller", list(scenario.rollouts), stop=stop))
-    sim = asyncio.create_task(run(w.servers, t["predictions"], scenario, rate=400,
-                                  duration_s=300, deployments_topic=t["deployments"]))
-    try:
+    async with canary_traffic(w.servers, t, w.config["worker"]["app_id"],
+                              tmp_path / "rollouts.json"):
         async with Collector(w.servers, t["commands"]) as commands, \
                 Collector(w.servers, t["deployments"]) as deployments, \
                 Collector(w.servers, t["alerts"]) as alerts:
@@ -71,12 +87,6 @@ async def test_bad_canary_rolled_back_good_one_promoted_with_approval_across_a_r
             # the next analysis runs at 50 % and asks for the last step
             await commands.until(lambda r: "promote:ranker:r6:100:awaiting-approval" in ids(r),
                                  timeout=60, what="analysis at 50 %")
-    finally:
-        stop.set()
-        sim.cancel()
-        for task in (sim, controller):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
     seen = Counter(ids(commands.records))
     assert [c for c, n in seen.items() if n > 1] == []  # no command twice, restart or not
     assert [c for c in seen if c.startswith("rollback")] == ["rollback:pricing:p2:5"]

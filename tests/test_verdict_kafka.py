@@ -5,7 +5,6 @@ three waiting jobs exit 1 (rolled back), 0 (promoted to 100 %) and 2 (no verdict
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -15,9 +14,8 @@ import orjson
 import pytest
 
 from alerting.verdict import Verdicts
-from streams.tools.controller import run_controller
-from streams.tools.simulate import SCENARIOS, run
 from tests.conftest import ROOT, WorkerProcess
+from tests.test_rollout_kafka import canary_traffic
 
 CANARY = {
     "windows": {"size_s": 3, "allowed_lateness_s": 0.5},
@@ -79,25 +77,13 @@ async def test_verdict_wait_exits_with_the_canary_verdict(
         worker_factory: Callable[..., WorkerProcess], tmp_path: Path) -> None:
     w = worker_factory(CANARY)
     t = w.topics
-    stop = asyncio.Event()
-    scenario = SCENARIOS["canary"]
-    controller = asyncio.create_task(run_controller(
-        w.servers, t["commands"], t["deployments"], tmp_path / "rollouts.json",
-        f"{w.config['worker']['app_id']}-controller", list(scenario.rollouts), stop=stop))
-    sim = asyncio.create_task(run(w.servers, t["predictions"], scenario, rate=400,
-                                  duration_s=300, deployments_topic=t["deployments"]))
-    try:
+    async with canary_traffic(w.servers, t, w.config["worker"]["app_id"],
+                              tmp_path / "rollouts.json"):
         bad, good, none = await asyncio.wait_for(asyncio.gather(
             verdict_job(w.servers, w.config_path, "pricing", "p2", "--timeout", "150"),
             verdict_job(w.servers, w.config_path, "ranker", "r6", "--timeout", "150",
                         "--json"),
             verdict_job(w.servers, w.config_path, "ranker", "r9", "--timeout", "3")), 200)
-    finally:
-        stop.set()
-        sim.cancel()
-        for task in (sim, controller):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
     assert bad[0] == 1 and "pricing p2: fail (rollback:pricing:p2:5" in bad[1], bad
     assert good[0] == 0, good
     view = orjson.loads(good[1].strip().splitlines()[-1])
