@@ -15,8 +15,8 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from alerting.bridge import (
     Backoff,
@@ -110,14 +110,26 @@ def _location(url: str, resp: aiohttp.ClientResponse) -> str:
 
 class BridgeMetrics:
     """What the bridges of one process show on its ``/metrics``: records settled by
-    outcome, and how old the oldest undelivered record is (the one in flight: records
-    go one at a time, in order), so a stuck delivery is seen long before it expires."""
+    outcome; every POST by answer (``2xx``, ``4xx``, ``5xx``, ``3xx``, or ``error``
+    when none came) with its latency; the retries (a record's POSTs after its first);
+    and how old the oldest undelivered record is (the one in flight: records go one
+    at a time, in order), so a stuck delivery is seen long before it expires."""
 
     def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.time
                  ) -> None:
         self.clock = clock
         self.settled = Counter("sentinelle_bridge_records_total", "Records settled, by outcome",
                                ["bridge", "outcome"], registry=registry)
+        self.posts = Counter("sentinelle_bridge_posts_total",
+                             "HTTP POSTs to the endpoint, by answer (2xx, 3xx, 4xx, 5xx, error)",
+                             ["bridge", "answer"], registry=registry)
+        self.retries = Counter("sentinelle_bridge_retries_total",
+                               "POSTs of a record after its first", ["bridge"],
+                               registry=registry)
+        self.latency = Histogram("sentinelle_bridge_post_seconds",
+                                 "Time from a POST to its answer (or its error)", ["bridge"],
+                                 buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
+                                 registry=registry)
         self.oldest = Gauge("sentinelle_bridge_oldest_undelivered_age_seconds",
                             "Age (since publication) of the oldest record not yet delivered; "
                             "0 when none waits", ["bridge"], registry=registry)
@@ -128,12 +140,15 @@ class BridgeMetrics:
         return watch
 
 
-class BridgeWatch:
-    """One bridge's share of :class:`BridgeMetrics`."""
+class BridgeWatch(ConsumerRebalanceListener):
+    """One bridge's share of :class:`BridgeMetrics`, and whether its consumer has
+    joined its group (the ``/ready`` page: :attr:`joined`)."""
 
     def __init__(self, name: str, metrics: BridgeMetrics) -> None:
         self.name, self.metrics = name, metrics
         self.in_flight_since: float | None = None  # publication time of the record in flight
+        self.attempts = 0                          # POSTs of the record in flight
+        self.joined = False
 
     def oldest_age(self) -> float:
         since = self.in_flight_since
@@ -141,6 +156,32 @@ class BridgeWatch:
 
     def settled(self, outcome: Outcome) -> None:
         self.metrics.settled.labels(self.name, outcome.value).inc()
+
+    def counted(self, post: Post) -> Post:
+        """``post``, each call counted by answer, timed, and counted as a retry after
+        the record's first."""
+        m = self.metrics
+
+        async def counted_post(body: dict[str, Any]) -> tuple[int | None, str, float | None]:
+            self.attempts += 1
+            if self.attempts > 1:
+                m.retries.labels(self.name).inc()
+            began = time.perf_counter()
+            answer = await post(body)
+            m.latency.labels(self.name).observe(time.perf_counter() - began)
+            status = answer[0]
+            m.posts.labels(self.name, "error" if status is None
+                           else f"{min(max(status // 100, 1), 5)}xx").inc()
+            return answer
+
+        return counted_post
+
+    # ConsumerRebalanceListener: joined once partitions (perhaps none) are assigned
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.joined = False
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.joined = True
 
 
 async def run_bridge(servers: str, topic: str, deadletter_topic: str, group_id: str,
@@ -159,11 +200,14 @@ async def run_bridge(servers: str, topic: str, deadletter_topic: str, group_id: 
     timestamp) is given up and dead-lettered with reason ``expired: …``.
     ``periodic`` runs in the same task as the deliveries, between polls, so what
     it posts never overtakes nor races a record being delivered."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, group_id=group_id,
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=group_id,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 session_timeout_ms=10_000, rebalance_timeout_ms=10_000,
                                 **(options or {}))
+    consumer.subscribe([topic], listener=metrics)  # None: no listener
     producer = AIOKafkaProducer(bootstrap_servers=servers, **(options or {}))
+    if metrics is not None:
+        post = metrics.counted(post)
     await consumer.start()
     await producer.start()
     bucket = TokenBucket(rate)
@@ -189,7 +233,7 @@ async def _forward(msg: Any, tp: TopicPartition, post: Post, body_of: BodyOf,
     raw = msg.value or b""
     published = msg.timestamp / 1000 if msg.timestamp and msg.timestamp > 0 else time.time()
     if metrics is not None:
-        metrics.in_flight_since = published
+        metrics.in_flight_since, metrics.attempts = published, 0
     try:
         settled = await settle(raw, body_of, post, backoff, bucket,
                                give_up_at=None if max_age_s is None else published + max_age_s)

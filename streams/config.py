@@ -651,7 +651,8 @@ class BridgeSettings(_Section):
         None, gt=0, description="give up on an alert still undelivered this long after it "
                                 "was published: dead-lettered (reason expired); null: never")
     metrics_port: int = Field(0, ge=0, le=65535,
-                              description="serve the bridge's /metrics here; 0: not served")
+                              description="serve the bridge's /metrics, /health and /ready here "
+                                          "(on worker.web_host); 0: not served")
     pagerduty: PagerDutyBridgeSettings = Field(
         PagerDutyBridgeSettings(),
         description="sentinelle bridge pagerduty: routing_key_env or routing_key_file (the "

@@ -183,9 +183,15 @@ class FakePagerDuty(LocalServer):
         return [e.get("dedup_key", "") for e in self.events]
 
 
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
+def scrape(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:  # noqa: S310
         return str(resp.read().decode())
+
+
+def sample(page: str, name: str) -> float:
+    """The value of the sample ``name`` (with its labels) on a metrics page; 0 if absent."""
+    return sum(float(line.split()[-1]) for line in page.splitlines()
+               if line.startswith(name + " "))
 
 
 @pytest.mark.kafka
@@ -230,6 +236,17 @@ async def test_pagerduty_bridge_links_change_events_routing_and_gives_up_on_stuc
                    if line.startswith("sentinelle_bridge_oldest_undelivered_age_seconds{"
                                       "bridge=\"pagerduty\"}")]
             assert age and float(age[0].split()[-1]) > 0.1, age
+            page = scrape(metrics_port)
+            assert sample(page, 'sentinelle_bridge_posts_total{answer="5xx",bridge="pagerduty"}'
+                          ) >= 2, page
+            assert sample(page, 'sentinelle_bridge_retries_total{bridge="pagerduty"}') >= 1
+            assert sample(page, 'sentinelle_bridge_post_seconds_count{bridge="pagerduty"}') \
+                >= sample(page, 'sentinelle_bridge_posts_total{answer="2xx",bridge="pagerduty"}'
+                          ) + 2
+            assert orjson.loads(scrape(metrics_port, "/health"))["status"] == "alive"
+            # joined by now (it has delivered): the readiness probe says so
+            assert orjson.loads(scrape(metrics_port, "/ready")) == {"ready": True,
+                                                                    "waiting_for": []}
             await dead.until(lambda r: len(r) >= 1, what="the stuck alert dead-lettered")
             await wait_for(lambda: "after-stuck" in pd.keys(), 30, "the bridge went on")
             await wait_for(lambda: len(pd.changes) >= 2, 30, "two change events")

@@ -94,16 +94,21 @@ def test_the_image_runs_the_sentinelle_command() -> None:
 
 def test_worker_settings_are_real_and_valid(compose: dict[str, Any],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, svc in workers(compose).items():
-        env = {k: str(v) for k, v in svc["environment"].items()}
+    for name, svc in services(compose).items():
+        env = {k: str(v) for k, v in (svc.get("environment") or {}).items() if v is not None}
+        if not any(k.startswith("SENTINELLE_") for k in env):
+            continue
         for key in [k for k in os.environ if k.startswith("SENTINELLE_")]:
             monkeypatch.delenv(key)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         settings = load_settings()  # extra="forbid": a misspelt variable fails here
         assert settings.kafka.servers == "kafka:9092", name
-        assert settings.worker.web_port == int(env["SENTINELLE_WORKER__WEB_PORT"])
         assert settings.worker.web_host == "0.0.0.0"  # noqa: S104 - in the container; see ports
+        if name in workers(compose):
+            assert settings.worker.web_port == int(env["SENTINELLE_WORKER__WEB_PORT"])
+        elif "SENTINELLE_BRIDGES__METRICS_PORT" in env:
+            assert settings.bridges.metrics_port == int(env["SENTINELLE_BRIDGES__METRICS_PORT"])
     monkeypatch.setenv("SENTINELLE_WINDOWS__SIZ_S", "5")
     with pytest.raises((ValueError, ConfigError)):
         Settings()
@@ -176,6 +181,41 @@ def test_prometheus_scrapes_every_worker(compose: dict[str, Any]) -> None:
                        for name, svc in workers(compose).items()}
     assert all(job.get("metrics_path", "/metrics") == "/metrics"
                for job in config["scrape_configs"])
+
+
+def pages_port(svc: dict[str, Any]) -> int | None:
+    """The port a Sentinelle service serves /metrics, /health and /ready on, if any."""
+    env, cmd = svc.get("environment") or {}, svc.get("command") or []
+    if cmd == ["worker"]:
+        return int(env["SENTINELLE_WORKER__WEB_PORT"])
+    if cmd[:1] == ["bridge"] and "SENTINELLE_BRIDGES__METRICS_PORT" in env:
+        return int(env["SENTINELLE_BRIDGES__METRICS_PORT"])
+    if cmd[:1] == ["controller"] and "--web-port" in cmd:
+        return int(cmd[cmd.index("--web-port") + 1])
+    return None
+
+
+def test_every_service_with_pages_is_probed_and_scraped(compose: dict[str, Any]) -> None:
+    """The controller and the bridges serve the worker's three pages too: their
+    healthcheck asks /ready on that port, Prometheus scrapes it, and the pages answer
+    on all interfaces inside the network (worker.web_host), where Prometheus is."""
+    prom = services(compose)["prometheus"]
+    mounts = {v.split(":")[1]: ROOT / v.split(":")[0] for v in prom["volumes"]}
+    config = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text(encoding="utf-8"))
+    scraped = {t for job in config["scrape_configs"] for sc in job["static_configs"]
+               for t in sc["targets"]}
+    probed = {name: port for name, svc in services(compose).items()
+              if (port := pages_port(svc)) is not None}
+    assert {"controller", "bridge-webhook", "bridge-pagerduty"} <= set(probed)
+    for name, port in probed.items():
+        svc = services(compose)[name]
+        probe = " ".join(svc["healthcheck"]["test"])
+        if svc["command"] != ["worker"]:
+            assert f"127.0.0.1:{port}/ready" in probe, name
+        assert svc["environment"]["SENTINELLE_WORKER__WEB_HOST"] == "0.0.0.0", name  # noqa: S104
+        assert f"{name}:{port}" in scraped, name
+        assert "KAFKA_BOOTSTRAP_SERVERS" in svc["environment"], name
+    assert len(set(probed.values())) == len(probed)  # no two share a port
 
 
 def test_grafana_is_provisioned_from_the_repository(compose: dict[str, Any]) -> None:

@@ -8,10 +8,17 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from alerting.rollout import make_command
 from streams.tools import controller
-from streams.tools.controller import ControllerState, parse_command, parse_start, run_controller
+from streams.tools.controller import (
+    ControllerState,
+    ControllerWatch,
+    parse_command,
+    parse_start,
+    run_controller,
+)
 
 
 def promote(step: int, **extra: Any) -> dict:
@@ -39,9 +46,10 @@ def test_a_command_seen_twice_acts_once_and_a_waiting_one_not_at_all() -> None:
     wait = promote(50, requires_approval=True)
     wait["command_id"] += ":awaiting-approval"
     assert st.apply(wait) is None and st.rollouts["m"]["traffic_percent"] == 25
-    assert st.waiting == {"m": wait["command_id"]}
-    assert st.apply(promote(50)) is not None
+    assert st.waiting == {"m": wait["command_id"]} and st.outcome == "awaiting_approval"
+    assert st.apply(promote(50)) is not None and st.outcome == "applied"
     assert st.apply(promote(50)) is None  # the same command_id again
+    assert st.outcome == "duplicate"
     assert st.rollouts["m"]["traffic_percent"] == 50 and st.waiting == {}
 
 
@@ -50,6 +58,7 @@ def test_rollback_sends_all_traffic_to_stable_and_ignores_other_versions() -> No
     st.start("m", "v1", "v2", 5)
     other = make_command("rollback", "m", "v1", "v9", 5, "bad", 0.0)
     assert st.apply(other) is None  # not the canary in flight
+    assert st.outcome == "not_in_flight"
     rec = st.apply(make_command("rollback", "m", "v1", "v2", 5, "errors", 0.0))
     assert rec is not None and (rec["phase"], rec["weights"]) == ("rolled_back", {"v1": 100})
     assert rec["canary_version"] == "v2"  # which canary ended
@@ -132,6 +141,9 @@ async def test_the_controller_loop_skips_bad_commands_and_commits_past_them(
         def __init__(self, *a: object, **k: object) -> None:
             self.calls = 0
 
+        def subscribe(self, topics: list[str], listener: object = None) -> None:
+            assert topics == ["cmds"]
+
         async def start(self) -> None: ...
         async def stop(self) -> None: ...
 
@@ -155,8 +167,11 @@ async def test_the_controller_loop_skips_bad_commands_and_commits_past_them(
 
     monkeypatch.setattr(controller, "AIOKafkaConsumer", Consumer)
     monkeypatch.setattr(controller, "AIOKafkaProducer", Producer)
+    registry = CollectorRegistry()
+    watch = ControllerWatch(registry)
     await run_controller("x:9092", "cmds", "deps", tmp_path / "s.json", "g",
-                         [("m", "v1", "v2", 5)], stop=stop, deadletter_topic="dead")
+                         [("m", "v1", "v2", 5)], stop=stop, deadletter_topic="dead",
+                         watch=watch)
     assert commits == [1]  # the batch, bad commands and all, is committed
     deps = [r for t, r in sent if t == "deps"]
     assert [(d["phase"], d.get("command_id")) for d in deps] == [
@@ -166,3 +181,13 @@ async def test_the_controller_loop_skips_bad_commands_and_commits_past_them(
         (0, "missing_field"), (1, "not_json"), (2, "not_json")]
     assert dead[0]["topic"] == "cmds" and dead[1]["raw"] == "{not json"
     assert ControllerState.load(tmp_path / "s.json").rollouts["m"]["traffic_percent"] == 25
+    # what its /metrics page shows: the three bad ones invalid, the good one applied
+    value = registry.get_sample_value
+    assert value("sentinelle_controller_commands_total",
+                 {"action": "unknown", "outcome": "invalid"}) == 3
+    assert value("sentinelle_controller_commands_total",
+                 {"action": "promote", "outcome": "applied"}) == 1
+    assert value("sentinelle_controller_announcements_total") == 2
+    assert value("sentinelle_controller_canary_traffic_percent",
+                 {"model": "m", "stable": "v1", "canary": "v2", "phase": "step"}) == 25
+    assert watch.announced and watch.waiting_for() == ["joining the consumer group"]

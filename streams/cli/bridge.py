@@ -156,19 +156,22 @@ def _forward(settings: Settings, streams: list[_Stream], rate: float,
              wrap: Callable[[Any], Any] = lambda post: post) -> None:
     """Run the bridges until Ctrl-C (each stream in its own consumer group)."""
     import aiohttp
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
     from alerting.bridge import redact_url
     from alerting.bridge_service import BridgeMetrics, http_poster, run_bridge
     from streams.runtime.kafka import client_options
+    from streams.runtime.pages import ServicePages
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     b = settings.bridges
     registry = CollectorRegistry()
     metrics = BridgeMetrics(registry)
-    if b.metrics_port:
-        start_http_server(b.metrics_port, addr=settings.worker.web_host, registry=registry)
-        click.echo(f"metrics on http://{settings.worker.web_host}:{b.metrics_port}/metrics")
+    watches = {s.name: metrics.watch(s.name) for s in streams}
+
+    def waiting() -> list[str]:
+        return [f"{name}: joining its consumer group" for name, w in watches.items()
+                if not w.joined]
 
     async def one(session: aiohttp.ClientSession, stream: _Stream) -> None:
         post = wrap(http_poster(session, stream.url))
@@ -183,13 +186,21 @@ def _forward(settings: Settings, streams: list[_Stream], rate: float,
         await run_bridge(settings.kafka.servers, stream.topic, settings.topics.deadletter,
                          f"{settings.worker.app_id}-bridge-{stream.name}", post,
                          stream.body_of, rate, options=options, max_age_s=b.max_age_s,
-                         metrics=metrics.watch(stream.name),
+                         metrics=watches[stream.name],
                          on_delivery=firing.settled if firing is not None else None,
                          periodic=periodic)
 
     async def go() -> None:
-        async with aiohttp.ClientSession() as session:
-            await asyncio.gather(*(one(session, s) for s in streams))
+        pages = ServicePages(registry, waiting)
+        if b.metrics_port:
+            host = settings.worker.web_host
+            await pages.start(host, b.metrics_port)
+            click.echo(f"/metrics, /health, /ready on http://{host}:{b.metrics_port}")
+        try:
+            async with aiohttp.ClientSession() as session:
+                await asyncio.gather(*(one(session, s) for s in streams))
+        finally:
+            await pages.stop()
 
     for s in streams:
         click.echo(f"forwarding {s.topic} to {s.name} ({redact_url(s.url)})")

@@ -19,14 +19,20 @@ __all__ = ["controller"]
 @click.option("--start", "starts", multiple=True,
               help="MODEL:STABLE:CANARY[:PERCENT] starts a canary rollout; repeatable")
 @click.option("--environment", help="where the rollouts run (announced on ml.deployments)")
+@click.option("--web-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="serve /metrics, /health and /ready on this port (on worker.web_host); "
+                   "0: none")
 @with_settings
 def controller(state_path: str, starts: tuple[str, ...], environment: str | None,
-               settings: Settings) -> None:
+               web_port: int, settings: Settings) -> None:
     """Reference deployment controller: apply ml.deploy.commands, announce ml.deployments."""
     from pathlib import Path
 
+    from prometheus_client import CollectorRegistry
+
     from streams.runtime.kafka import client_options, ensure_topics
-    from streams.tools.controller import parse_start, run_controller
+    from streams.runtime.pages import ServicePages
+    from streams.tools.controller import ControllerWatch, parse_start, run_controller
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with fail_on(ValueError):
@@ -35,13 +41,23 @@ def controller(state_path: str, starts: tuple[str, ...], environment: str | None
     t = settings.topics
 
     async def go() -> None:
-        options = client_options(settings)
-        await ensure_topics(servers, t.all(), settings.kafka.partitions,
-                            settings.kafka.replication_factor, compacted=t.compacted(),
-                            options=options)
-        await run_controller(servers, t.commands, t.deployments, Path(state_path),
-                             f"{settings.worker.app_id}-controller", parsed, environment,
-                             deadletter_topic=t.deadletter, options=options)
+        registry = CollectorRegistry()
+        watch = ControllerWatch(registry)
+        pages = ServicePages(registry, watch.waiting_for)
+        if web_port:
+            host = settings.worker.web_host
+            await pages.start(host, web_port)
+            click.echo(f"/metrics, /health, /ready on http://{host}:{web_port}")
+        try:
+            options = client_options(settings)
+            await ensure_topics(servers, t.all(), settings.kafka.partitions,
+                                settings.kafka.replication_factor, compacted=t.compacted(),
+                                options=options)
+            await run_controller(servers, t.commands, t.deployments, Path(state_path),
+                                 f"{settings.worker.app_id}-controller", parsed, environment,
+                                 deadletter_topic=t.deadletter, options=options, watch=watch)
+        finally:
+            await pages.stop()
 
     click.echo(f"applying {t.commands} to {state_path}; announcing on {t.deployments}")
     try:

@@ -48,13 +48,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from detectors.contract import COMMAND_ACTIONS, rfc3339
 from streams.core.parse import DeadLetter, raw_text
 
-__all__ = ["ControllerState", "run_controller", "parse_start", "parse_command",
-           "check_command"]
+__all__ = ["ControllerState", "ControllerWatch", "run_controller", "parse_start",
+           "parse_command", "check_command"]
 
 log = logging.getLogger("sentinelle.controller")
 
@@ -137,6 +140,9 @@ class ControllerState:
     applied: list[str] = field(default_factory=list)
     waiting: dict[str, str] = field(default_factory=dict)  # model -> command id awaiting
     started: dict[str, int] = field(default_factory=dict)  # "model:canary" -> rollouts
+    #: what became of the last command given to :meth:`apply` (not saved): applied,
+    #: duplicate, awaiting_approval, not_in_flight or refused
+    outcome: str = field(default="", compare=False)
 
     @classmethod
     def load(cls, path: Path) -> ControllerState:
@@ -187,6 +193,7 @@ class ControllerState:
 
         A command :func:`check_command` refuses is logged and not applied.
         """
+        self.outcome = "refused"
         reason = check_command(cmd)
         if reason is not None:
             log.warning("command %r refused: %s", cmd.get("command_id")
@@ -195,14 +202,17 @@ class ControllerState:
         cid, model = str(cmd["command_id"]), str(cmd["model"])
         if cid in self.applied:
             log.info("command %s already applied; skipped", cid)
+            self.outcome = "duplicate"
             return None
         r = self.rollouts.get(model)
         if cmd.get("requires_approval"):
             self.waiting[model] = cid
             log.info("command %s waits for an approval: %s", cid, cmd.get("reason"))
+            self.outcome = "awaiting_approval"
             return None
         if r is None or r["canary_version"] != cmd["from_version"] or r["phase"] in _ENDED:
             log.warning("command %s is not about a canary in flight here; ignored", cid)
+            self.outcome = "not_in_flight"
             return None
         action = cmd["action"]
         if action == "promote":
@@ -221,8 +231,57 @@ class ControllerState:
             return None
         self.waiting.pop(model, None)
         self.applied = [*self.applied, cid][-APPLIED_KEPT:]
+        self.outcome = "applied"
         log.info("applied %s: %s now %s", cid, model, self.announcement(model)["weights"])
         return self.announcement(model, cid)
+
+
+class ControllerWatch(ConsumerRebalanceListener):
+    """What the controller shows on ``/metrics`` and ``/ready`` (``sentinelle controller
+    --web-port``): commands by action and outcome (``applied``, ``duplicate``,
+    ``awaiting_approval``, ``not_in_flight``, ``refused``; ``invalid`` for a message
+    that is no command, dead-lettered, with action ``unknown``), announcements made,
+    and each rollout's canary share and phase as a gauge read from the state. Ready
+    once the rollouts are announced and the consumer has joined its group."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.commands = Counter("sentinelle_controller_commands_total",
+                                "Commands read, by action and what became of them",
+                                ["action", "outcome"], registry=registry)
+        self.announcements = Counter("sentinelle_controller_announcements_total",
+                                     "Records announced on ml.deployments", registry=registry)
+        self.state: ControllerState | None = None
+        self.joined = self.announced = False
+        registry.register(_RolloutGauges(self))
+
+    def waiting_for(self) -> list[str]:
+        return ([] if self.announced else ["announcing the rollouts"]) + \
+            ([] if self.joined else ["joining the consumer group"])
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.joined = False
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.joined = True
+
+
+class _RolloutGauges(Collector):
+    """``sentinelle_controller_canary_traffic_percent{model,stable,canary,phase}``, read
+    from the state at each scrape (so a finished rollout's old series goes away)."""
+
+    def __init__(self, watch: ControllerWatch) -> None:
+        self.watch = watch
+
+    def collect(self) -> Any:
+        g = GaugeMetricFamily("sentinelle_controller_canary_traffic_percent",
+                              "Share of a model's traffic on its canary version, by phase",
+                              labels=["model", "stable", "canary", "phase"])
+        state = self.watch.state
+        for model, r in (state.rollouts.items() if state is not None else ()):
+            live = r["phase"] not in _ENDED
+            g.add_metric([model, str(r["stable_version"]), str(r["canary_version"] or ""),
+                          str(r["phase"])], float(r["traffic_percent"]) if live else 0.0)
+        yield g
 
 
 async def run_controller(servers: str, commands_topic: str, deployments_topic: str,
@@ -232,25 +291,32 @@ async def run_controller(servers: str, commands_topic: str, deployments_topic: s
                          on_record: Callable[[dict[str, Any]], None] | None = None,
                          stop: asyncio.Event | None = None,
                          deadletter_topic: str | None = None,
-                         options: dict[str, Any] | None = None) -> None:
+                         options: dict[str, Any] | None = None,
+                         watch: ControllerWatch | None = None) -> None:
     """Apply commands until ``stop`` is set (or forever).
 
     A command that cannot be applied (:func:`parse_command`) is logged with its
     partition and offset, sent to ``deadletter_topic`` (when given) as the
     contract's ``ml.deadletter`` record, and skipped. ``options``: more keyword
     arguments of the Kafka clients (:func:`streams.runtime.kafka.client_options`).
+    ``watch``: counts and readiness for the controller's web pages.
     """
     state = ControllerState.load(state_path)
     producer = AIOKafkaProducer(bootstrap_servers=servers, **(options or {}))
-    consumer = AIOKafkaConsumer(commands_topic, bootstrap_servers=servers, group_id=group_id,
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=group_id,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 **(options or {}))
+    consumer.subscribe([commands_topic], listener=watch)
+    if watch is not None:
+        watch.state = state
     await producer.start()
     await consumer.start()
 
     async def announce(rec: dict[str, Any]) -> None:
         await producer.send_and_wait(deployments_topic, orjson.dumps(rec),
                                      key=rec["model"].encode())
+        if watch is not None:
+            watch.announcements.inc()
         if on_record is not None:
             on_record(rec)
 
@@ -262,6 +328,8 @@ async def run_controller(servers: str, commands_topic: str, deployments_topic: s
         state.save(state_path)
         for model in state.rollouts:  # say where every rollout stands
             await announce(state.announcement(model))
+        if watch is not None:
+            watch.announced = True
         while stop is None or not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200)
             for msgs in batches.values():
@@ -276,9 +344,13 @@ async def run_controller(servers: str, commands_topic: str, deployments_topic: s
                                 msg.topic or commands_topic, msg.partition, msg.offset)
                             await producer.send_and_wait(deadletter_topic, orjson.dumps(dead),
                                                          key=msg.key)
+                        if watch is not None:
+                            watch.commands.labels("unknown", "invalid").inc()
                         continue
                     rec = state.apply(cmd)
                     state.save(state_path)
+                    if watch is not None:
+                        watch.commands.labels(cmd["action"], state.outcome).inc()
                     if rec is not None:
                         await announce(rec)
             if batches:
