@@ -27,7 +27,16 @@ $(BROWSER):
 		  || ( $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver ) \
 		) > $(VENV)/apt.log 2>&1 || { tail -20 $(VENV)/apt.log; exit 1; }
 
-test: $(STAMP) $(BROWSER)
+# The dashboard's queries are run by a real Prometheus (Debian's), installed the same way.
+PROMETHEUS := /usr/bin/prometheus
+$(PROMETHEUS):
+	@echo "installing prometheus (Debian package) for the dashboard query test ..."
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		( $$SUDO apt-get install -y -q prometheus \
+		  || ( $$SUDO apt-get update -q && $$SUDO apt-get install -y -q prometheus ) \
+		) > $(VENV)/apt-prometheus.log 2>&1 || { tail -20 $(VENV)/apt-prometheus.log; exit 1; }
+
+test: $(STAMP) $(BROWSER) $(PROMETHEUS)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest

@@ -170,3 +170,18 @@ def test_every_counter_is_a_counter() -> None:
     for name, kind in kinds.items():
         if name.startswith("sentinelle_") and kind == "gauge":
             assert not name.endswith("_total"), name
+
+
+def test_counters_with_known_labels_start_at_zero_so_rate_sees_the_first_burst() -> None:
+    registry = CollectorRegistry()
+    metrics = make_metrics(registry, process=False, inputs=["ml.predictions", "ml.feedback"])
+    get = registry.get_sample_value
+    for topic in ("ml.predictions", "ml.feedback"):
+        assert get("sentinelle_events_total", {"topic": topic}) == 0
+        assert get("sentinelle_messages_total", {"topic": topic}) == 0
+    assert get("sentinelle_events_total", {"topic": "ml.metrics"}) is None  # not an input here
+    assert get("sentinelle_alerts_total", {"class": "outage", "action": "trigger"}) == 0
+    assert get("sentinelle_batch_seconds_count", {"agent": "operations"}) == 0
+    assert get("sentinelle_changelog_bytes_total", {"table": "model-state"}) == 0
+    metrics.events.labels("ml.predictions").inc(91)
+    assert get("sentinelle_events_total", {"topic": "ml.predictions"}) == 91

@@ -100,7 +100,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
     app, settings = s.app, s.settings
     lim, t = settings.limits, settings.topics
     registry = registry or CollectorRegistry()
-    metrics = make_metrics(registry)
+    metrics = make_metrics(registry, inputs=[t.predictions, t.feedback, t.pipeline, t.metrics])
     references = ReferenceStore(settings.skew, settings.drift.baseline_factor,
                                 lim.max_profile_features, lim.max_profile_bins)
     references_loaded, silences_loaded = asyncio.Event(), asyncio.Event()

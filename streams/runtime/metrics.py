@@ -37,7 +37,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from alerting.manager import AlertManager
-from detectors.contract import COMMAND_ACTIONS
+from detectors.contract import ALERT_CLASSES, COMMAND_ACTIONS
 from streams.core.monitor import ModelMonitor
 
 __all__ = ["Metrics", "make_metrics", "StateCollector", "LABEL_OUTCOMES"]
@@ -94,9 +94,18 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def make_metrics(registry: CollectorRegistry, process: bool = True) -> Metrics:
+def make_metrics(registry: CollectorRegistry, process: bool = True,
+                 inputs: Iterable[str] = ()) -> Metrics:
     """The worker's metrics on ``registry``; with ``process``, the default process,
-    platform and garbage-collector collectors too (memory, CPU, file descriptors)."""
+    platform and garbage-collector collectors too (memory, CPU, file descriptors).
+
+    The counters whose label values are known in advance start at 0 (events and
+    messages of each topic of ``inputs``; alerts of each class and action; the
+    timings of both agents and the writes of both state tables), as
+    Prometheus advises: a series that first appears at 91 has no increase that
+    ``rate()`` or ``increase()`` can see, so the first burst, or the first alert of a
+    class, would never show on the dashboard.
+    """
     if process:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -105,7 +114,7 @@ def make_metrics(registry: CollectorRegistry, process: bool = True) -> Metrics:
                  registry=registry)
     build.info({"version": _version("sentinelle"), "faust": _version("faust-streaming"),
                 "python": platform.python_version()})
-    return Metrics(
+    metrics = Metrics(
         registry=registry,
         events=Counter("sentinelle_events_total", "Valid events folded, per input topic",
                        ["topic"], registry=registry),
@@ -147,6 +156,19 @@ def make_metrics(registry: CollectorRegistry, process: bool = True) -> Metrics:
                            registry=registry),
         build=build,
     )
+    for topic in inputs:
+        metrics.events.labels(topic)
+        metrics.messages.labels(topic)
+    for agent in ("predictions", "operations"):
+        metrics.batch_seconds.labels(agent)
+        metrics.publish_seconds.labels(agent)
+    for table in ("model-state", "ops-state"):
+        metrics.checkpoint_bytes.labels(table)
+        metrics.changelog_bytes.labels(table)
+    for cls in ALERT_CLASSES:
+        for action in ("trigger", "resolve"):
+            metrics.alerts.labels(cls, action)
+    return metrics
 
 
 class StateCollector(Collector):
