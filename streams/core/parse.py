@@ -43,6 +43,8 @@ import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Final
 
 import orjson
@@ -371,7 +373,7 @@ def parse_predictions(data: bytes | None, cols: PredictionColumns, message: int 
     (1, [(1, "missing_field: 'model' is required")])
     """
     return _parse(data, lambda ev, i: _add_prediction(ev, cols, message, i, limits, key),
-                  limits)
+                  limits, lambda doc: _predictions_whole(doc, cols, message, limits, key))
 
 
 def parse_feedback(data: bytes | None, cols: FeedbackColumns, message: int = 0,
@@ -385,7 +387,7 @@ def parse_feedback(data: bytes | None, cols: FeedbackColumns, message: int = 0,
     ([], [1])
     """
     return _parse(data, lambda ev, i: _add_feedback(ev, cols, message, i, limits, key),
-                  limits)
+                  limits, lambda doc: _feedback_whole(doc, cols, message, limits, key))
 
 
 # ``NaN``/``Infinity`` outside strings, the one thing orjson refuses that a
@@ -443,7 +445,8 @@ def _nonfinite(ev: Any, path: str = "") -> str | None:
 
 
 def _parse(data: bytes | None, add: Callable[[Any, int], None],
-           limits: ParseLimits) -> list[DeadLetter]:
+           limits: ParseLimits, whole: Callable[[list[Any]], bool] | None = None
+           ) -> list[DeadLetter]:
     if data is None:
         return [DeadLetter("not_json: empty message (no value)", "")]
     if len(data) > limits.max_bytes:
@@ -473,6 +476,8 @@ def _parse(data: bytes | None, add: Callable[[Any, int], None],
     if len(doc) > limits.max_events:
         return [DeadLetter(f"oversized: batch of {len(doc)} events > {limits.max_events}",
                            raw_text(data))]
+    if whole is not None and not marked and whole(doc):
+        return []  # every element valid, appended column by column
     dead = []
     for i, ev in enumerate(doc):
         try:
@@ -515,6 +520,181 @@ def _add_feedback(ev: Any, cols: FeedbackColumns, message: int, element: int,
     cols.raw.append(ev)
 
 
+
+
+# -- batches, column by column -----------------------------------------------------
+#
+# A batch message is read field by field over all its elements at once (one list
+# per field, then checks over whole lists: the set of types, the shortest and
+# longest string, one ``isprintable`` of the joined strings, the smallest and
+# largest number), not element by element. These checks accept exactly the
+# batches whose every element the per-element checks above accept, and append
+# the same values; a batch with anything they do not accept, even one element,
+# is read again element by element, so each bad element gets the reason and the
+# index it always had and the others are used.
+
+_NONE = type(None)
+_NUMBER_TYPES: Final = frozenset({int, float})
+_SCALAR_TYPES: Final = frozenset({str, int, float, bool, _NONE})
+_FEATURE_TYPES: Final = frozenset({dict, _NONE})
+_STR: Final = frozenset({str})
+_COHORTS_OR_NONE: Final = frozenset({None, *COHORTS})
+_STATUSES_OR_NONE: Final = frozenset({None, *PREDICTION_STATUSES})
+
+
+def _ids_ok(col: list[Any], limits: ParseLimits) -> bool:
+    """Every value a non-empty printable string of at most ``max_id_chars``."""
+    if set(map(type, col)) != _STR:
+        return False
+    lengths = list(map(len, col))
+    return min(lengths) >= 1 and max(lengths) <= limits.max_id_chars and \
+        "".join(col).isprintable()
+
+
+def _key_ok(col: list[str], key: Key) -> bool:
+    """Every value is the message key (``_keyed``), or the key is not checked."""
+    if isinstance(key, _Unchecked):
+        return True
+    if type(key) is not bytes:
+        return False
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return col.count(text) == len(col)
+
+
+def _times(col: list[Any], limits: ParseLimits) -> list[float] | None:
+    """``ts`` of every element in epoch seconds, or None if any is not accepted."""
+    if set(map(type, col)) <= _NUMBER_TYPES:
+        ts = list(map(float, col))
+        if not all(map(math.isfinite, ts)):
+            return None
+        if limits.min_ts is not None and min(ts) < limits.min_ts:
+            return None
+        if limits.max_ts is not None and max(ts) > limits.max_ts:
+            return None
+        return ts
+    try:
+        return [parse_time(v, "ts", limits) if v is not None else _missing_ts() for v in col]
+    except Invalid:
+        return None
+
+
+def _missing_ts() -> float:
+    raise Invalid("missing_field: 'ts' is required")
+
+
+def _numbers_ok(col: list[Any]) -> list[float] | None:
+    """Every value a finite number (not a bool), as floats; else None."""
+    if not set(map(type, col)) <= _NUMBER_TYPES:
+        return None
+    out = list(map(float, col))
+    return out if all(map(math.isfinite, out)) else None
+
+
+def _scalars_ok(col: list[Any]) -> bool:
+    """Every value null or a scalar (``_scalar``); floats from orjson are finite."""
+    if not set(map(type, col)) <= _SCALAR_TYPES:
+        return False
+    return all(map(math.isfinite, (v for v in col if type(v) is float)))
+
+
+def _features_ok(col: list[Any], limits: ParseLimits) -> bool:
+    """Every value null or an object the per-element ``_features`` accepts."""
+    types = set(map(type, col))
+    if not types <= _FEATURE_TYPES:
+        return False
+    objs = [f for f in col if f is not None] if _NONE in types else col
+    if not objs:
+        return True
+    if max(map(len, objs)) > limits.max_features:
+        return False
+    names = list(chain.from_iterable(objs))
+    if names and max(map(len, names)) > limits.max_id_chars:
+        return False
+    return set(map(type, chain.from_iterable(map(dict.values, objs)))) <= _SCALAR_TYPES
+
+
+def _columns(doc: list[dict[str, Any]], names: tuple[str, ...]) -> list[list[Any]]:
+    """One list per name: each element's value (None when absent)."""
+    try:  # every element has every field: one C-level pass (itemgetter, transposed)
+        return [list(col) for col in zip(*map(itemgetter(*names), doc), strict=True)]
+    except KeyError:
+        return [[ev.get(name) for ev in doc] for name in names]
+
+
+_HEADER: Final = ("event_id", "ts", "model", "version")
+_PREDICTION: Final = (*_HEADER, "latency_ms", "cohort", "status", "features", "prediction")
+_FEEDBACK: Final = (*_HEADER, "label")
+
+
+def _header_whole(columns: list[list[Any]], limits: ParseLimits, key: Key) -> list[float] | None:
+    """The ``ts`` column if the ``_HEADER`` columns are all valid, else None."""
+    event_id, ts, model, version = columns[:4]
+    if not (_ids_ok(event_id, limits) and _ids_ok(model, limits) and _key_ok(model, key)
+            and _ids_ok(version, limits)):
+        return None
+    return _times(ts, limits)
+
+
+def _predictions_whole(doc: list[Any], cols: PredictionColumns, message: int,
+                       limits: ParseLimits, key: Key) -> bool:
+    """Append a whole batch column by column if every element is valid; else False
+    (and nothing appended)."""
+    if not doc or set(map(type, doc)) != {dict}:
+        return not doc
+    columns = _columns(doc, _PREDICTION)
+    ts = _header_whole(columns, limits, key)
+    if ts is None:
+        return False
+    event_id, _, model, version, latency_ms, cohort, status, features, prediction = columns
+    latency = _numbers_ok(latency_ms)
+    if latency is None or min(latency) < 0:
+        return False
+    try:
+        if not (set(cohort) <= _COHORTS_OR_NONE and set(status) <= _STATUSES_OR_NONE):
+            return False
+    except TypeError:  # an unhashable value (object, array)
+        return False
+    if not (_features_ok(features, limits) and _scalars_ok(prediction)):
+        return False
+    n = len(doc)
+    cols.model += model
+    cols.version += version
+    cols.cohort += ["stable" if c is None else c for c in cohort] if None in cohort else cohort
+    cols.ts += ts
+    cols.latency_ms += latency
+    cols.error += [s is not None and s != "ok" for s in status]
+    cols.event_id += event_id
+    cols.features += features
+    cols.prediction += prediction
+    cols.message += [message] * n
+    cols.element += range(n)
+    cols.raw += doc
+    return True
+
+
+def _feedback_whole(doc: list[Any], cols: FeedbackColumns, message: int,
+                    limits: ParseLimits, key: Key) -> bool:
+    """The same for ``ml.feedback`` batches (see ``_add_feedback``)."""
+    if not doc or set(map(type, doc)) != {dict}:
+        return not doc
+    columns = _columns(doc, _FEEDBACK)
+    ts = _header_whole(columns, limits, key)
+    event_id, _, model, version, label = columns
+    if ts is None or None in label or not _scalars_ok(label):
+        return False
+    n = len(doc)
+    cols.model += model
+    cols.version += version
+    cols.ts += ts
+    cols.event_id += event_id
+    cols.label += label
+    cols.message += [message] * n
+    cols.element += range(n)
+    cols.raw += doc
+    return True
 
 
 def parse_control(data: bytes | None, kind: str, out: list[dict[str, Any]],
