@@ -229,6 +229,10 @@ class WorkerSettings(_Section):
     slice_bytes: int = Field(
         2_000_000, ge=1, description="a micro-batch is processed in slices of about this many "
                                      "input bytes, yielding to timers and rebalances between")
+    faust_metrics: bool = Field(
+        True, description="Faust's own Prometheus sensor on /metrics (faust_*: producer send "
+                          "latency and errors, commit latency, committed offsets, rebalances, "
+                          "assignment latency, table operations)")
 
 
 class LimitSettings(_Section):

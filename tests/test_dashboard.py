@@ -1,6 +1,6 @@
-"""The Grafana dashboard shipped in deploy/grafana asks only for what the worker exports.
+"""The Grafana dashboard shipped in deploy/grafana asks only for what Sentinelle exports.
 
-Every ``sentinelle_*`` (and ``process_*``) name in a panel's PromQL must be a
+Every ``sentinelle_*`` (and ``process_*``, ``faust_*``) name in a panel's PromQL must be a
 sample name of the worker's registry (counters with ``_total``, histograms
 with ``_bucket``/``_count``/``_sum``), and every label it groups by or matches
 on must be one of that metric's labels (or a label Prometheus adds itself).
@@ -13,17 +13,20 @@ import re
 from typing import Any
 
 import pytest
+from faust.sensors.prometheus import FaustMetrics
 from prometheus_client import CollectorRegistry
 
+from alerting.bridge_service import BridgeMetrics
 from streams.config import Settings
 from streams.core.predictions import PredictionProcessor
 from streams.runtime.metrics import StateCollector, make_metrics
+from streams.tools.controller import ControllerState, ControllerWatch
 from tests.conftest import ROOT
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "sentinelle.json"
 TARGET_LABELS = {"instance", "job", "le"}  # added by Prometheus, or a histogram's buckets
-NAME = re.compile(r"\b((?:sentinelle|process)_[a-zA-Z0-9_]*)\b")
-SELECTOR = re.compile(r"\b((?:sentinelle|process)_[a-zA-Z0-9_]*)\s*\{([^}]*)\}")
+NAME = re.compile(r"\b((?:sentinelle|process|faust)_[a-zA-Z0-9_]*)\b")
+SELECTOR = re.compile(r"\b((?:sentinelle|process|faust)_[a-zA-Z0-9_]*)\s*\{([^}]*)\}")
 MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 
@@ -34,8 +37,16 @@ def exported() -> dict[str, set[str]]:
     metrics = make_metrics(registry)
     p = PredictionProcessor(Settings(), "ml.predictions")
     registry.register(StateCollector(lambda: p.monitors, lambda: []))
+    # the worker's Faust sensor (worker.faust_metrics), the bridges' and the controller's
+    faust = FaustMetrics.create(registry, "faust")
+    bridges = BridgeMetrics(registry)
+    bridges.watch("webhook")
+    controller = ControllerWatch(registry)
+    controller.state = ControllerState()
+    controller.state.start("m", "v1", "v2", 5)
     labelnames: dict[str, tuple[str, ...]] = {}
-    for value in vars(metrics).values():
+    for value in [*vars(metrics).values(), *faust, *vars(bridges).values(),
+                  *vars(controller).values()]:
         names = getattr(value, "_labelnames", None)
         if names is not None:
             labelnames[value._name] = tuple(names)

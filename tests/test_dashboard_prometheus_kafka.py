@@ -35,7 +35,8 @@ EXERCISED = {
     "Event-time delay per model (wall clock minus watermark)",
     "Dead letters per second, by reason", "Micro-batch processing and publish time (p99)",
     "Checkpoint size per micro-batch (p95) and changelog bytes per second", "State held",
-    "Worker memory and CPU",
+    "Worker memory and CPU", "Kafka send and commit latency (p99, Faust's sensor)",
+    "Rebalances and failed sends (Faust's sensor)",
 }
 
 

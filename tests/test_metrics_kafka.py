@@ -103,6 +103,9 @@ async def test_metrics_move_with_the_traffic_and_a_retired_model_leaves(
     assert total(seen, "sentinelle_changelog_bytes_total", table="model-state") > 0
     assert total(seen, "sentinelle_checkpoint_bytes_count", table="model-state") >= 1
     assert of_model(seen, "gone")
+    # Faust's own sensor, on the same page: the messages under the agents, the sends
+    assert total(seen, "faust_messages_received_total") >= len(evs)
+    assert total(seen, "faust_total_sent_messages_total") >= 2  # two windows' stats at least
 
     # 2. Quiet past worker.model_ttl_s: the model is retired and its series leave.
     gone = await until(port, lambda s: not of_model(s, "gone"), "retirement of 'gone'",

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 import faust
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 import orjson
 from aiohttp import ClientTimeout
 from faust.types import TP, EventT
@@ -101,6 +102,10 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
     lim, t = settings.limits, settings.topics
     registry = registry or CollectorRegistry()
     metrics = make_metrics(registry, inputs=[t.predictions, t.feedback, t.pipeline, t.metrics])
+    if settings.worker.faust_metrics:
+        # Faust's own sensor (its public pieces; its setup function would add a second
+        # /metrics page): what happens under the agents, named faust_*
+        app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))
     references = ReferenceStore(settings.skew, settings.drift.baseline_factor,
                                 lim.max_profile_features, lim.max_profile_bins)
     references_loaded, silences_loaded = asyncio.Event(), asyncio.Event()
