@@ -28,7 +28,12 @@ points in time order. Per point, in this order:
      after 3 points, so a shift is re-learned at once. The noise scale is an
      exponentially weighted mean absolute residual (a day's time constant,
      updates clipped at 4 scales), additive or, in the untransformed scale,
-     proportional to a power of the level when that is likelier;
+     proportional to a power of the level when that is likelier; never below
+     0.25 of the unclipped mean absolute residual (``NOISE_FLOOR``). On any
+     noisy series the floor is far below the clipped scale and changes
+     nothing; on a series that is exactly flat between spikes (most residuals
+     0) the clipped scale decays towards 0 and every repeat of the same spike
+     would score higher than the last, forever new to its calibrator;
    - ``shift``: ``|median(last 6 d) - median(the 72 before)|`` over the larger of
      the reference's interquartile spread and the noise: level shifts and
      changes too slow for ``point``. When it alerts, the reference is reset to
@@ -39,12 +44,14 @@ points in time order. Per point, in this order:
    scores are not comparable across series, so each score's tail probability
    is learned from its own last week (2016 scores): a generalised Pareto tail
    over its 95th percentile, fitted to declustered, winsorised exceedances,
-   refitted every 32 points. The combined probability is ``1 - min(1, 3 min
-   p)`` (Bonferroni over the three scores), and a point is anomalous when it
-   reaches ``threshold`` (and is not gated, step 5). When the seasonal profile first
-   comes into use the calibrators start over, as soon as they have a season of new
-   scores.
-5. **Record** (``_Model._record``): calibrated scores rank a bursty series' bursts
+   refitted every 32 points, and never below the share of the week's clusters
+   that reached the score, less two (a score the series has reached three
+   times in a week recurs; the first two may be anomalies). The combined
+   probability is ``1 - min(1, 3 min p)`` (Bonferroni over the three scores),
+   and a point is anomalous when it reaches ``threshold`` (and is not gated,
+   step 5). When the seasonal profile first comes into use the calibrators start
+   over, as soon as they have a season of new scores.
+5. **Records** (:class:`_Record`): calibrated scores rank a bursty series' bursts
    poorly (on counts of mentions every burst is "rare" for a week of history, the
    large ones no more than the small ones), so a second, plainer question is
    asked of every point: how far is it from the last week's median, in the
@@ -62,6 +69,18 @@ points in time order. Per point, in this order:
    is well inside what the series does every day. Seasonal series are not
    gated: there a value can be ordinary for the week and anomalous for its
    time of day (a missing daily peak).
+
+   The same question is asked at a second time scale, of the **level**: the
+   mean of the last 12 ``y`` (an hour at 5 min), against the last week of such
+   means (every 6th kept): a **level record** is an hour further from the
+   week's usual level than any hour in two weeks, by the same margin. A
+   sustained surge or collapse (a traffic surge, latency degraded for an hour)
+   is a record at this scale when none of its points is one (a single spike of
+   the week is taller than any of them) and when the shift score, normalised
+   by a noise that the surge itself inflates, stays within what the week's
+   bursts reached. Scores at several time scales are the common ground of the
+   detectors that do well on real series (windowed Gaussian, contextual and
+   ART detectors all look at windows, not only points).
 6. **Signals**: none during ``warmup_points``; then one per point, active
    when the point is anomalous. Turning them into alerts is the alert
    manager's, as for every detector: its ``metric_anomaly`` class rule
@@ -87,18 +106,22 @@ at least one of each weekday; ``RECORD_MARGIN`` 0.5 and ``ORDINARY`` 0.35 were
 chosen once on the development set (the NAB files of ``/work/shared/
 anomaly-dev`` and ``bench/anomaly_quality.py``'s synthetic set, no per-series
 tuning): a smaller margin gains a few NAB points for synthetic precision, a
-larger gate loses synthetic recall on cpu and latency series.
+larger gate loses synthetic recall on cpu and latency series. The level record
+takes the point record's constants unchanged (an hour is the alert manager's
+resolution: its cooldown); only its window was chosen, from 6, 12, 24 and 36
+points (6 and 12 alike, longer ones later and weaker).
 
-Cost: about 37 µs per point in CPython (most in the River windows and the
+Cost: about 40 µs per point in CPython (most in the River windows and the
 per-point bookkeeping; tail refits and the week's quartiles are amortised;
-the record adds about 2 µs, and the seasonal bins' medians of five values,
+each record adds about 2 µs, and the seasonal bins' medians of five values,
 taken in plain Python rather than with ``np.median``, save about 13), O(1)
 per point, memory and checkpoint bounded: about 6,000 scores of calibration
 history, 288 x 5 seasonal values, 1,008 values of the week (6 significant
-digits) and 14 block maxima, about 90 KB of JSON per series (the record adds
-about 8 KB). Deterministic: nothing is random, the detector is a function of
-its input. No pickle: the River windows are rebuilt from their values, which
-the checkpoint holds.
+digits) and 14 block maxima, 336 values of the week's hourly levels and their
+14 block maxima, up to 3 x 100 cluster maxima of the tail fits, about 95 KB of
+JSON per series (the records add about 11 KB). Deterministic: nothing is random,
+the detector is a function of its input. No pickle: the River windows are
+rebuilt from their values, which the checkpoint holds.
 """
 
 from __future__ import annotations
@@ -148,6 +171,9 @@ RECORD_BLOCKS = 14      # the record: the largest distance of the last 14 blocks
 RECORD_MARGIN = 0.5     # a record must beat the old one by (1 + 0.5 / days of record)
 ORDINARY = 0.35         # point and shift alerts need a distance >= 0.35 x the median block max
 ORDINARY_W = 0.8        # ... unless the seasonal profile explains the series (weight >= 0.8)
+LEVEL_POINTS = 12       # the level record: the mean of the last 12 y (an hour at 5 min) ...
+LEVEL_STRIDE = 6        # ... of which every 6th is kept for the week's quartiles (336 values)
+NOISE_FLOOR = 0.25      # the noise scale is at least 0.25 x the mean absolute residual
 
 
 class _Rolling:
@@ -176,6 +202,80 @@ class _Rolling:
         self._stats = [stats.RollingQuantile(q, self.size) for q in self.qs]
         for x in values:
             self.update(float(x))
+
+
+class _Record:
+    """The record question of one signal: is a value's distance from the last week's
+    median, in the week's interquartile ranges, the largest in two weeks?
+
+    The week is a ring of every ``stride``-th value; its median and quartiles are read
+    every ``WEEK_EVERY`` values (nearest ranks: a partition, not a sort). The record is
+    the largest distance of the last ``RECORD_BLOCKS`` blocks of ``RECORD_BLOCK``
+    values plus the running block; it must be beaten by ``1 + RECORD_MARGIN / days``
+    (``days`` of record so far): day ``k``'s maximum of pure noise is a record with
+    probability ``1/k``, so a young record must be beaten by more. The checkpoint keys
+    are the ones the point record always had (``week``, ``week_n``, ``rec_blocks``, ...).
+    """
+
+    def __init__(self, stride: int) -> None:
+        self.stride = stride
+        self.week = np.zeros(WEEK_POINTS // stride)  # ring: the last week (sampled)
+        self.week_n = 0                      # values kept so far
+        self.week_t = 0                      # values seen so far
+        self.week_q: list[float] = []        # the week's quartiles (none read yet: [])
+        self.blocks: deque[float] = deque(maxlen=RECORD_BLOCKS)  # block maxima
+        self.cur = 0.0                       # the running block's maximum
+        self.old = 0.0                       # the largest of blocks
+        self.med = 0.0                       # their median: the distance a day usually reaches
+        self.pts = 0                         # values since the first distance
+
+    def step(self, y: float) -> tuple[float, float, bool, tuple[float, float, float]]:
+        """(distance, record, beaten, the week's quartiles) of ``y``; then learn it."""
+        size = self.week.size
+        if self.week_t % WEEK_EVERY == 0 and self.week_t >= WEEK_MIN:
+            k = min(self.week_n, size)
+            ranks = (k // 4, k // 2, (3 * k) // 4)   # nearest ranks: a partition, not a sort
+            q25, q50, q75 = np.partition(self.week[:k], ranks)[list(ranks)].tolist()
+            self.week_q = [q25, q50, q75]
+        if self.week_t % self.stride == 0:
+            self.week[self.week_n % size] = float(f"{y:.6g}")   # 6 digits: a small checkpoint
+            self.week_n += 1
+        self.week_t += 1
+        if not self.week_q:
+            return 0.0, 0.0, False, (0.0, 0.0, 0.0)
+        q25, med, q75 = self.week_q
+        r = abs(y - med) / max(q75 - q25, 1e-9 * max(1.0, abs(med)))
+        if self.pts == 0 and r <= 0:
+            return r, 0.0, False, (q25, med, q75)
+        best = max(self.cur, self.old)
+        days = self.pts / RECORD_BLOCK
+        beaten = best > 0 and r > best * (1.0 + RECORD_MARGIN / max(days, 0.1))
+        self.pts += 1
+        self.cur = max(self.cur, r)
+        if self.pts % RECORD_BLOCK == 0:
+            self.blocks.append(self.cur)
+            self.cur, self.old = 0.0, max(self.blocks)
+            self.med = float(np.median(self.blocks))
+        return r, best, beaten, (q25, med, q75)
+
+    def to_dict(self) -> dict[str, Any]:
+        kw = min(self.week_n, self.week.size)
+        return {"week_n": self.week_n, "week_t": self.week_t, "week_q": self.week_q,
+                "rec_cur": self.cur, "rec_pts": self.pts, "rec_blocks": list(self.blocks),
+                "week": self.week[np.arange(self.week_n - kw, self.week_n) % self.week.size]
+                .tolist()}
+
+    def load_dict(self, data: dict[str, Any]) -> None:
+        """Resume; what ``data`` lacks (a checkpoint from before this record) starts afresh."""
+        self.week_n, self.week_t = int(data.get("week_n", 0)), int(data.get("week_t", 0))
+        self.week_q = list(data.get("week_q", []))
+        self.cur, self.pts = float(data.get("rec_cur", 0.0)), int(data.get("rec_pts", 0))
+        self.blocks = deque(data.get("rec_blocks", ()), maxlen=RECORD_BLOCKS)
+        self.old = max(self.blocks, default=0.0)
+        self.med = float(np.median(self.blocks)) if self.blocks else 0.0
+        week = np.asarray(data.get("week", ()), dtype=float)
+        self.week = np.zeros(WEEK_POINTS // self.stride)
+        self.week[np.arange(self.week_n - week.size, self.week_n) % self.week.size] = week
 
 
 class _Model:
@@ -209,6 +309,7 @@ class _Model:
         self.c = [0.0] * len(powers)
         self.ll = [0.0] * len(powers)
         self.noise_model = 0
+        self.mae = 0.0                       # EW mean absolute residual (unclipped): a floor
         self.svl = [0.0] * 6                 # spread vs level: n, sums of u, v, uu, uv, vv
         self.spread_open = True              # svl is summed until the transform is chosen
         self.fast = _Rolling(FAST_POINTS, (0.5,))
@@ -216,16 +317,11 @@ class _Model:
         self.ref = _Rolling(REF_POINTS, (0.25, 0.5, 0.75))
         self.delay: deque[float] = deque(maxlen=SHORT_POINTS)  # d on its way to ref
         self.absz: deque[float] = deque(maxlen=VOL_POINTS)
-        # the record: distance from the last week's median, in interquartile ranges
-        self.week = np.zeros(WEEK_POINTS // WEEK_STRIDE)  # ring: the last week's y (sampled)
-        self.week_n = 0                      # values kept so far
-        self.week_t = 0                      # values seen so far
-        self.week_q: list[float] = []        # the week's quartiles (none read yet: [])
-        self.rec_blocks: deque[float] = deque(maxlen=RECORD_BLOCKS)  # block maxima
-        self.rec_cur = 0.0                   # the running block's maximum
-        self.rec_old = 0.0                   # the largest of rec_blocks
-        self.rec_med = 0.0                   # their median: the distance a day usually reaches
-        self.rec_pts = 0                     # points since the first distance
+        # the records: distance from the last week's median, in interquartile ranges, of
+        # each point and of the last hour's mean level
+        self.rec = _Record(WEEK_STRIDE)
+        self.level = _Record(LEVEL_STRIDE)
+        self.lwin: deque[float] = deque(maxlen=LEVEL_POINTS)   # the last y, for the level
 
     # -- scoring ------------------------------------------------------------------------------
 
@@ -258,13 +354,19 @@ class _Model:
         worst = min(probs, key=probs.__getitem__)
         p = min(1.0, len(SCORES) * probs[worst])
         anomalous = probs[worst] <= self.p_alert
-        record = self._record(y)
+        record = self.rec.step(y)
         gated = (anomalous and worst != "volatility" and self.w < ORDINARY_W
-                 and record[0] < ORDINARY * self.rec_med)
+                 and record[0] < ORDINARY * self.rec.med)
         if gated:
             anomalous = False   # well inside the distances the series reaches every day
         if record[2] and not anomalous:
             anomalous, worst = True, "record"
+        self.lwin.append(y)
+        hour = sum(self.lwin) / len(self.lwin)
+        lrec = (self.level.step(hour) if len(self.lwin) == LEVEL_POINTS
+                else (0.0, 0.0, False, (0.0, 0.0, 0.0)))
+        if lrec[2] and not anomalous:
+            anomalous, worst = True, "level"
         # learn
         if self.n > START_POINTS:
             for k, v in raw.items():
@@ -286,43 +388,8 @@ class _Model:
         return 1.0 - p, {"raw": raw, "probs": probs, "worst": worst, "expected": f,
                          "half": half, "anomalous": anomalous, "seasonal": self.w * s_b,
                          "recent": recent, "before": before, "record": record,
+                         "level": (*lrec, hour),
                          "gated": gated}
-
-    def _record(self, y: float) -> tuple[float, float, bool, tuple[float, float, float]]:
-        """``y``'s distance from the last week's median in interquartile ranges, against
-        the largest such distance of the last two weeks: (distance, record, beaten, the
-        week's quartiles), then learn ``y``.
-
-        A record must beat the old one by ``1 + RECORD_MARGIN / days``: a record of a
-        few days is easily beaten by noise alone (day ``k``'s maximum is a record with
-        probability ``1/k``), one of two weeks only by something new.
-        """
-        size = self.week.size
-        if self.week_t % WEEK_EVERY == 0 and self.week_t >= WEEK_MIN:
-            k = min(self.week_n, size)
-            ranks = (k // 4, k // 2, (3 * k) // 4)   # nearest ranks: a partition, not a sort
-            q25, q50, q75 = np.partition(self.week[:k], ranks)[list(ranks)].tolist()
-            self.week_q = [q25, q50, q75]
-        if self.week_t % WEEK_STRIDE == 0:
-            self.week[self.week_n % size] = float(f"{y:.6g}")   # 6 digits: a small checkpoint
-            self.week_n += 1
-        self.week_t += 1
-        if not self.week_q:
-            return 0.0, 0.0, False, (0.0, 0.0, 0.0)
-        q25, med, q75 = self.week_q
-        r = abs(y - med) / max(q75 - q25, 1e-9 * max(1.0, abs(med)))
-        if self.rec_pts == 0 and r <= 0:
-            return r, 0.0, False, (q25, med, q75)
-        best = max(self.rec_cur, self.rec_old)
-        days = self.rec_pts / RECORD_BLOCK
-        beaten = best > 0 and r > best * (1.0 + RECORD_MARGIN / max(days, 0.1))
-        self.rec_pts += 1
-        self.rec_cur = max(self.rec_cur, r)
-        if self.rec_pts % RECORD_BLOCK == 0:
-            self.rec_blocks.append(self.rec_cur)
-            self.rec_cur, self.rec_old = 0.0, max(self.rec_blocks)
-            self.rec_med = float(np.median(self.rec_blocks))
-        return r, best, beaten, (q25, med, q75)
 
     def spread_power(self) -> tuple[float, float]:
         """Slope of log |residual| on log level, and its standard error (Tukey's
@@ -348,7 +415,7 @@ class _Model:
         """The noise scale at forecast ``f`` under noise model ``k`` (default: the likeliest)."""
         k = self.noise_model if k is None else k
         c0 = self.c[0]
-        floor = 1e-9 * max(1.0, abs(f))
+        floor = max(1e-9 * max(1.0, abs(f)), NOISE_FLOOR * self.mae)
         if k == 0:
             return max(c0, floor)
         return max(self.c[k] * abs(f) ** self.powers[k], 0.1 * c0, floor)
@@ -373,6 +440,7 @@ class _Model:
         self.last_ts = ts if self.last_ts is None else max(ts, self.last_ts)
 
     def _learn_noise(self, e: float, f: float, a: float) -> None:
+        self.mae += a * (abs(e) - self.mae)
         if self.c[0] > 0 and len(self.powers) > 1:
             for k in range(len(self.powers)):
                 sk = self.noise(f, k)
@@ -448,16 +516,14 @@ class _Model:
               "acc", "acc_n", "w", "seasonal_once", "day", "day_sum", "day_n", "day_means",
               "per_day", "c", "ll",
               "noise_model", "svl")
-    _RECORD = ("week_n", "week_t", "week_q", "rec_cur", "rec_pts")
 
     def to_dict(self) -> dict[str, Any]:
-        kw = min(self.week_n, self.week.size)
-        out = {k: getattr(self, k) for k in (*self._PLAIN, *self._RECORD)}
+        out = {k: getattr(self, k) for k in self._PLAIN}
+        out.update(self.rec.to_dict())   # the point record's keys, as they always were
         out.update({"fast": list(self.fast.values), "short": list(self.short.values),
                     "ref": list(self.ref.values), "delay": list(self.delay),
-                    "absz": list(self.absz), "rec_blocks": list(self.rec_blocks),
-                    "week": self.week[np.arange(self.week_n - kw, self.week_n) % self.week.size]
-                    .tolist(),
+                    "absz": list(self.absz), "mae": self.mae,
+                    "level": {**self.level.to_dict(), "window": list(self.lwin)},
                     "cal": {k: c.to_dict() for k, c in self.cal.items()}})
         return out
 
@@ -469,17 +535,12 @@ class _Model:
         self.ref.reset(data["ref"])
         self.delay = deque(data["delay"], maxlen=SHORT_POINTS)
         self.absz = deque(data["absz"], maxlen=VOL_POINTS)
-        # a checkpoint from before the record has none: the record starts afresh
-        fresh: dict[str, Any] = {"week_n": 0, "week_t": 0, "week_q": [], "rec_cur": 0.0,
-                                 "rec_pts": 0}
-        for k in self._RECORD:
-            setattr(self, k, data.get(k, fresh[k]))
-        self.rec_blocks = deque(data.get("rec_blocks", ()), maxlen=RECORD_BLOCKS)
-        self.rec_old = max(self.rec_blocks, default=0.0)
-        self.rec_med = float(np.median(self.rec_blocks)) if self.rec_blocks else 0.0
-        week = np.asarray(data.get("week", ()), dtype=float)
-        self.week = np.zeros(WEEK_POINTS // WEEK_STRIDE)
-        self.week[np.arange(self.week_n - week.size, self.week_n) % self.week.size] = week
+        # a checkpoint from before the records has none of them: they start afresh
+        self.rec.load_dict(data)
+        level = data.get("level", {})
+        self.level.load_dict(level)
+        self.lwin = deque(level.get("window", ()), maxlen=LEVEL_POINTS)
+        self.mae = float(data.get("mae", 0.0))
         for k, c in self.cal.items():
             c.load_dict(data["cal"][k])
 
@@ -687,6 +748,16 @@ class MetricAnomalyDetector:
             summary = (f"{name} level shift: median {recent:.4g} over the last {SHORT_POINTS} "
                        f"points against {before:.4g} over the {REF_POINTS} before "
                        f"(probability {prob:.5f})")
+        elif by == "level":
+            r, best, _, (q25, med, q75), mean = det["level"]
+            level = _inverse(tr, mean)
+            centre, low, high = _inverse(tr, med), _inverse(tr, q25), _inverse(tr, q75)
+            extra = {"level": level, "week_median": centre, "week_quartiles": [low, high],
+                     "record_distance": best}
+            summary = (f"{name} level over the last {LEVEL_POINTS} points {level:.4g} is a "
+                       f"two-week record: {r:.1f} interquartile ranges from the last week's "
+                       f"median level {centre:.4g} (quartiles {low:.4g}–{high:.4g}), the "
+                       f"previous largest {best:.1f} (level record)")
         elif by == "record":
             r, best, _, (q25, med, q75) = det["record"]
             centre, low, high = _inverse(tr, med), _inverse(tr, q25), _inverse(tr, q75)
@@ -702,7 +773,7 @@ class MetricAnomalyDetector:
         return Signal(
             "metric_anomaly", self._key, active, self.severity, summary, ts, self.source, None,
             {"metric": self.metric, "value": value, "expected": {"low": lo, "high": hi},
-             "score": round(det["record"][0] if by == "record" else det["raw"][by], 4),
+             "score": round(det[by][0] if by in ("record", "level") else det["raw"][by], 4),
              "probability": prob,
              "probability_threshold": self.threshold, "statistic": "anomaly_likelihood",
              "detected_by": by, "transform": tr, "ordinary": det["gated"], **extra})

@@ -12,6 +12,7 @@ keeps one per raw score; anything that turns scores into alarms can.
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any
 
@@ -24,6 +25,7 @@ REFIT_EVERY = 32        # scores between two fits of the tail
 TAIL_SHARE = 0.05       # the tail model covers the top 5 % of the history
 MIN_HISTORY = 100       # scores before the calibrator gives probabilities < 1
 RUN_POINTS = 3          # exceedances closer than this are one cluster (declustering)
+RECUR = 3               # a score reached by this many clusters of the history recurs
 WINSOR = 0.005          # the top 0.5 % of a history is winsorised when fitting its tail
 
 
@@ -44,6 +46,18 @@ class TailCalibrator:
     so heavy that the moments break down. Below ``u`` the probability is
     interpolated between empirical quantiles (for display only).
 
+    The fitted tail is for extrapolating beyond what the history shows; where the
+    history does show something, it is not contradicted: ``P(S >= s)`` is never
+    below ``(k - recur + 1) / n`` when ``k`` of the history's ``n`` scores' clusters
+    reached ``s``. One or two such clusters in a week may be anomalies themselves
+    (and winsorising keeps them from inflating the fit), but a score reached three
+    times or more is something the series does: a recurring burst, a job's spike,
+    a series that is exactly flat between spikes, where the winsorised fit (and a
+    noise scale near zero) would call every repeat a 1e-5 event. This is the
+    general form of "an alert needs something the series has not been doing",
+    it costs a binary search per score, and it changes nothing on a series whose
+    large scores do not recur.
+
     Parameters
     ----------
     history
@@ -59,6 +73,8 @@ class TailCalibrator:
     winsor
         Share of the largest scores counted as "at least the ``1 - winsor``
         quantile" when fitting (they are often anomalies themselves).
+    recur
+        Clusters reaching a score before it counts as recurring (see above).
 
     Examples
     --------
@@ -72,17 +88,27 @@ class TailCalibrator:
     True
     >>> round(cal.inverse(1e-4), 2)         # the score whose tail is 1e-4
     4.42
+
+    A score that recurs is not rare, whatever the fit says: 12 bursts of 50 in a week
+    of scores near 1 put its probability at (12 - 2) clusters in the 1,984 scores of
+    the last fit, not the fit's extrapolation.
+
+    >>> cal = TailCalibrator()
+    >>> for i, s in enumerate(np.abs(np.random.default_rng(1).normal(size=2000))):
+    ...     cal.learn(50.0 if i % 160 == 80 else float(s))
+    >>> round(cal.tail(50.0), 5)
+    0.00504
     """
 
     LEVELS = (0.0, 0.5, 0.75, 0.9)
 
     def __init__(self, history: int = HISTORY, refit_every: int = REFIT_EVERY,
                  tail_share: float = TAIL_SHARE, min_history: int = MIN_HISTORY,
-                 run: int = RUN_POINTS, winsor: float = WINSOR) -> None:
+                 run: int = RUN_POINTS, winsor: float = WINSOR, recur: int = RECUR) -> None:
         if not (10 <= min_history <= history):
             raise ValueError("need 10 <= min_history <= history")
-        if not (refit_every >= 1 and run >= 1):
-            raise ValueError("refit_every and run must be >= 1")
+        if not (refit_every >= 1 and run >= 1 and recur >= 1):
+            raise ValueError("refit_every, run and recur must be >= 1")
         if not (0 < tail_share < 0.5 and 0 <= winsor < tail_share):
             raise ValueError("need 0 < tail_share < 0.5 and 0 <= winsor < tail_share")
         self.history = history
@@ -91,11 +117,14 @@ class TailCalibrator:
         self.min_history = min_history
         self.run = run
         self.winsor = winsor
+        self.recur = recur
         self._buf = np.zeros(history)
         self._n = 0          # scores learned (the ring's write position is _n % history)
         self._since: int | None = None   # scores learned since forget()
         self._fresh = 0
         self._fit: list[float] | None = None  # quantiles at LEVELS, u, share, xi, sigma
+        self._peaks: list[float] = []    # the last fit's cluster maxima above u, ascending
+        self._size = 0                   # and the size of its history
 
     def tail(self, s: float) -> float:
         """``P(S >= s)``: from the tail model above ``u``, interpolated below it."""
@@ -106,7 +135,10 @@ class TailCalibrator:
         if s > u:
             y = (s - u) / sigma
             surv = math.exp(-y) if xi < 1e-6 else (1.0 + xi * y) ** (-1.0 / xi)
-            return share * surv
+            # never below the share of the history's clusters that reached s (less the
+            # first recur - 1 of them, which may be anomalies themselves)
+            k = len(self._peaks) - bisect.bisect_left(self._peaks, s) - self.recur + 1
+            return max(share * surv, k / self._size) if k > 0 else share * surv
         levels = (*self.LEVELS, 1.0 - share)
         pts = (*qs, u)
         if s <= pts[0]:
@@ -156,11 +188,15 @@ class TailCalibrator:
         qs = qs[:-1]
         idx = np.flatnonzero(h > u)
         if idx.size == 0:
+            self._peaks, self._size = [], h.size
             self._fit = [*(float(q) for q in qs[:-1]), u, 1.0 / h.size, 0.0, 1e-3]
             return
         starts = np.flatnonzero(np.diff(idx, prepend=-self.run - 1) > self.run)
         # winsorised: the few largest (often anomalies themselves) count as "at least top"
-        y = np.sort(np.minimum(np.maximum.reduceat(h[idx], starts), top) - u)
+        peaks = np.maximum.reduceat(h[idx], starts)
+        self._peaks = np.sort(peaks).tolist()
+        self._size = h.size
+        y = np.sort(np.minimum(peaks, top) - u)
         n = y.size
         if n >= 10:
             a0 = float(y.mean())
@@ -175,6 +211,7 @@ class TailCalibrator:
     def to_dict(self) -> dict[str, Any]:
         k = min(self._n, self.history)
         return {"n": self._n, "since": self._since, "fresh": self._fresh, "fit": self._fit,
+                "peaks": self._peaks, "size": self._size,
                 "history": self._buf[np.arange(self._n - k, self._n) % self.history]
                 .tolist()}
 
@@ -184,3 +221,6 @@ class TailCalibrator:
         self._buf = np.zeros(self.history)
         self._buf[np.arange(self._n - hist.size, self._n) % self.history] = hist
         self._fit = None if data["fit"] is None else [float(v) for v in data["fit"]]
+        # a checkpoint from before the recurrence floor has no peaks: none until the next fit
+        self._peaks = [float(v) for v in data.get("peaks", ())]
+        self._size = int(data.get("size", 0))
