@@ -20,6 +20,7 @@ their end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -31,9 +32,10 @@ from typing import Any
 from urllib.parse import quote
 
 import faust
-from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 import orjson
 from aiohttp import ClientTimeout
+from aiohttp.web import StreamResponse
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.types import TP, EventT
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -64,6 +66,8 @@ from streams.runtime.shell import (
 __all__ = ["register", "Wiring", "slices", "messages_of"]
 
 log = logging.getLogger("sentinelle.worker")
+
+DASHBOARD_EVERY_S = 1.0  # the live dashboard's updates (/api/events), at most this often
 
 
 def slices(events: Sequence[EventT], max_bytes: int) -> Iterator[Sequence[EventT]]:
@@ -385,16 +389,42 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
                 out[k] = out.get(k, 0.0) + sample.value
         return out
 
-    @app.page("/api/state")
-    async def dashboard_state(web: Any, request: Any) -> Any:
+    def dashboard_bytes() -> bytes:
         lag = samples(metrics.consumer_lag, "topic")
         state = snapshot(pipeline.monitors, canaries.verdicts,
                          samples(metrics.deadletters, "reason"), lag,
                          [st.book for st in ops.states.values()], triggers=triggers)
-        return web.bytes(orjson.dumps(state, default=str,
-                                      option=orjson.OPT_SERIALIZE_NUMPY |
-                                      orjson.OPT_NON_STR_KEYS),
-                         content_type="application/json")
+        return orjson.dumps(state, default=str,
+                            option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+
+    @app.page("/api/state")
+    async def dashboard_state(web: Any, request: Any) -> Any:
+        return web.bytes(dashboard_bytes(), content_type="application/json")
+
+    @app.page("/api/events")
+    async def dashboard_events(web: Any, request: Any) -> Any:
+        """Server-sent events: the dashboard's state each second it changed (a comment
+        line every 15 s otherwise, so proxies keep the stream open); ends when the
+        worker stops, and the browser's EventSource reconnects by itself."""
+        resp = StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        last, quiet = b"", 0
+        try:
+            while not stopping.is_set():
+                data = dashboard_bytes()
+                if data != last:
+                    await resp.write(b"data: " + data + b"\n\n")
+                    last, quiet = data, 0
+                elif quiet >= 15:
+                    await resp.write(b": still here\n\n")
+                    quiet = 0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=DASHBOARD_EVERY_S)
+                quiet += 1
+        except (ConnectionError, RuntimeError):  # the page was closed
+            pass
+        return resp
 
     @app.page("/dashboard")
     async def dashboard(web: Any, request: Any) -> Any:

@@ -1,5 +1,6 @@
-"""The worker's live dashboard: ``/dashboard`` (one HTML page, no build step) and the
-``/api/state`` JSON it polls every two seconds.
+"""The worker's live dashboard: ``/dashboard`` (one HTML page, no build step), updated
+without reloading by the server-sent events of ``/api/events`` (the ``/api/state``
+JSON, pushed each second it changes).
 
 What a person watching a worker wants at a glance, from the worker's own memory
 (no Prometheus needed): per model, version and cohort, the latest closed
@@ -143,15 +144,12 @@ function render(s) {
   document.getElementById("deadletters").innerHTML = kv(s.deadletters);
   document.getElementById("lag").innerHTML = kv(s.lag);
 }
-async function poll() {
-  try {
-    const r = await fetch("api/state", {cache: "no-store"});
-    if (r.ok) render(await r.json());
-  } catch (e) {
-    document.getElementById("at").textContent = "worker unreachable: " + e;
-  }
-  setTimeout(poll, 2000);
-}
-poll();
+// Server-sent events: the worker pushes the state each second it changes; the
+// browser reconnects by itself when the worker restarts.
+const events = new EventSource("api/events");
+events.onmessage = e => render(JSON.parse(e.data));
+events.onerror = () => {
+  document.getElementById("at").textContent = "worker unreachable; reconnecting ...";
+};
 </script></body></html>
 """
