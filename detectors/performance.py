@@ -31,6 +31,7 @@ import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,17 @@ def compact_value(v: Any) -> Any:
 def id_hash(event_id: str) -> int:
     """A stable 63-bit hash of an ``event_id`` (the same in every process)."""
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def id_hashes(event_ids: Sequence[str]) -> list[int]:
+    """:func:`id_hash` of each ``event_id``, the digests turned into integers at once.
+
+    >>> id_hashes(["a", "b"]) == [id_hash("a"), id_hash("b")]
+    True
+    """
+    blake = partial(hashlib.blake2b, digest_size=8)
+    digests = b"".join([blake(e).digest() for e in map(str.encode, event_ids)])
+    return (np.frombuffer(digests, dtype=">u8") >> np.uint64(1)).tolist()
 
 
 class LabelJoin:
@@ -167,6 +179,31 @@ class LabelJoin:
         while len(self._where) > self.max_size:
             self._halve(ts)
 
+    def add_many(self, event_ids: Sequence[str], ts: Sequence[float], versions: Sequence[str],
+                 cohorts: Sequence[str], predictions: Sequence[Any]) -> None:
+        """:meth:`add` of each prediction in turn (the same state), the ids hashed at once."""
+        where, segments, names, dirty = self._where, self._segments, self._names, self._dirty
+        limit, size, most = self._limit, self.segment_size, self.max_size
+        seg = segments.get(self._open)
+        for h, t, v, c, p in zip(id_hashes(event_ids), ts, versions, cohorts, predictions,
+                                 strict=True):
+            if h >= limit:
+                continue
+            if h in where:  # the same event again (a replay): keep one
+                self._remove(h)  # never drops the open segment
+            if seg is None or len(seg) >= size:
+                if seg is not None:
+                    self._open += 1
+                seg = segments[self._open] = {}
+            seg[h] = (t, names.setdefault(v, v), names.setdefault(c, c),
+                      compact_value(p) if type(p) is str else p)
+            where[h] = self._open
+            dirty.add(self._open)
+            if len(where) > most:
+                while len(where) > most:
+                    self._halve(t)
+                limit = self._limit
+
     def _halve(self, ts: float) -> None:
         self._halvings += 1
         self._changed_at, self._low_since = ts, None
@@ -196,6 +233,22 @@ class LabelJoin:
             return None
         self._counts["matched"] += 1
         return self._remove(h)
+
+    def match_many(self, event_ids: Sequence[str]) -> list[Entry | None]:
+        """:meth:`match` of each ``event_id`` in turn, the ids hashed at once."""
+        out: list[Entry | None] = []
+        limit, where, counts = self._limit, self._where, self._counts
+        for h in id_hashes(event_ids):
+            if h >= limit:
+                counts["unsampled"] += 1
+                out.append(None)
+            elif h not in where:
+                counts["unmatched"] += 1
+                out.append(None)
+            else:
+                counts["matched"] += 1
+                out.append(self._remove(h))
+        return out
 
     def expire(self, watermark: float) -> int:
         """Forget predictions older than the TTL (event time); return how many."""

@@ -75,11 +75,13 @@ class LabelTracker:
         """Remember predictions for the join; estimate accuracy where labels are missing
         or late (calibrated by the version's profile from ``references``, when it can)."""
         lab = self.settings.labels
-        add = self.join.add
-        for eid, t, v, c, p in zip(event_ids, ts.tolist(), versions, cohorts, predictions,
-                                   strict=True):
-            if p is not None:
-                add(eid, t, v, c, p)
+        if None in predictions:  # a prediction without its output has nothing to join
+            kept = [i for i, p in enumerate(predictions) if p is not None]
+            self.join.add_many([event_ids[i] for i in kept], ts[kept].tolist(),
+                               [versions[i] for i in kept], [cohorts[i] for i in kept],
+                               [predictions[i] for i in kept])
+        else:
+            self.join.add_many(event_ids, ts.tolist(), versions, cohorts, predictions)
         self.join.expire(watermark)
         if not lab.estimate:
             return []
@@ -121,8 +123,7 @@ class LabelTracker:
         drift_values: dict[tuple[str, str], tuple[list[Any], list[float]]] = {}
         run: tuple[str, str] | None = None  # consecutive labels of one series: one batch
         preds: list[Any] = []
-        for eid, t, label in zip(event_ids, ts, labels, strict=True):
-            entry = self.join.match(eid)
+        for entry, t, label in zip(self.join.match_many(event_ids), ts, labels, strict=True):
             if entry is None:
                 continue  # counted by the join as unmatched
             predicted_at, version, cohort, prediction = entry
