@@ -750,6 +750,7 @@ class MetricAnomalyDetector:
                        f"(probability {prob:.5f})")
         elif by == "level":
             r, best, _, (q25, med, q75), mean = det["level"]
+            r = round(r, 4)   # as the details' score: the summary says what they say
             level = _inverse(tr, mean)
             centre, low, high = _inverse(tr, med), _inverse(tr, q25), _inverse(tr, q75)
             extra = {"level": level, "week_median": centre, "week_quartiles": [low, high],
@@ -760,6 +761,7 @@ class MetricAnomalyDetector:
                        f"previous largest {best:.1f} (level record)")
         elif by == "record":
             r, best, _, (q25, med, q75) = det["record"]
+            r = round(r, 4)
             centre, low, high = _inverse(tr, med), _inverse(tr, q25), _inverse(tr, q75)
             extra = {"week_median": centre, "week_quartiles": [low, high],
                      "record_distance": best}

@@ -296,3 +296,65 @@ def test_checkpoint_from_before_the_record_loads() -> None:
     old = MetricAnomalyDetector("svc", "cpu")
     old.load_dict(data)
     assert len(update(old, ts[700:], x[700:])) == ts.size - 700
+
+
+def test_sustained_surge_is_detected_and_a_level_record_says_so() -> None:
+    # three hours at 3x the usual count, none of its points near the week's tallest
+    # single point: detected at once, and the hour's level is a two-week record whose
+    # summary carries its own evidence (the level, the week's median level and quartiles)
+    levels = 0
+    for seed in (1, 3):
+        rng = np.random.default_rng(seed)
+        n = 12 * PER_DAY
+        x = rng.poisson(20.0, n).astype(float)
+        x[5 * PER_DAY + 50] = 400.0
+        start = 10 * PER_DAY
+        x[start:start + 36] = rng.poisson(60.0, 36)
+        ts = T0 + np.arange(n) * DT
+        sigs = update(MetricAnomalyDetector("svc", "m"), ts, x)
+        assert any(s.active for s in sigs if ts[start] <= s.timestamp < ts[start + 12])
+        for s in sigs:
+            if not (s.active and s.details["detected_by"] == "level"):
+                continue
+            levels += 1
+            d = s.details
+            assert s.summary.startswith(f"svc m level over the last 12 points {d['level']:.4g} "
+                                        f"is a two-week record: ")
+            assert f"{d['score']:.1f} interquartile ranges" in s.summary
+            assert f"median level {d['week_median']:.4g}" in s.summary
+            assert d["score"] > d["record_distance"] > 0
+            low, high = d["week_quartiles"]
+            assert not low <= d["level"] <= high
+            assert s.summary.endswith("(level record)") and " outside expected " not in s.summary
+            if ts[start] <= s.timestamp < ts[start + 36]:
+                assert d["level"] > high
+    assert levels > 0
+
+
+def test_a_recurring_spike_stops_alerting() -> None:
+    # a series exactly flat between identical spikes every 100 points: the first ones may
+    # alert, then the spike is something the series does (the tail probability is never
+    # below the share of the week's clusters that reached the score, and the noise scale
+    # does not decay to nothing between spikes)
+    x = np.zeros(14 * PER_DAY)
+    x[::100] = 20.0
+    ts = T0 + np.arange(x.size) * DT
+    sigs = update(MetricAnomalyDetector("svc", "jobs"), ts, x)
+    started = triggers(sigs)
+    assert len(started) <= 4
+    assert all(t < ts[5 * PER_DAY] for t in started)
+
+
+def test_checkpoint_from_before_the_level_record_loads() -> None:
+    # a checkpoint written before the level record, the noise floor and the tail fits'
+    # cluster maxima resumes: the level record afresh, the floor and maxima at the next fit
+    ts, x = seasonal(22, 4)
+    det = MetricAnomalyDetector("svc", "cpu")
+    update(det, ts[:700], x[:700])
+    data = orjson.loads(orjson.dumps(det.to_dict()))
+    del data["model"]["level"], data["model"]["mae"]
+    for cal in data["model"]["cal"].values():
+        del cal["peaks"], cal["size"]
+    old = MetricAnomalyDetector("svc", "cpu")
+    old.load_dict(data)
+    assert len(update(old, ts[700:], x[700:])) == ts.size - 700
