@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = ["FeatureSpec", "FeatureColumns", "QualityDetector", "ISSUES"]
 ISSUES = ("missing", "type_mismatch", "non_finite", "out_of_range")
 _NUMBER = (int, float)
 _EMPTY: dict[str, Any] = {}
+_NUMBER_TYPES = frozenset(_NUMBER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,15 +57,32 @@ class FeatureColumns:
     def extract(cls, features: list[dict[str, Any] | None], names: list[str],
                 numeric: set[str]) -> FeatureColumns:
         events = [f if f is not None else _EMPTY for f in features]
-        values = {n: [f.get(n) for f in events] for n in names}
-        numbers = {n: np.fromiter((v if type(v) in _NUMBER else np.nan for v in values[n]),
-                                  dtype=float, count=len(events))
-                   for n in names if n in numeric}
+        whole = False  # every event has every name (the usual case): one C-level pass
+        if len(names) > 1 and events:
+            try:
+                values = dict(zip(names, map(list, zip(*map(itemgetter(*names), events),
+                                                         strict=True)), strict=True))
+                whole = True
+            except KeyError:
+                pass
+        if not whole:
+            values = {n: [f.get(n) for f in events] for n in names}
+        numbers = {n: _floats(values[n]) for n in names if n in numeric}
+        if whole and max(map(len, events)) == len(names):
+            return cls(values, numbers, events, frozenset())  # no key but the names
         seen = set().union(*events) if events else set()
         return cls(values, numbers, events, frozenset(seen - set(names)))
 
     def __len__(self) -> int:
         return len(self.events)
+
+
+def _floats(values: list[Any]) -> np.ndarray:
+    """Numbers as floats; anything else (None, text, bool) as NaN."""
+    if set(map(type, values)) <= _NUMBER_TYPES:
+        return np.array(values, dtype=float).reshape(len(values))
+    return np.fromiter((v if type(v) in _NUMBER else np.nan for v in values), dtype=float,
+                       count=len(values))
 
 
 @dataclass(frozen=True, slots=True)
