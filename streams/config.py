@@ -229,6 +229,10 @@ class WorkerSettings(_Section):
     slice_bytes: int = Field(
         2_000_000, ge=1, description="a micro-batch is processed in slices of about this many "
                                      "input bytes, yielding to timers and rebalances between")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object per line (ts, level, logger, "
+                            "message, exception) for log aggregators; the worker, the bridges "
+                            "and the controller")
     faust_metrics: bool = Field(
         True, description="Faust's own Prometheus sensor on /metrics (faust_*: producer send "
                           "latency and errors, commit latency, committed offsets, rebalances, "

@@ -161,9 +161,10 @@ def _forward(settings: Settings, streams: list[_Stream], rate: float,
     from alerting.bridge import redact_url
     from alerting.bridge_service import BridgeMetrics, http_poster, run_bridge
     from streams.runtime.kafka import client_options
+    from streams.runtime.logs import setup_logging
     from streams.runtime.pages import ServicePages
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging(settings.worker.log_format)
     b = settings.bridges
     registry = CollectorRegistry()
     metrics = BridgeMetrics(registry)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import click
 
@@ -31,10 +30,11 @@ def controller(state_path: str, starts: tuple[str, ...], environment: str | None
     from prometheus_client import CollectorRegistry
 
     from streams.runtime.kafka import client_options, ensure_topics
+    from streams.runtime.logs import setup_logging
     from streams.runtime.pages import ServicePages
     from streams.tools.controller import ControllerWatch, parse_start, run_controller
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging(settings.worker.log_format)
     with fail_on(ValueError):
         parsed = [parse_start(s) for s in starts]
     servers = settings.kafka.servers

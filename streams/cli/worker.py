@@ -78,7 +78,12 @@ def worker(settings: Settings, loglevel: str) -> None:
             update={"producer_batch_bytes": 1})})  # one record per batch: see is_tansu
     s = create_app(settings)
     register(s)
-    Worker(s.app, loglevel=loglevel).execute_from_commandline()
+    extra = {}
+    if settings.worker.log_format == "json":
+        from streams.runtime.logs import logging_config
+
+        extra["logging_config"] = logging_config(loglevel)
+    Worker(s.app, loglevel=loglevel, **extra).execute_from_commandline()
 
 
 @click.command()
