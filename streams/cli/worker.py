@@ -78,12 +78,10 @@ def worker(settings: Settings, loglevel: str) -> None:
             update={"producer_batch_bytes": 1})})  # one record per batch: see is_tansu
     s = create_app(settings)
     register(s)
-    extra = {}
-    if settings.worker.log_format == "json":
-        from streams.runtime.logs import logging_config
+    from streams.runtime.logs import logging_config
 
-        extra["logging_config"] = logging_config(loglevel)
-    Worker(s.app, loglevel=loglevel, **extra).execute_from_commandline()
+    as_json = logging_config(loglevel) if settings.worker.log_format == "json" else None
+    Worker(s.app, loglevel=loglevel, logging_config=as_json).execute_from_commandline()
 
 
 @click.command()
