@@ -24,6 +24,7 @@ a Parquet or CSV file larger than memory is read in streaming passes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +104,8 @@ def _distinct(lf: pl.LazyFrame, col: str) -> int:
 
 def build_profile(data: pl.LazyFrame, model: str, version: str, bins: int = 20,
                   max_categories: int = 50, created_at: float | None = None,
-                  decision_threshold: float = 0.5, calibration_knots: int = 50
+                  decision_threshold: float = 0.5, calibration_knots: int = 50,
+                  progress: Callable[[str, int, int], None] | None = None
                   ) -> dict[str, Any]:
     """The contract's reference profile of ``data``.
 
@@ -114,7 +116,9 @@ def build_profile(data: pl.LazyFrame, model: str, version: str, bins: int = 20,
     everything else. When ``prediction`` holds probabilities (floats in [0, 1]) and
     ``label`` is 0/1, ``performance.score_calibration`` maps a score to
     P(label = 1) in at most ``calibration_knots`` knots, for decisions taken at
-    ``decision_threshold``.
+    ``decision_threshold``. Each column is a streaming pass over ``data``:
+    ``progress(column, done, total)`` is called before each (and ``("", total,
+    total)`` at the end), for a command to show how far it is.
 
     >>> import polars as pl
     >>> lf = pl.LazyFrame({"amount": [1.0, 2.0, 3.0, 4.0, None], "country": list("FFGGF")})
@@ -136,9 +140,10 @@ def build_profile(data: pl.LazyFrame, model: str, version: str, bins: int = 20,
         "created_at": created_at if created_at is not None else time.time(),
         "rows": rows, "features": {},
     }
-    for col, dtype in schema.items():
-        if col in NOT_FEATURES:
-            continue
+    todo = [(col, dtype) for col, dtype in schema.items() if col not in NOT_FEATURES]
+    for i, (col, dtype) in enumerate(todo):
+        if progress is not None:
+            progress(col, i, len(todo))
         if dtype.is_integer() and _distinct(data, col) <= bins:
             # A few integer codes (a 0/1 label, a star rating) are categories:
             # quantile bins would merge them into one.
@@ -159,6 +164,8 @@ def build_profile(data: pl.LazyFrame, model: str, version: str, bins: int = 20,
                 perf["score_calibration"] = cal.to_dict()
         if perf:
             profile["performance"] = perf
+    if progress is not None:
+        progress("", len(todo), len(todo))
     return profile
 
 

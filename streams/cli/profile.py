@@ -130,15 +130,25 @@ def make_profile(data: str, model: str, version: str, settings: Settings, bins: 
     """Profile ``data``, show its calibration (on stderr), write it to ``out`` and/or
     publish it; returns the profile."""
     from rich.console import Console
+    from rich.progress import Progress, TextColumn
 
     from detectors.profile import build_profile
     from streams.core.references import Reference
 
     console = Console(stderr=True)
-    profile = build_profile(with_columns(scan(data), columns), model, version, bins=bins,
-                            max_categories=max_categories,
-                            decision_threshold=decision_threshold,
-                            calibration_knots=calibration_knots)
+    # a pass over the data per column: a bar on a terminal, nothing in a pipe
+    with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[column]}"),
+                  console=console, transient=True,
+                  disable=not console.is_terminal) as bar:
+        task = bar.add_task(f"profiling {Path(data).name}", total=None, column="")
+
+        def show(column: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, column=column)
+
+        profile = build_profile(with_columns(scan(data), columns), model, version, bins=bins,
+                                max_categories=max_categories,
+                                decision_threshold=decision_threshold,
+                                calibration_knots=calibration_knots, progress=show)
     ref = Reference.from_profile(profile, settings.skew, settings.drift.baseline_factor)
     profile["calibration"] = {name: {"skew": fr.skew.to_dict(), "drift": fr.drift.to_dict()}
                               for name, fr in ref.features.items()}

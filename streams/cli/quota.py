@@ -18,7 +18,7 @@ import asyncio
 import io
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,6 +74,9 @@ async def estimate(settings: Settings, capacity_qps: float, days: float | None,
     :func:`plot_usage`); one chart per pool and resource with a known limit (with
     several, the file name gets ``-POOL-RESOURCE`` before its extension).
     """
+    from rich.console import Console
+    from rich.progress import Progress
+
     from streams.cli.quota_usage import parse_runs, replicas, serving_usage
     from streams.core.predictions import parse_limits
 
@@ -87,9 +90,17 @@ async def estimate(settings: Settings, capacity_qps: float, days: float | None,
     servers = settings.kafka.servers
     pipeline_topic = settings.topics.pipeline
     options = client_options(settings)
-    messages, stats_messages = await asyncio.gather(
-        read_topic(servers, pipeline_topic, options),
-        read_topic(servers, settings.topics.stats, options))
+    # both topics are read whole: a bar each on a terminal, nothing in a pipe
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        def reading(topic: str) -> Callable[[int, int], None]:
+            task = bar.add_task(f"reading {topic}", total=None)
+            return lambda done, total: bar.update(task, completed=done, total=total)
+
+        messages, stats_messages = await asyncio.gather(
+            read_topic(servers, pipeline_topic, options, reading(pipeline_topic)),
+            read_topic(servers, settings.topics.stats, options,
+                       reading(settings.topics.stats)))
     runs = parse_runs(messages, parse_limits(settings, time.time()))  # once: table and charts
     undecodable = sum(reason.split(":", 1)[0] in _NOT_OBJECTS for reason in runs.rejected)
     malformed = runs.skipped - undecodable

@@ -9,7 +9,7 @@ to the contract's parser (:func:`streams.cli.quota_usage.parse_runs`), and
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import orjson
@@ -38,8 +38,8 @@ async def _exists(servers: str, topic: str, options: dict[str, Any]) -> bool:
         await admin.close()
 
 
-async def read_topic(servers: str, topic: str,
-                     options: dict[str, Any] | None = None) -> list[Message]:
+async def read_topic(servers: str, topic: str, options: dict[str, Any] | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> list[Message]:
     """Every message now in ``topic``, oldest first per partition.
 
     A topic that does not exist holds no messages (it is not created: this is a
@@ -47,7 +47,7 @@ async def read_topic(servers: str, topic: str,
     """
     if not await _exists(servers, topic, options or {}):
         return []
-    return await read_all(servers, topic, options)
+    return await read_all(servers, topic, options, progress)
 
 
 def decode_values(values: Iterable[bytes | None]) -> Decoded:

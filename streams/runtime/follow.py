@@ -65,20 +65,28 @@ async def _at_end(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -
     return all([await consumer.position(tp) >= end for tp, end in ends.items()])
 
 
-async def read_all(servers: str, topic: str, consumer_options: dict[str, object] | None = None
+async def read_all(servers: str, topic: str, consumer_options: dict[str, object] | None = None,
+                   progress: Callable[[int, int], None] | None = None
                    ) -> list[tuple[bytes | None, bytes | None]]:
     """(key, value) of every record now in ``topic``, oldest first per partition.
 
     ``consumer_options``: more keyword arguments of the consumer, as
-    :func:`streams.runtime.kafka.client_options` gives them."""
+    :func:`streams.runtime.kafka.client_options` gives them. ``progress(read,
+    total)`` is called after each fetch: records read, and records the topic held
+    when reading began."""
     consumer = await _start(servers, topic, consumer_options)
     try:
-        ends = await consumer.end_offsets(list(consumer.assignment()))
+        parts = list(consumer.assignment())
+        ends = await consumer.end_offsets(parts)
+        starts = await consumer.beginning_offsets(parts)
+        total = sum(max(0, ends[tp] - starts.get(tp, 0)) for tp in parts)
         out: list[tuple[bytes | None, bytes | None]] = []
         while True:
             got = await consumer.getmany(timeout_ms=300)
             for msgs in got.values():
                 out.extend((m.key, m.value) for m in msgs)
+            if progress is not None:
+                progress(len(out), total)
             if not got and await _at_end(consumer, ends):
                 return out
     finally:
