@@ -610,7 +610,7 @@ def _features_ok(col: list[Any], limits: ParseLimits) -> bool:
         return True
     if max(map(len, objs)) > limits.max_features:
         return False
-    names = list(chain.from_iterable(objs))
+    names = set(chain.from_iterable(objs))  # a batch's events share their feature names
     if names and max(map(len, names)) > limits.max_id_chars:
         return False
     return set(map(type, chain.from_iterable(map(dict.values, objs)))) <= _SCALAR_TYPES
