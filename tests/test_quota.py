@@ -7,6 +7,7 @@ report's test fakes the topics.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,11 @@ async def test_estimate_reports_both_topics(monkeypatch: pytest.MonkeyPatch) -> 
                                          (b"fraud-train", b"[1]")],  # a batch of a number
               settings.topics.stats: keyed([window("fraud", 0, 6000), {"model": 1}], "model")}
 
-    async def fake_read(servers: str, topic: str, options: object = None) -> list[Message]:
+    async def fake_read(servers: str, topic: str, options: object = None,
+                        progress: Callable[[int, int], None] | None = None
+                        ) -> list[Message]:
+        assert progress is not None
+        progress(len(topics[topic]), len(topics[topic]))
         return topics[topic]
 
     monkeypatch.setattr(qe, "read_topic", fake_read)
