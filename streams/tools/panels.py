@@ -266,7 +266,9 @@ def _table(ax: Any, p: Panel, prom: LocalPrometheus, start: float, end: float,
                 transform=ax.transAxes)
         return 0
     names = [k for k, _ in keys[0]]
-    header = [*names, *[fmt or "value" for _, fmt in p.targets][:len(columns)]]
+    # a column is named by its legend, unless the legend is a template (Grafana's "Value")
+    header = [*names, *[fmt if fmt and "{{" not in fmt else "value"
+                        for _, fmt in p.targets][:len(columns)]]
     cells = [[v for _, v in key] + [c.get(key, "") for c in columns] for key in keys[:12]]
     table = ax.table(cellText=cells, colLabels=header, loc="upper center", cellLoc="left")
     table.auto_set_font_size(False)
