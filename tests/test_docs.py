@@ -42,3 +42,21 @@ def test_every_doc_the_readme_points_to_exists() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for target in re.findall(r"\]\((docs/[\w.]+)\)", readme):
         assert (ROOT / target).is_file(), target
+
+
+def test_every_picture_and_link_of_the_docs_is_in_the_repository() -> None:
+    """A relative link or image of the README or docs/ names a file that exists and that
+    git does not ignore (a picture once was, and the README showed nothing on a clone)."""
+    import re
+    import subprocess
+
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        text = doc.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s):, mailto:
+            path = (doc.parent / target).resolve()
+            assert path.exists(), f"{doc.name} links to {target}, which does not exist"
+            ignored = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=ROOT,
+                                     check=False).returncode == 0
+            assert not ignored, f"{doc.name} links to {target}, which git ignores"
