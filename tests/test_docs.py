@@ -57,6 +57,6 @@ def test_every_picture_and_link_of_the_docs_is_in_the_repository() -> None:
                 continue  # http(s):, mailto:
             path = (doc.parent / target).resolve()
             assert path.exists(), f"{doc.name} links to {target}, which does not exist"
-            ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", str(path)], cwd=ROOT,
-                                     check=False).returncode == 0
+            ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", str(path)],
+                                     cwd=ROOT, check=False).returncode == 0
             assert not ignored, f"{doc.name} links to {target}, which git ignores"
