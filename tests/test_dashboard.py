@@ -81,7 +81,7 @@ def test_the_dashboard_has_a_query_for_each_issue_topic() -> None:
                  "sentinelle_window_latency_seconds", "sentinelle_alerts_firing",
                  "sentinelle_feature_statistic", "sentinelle_feature_threshold",
                  "sentinelle_canary_verdict", "sentinelle_deadletters_total",
-                 "sentinelle_consumer_lag"):
+                 "sentinelle_consumer_lag", "sentinelle_quota_used", "sentinelle_quota_limit"):
         assert name in text, name
 
 

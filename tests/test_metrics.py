@@ -185,3 +185,24 @@ def test_counters_with_known_labels_start_at_zero_so_rate_sees_the_first_burst()
     assert get("sentinelle_changelog_bytes_total", {"table": "model-state"}) == 0
     metrics.events.labels("ml.predictions").inc(91)
     assert get("sentinelle_events_total", {"topic": "ml.predictions"}) == 91
+
+
+def test_quota_use_against_its_limit_and_the_hours_left() -> None:
+    import numpy as np
+
+    from detectors.quota import QuotaForecast
+
+    fc = QuotaForecast("team-ml", "gpu_hours", min_points=3)
+    for hour in range(6):  # 10 GPU hours an hour, of a 200-hour limit
+        fc.update({"ts": np.array([hour * 3600.0]), "pipeline": ["train"], "run_id": ["r1"],
+                   "status": ["heartbeat"], "run_used": [10.0 * hour],
+                   "used": [10.0 * hour], "limit": [200.0]})
+    idle = QuotaForecast("idle", "gpu_hours")  # nothing reported yet: no series
+    registry = CollectorRegistry()
+    registry.register(StateCollector(lambda: {}, lambda: [], pools=lambda: [fc, idle]))
+    key = {"pool": "team-ml", "resource": "gpu_hours"}
+    get = registry.get_sample_value
+    assert get("sentinelle_quota_used", key) == 50.0
+    assert get("sentinelle_quota_limit", key) == 200.0
+    assert get("sentinelle_quota_hours_to_limit", key) == pytest.approx(15.0)  # 150 left
+    assert get("sentinelle_quota_used", {"pool": "idle", "resource": "gpu_hours"}) is None

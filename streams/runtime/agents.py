@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from alerting import flagger
 from alerting.manager import Silence
 from detectors.contract import rfc3339
-from streams.core.operations import OperationsProcessor, OpsOutbox
+from streams.core.operations import OperationsProcessor, OpsOutbox, PoolState
 from streams.core.predictions import InMessage, Outbox, PredictionProcessor
 from streams.core.references import ReferenceStore
 from streams.runtime.app import Sentinelle
@@ -117,8 +117,10 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
     topic_name = s.predictions.get_topic_name()
     pipeline = PredictionProcessor(settings, topic_name, references, silences=silences)
     ops = OperationsProcessor(settings, s.pool_usage.get_topic_name(), references, silences)
-    registry.register(StateCollector(lambda: pipeline.monitors,
-                                     lambda: [st.book for st in ops.states.values()]))
+    registry.register(StateCollector(
+        lambda: pipeline.monitors, lambda: [st.book for st in ops.states.values()],
+        pools=lambda: [fc for st in ops.states.values() if isinstance(st, PoolState)
+                       for fc in st.forecasts.values()]))
     chunk = int(lim.max_record_bytes * 0.6)  # base64 makes a chunk 4/3 larger
     models = StateWriter(s.state, "model-state", metrics, chunk)
     operations = StateWriter(s.ops_state, "ops-state", metrics, chunk)

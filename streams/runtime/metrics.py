@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from alerting.manager import AlertManager
 from detectors.contract import ALERT_CLASSES, COMMAND_ACTIONS
+from detectors.quota import QuotaForecast
 from streams.core.monitor import ModelMonitor
 
 __all__ = ["Metrics", "make_metrics", "StateCollector", "LABEL_OUTCOMES"]
@@ -175,13 +176,15 @@ class StateCollector(Collector):
     """Gauges read from the monitors at scrape time (on the event loop, between slices).
 
     ``models``: the prediction processor's monitors; ``books``: the alert managers
-    of the operations' states (pipelines, metric sources, pools).
+    of the operations' states (pipelines, metric sources, pools); ``pools``: the
+    quota forecasts of the pools this worker owns (use against the limit).
     """
 
     def __init__(self, models: Callable[[], Mapping[str, ModelMonitor]],
                  books: Callable[[], Iterable[AlertManager]],
-                 clock: Callable[[], float] = time.time) -> None:
-        self.models, self.books, self.clock = models, books, clock
+                 clock: Callable[[], float] = time.time,
+                 pools: Callable[[], Iterable[QuotaForecast]] = tuple) -> None:
+        self.models, self.books, self.clock, self.pools = models, books, clock, pools
 
     def describe(self) -> Iterable[Metric]:
         return self._families().values()
@@ -229,6 +232,15 @@ class StateCollector(Collector):
             "traffic": GaugeMetricFamily("sentinelle_canary_traffic_ratio", "Share of traffic "
                                          "the rollout gives its canary",
                                          labels=["model", "stable", "canary"]),
+            "quota_used": GaugeMetricFamily("sentinelle_quota_used", "A pool resource's use, "
+                                            "as its pipelines last reported it (their unit)",
+                                            labels=["pool", "resource"]),
+            "quota_limit": GaugeMetricFamily("sentinelle_quota_limit", "The pool resource's "
+                                             "limit", labels=["pool", "resource"]),
+            "quota_hours": GaugeMetricFamily("sentinelle_quota_hours_to_limit", "Hours until "
+                                             "the limit at the current rate of use (absent "
+                                             "while the use does not grow)",
+                                             labels=["pool", "resource"]),
         }
 
     def collect(self) -> Iterator[Metric]:
@@ -270,6 +282,16 @@ class StateCollector(Collector):
                                                 1.0 if outcome == latest else 0.0)
         for book in self.books():
             _tally_firing(book, firing)
+        for fc in self.pools():
+            if not fc.levels:
+                continue
+            _, used, limit = fc.levels[-1]
+            key = [fc.pool, fc.resource]
+            f["quota_used"].add_metric(key, used)
+            f["quota_limit"].add_metric(key, limit)
+            rate = fc.rate()
+            if rate is not None and rate > 0:
+                f["quota_hours"].add_metric(key, max(0.0, limit - used) / rate / 3600.0)
         for (cls, severity), n in sorted(firing.items()):
             f["firing"].add_metric([cls, severity], n)
         f["models"].add_metric([], len(monitors))
