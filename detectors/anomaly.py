@@ -43,10 +43,12 @@ points in time order. Per point, in this order:
 4. **Calibration** (:class:`~detectors.tail.TailCalibrator`, the "anomaly likelihood"): raw
    scores are not comparable across series, so each score's tail probability
    is learned from its own last week (2016 scores): a generalised Pareto tail
-   over its 95th percentile, fitted to declustered, winsorised exceedances,
-   refitted every 32 points, and never below the share of the week's clusters
-   that reached the score, less two (a score the series has reached three
-   times in a week recurs; the first two may be anomalies). The combined
+   over its 95th percentile, fitted to declustered exceedances, refitted every
+   32 points, and never below the share of the week's clusters that reached
+   the score, less two: a score the series has reached three times in a week
+   recurs, only the first two may be anomalies, and only those two are
+   winsorised in the fit (capping more hid how heavy a bursty series' tail
+   is, and made each of its ordinary bursts a 1e-5 event). The combined
    probability is ``1 - min(1, 3 min p)`` (Bonferroni over the three scores),
    and a point is anomalous when it reaches ``threshold`` (and is not gated,
    step 5). When the seasonal profile first comes into use the calibrators start
@@ -613,7 +615,7 @@ class MetricAnomalyDetector:
     point 775 (day 2.69): variance change: 1.63 noise widths on average over 12 points
     point 778 (day 2.70): variance change: 1.68 noise widths on average over 12 points
     point 779 (day 2.70): variance change: 1.77 noise widths on average over 12 points
-    point 964 (day 3.35): = 97 outside expected 38.01–68.1
+    point 964 (day 3.35): = 97 outside expected 38–68.1
 
     Each summary names the signal that fired, with its own evidence: the noisy
     stretch of day 2.68 is a variance change (its values are inside the point

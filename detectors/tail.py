@@ -50,8 +50,9 @@ class TailCalibrator:
     history does show something, it is not contradicted: ``P(S >= s)`` is never
     below ``(k - recur + 1) / n`` when ``k`` of the history's ``n`` scores' clusters
     reached ``s``. One or two such clusters in a week may be anomalies themselves
-    (and winsorising keeps them from inflating the fit), but a score reached three
-    times or more is something the series does: a recurring burst, a job's spike,
+    (and winsorising keeps them from inflating the fit: it caps at most those two),
+    but a score reached three times or more is something the series does (and is
+    fitted as it is, not capped): a recurring burst, a job's spike,
     a series that is exactly flat between spikes, where the winsorised fit (and a
     noise scale near zero) would call every repeat a 1e-5 event. This is the
     general form of "an alert needs something the series has not been doing",
@@ -72,7 +73,8 @@ class TailCalibrator:
         Exceedances closer than this many scores are one cluster.
     winsor
         Share of the largest scores counted as "at least the ``1 - winsor``
-        quantile" when fitting (they are often anomalies themselves).
+        quantile" when fitting (they are often anomalies themselves), but
+        never more than ``recur - 1`` clusters of them.
     recur
         Clusters reaching a score before it counts as recurring (see above).
 
@@ -87,7 +89,7 @@ class TailCalibrator:
     >>> cal.tail(10.0) < 1e-6
     True
     >>> round(cal.inverse(1e-4), 2)         # the score whose tail is 1e-4
-    4.42
+    4.53
 
     A score that recurs is not rare, whatever the fit says: 12 bursts of 50 in a week
     of scores near 1 put its probability at (12 - 2) clusters in the 1,984 scores of
@@ -192,11 +194,13 @@ class TailCalibrator:
             self._fit = [*(float(q) for q in qs[:-1]), u, 1.0 / h.size, 0.0, 1e-3]
             return
         starts = np.flatnonzero(np.diff(idx, prepend=-self.run - 1) > self.run)
-        # winsorised: the few largest (often anomalies themselves) count as "at least top"
-        peaks = np.maximum.reduceat(h[idx], starts)
-        self._peaks = np.sort(peaks).tolist()
-        self._size = h.size
-        y = np.sort(np.minimum(peaks, top) - u)
+        # winsorised: the few largest (often anomalies themselves) count as "at least top",
+        # but never more than recur - 1 clusters: a score that recur clusters reached is
+        # something the series does, and capping it would hide how heavy its tail is
+        peaks = np.sort(np.maximum.reduceat(h[idx], starts))
+        top = max(top, float(peaks[-min(self.recur, peaks.size)]))
+        self._peaks, self._size = peaks.tolist(), h.size
+        y = np.minimum(peaks, top) - u
         n = y.size
         if n >= 10:
             a0 = float(y.mean())
