@@ -61,6 +61,9 @@ async def test_the_dashboard_shows_an_alert_and_its_histogram_in_a_browser(
         await produce(w.servers, w.topics["predictions"],
                       [evs[i:i + 100] for i in range(0, len(evs), 100)], key=b"m")
         await alerts.until(lambda r: any(a["dedup_key"] == key for a in r), what="skew")
+    # later traffic closes the first windows: the page charts them over time
+    await produce(w.servers, w.topics["predictions"],
+                  [serving(100, t0 + 130, seed=3), serving(100, t0 + 260, seed=4)], key=b"m")
     ARTIFACTS.mkdir(exist_ok=True)
 
     def look() -> tuple[str, list[dict[str, Any]]]:
@@ -73,6 +76,9 @@ async def test_the_dashboard_shows_an_alert_and_its_histogram_in_a_browser(
             driver.get(f"http://127.0.0.1:{port}/dashboard")
             WebDriverWait(driver, 30).until(
                 ec.presence_of_element_located((By.CSS_SELECTOR, "table.hist .bar.srv")))
+            # the latency of the closed windows over time, pushed without a reload
+            WebDriverWait(driver, 60).until(
+                ec.presence_of_element_located((By.CSS_SELECTOR, "svg.spark polyline")))
             text = driver.find_element(By.TAG_NAME, "body").text
             driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
             return text, driver.get_log("browser")

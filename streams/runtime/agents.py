@@ -47,7 +47,7 @@ from streams.core.predictions import InMessage, Outbox, PredictionProcessor
 from streams.core.references import ReferenceStore
 from streams.runtime.app import Sentinelle
 from streams.runtime.canary_page import CanaryViews, RolloutCollector, local_streaks
-from streams.runtime.dashboard import PAGE, snapshot
+from streams.runtime.dashboard import PAGE, History, snapshot
 from streams.runtime.follow import follow_topic
 from streams.runtime.kafka import client_options
 from streams.runtime.metrics import StateCollector, make_metrics
@@ -134,9 +134,17 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
     exported: tuple[dict[str, int], dict[str, int]] = ({}, {})  # what was already counted
 
     triggers: dict[str, dict[str, Any]] = {}  # firing keys' trigger events (the dashboard)
+    history = History()  # recent windows per series, for the dashboard (memory only)
 
     async def publish(box: Outbox | OpsOutbox) -> None:
         await publisher.publish(box)
+        if isinstance(box, Outbox):  # the dashboard's charts over time
+            try:
+                for _, window in box.stats:
+                    history.add(window)
+                history.forget(box.retired)
+            except Exception:  # the page must never cost the worker anything
+                log.exception("the dashboard's history skipped a micro-batch's windows")
         for key, alert in box.alerts:  # what fires, with the evidence it fired on
             if alert.get("event_action") == "trigger":
                 if key in triggers or len(triggers) < settings.alerts.max_alerts:
@@ -395,7 +403,8 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         lag = samples(metrics.consumer_lag, "topic")
         state = snapshot(pipeline.monitors, canaries.verdicts,
                          samples(metrics.deadletters, "reason"), lag,
-                         [st.book for st in ops.states.values()], triggers=triggers)
+                         [st.book for st in ops.states.values()], triggers=triggers,
+                         history=history)
         return orjson.dumps(state, default=str,
                             option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 

@@ -15,26 +15,93 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from detectors.contract import rfc3339
 
-__all__ = ["snapshot", "PAGE"]
+__all__ = ["snapshot", "History", "PAGE"]
+
+HISTORY_POINTS = 30  # closed windows kept per series for the page's charts
+HISTORY_SERIES = 500  # series charted; beyond, the least recently updated is dropped
 
 
-def _num(x: float) -> float | None:
+class History:
+    """The last ``HISTORY_POINTS`` closed windows of each series, for the page's charts
+    over time: fed with each ``ml.stats`` record the worker publishes, in memory only
+    (a restarted worker starts a new chart), and bounded: at most ``points`` per
+    series, at most ``series`` series (the least recently updated one goes first:
+    about 5 KB each, so 2.5 MB, and as much in each push to the page), and a retired
+    model's series go with it (:meth:`forget`).
+
+    >>> h = History(points=2)
+    >>> for minute in (1, 2, 3):
+    ...     h.add({"model": "m", "version": "v1", "cohort": "stable", "count": 600,
+    ...            "window": {"start": f"2026-12-03T10:0{minute - 1}:00Z",
+    ...                       "end": f"2026-12-03T10:0{minute}:00Z"}, "error_rate": 0.0,
+    ...            "latency_ms": {"p50": 20.0, "p95": 40.0, "p99": 50.0, "max": 60.0}})
+    >>> [(p["end"] % 3600, p["rps"]) for p in h.of("m", "v1", "stable")]
+    [(120.0, 10.0), (180.0, 10.0)]
+    >>> h.forget(["m"]); h.of("m", "v1", "stable")
+    []
+    >>> h = History(series=1)
+    >>> for model in ("a", "b"):
+    ...     h.add({"model": model, "version": "v1", "count": 1, "error_rate": 0.0,
+    ...            "window": {"start": 0, "end": 60}, "latency_ms": None})
+    >>> len(h.of("a", "v1", "")), len(h.of("b", "v1", ""))
+    (0, 1)
+    """
+
+    def __init__(self, points: int = HISTORY_POINTS, series: int = HISTORY_SERIES) -> None:
+        self.points, self.max_series = points, series
+        self._series: OrderedDict[tuple[str, str, str], deque[dict[str, Any]]] = OrderedDict()
+
+    def add(self, rec: Mapping[str, Any]) -> None:
+        """One ``ml.stats`` record (its window's bounds are RFC 3339 text)."""
+        key = (str(rec["model"]), str(rec["version"]), str(rec.get("cohort", "")))
+        window, lat = rec["window"], rec.get("latency_ms") or {}
+        start, end = _epoch(window["start"]), _epoch(window["end"])
+        points = self._series.pop(key, None) or deque(maxlen=self.points)
+        self._series[key] = points  # the most recently updated last
+        while len(self._series) > self.max_series:
+            self._series.popitem(last=False)
+        points.append({"end": end, "p50_ms": _num(lat.get("p50")),
+                       "p95_ms": _num(lat.get("p95")), "p99_ms": _num(lat.get("p99")),
+                       "error_rate": _num(rec.get("error_rate")),
+                       "rps": _num(rec["count"] / max(end - start, 1e-9))})
+
+    def of(self, model: str, version: str, cohort: str) -> list[dict[str, Any]]:
+        return list(self._series.get((model, version, cohort), ()))
+
+    def forget(self, models: Iterable[str]) -> None:
+        gone = set(models)
+        for key in [k for k in self._series if k[0] in gone]:
+            del self._series[key]
+
+
+def _epoch(t: str | float) -> float:
+    """Seconds since the epoch of an RFC 3339 time (or a number)."""
+    if isinstance(t, int | float):
+        return float(t)
+    return datetime.fromisoformat(t).timestamp()
+
+
+def _num(x: float | None) -> float | None:
     return round(x, 6) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
 def snapshot(monitors: Mapping[str, Any], verdicts: Any, deadletters: Mapping[str, float],
              lag: Mapping[str, float], books: Iterable[Any] = (),
              now: float | None = None,
-             triggers: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+             triggers: Mapping[str, dict[str, Any]] | None = None,
+             history: History | None = None) -> dict[str, Any]:
     """The dashboard's state: plain JSON, bounded by the worker's caps (models,
     series, features, alerts). ``triggers``: the trigger event of each firing key
     this worker published, whose evidence (the moved bins, the window) is shown
-    rather than the latest signal's.
+    rather than the latest signal's. ``history``: each series' recent windows, drawn
+    over time by the page.
 
     >>> snapshot({}, None, {"late": 2.0}, {})["deadletters"]
     {'late': 2}
@@ -47,7 +114,8 @@ def snapshot(monitors: Mapping[str, Any], verdicts: Any, deadletters: Mapping[st
             series.append({"model": model, "version": version, "cohort": cohort,
                            "window_end": w.end, "count": w.count,
                            "p50_ms": _num(w.p50), "p95_ms": _num(w.p95), "p99_ms": _num(w.p99),
-                           "error_rate": _num(w.error_rate), "rps": _num(w.count / span)})
+                           "error_rate": _num(w.error_rate), "rps": _num(w.count / span),
+                           "history": history.of(model, version, cohort) if history else []})
         for (version, cohort, feature, check), r in sorted(mon.readings.items()):
             features.append({"model": model, "version": version, "cohort": cohort,
                              "feature": feature, "check": check, "statistic": r.statistic,
@@ -123,6 +191,16 @@ function hist(ev) {
     'px"></span> ' + num(100 * m.reference) + " % " + m.names[0] + '<br><span class="bar srv" style="width:' +
     (150 * m.serving / top) + 'px"></span> ' + num(100 * m.serving) + " % " + m.names[1] + "</td></tr>").join("") + "</table>";
 }
+function spark(points, keys, colors) {
+  // the series' recent windows as lines (one per key), oldest left; the top value labelled
+  if (!points || points.length < 2) return '<span class="muted">-</span>';
+  const w = 160, h = 34, vals = points.flatMap(p => keys.map(k => p[k]).filter(v => v != null));
+  const top = Math.max(...vals, 1e-9), x = i => (i * (w - 2) / (points.length - 1) + 1).toFixed(1);
+  const lines = keys.map((k, j) => '<polyline fill="none" stroke-width="1.4" stroke="' + colors[j] + '" points="' +
+    points.map((p, i) => p[k] == null ? "" : x(i) + "," + (h - 2 - (h - 4) * p[k] / top).toFixed(1)).join(" ") + '"/>');
+  return '<svg class="spark" width="' + w + '" height="' + h + '">' + lines.join("") +
+    '</svg> <span class="muted">' + num(top, top < 1 ? 3 : 0) + "</span>";
+}
 function render(s) {
   document.getElementById("at").textContent = "updated " + new Date(s.at * 1000).toLocaleTimeString();
   document.getElementById("firing").innerHTML = table(s.firing, [
@@ -132,7 +210,10 @@ function render(s) {
   document.getElementById("series").innerHTML = table(s.series, [
     ["model", r => esc(r.model)], ["version", r => esc(r.version)], ["cohort", r => esc(r.cohort)],
     ["events", r => r.count, 1], ["req/s", r => num(r.rps), 1], ["errors", r => num(100 * r.error_rate) + " %", 1],
-    ["p50 ms", r => num(r.p50_ms), 1], ["p95 ms", r => num(r.p95_ms), 1], ["p99 ms", r => num(r.p99_ms), 1]]);
+    ["p50 ms", r => num(r.p50_ms), 1], ["p95 ms", r => num(r.p95_ms), 1], ["p99 ms", r => num(r.p99_ms), 1],
+    ["latency p50 / p95 / p99 over time", r => spark(r.history, ["p50_ms", "p95_ms", "p99_ms"], ["#9bc", "#48c", "#d9534f"])],
+    ["errors over time", r => spark(r.history, ["error_rate"], ["#b00"])],
+    ["req/s over time", r => spark(r.history, ["rps"], ["#4a90d9"])]]);
   document.getElementById("features").innerHTML = table(s.features, [
     ["model", r => esc(r.model + " " + r.version)], ["feature", r => esc(r.feature)], ["check", r => esc(r.check)],
     ["statistic", r => esc(r.statistic) + " " + num(r.value, 3), 1], ["threshold", r => num(r.threshold, 3), 1],
