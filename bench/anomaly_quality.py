@@ -40,7 +40,9 @@ manager) in micro-batches of 12 points; the triggers go to an ``alerts.jsonl``
 (``--alerts-out``) and are scored with the folder's ``score.py``. Beside it, in
 the same run, a plain River baseline: :class:`river.anomaly.GaussianScorer` on
 a day's window behind a :class:`river.anomaly.QuantileFilter` (q 0.999), its
-flags after the same warm-up through the same alert manager rule.
+flags after the same warm-up through the same alert manager rule. Last, Sentinelle's
+triggers by the signal that fired (point, shift, volatility, record, level): the
+windows each detected first with their credit, its false positives with their cost.
 
 Run it::
 
@@ -335,6 +337,7 @@ def nab_sentinelle(rel: str, ts: np.ndarray, xs: np.ndarray) -> tuple[list[int],
 
     st = MetricState("nab", Settings(), 0, rel)
     rows, seconds = [], 0.0
+    by = NAB_SIGNALS.setdefault(rel, {})
     for i in range(0, ts.size, NAB_CHUNK):
         t = time.perf_counter()
         out = st.ingest(ts[i:i + NAB_CHUNK], xs[i:i + NAB_CHUNK], float(ts[i]))
@@ -343,6 +346,7 @@ def nab_sentinelle(rel: str, ts: np.ndarray, xs: np.ndarray) -> tuple[list[int],
             if a["event_action"] == "trigger":
                 at = datetime.fromisoformat(a["payload"]["timestamp"].replace("Z", "+00:00"))
                 rows.append(int(np.searchsorted(ts, at.timestamp())))
+                by[rows[-1]] = a["payload"]["custom_details"]["detected_by"]
     return rows, seconds
 
 
@@ -361,6 +365,36 @@ def nab_river(rel: str, ts: np.ndarray, xs: np.ndarray) -> tuple[list[int], floa
     seconds = time.perf_counter() - t
     _, idx = apply_policy(ts, flags)
     return idx, seconds
+
+
+NAB_SIGNALS: dict[str, dict[int, str]] = {}   # file -> trigger row -> the signal that fired
+
+
+def signal_table(layouts: list, dets: dict[str, list[int]], cost: dict[str, float]) -> None:
+    """Per signal: the windows it detected first (and their credit), its false positives
+    (and their cost), as NAB counts them (after the probation, first detection per window)."""
+    tally: dict[str, list[float]] = {}
+    for lay in layouts:
+        best: dict[int, tuple[float, str]] = {}
+        for i in sorted(set(dets[lay.rel])):
+            if not lay.probation <= i < lay.n:
+                continue
+            sig = NAB_SIGNALS.get(lay.rel, {}).get(i, "?")
+            k, v = lay.credit(i, cost)
+            if k < 0:
+                t = tally.setdefault(sig, [0, 0.0, 0, 0.0])
+                t[2] += 1
+                t[3] += v
+            elif k not in best or v > best[k][0]:
+                best[k] = (v, sig)
+        for v, sig in best.values():
+            t = tally.setdefault(sig, [0, 0.0, 0, 0.0])
+            t[0] += 1
+            t[1] += v
+    rows = [[sig, f"{int(t[0])}", f"{t[1]:+.2f}", f"{int(t[2])}", f"{t[3]:+.2f}"]
+            for sig, t in sorted(tally.items())]
+    print("sentinelle's triggers by the signal that fired (detected_by)")
+    print_table(["signal", "windows first", "credit", "false positives", "cost"], rows)
 
 
 def run_nab(root: str, alerts_out: str | None) -> None:
@@ -405,6 +439,8 @@ def run_nab(root: str, alerts_out: str | None) -> None:
     rows = [[n, f"{scored[n].normalized:.1f}", str(sum(len(v) for v in runs[n][0].values())),
              f"{1e6 * runs[n][1] / runs[n][2]:.1f}"] for n in names]
     print_table(["detector", "NAB standard", "alerts", "µs/point"], rows)
+    print()
+    signal_table(layouts, runs["sentinelle"][0], cost)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
