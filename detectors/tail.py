@@ -57,7 +57,12 @@ class TailCalibrator:
     noise scale near zero) would call every repeat a 1e-5 event. This is the
     general form of "an alert needs something the series has not been doing",
     it costs a binary search per score, and it changes nothing on a series whose
-    large scores do not recur.
+    large scores do not recur. Winsorising only those two clusters (not every
+    score above the history's 99.5th percentile) is what lets the fit see a heavy
+    tail: on a week of |Student t| noise with 2 or 3 degrees of freedom the
+    calibrated tail at the true 1e-3 and 1e-4 quantiles is within 4x of the truth
+    (``tests/test_anomaly.py``), where capping every large score put it 3x to
+    50,000x too low, a false alarm a day at a threshold meant for one a month.
 
     Parameters
     ----------
