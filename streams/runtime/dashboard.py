@@ -202,11 +202,14 @@ function spark(points, keys, colors) {
     '</svg> <span class="muted">' + num(top, top < 1 ? 3 : 0) + "</span>";
 }
 function render(s) {
+  // the page is redrawn at each push: what a person opened stays open
+  const opened = new Set([...document.querySelectorAll("details[open]")].map(d => d.dataset.k));
   document.getElementById("at").textContent = "updated " + new Date(s.at * 1000).toLocaleTimeString();
   document.getElementById("firing").innerHTML = table(s.firing, [
     ["alert", a => esc(a.dedup_key)], ["severity", a => '<span class="' + esc(a.severity) + '">' + esc(a.severity) + "</span>"],
     ["summary", a => esc(a.summary)], ["since", a => esc(a.since)],
-    ["evidence", a => hist(a.evidence) + "<pre>" + esc(JSON.stringify(a.evidence)) + "</pre>"]]);
+    ["evidence", a => hist(a.evidence) + '<details data-k="' + esc(a.dedup_key) + '"><summary>all of it</summary><pre>' +
+      esc(JSON.stringify(a.evidence, null, 1)) + "</pre></details>"]]);
   document.getElementById("series").innerHTML = table(s.series, [
     ["model", r => esc(r.model)], ["version", r => esc(r.version)], ["cohort", r => esc(r.cohort)],
     ["events", r => r.count, 1], ["req/s", r => num(r.rps), 1], ["errors", r => num(100 * r.error_rate) + " %", 1],
@@ -224,6 +227,7 @@ function render(s) {
   const kv = o => table(Object.entries(o).map(([k, v]) => ({k, v})), [["", r => esc(r.k)], ["", r => r.v, 1]]);
   document.getElementById("deadletters").innerHTML = kv(s.deadletters);
   document.getElementById("lag").innerHTML = kv(s.lag);
+  document.querySelectorAll("details").forEach(d => { d.open = opened.has(d.dataset.k); });
 }
 // Server-sent events: the worker pushes the state each second it changes; the
 // browser reconnects by itself when the worker restarts.
