@@ -95,8 +95,12 @@ Run it with ``make bench`` or ``.venv/bin/python bench/throughput.py``; options:
 2 cores), ``--repeat R`` (default 3), ``--no-memory`` (skip the tracemalloc
 pass, about half the run time),
 ``--plot out.png`` (a bar chart of events/s per row, when matplotlib is
-installed; it is not a dependency). Nothing is asserted: it is a script that
-prints figures, not a test.
+installed; it is not a dependency), ``--window`` (also the rows
+``pipeline+skew/window`` and ``pipeline+all/window``: the same with
+``skew.test`` and ``drift.test`` set to ``window``, the checks the sequential
+tests replaced, and a line per row and wire form giving sequential over window
+in µs per event, the whole row's and the checks' own, over ``pipeline``).
+Nothing is asserted: it is a script that prints figures, not a test.
 """
 
 from __future__ import annotations
@@ -399,8 +403,19 @@ def skew_only(settings: Settings) -> Settings:
         "quality": settings.quality.model_copy(update={"enabled": False})})
 
 
-def stages(settings: Settings, references: ReferenceStore) -> Stages:
-    """The rows, in order; the last two are ``pipeline`` given the reference profiles."""
+def windowed(settings: Settings) -> Settings:
+    """``settings`` with skew and drift on their windowed test (``test="window"``)."""
+    return settings.model_copy(update={
+        "skew": settings.skew.model_copy(update={"test": "window"}),
+        "drift": settings.drift.model_copy(update={"test": "window"})})
+
+
+WINDOW_ROWS = {"pipeline+skew/window": "pipeline+skew", "pipeline+all/window": "pipeline+all"}
+
+
+def stages(settings: Settings, references: ReferenceStore, window: bool = False) -> Stages:
+    """The rows, in order; the last ones are ``pipeline`` given the reference profiles
+    (``window``: also ``pipeline+skew`` and ``pipeline+all`` with the windowed tests)."""
     skew_settings = skew_only(settings)
 
     def run_skew(work: Workload, settings: Settings) -> dict[str, int]:
@@ -409,15 +424,28 @@ def stages(settings: Settings, references: ReferenceStore) -> Stages:
     def run_all(work: Workload, settings: Settings) -> dict[str, int]:
         return run_pipeline(work, settings, references)
 
+    skew_window, all_window = windowed(skew_settings), windowed(settings)
+
+    def run_skew_window(work: Workload, settings: Settings) -> dict[str, int]:
+        return run_pipeline(work, skew_window, references)
+
+    def run_all_window(work: Workload, settings: Settings) -> dict[str, int]:
+        return run_pipeline(work, all_window, references)
+
     labelled = settings.model_copy(update={
         "labels": settings.labels.model_copy(update={"enabled": True})})
 
     def run_labels(work: Workload, settings: Settings) -> dict[str, int]:
         return run_pipeline(work, labelled, references)
 
-    return (("baseline", run_baseline), ("parse", run_parse), ("pipeline", run_pipeline),
-            ("pipeline+skew", run_skew), ("pipeline+all", run_all),
-            ("pipeline+all+labels", run_labels))
+    rows: Stages = (("baseline", run_baseline), ("parse", run_parse),
+                    ("pipeline", run_pipeline), ("pipeline+skew", run_skew))
+    if window:
+        rows += (("pipeline+skew/window", run_skew_window),)
+    rows += (("pipeline+all", run_all),)
+    if window:
+        rows += (("pipeline+all/window", run_all_window),)
+    return rows + (("pipeline+all+labels", run_labels),)
 
 
 def timed(run: Runner, work: Workload, settings: Settings) -> tuple[float, float, dict[str, int]]:
@@ -556,6 +584,7 @@ def skew_summary(results: Sequence[Result], settings: Settings) -> list[str]:
     tests = max(0, per_model // sk.hop_events - sk.window_events // sk.hop_events + 1)
     checks_of = {"pipeline+skew": reference_checks(skew_only(settings)),
                  "pipeline+all": reference_checks(settings)}
+    checks_of.update({w: checks_of[s] + ", windowed tests" for w, s in WINDOW_ROWS.items()})
     lines = []
     for r in results:
         ratio = vs_pipeline(results, r)
@@ -570,6 +599,30 @@ def skew_summary(results: Sequence[Result], settings: Settings) -> list[str]:
                  f"{sk.hop_events:,}: about {tests:,} tests per (model, feature) per run, "
                  f"{len(MODELS) * (FEATURES + 1) * tests:,} in all; stationary data, so "
                  f"about no alert is expected")
+    return lines
+
+
+def test_comparison(results: Sequence[Result]) -> list[str]:
+    """Per wire form, the sequential rows against their windowed twins (``--window``): the
+    rows' µs per event, and the reference checks' own (the row's over ``pipeline``'s)."""
+    by = {(r.form, r.stage): r for r in results}
+    lines = []
+    for r in results:
+        if r.stage not in WINDOW_ROWS.values():
+            continue
+        w = next((by[(r.form, k)] for k, v in WINDOW_ROWS.items()
+                  if v == r.stage and (r.form, k) in by), None)
+        plain = by.get((r.form, "pipeline"))
+        if w is None or plain is None:
+            continue
+        seq_cost = r.us_per_event - plain.us_per_event
+        win_cost = w.us_per_event - plain.us_per_event
+        own = f"{seq_cost / win_cost:.2f}" if win_cost > 0 else "n/a"
+        lines.append(f"{r.form}/{r.stage}: sequential {r.us_per_event:.2f} vs window "
+                     f"{w.us_per_event:.2f} µs/event "
+                     f"(ratio {r.us_per_event / w.us_per_event:.2f}); "
+                     f"the checks alone, over the pipeline row: {seq_cost:.2f} vs "
+                     f"{win_cost:.2f} µs/event (ratio {own})")
     return lines
 
 
@@ -605,7 +658,8 @@ def plot(results: Sequence[Result], path: str) -> None:
     labels = [f"{r.form}\n{r.stage}" for r in results]
     colours = {"baseline": "#999999", "parse": "#4c72b0", "pipeline": "#dd8452",
                "pipeline+skew": "#c44e52", "pipeline+all": "#8172b3",
-               "pipeline+all+labels": "#937860"}
+               "pipeline+all+labels": "#937860", "pipeline+skew/window": "#e8a0a2",
+               "pipeline+all/window": "#b7addb"}
     fig, ax = plt.subplots(figsize=(11, 4.5))
     bars = ax.bar(labels, [r.rate for r in results], color=[colours[r.stage] for r in results])
     ax.bar_label(bars, labels=[f"{r.rate:,.0f}" for r in results], fontsize=8)
@@ -628,6 +682,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the tracemalloc pass (it takes about half of the run)")
     parser.add_argument("--plot", metavar="PNG", help="bar chart of events/s per row")
+    parser.add_argument("--window", action="store_true",
+                        help="also run pipeline+skew and pipeline+all with skew.test and "
+                             "drift.test = window, and print sequential over window")
     args = parser.parse_args(argv)
     if args.events < 1 or args.repeat < 1:
         parser.error("--events and --repeat must be at least 1")
@@ -651,11 +708,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(header(settings, args.events, args.repeat))
     print()
-    results = measure(works, settings, stages(settings, references), args.repeat,
-                      not args.no_memory)
+    results = measure(works, settings, stages(settings, references, args.window),
+                      args.repeat, not args.no_memory)
     print(table(results, not args.no_memory))
     print()
     for line in skew_summary(results, settings):
+        print(line)
+    for line in test_comparison(results):
         print(line)
     for note in checks(results):
         print(note)
