@@ -57,18 +57,16 @@ class FeatureColumns:
     def extract(cls, features: list[dict[str, Any] | None], names: list[str],
                 numeric: set[str]) -> FeatureColumns:
         events = [f if f is not None else _EMPTY for f in features]
-        whole = False  # every event has every name (the usual case): one C-level pass
-        if len(names) > 1 and events:
+        values: dict[str, list[Any]] = {}
+        whole = True  # every event has every name (the usual case)
+        for n in names:
             try:
-                values = dict(zip(names, map(list, zip(*map(itemgetter(*names), events),
-                                                         strict=True)), strict=True))
-                whole = True
+                values[n] = list(map(itemgetter(n), events))  # at C speed
             except KeyError:
-                pass
-        if not whole:
-            values = {n: [f.get(n) for f in events] for n in names}
+                values[n] = [f.get(n) for f in events]
+                whole = False
         numbers = {n: _floats(values[n]) for n in names if n in numeric}
-        if whole and max(map(len, events)) == len(names):
+        if whole and events and max(map(len, events)) == len(names):
             return cls(values, numbers, events, frozenset())  # no key but the names
         seen = set().union(*events) if events else set()
         return cls(values, numbers, events, frozenset(seen - set(names)))

@@ -618,10 +618,13 @@ def _features_ok(col: list[Any], limits: ParseLimits) -> bool:
 
 def _columns(doc: list[dict[str, Any]], names: tuple[str, ...]) -> list[list[Any]]:
     """One list per name: each element's value (None when absent)."""
-    try:  # every element has every field: one C-level pass (itemgetter, transposed)
-        return [list(col) for col in zip(*map(itemgetter(*names), doc), strict=True)]
-    except KeyError:
-        return [[ev.get(name) for ev in doc] for name in names]
+    out = []
+    for name in names:
+        try:  # every element has the field: a C-level pass
+            out.append(list(map(itemgetter(name), doc)))
+        except KeyError:
+            out.append([ev.get(name) for ev in doc])
+    return out
 
 
 _HEADER: Final = ("event_id", "ts", "model", "version")
