@@ -150,14 +150,16 @@ def alternatives(bins: FeatureBins, run_length: float, *, shares: np.ndarray | N
     q = (raw / raw.sum() * n + 0.5) / (n + 0.5 * k)
     names: list[str] = []
     family: list[str] = []
-    rows: list[np.ndarray] = []   # log p / q, before the margin
+    rows: list[np.ndarray] = []   # log p / q, before the margin (a block of rows each)
     probs: list[np.ndarray] = []
 
-    def add(name: str, fam: str, p: np.ndarray, mix: bool = True) -> None:
+    def add(new: list[str], fam: str, p: np.ndarray, mix: bool = True) -> None:
+        # A block of alternatives at once (one row of ``p`` each): the same arithmetic,
+        # element by element, as one at a time, in fewer numpy calls.
         if mix:
             p = (1 - FLOOR) * p + FLOOR * q
-        names.append(name)
-        family.append(fam)
+        names.extend(new)
+        family.extend([fam] * len(new))
         probs.append(p)
         rows.append(np.log(p / q))
 
@@ -174,21 +176,23 @@ def alternatives(bins: FeatureBins, run_length: float, *, shares: np.ndarray | N
         inner = bins.inner_edges
 
         def binned(at: np.ndarray) -> np.ndarray:
-            # Shares of the bins when P(X < inner edge) is the reference CDF at ``at``.
-            return np.diff(np.concatenate([[0.0], np.interp(at, edges, cum), [1.0]]))
+            # Shares of the bins (a row per row of ``at``) when P(X < inner edge) is the
+            # reference CDF at ``at``.
+            n = at.shape[0]
+            return np.diff(np.concatenate([np.zeros((n, 1)), np.interp(at, edges, cum),
+                                           np.ones((n, 1))], axis=1), axis=1)
 
         if sd > 0:
-            for d in SHIFTS_SD:
-                for sign in (1, -1):
-                    add(f"mean shift {sign * d:+.3g} sd", "shift", binned(inner - sign * d * sd))
-            for s in LOG_SCALES:
-                for sign in (1, -1):
-                    f = math.exp(sign * s)
-                    add(f"spread x{f:.3g}", "spread", binned(median + (inner - median) / f))
-        for j in range(k):
-            for eta in BIN_NUMERIC:
-                add(f"more of bin '{bins.labels[j]}' (odds x{math.exp(eta):.3g})", "bin",
-                    _bin_tilt(q, j, eta), mix=False)
+            shifts = [(sign, d) for d in SHIFTS_SD for sign in (1, -1)]
+            offsets = np.array([sign * d * sd for sign, d in shifts])
+            add([f"mean shift {sign * d:+.3g} sd" for sign, d in shifts], "shift",
+                binned(inner[None, :] - offsets[:, None]))
+            factors = [math.exp(sign * s) for s in LOG_SCALES for sign in (1, -1)]
+            add([f"spread x{f:.3g}" for f in factors], "spread",
+                binned(median + (inner[None, :] - median) / np.array(factors)[:, None]))
+        tilts = [(j, eta) for j in range(k) for eta in BIN_NUMERIC]
+        add([f"more of bin '{bins.labels[j]}' (odds x{math.exp(eta):.3g})" for j, eta in tilts],
+            "bin", _bin_tilts(q, tilts), mix=False)
     elif bins.kind == "categorical":
         ordered = _ordered_values(bins)
         if ordered is not None:
@@ -197,25 +201,24 @@ def alternatives(bins: FeatureBins, run_length: float, *, shares: np.ndarray | N
             for theta in TILTS:
                 for sign in (1, -1):
                     w = q * np.exp(sign * theta * score)
-                    add(f"{'higher' if sign > 0 else 'lower'} values (tilt {sign * theta:+.3g} "
-                        "sd)", "shift", w / w.sum())
-        for j in range(k):
-            for eta in BIN_UP + (BIN_DOWN if q[j] >= DOWN_MIN else ()):
-                word = "more" if eta > 0 else "less"
-                add(f"{word} '{bins.labels[j]}' (odds x{math.exp(eta):.3g})", "bin",
-                    _bin_tilt(q, j, eta), mix=False)
+                    add([f"{'higher' if sign > 0 else 'lower'} values (tilt {sign * theta:+.3g} "
+                         "sd)"], "shift", (w / w.sum())[None, :])
+        tilts = [(j, eta) for j in range(k)
+                 for eta in BIN_UP + (BIN_DOWN if q[j] >= DOWN_MIN else ())]
+        add([f"{'more' if eta > 0 else 'less'} '{bins.labels[j]}' (odds x{math.exp(eta):.3g})"
+             for j, eta in tilts], "bin", _bin_tilts(q, tilts), mix=False)
     if not names:
         empty = np.empty(0)
         return Alternatives((), (), q, np.empty((0, k)), empty, empty, empty, empty,
                             run_length, reference_size)
-    log_ratio = np.array(rows)
-    p = np.array(probs)
+    log_ratio = np.concatenate(rows)
+    p = np.concatenate(probs)
     kl_null = np.maximum(-(q * log_ratio).sum(axis=1), 1e-12)
     kl_alt = (p * log_ratio).sum(axis=1)
-    fam = np.array(family)
-    weights = {f: WEIGHTS[f] for f in WEIGHTS if (fam == f).any()}
+    counts = {f: family.count(f) for f in WEIGHTS}
+    weights = {f: WEIGHTS[f] for f in WEIGHTS if counts[f]}
     total = sum(weights.values())
-    share = np.array([weights[f] / total / int((fam == f).sum()) for f in family])
+    share = np.array([weights[f] / total / counts[f] for f in family])
     h = _thresholds(kl_null, run_length / share, reference_size)
     margin = h / reference_size if reference_size else np.zeros_like(h)
     return Alternatives(tuple(names), tuple(family), q, log_ratio - margin[:, None], h,
@@ -224,9 +227,17 @@ def alternatives(bins: FeatureBins, run_length: float, *, shares: np.ndarray | N
 
 def _bin_tilt(q: np.ndarray, j: int, eta: float) -> np.ndarray:
     """Bin ``j``'s log odds moved by ``eta``, the other bins' shares in proportion."""
-    p = q * (1 - q[j] * math.expm1(eta) / (1 + q[j] * math.expm1(eta)))
-    p[j] = q[j] * math.exp(eta) / (1 + q[j] * math.expm1(eta))
-    return p / p.sum()
+    return _bin_tilts(q, [(j, eta)])[0]
+
+
+def _bin_tilts(q: np.ndarray, tilts: list[tuple[int, float]]) -> np.ndarray:
+    """:func:`_bin_tilt` for each ``(j, eta)`` of ``tilts``, a row each."""
+    j = np.array([t[0] for t in tilts], dtype=np.int64)
+    up = np.array([math.expm1(t[1]) for t in tilts])
+    qe = q[j] * up
+    p = q[None, :] * (1 - qe / (1 + qe))[:, None]
+    p[np.arange(j.size), j] = q[j] * np.array([math.exp(t[1]) for t in tilts]) / (1 + qe)
+    return p / p.sum(axis=1)[:, None]
 
 
 def _ordered_values(bins: FeatureBins) -> np.ndarray | None:
@@ -283,45 +294,42 @@ class _Group:
         self.partial = np.zeros(self.k, dtype=np.int64)
         self.fill = 0
 
-    def counts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        """Counts of the blocks ``x`` completes (the carried partial block first), the
-        partial block left, and the fill before."""
-        b, k = self.block, self.k
-        total = self.fill + x.size
-        full = total // b
-        if full == 0:
-            return np.empty((0, k)), self.partial + np.bincount(x, minlength=k), self.fill
-        ids = (np.arange(self.fill, total) // b) * k
-        ids += x
-        c = np.bincount(ids, minlength=(full + 1) * k).reshape(full + 1, k)
-        c[0] += self.partial
-        return c[:full].astype(float), c[full], self.fill
-
     def scan(self, x: np.ndarray, seen: int) -> tuple[int, int, float, int] | None:
         """Fold ``x`` in (``seen``: values before it). None, or the first crossing: index in
         ``x`` of the block's last value, member, CUSUM, value count when it was last 0.
-        On a crossing the state is left as it was (the caller resets it)."""
-        counts, partial, fill = self.counts(x)
-        b = self.block
-        base = seen - fill   # value count at the start of the first block
-        if counts.shape[0] == 0:
-            self.partial, self.fill = partial, fill + x.size
+        On a crossing the state is left as it was (the caller resets it).
+
+        The blocks' counts come from one ``bincount`` (each value's offset in the
+        flattened counts is cached), and ``W`` (the running sum of the increments,
+        from the CUSUM's current value) gets a leading row of zeros, so that its
+        running minimum is ``min(0, min W)`` directly and ``S = W - min(0, min W)``
+        takes one subtraction."""
+        b, k, fill = self.block, self.k, self.fill
+        total = fill + x.size
+        full = total // b
+        if full == 0:
+            self.partial = self.partial + np.bincount(x, minlength=k)
+            self.fill = total
             return None
-        w = counts @ self.table
-        w[0] += self.s
+        c = np.bincount(_offsets(b, k, total)[fill:total] + x,
+                        minlength=(full + 1) * k).reshape(full + 1, k)
+        c[0] += self.partial
+        w = np.empty((full + 1, self.members.size))
+        w[0] = 0.0
+        np.matmul(c[:full].astype(float), self.table, out=w[1:])
+        w[1] += self.s
         np.cumsum(w, axis=0, out=w)
-        run = np.minimum.accumulate(w, axis=0)
-        reached = run[-1].copy()   # the least W: under 0 when the CUSUM touched 0
-        np.minimum(run, 0.0, out=run)
-        s = np.subtract(w, run, out=run)
-        if not (s.max(axis=0) >= self.h).any():
+        s = np.minimum.accumulate(w, axis=0)
+        touched = s[-1] < 0   # the CUSUM was 0 in this batch
+        np.subtract(w, s, out=s)
+        base = seen - fill    # value count at the start of the first block
+        if not (s >= self.h).any():
             self.s = s[-1].copy()
-            touched = reached < 0
             if touched.any():
-                last = w[:, touched].argmin(axis=0)
-                self.zero_at[touched] = base + (last + 1) * b
-            self.partial, self.fill = partial, (fill + x.size) % b
+                self.zero_at[touched] = base + w[:, touched].argmin(axis=0) * b
+            self.partial, self.fill = c[full], total % b
             return None
+        s = s[1:]
         over = s >= self.h
         row = int(np.argmax(over.any(axis=1)))
         crossed = np.flatnonzero(over[row])
@@ -329,6 +337,23 @@ class _Group:
         zeros = np.flatnonzero(s[:row + 1, j] <= 0)
         zero = base + (int(zeros[-1]) + 1) * b if zeros.size else int(self.zero_at[j])
         return (row + 1) * b - fill - 1, j, float(s[row, j]), zero
+
+
+_OFFSETS: dict[tuple[int, int], np.ndarray] = {}
+_OFFSETS_MAX = 1 << 16   # values: longer batches compute their offsets afresh
+
+
+def _offsets(block: int, k: int, size: int) -> np.ndarray:
+    """``(arange(size) // block) * k`` (at least ``size`` of them), cached per shape: a
+    value's offset in the flattened counts of its block."""
+    cached = _OFFSETS.get((block, k))
+    if cached is not None and cached.size >= size:
+        return cached
+    if size > _OFFSETS_MAX:
+        return (np.arange(size) // block) * k
+    n = max(size, 4096)
+    cached = _OFFSETS[(block, k)] = (np.arange(n) // block) * k
+    return cached
 
 
 class SequentialTest:
