@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import os
@@ -80,6 +81,26 @@ def slices(events: Sequence[EventT], max_bytes: int) -> Iterator[Sequence[EventT
             start, size = i + 1, 0
     if start < len(events):
         yield events[start:]
+
+
+#: The cyclic garbage collector's thresholds while the worker runs (Python's defaults:
+#: 700, 10, 10). A micro-batch allocates hundreds of thousands of short-lived containers
+#: (every event's dicts and columns), freed by reference counting, not by the collector;
+#: at the defaults the collector still ran every 700 of them, scanning the live state
+#: each time. Measured on the e2e workload (bench/e2e.py's, without Kafka): 14.8 ->
+#: 12.4 us of CPU per prediction event.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Once, when the first micro-batch arrives: what was built at start (modules, the
+    app, the profiles) is moved out of the collector's sight (``gc.freeze``), and the
+    collector runs less often (:data:`GC_THRESHOLDS`). Objects are still freed when
+    their last reference goes; only cycles wait longer to be collected."""
+    if gc.get_threshold() != GC_THRESHOLDS:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
 
 
 def messages_of(events: Sequence[EventT]) -> list[InMessage]:
@@ -211,6 +232,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         async for events in batches(settings.worker.batch_max,
                                     within=settings.worker.batch_within_s):
             await ready()  # profiles (skew, validation) and silences first
+            tune_gc()
             for part in slices(events, settings.worker.slice_bytes):
                 if stopping.is_set():
                     return
