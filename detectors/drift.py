@@ -156,35 +156,93 @@ class DriftDetector:
         """Fold bin indices in (``value``, optional: the raw numbers, for ADWIN); a signal
         per test."""
         idx, ts, values = batch["bin"], batch["ts"], batch.get("value")
+        if self.test == "sequential":
+            return self._update_sequential(idx, ts, values)
         out: list[Signal] = []
-        fed = 0  # values of idx the sequential test has seen
         for last, counts, mean in self._counter.add(idx, values):
             self._chunks.append(counts)
             if len(self._chunks) > self._capacity:
                 self._chunks.popleft()
-            if self.test == "sequential" and len(self._chunks) == self._capacity:
+            self._adwin_chunk(mean, ts, last, values is not None)
+            if len(self._chunks) == self._capacity:
+                out.append(self._evaluate(float(ts[last])))
+            if self._hold:
+                self._hold -= 1
+        return out
+
+    def _adwin_chunk(self, mean: float, ts: np.ndarray, last: int, numeric: bool) -> None:
+        if numeric:
+            self._means.append(mean)
+            self._adwin.update(mean)
+            if self._adwin.drift_detected:
+                self._hold = self._capacity
+                self._adwin_at = float(ts[last])
+
+    def _update_sequential(self, idx: np.ndarray, ts: np.ndarray,
+                           values: np.ndarray | None) -> list[Signal]:
+        """The CUSUMs over the batch, a status after each chunk (once the baseline is
+        full).
+
+        While no alarm is in force the values up to the next renewal of the baseline
+        are fed at once, the statuses after each chunk read off the way (as
+        :meth:`SequentialTest.feed`'s ``marks``): the same figures as feeding chunk by
+        chunk, for one pass over the CUSUMs instead of one per chunk. A hold (an
+        alarm in force) lasts longer than the baseline's renewal period, so it cannot
+        end inside such a stretch; once an alarm is in force, chunk by chunk again
+        (its end renews the baseline there)."""
+        out: list[Signal] = []
+        fed = 0  # values of idx the sequential test has seen
+        # Statuses not given yet: (position after the chunk, ts, ADWIN active, its change ts)
+        marks: list[tuple[int, float, bool, float | None]] = []
+        for last, counts, mean in self._counter.add(idx, values):
+            self._chunks.append(counts)
+            if len(self._chunks) > self._capacity:
+                self._chunks.popleft()
+            full = len(self._chunks) == self._capacity
+            if full:
                 if self._renew == 0:  # the baseline is renewed: test against the new one
-                    out.extend(self._feed(idx, ts, fed, last + 1))
-                    fed = last + 1
+                    out.extend(self._feed_marked(idx, ts, fed, last + 1, marks))
+                    fed, marks = last + 1, []
                     self._rebuild(np.sum(list(self._chunks)[:-self._recent_chunks], axis=0))
                     self._renew = self._capacity - self._recent_chunks
                 self._renew -= 1
-            if values is not None:
-                self._means.append(mean)
-                self._adwin.update(mean)
-                if self._adwin.drift_detected:
-                    self._hold = self._capacity
-                    self._adwin_at = float(ts[last])
-            if len(self._chunks) == self._capacity:
-                if self.test == "sequential":
+            self._adwin_chunk(mean, ts, last, values is not None)
+            if full:
+                mark = (last + 1, float(ts[last]), self._hold > 0, self._adwin_at)
+                if self._seq is not None and self._seq.alarm is None and not marks:
+                    marks.append(mark)   # no alarm in force since ``fed``: read on
+                elif marks:
+                    marks.append(mark)
+                else:
                     out.extend(self._feed(idx, ts, fed, last + 1))
                     fed = last + 1
-                    out.append(self._status(float(ts[last])))
-                else:
-                    out.append(self._evaluate(float(ts[last])))
+                    out.append(self._status_signal(mark[1], mark[2], mark[3]))
             if self._hold:
                 self._hold -= 1
-        out.extend(self._feed(idx, ts, fed, idx.size))
+        out.extend(self._feed_marked(idx, ts, fed, idx.size, marks))
+        return out
+
+    def _feed_marked(self, idx: np.ndarray, ts: np.ndarray, lo: int, hi: int,
+                     marks: list[tuple[int, float, bool, float | None]]) -> list[Signal]:
+        """Values ``lo:hi`` into the sequential test (no alarm in force at ``lo``), with
+        the statuses due at ``marks``, in the order chunk-by-chunk feeding gives them."""
+        if not marks:
+            return self._feed(idx, ts, lo, hi)
+        assert self._seq is not None and self._seq.alarm is None
+        changes = self._seq.feed(idx[lo:hi], [m[0] - lo for m in marks])
+        noted = self._seq.noted
+        if len(noted) != len(marks) or (changes and not changes[-1].alarm):
+            raise AssertionError("a hold ended within a stretch shorter than a hold")
+        out: list[Signal] = []
+        i = 0
+        for (position, t, adwin, adwin_at), (_, j, value, threshold, alarm, name) in zip(
+                marks, noted, strict=True):
+            while i < len(changes) and changes[i].index < position - lo:
+                out.append(self._change(changes[i], lo, idx, ts))
+                i += 1
+            out.append(self._status_signal(t, adwin, adwin_at, (j, value, threshold),
+                                           alarm, name))
+        out.extend(self._change(c, lo, idx, ts) for c in changes[i:])
         return out
 
     def _rebuild(self, base: np.ndarray) -> None:
@@ -243,24 +301,33 @@ class DriftDetector:
                       timestamp=float(ts[at]), model=self.model, version=self.version,
                       details=details)
 
-    def _status(self, ts: float) -> Signal:
+    def _status_signal(self, ts: float, adwin: bool, adwin_at: float | None,
+                       status: tuple[int, float, float] | None = None,
+                       alarm: bool | None = None, name: str | None = None) -> Signal:
+        """The status signal: the sequential test's now, or ``status`` (its alternative,
+        CUSUM and threshold), ``alarm`` and ``name`` as noted at a mark; ``adwin``: an
+        ADWIN detection still active then, found at ``adwin_at``."""
         assert self._seq is not None
-        j, value, threshold = self._seq.status()
-        by_seq = self._seq.alarm is not None
-        active = by_seq or self._hold > 0
-        name = "predictions" if self.check == "prediction_drift" else f"feature '{self.feature}'"
+        if status is None:
+            status, alarm = self._seq.status(), self._seq.alarm is not None
+            name = self._seq.alternatives.names[status[0]] if status[0] >= 0 else None
+        j, value, threshold = status
+        by_seq = bool(alarm)
+        active = by_seq or adwin
+        label = ("predictions" if self.check == "prediction_drift"
+                 else f"feature '{self.feature}'")
         why = ("a change the baseline has not absorbed yet" if by_seq
                else "ADWIN detected a change in its mean" if active
                else f"CUSUM {value:.1f} < {threshold:.1f} nats")
         details: dict[str, Any] = {
             "feature": self.feature, "statistic": "cusum", "cohort": self.cohort,
             "value": round(value, 3), "threshold": round(threshold, 3),
-            "alternative": self._seq.alternatives.names[j] if j >= 0 else None,
+            "alternative": (name or None) if j >= 0 else None,
             "detected_by": "cusum" if by_seq else "adwin" if active else None,
-            "adwin_change_at_ts": self._adwin_at,
+            "adwin_change_at_ts": adwin_at,
         }
         return Signal(check=self.check, key=self.key, active=active, severity=self.severity,
-                      summary=f"{self.model} {self.version}: {name} "
+                      summary=f"{self.model} {self.version}: {label} "
                       f"{'drifted' if active else 'steady'} ({why})",
                       timestamp=ts, model=self.model, version=self.version, details=details)
 

@@ -286,6 +286,7 @@ class _Group:
         self.k = alt.reference.size
         self.table = np.ascontiguousarray(alt.log_ratio[members].T)  # k x m_g
         self.h = alt.threshold[members]
+        self.marked: list[np.ndarray] = []
         self.reset(0)
 
     def reset(self, seen: int) -> None:
@@ -294,10 +295,13 @@ class _Group:
         self.partial = np.zeros(self.k, dtype=np.int64)
         self.fill = 0
 
-    def scan(self, x: np.ndarray, seen: int) -> tuple[int, int, float, int] | None:
+    def scan(self, x: np.ndarray, seen: int, marks: list[int] | None = None
+             ) -> tuple[int, int, float, int] | None:
         """Fold ``x`` in (``seen``: values before it). None, or the first crossing: index in
         ``x`` of the block's last value, member, CUSUM, value count when it was last 0.
-        On a crossing the state is left as it was (the caller resets it).
+        On a crossing the state is left as it was (the caller resets it). ``marks``:
+        values of ``x`` after which the CUSUMs are wanted too, into ``self.marked``
+        (those past a crossing are not meaningful).
 
         The blocks' counts come from one ``bincount`` (each value's offset in the
         flattened counts is cached), and ``W`` (the running sum of the increments,
@@ -308,6 +312,8 @@ class _Group:
         total = fill + x.size
         full = total // b
         if full == 0:
+            if marks:
+                self.marked = [self.s] * len(marks)
             self.partial = self.partial + np.bincount(x, minlength=k)
             self.fill = total
             return None
@@ -322,6 +328,8 @@ class _Group:
         s = np.minimum.accumulate(w, axis=0)
         touched = s[-1] < 0   # the CUSUM was 0 in this batch
         np.subtract(w, s, out=s)
+        if marks:   # row r: the CUSUMs after r blocks (row 0: as they were)
+            self.marked = [s[r].copy() if r else self.s for r in ((fill + p) // b for p in marks)]
         base = seen - fill    # value count at the start of the first block
         if not (s >= self.h).any():
             self.s = s[-1].copy()
@@ -424,36 +432,80 @@ class SequentialTest:
 
     # ------------------------------------------------------------------ update
 
-    def feed(self, x: np.ndarray) -> list[Change]:
+    def feed(self, x: np.ndarray, marks: list[int] | None = None) -> list[Change]:
         """Fold bin indices in; the alarms and clears they lead to (not a detector: the
-        detectors of :mod:`detectors.skew` and :mod:`detectors.drift` run it)."""
+        detectors of :mod:`detectors.skew` and :mod:`detectors.drift` run it).
+
+        ``marks``: increasing positions in ``x`` (values read) at which the caller wants
+        :meth:`status` as it would be had ``x`` been fed in pieces ending there; they
+        are noted in ``self.noted`` as ``(position, alternative, CUSUM, threshold, alarm
+        in force, the alternative's name)``, up to where feeding stops (a hold that ends
+        stops it: the marks after its end are not noted)."""
         out: list[Change] = []
+        self.noted: list[tuple[int, int, float, float, bool, str]] = []
+        todo = list(marks or ())
         start, n = 0, x.size
+        ended = False
         while start < n:
+            while todo and todo[0] <= start:
+                self._note(todo.pop(0))
             part = x[start:] if start else x
             if self.alarm is None:
-                at = self._watch(part, start, out)
-            elif self.hold is not None:
-                at = self._hold(part, start, out)
-                if at is not None:
-                    break  # the caller renews its reference before the rest
+                at = self._watch(part, start, out, todo)
             else:
-                at = self._confirm(part, start, out)
+                now = self.status()
+                if self.hold is not None:
+                    at = self._hold(part, start, out)
+                    ended = at is not None
+                else:
+                    at = self._confirm(part, start, out)
+                limit = start + (part.size if at is None else at)
+                while todo and todo[0] <= limit:
+                    self.noted.append((todo.pop(0), *now, True, self.alternatives.names[now[0]]))
+                if ended:
+                    break  # the caller renews its reference before the rest
             if at is None:
                 break
             start += at + 1
+        if not ended:
+            while todo and todo[0] <= n:
+                self._note(todo.pop(0))
         return out
 
-    def _scan(self, x: np.ndarray) -> tuple[int, int, float, int, int] | None:
+    def _note(self, position: int, statistics: np.ndarray | None = None) -> None:
+        """:meth:`status` now (or for the CUSUMs ``statistics``), noted at ``position``."""
+        if statistics is None or self.alarm is not None:
+            j, value, threshold = self.status()
+        else:
+            j = int(np.argmax(statistics / self.alternatives.threshold))
+            value, threshold = float(statistics[j]), float(self.alternatives.threshold[j])
+        name = self.alternatives.names[j] if j >= 0 else ""
+        self.noted.append((position, j, value, threshold, self.alarm is not None, name))
+
+    def _scan(self, x: np.ndarray, offset: int = 0, marks: list[int] | None = None
+              ) -> tuple[int, int, float, int, int] | None:
         """Every group over ``x``: the first crossing (index in ``x``, alternative, CUSUM,
         value count at its last 0, block), after which every CUSUM starts again; or None
-        (then the state has moved past ``x``)."""
+        (then the state has moved past ``x``). ``marks`` (positions ``offset`` onwards,
+        those in ``x`` and before a crossing are taken off and noted)."""
         first: tuple[int, int, float, int] | None = None
         gfirst: _Group | None = None
+        rel = [p - offset for p in marks if p - offset <= x.size] if marks else None
         for g in self.groups:
-            hit = g.scan(x, self.seen)
+            hit = g.scan(x, self.seen, rel)
             if hit is not None and (first is None or hit[0] < first[0]):
                 first, gfirst = hit, g
+        if rel and marks is not None:
+            limit = x.size if first is None else first[0]
+            size = self.alternatives.size
+            for i, p in enumerate(rel):
+                if p > limit:
+                    break
+                s = np.zeros(size)
+                for g in self.groups:
+                    s[g.members] = g.marked[i]
+                self._note(offset + p, s if size else None)
+                marks.pop(0)
         if first is None or gfirst is None:
             self.seen += x.size
             return None
@@ -467,8 +519,9 @@ class SequentialTest:
         """Values without a new crossing after which an alarm is over."""
         return max(self.confirm, 3 * since)
 
-    def _watch(self, x: np.ndarray, offset: int, out: list[Change]) -> int | None:
-        hit = self._scan(x)
+    def _watch(self, x: np.ndarray, offset: int, out: list[Change],
+               marks: list[int] | None = None) -> int | None:
+        hit = self._scan(x, offset, marks)
         if hit is None:
             return None
         at, j, stat, zero, _ = hit
