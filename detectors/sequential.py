@@ -324,8 +324,8 @@ class _Group:
         w[0] = 0.0
         np.matmul(c[:full].astype(float), self.table, out=w[1:])
         w[1] += self.s
-        np.cumsum(w, axis=0, out=w)
-        s = np.minimum.accumulate(w, axis=0)
+        np.add.accumulate(w, axis=0, out=w)
+        s = np.fmin.accumulate(w, axis=0)   # no NaN here: fmin is minimum, and faster
         touched = s[-1] < 0   # the CUSUM was 0 in this batch
         np.subtract(w, s, out=s)
         if marks:   # row r: the CUSUMs after r blocks (row 0: as they were)
@@ -333,8 +333,8 @@ class _Group:
         base = seen - fill    # value count at the start of the first block
         if not (s >= self.h).any():
             self.s = s[-1].copy()
-            if touched.any():
-                self.zero_at[touched] = base + w[:, touched].argmin(axis=0) * b
+            # where the CUSUM was 0, the first least W (row r: after r blocks)
+            np.copyto(self.zero_at, base + w.argmin(axis=0) * b, where=touched)
             self.partial, self.fill = c[full], total % b
             return None
         s = s[1:]

@@ -318,8 +318,9 @@ class SkewDetector:
     def _sequential(self, idx: np.ndarray, ts: np.ndarray) -> list[Signal]:
         """The sequential test's alarms and clears, and a status every ``hop`` values."""
         assert self._seq is not None
-        before = (list(self._chunks), self._counter.current.copy())
         changes = self._seq.feed(idx)
+        # the chunks before this batch (the evidence of a change), before adding it
+        before = (list(self._chunks), self._counter.current.copy()) if changes else ([], None)
         chunks_per_window = self.calibration.window // self.calibration.hop
         for _, counts, _ in self._counter.add(idx):
             self._chunks.append(counts)
@@ -335,13 +336,14 @@ class SkewDetector:
         return out
 
     def _recent(self, idx: np.ndarray, at: int, since: int,
-                before: tuple[list[np.ndarray], np.ndarray]) -> np.ndarray:
+                before: tuple[list[np.ndarray], np.ndarray | None]) -> np.ndarray:
         """Counts of the values since the change started (whole chunks before this batch,
         at most a window of them)."""
         lo = max(0, at + 1 - since)
         counts = np.bincount(idx[lo:at + 1], minlength=self.bins.size)
         if since > at + 1:
             chunks, current = before
+            assert current is not None
             need = since - (at + 1)
             counts = counts + current
             need -= int(current.sum())
@@ -353,7 +355,7 @@ class SkewDetector:
         return counts
 
     def _change_signal(self, c: Change, idx: np.ndarray, ts: np.ndarray,
-                       before: tuple[list[np.ndarray], np.ndarray]) -> Signal:
+                       before: tuple[list[np.ndarray], np.ndarray | None]) -> Signal:
         assert self._seq is not None
         alt = self._seq.alternatives
         what = "training/serving skew" if self.check == "training_serving_skew" else "drift"
