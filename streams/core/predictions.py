@@ -426,35 +426,45 @@ class PredictionProcessor:
                 box.deadletters.append(dl.to_record(self.feedback_topic, msg.partition,
                                                     msg.offset))
         by_model: dict[str, list[int]] = {}
-        for j, model in enumerate(cols.model):
-            by_model.setdefault(model, []).append(j)
+        if len(set(cols.model)) == 1:  # the usual case: labels of one model
+            by_model[cols.model[0]] = list(range(len(cols)))
+        else:
+            for j, model in enumerate(cols.model):
+                by_model.setdefault(model, []).append(j)
+        # each label's message's partition and offset, looked up once
+        message = np.asarray(cols.message, dtype=np.int64)
+        partitions = np.array([m.partition for m in messages], dtype=np.int64)
+        offsets = np.array([m.offset for m in messages], dtype=np.int64)
         for model, rows in by_model.items():
-            msgs = [messages[cols.message[j]] for j in rows]
-            mon = self.monitor(model, msgs[-1].partition, now, saved, box)
+            at = message[rows]
+            parts, offs = partitions[at], offsets[at]
+            mon = self.monitor(model, int(parts[-1]), now, saved, box)
             if mon is None:
                 box.deadletters += [self._dead_label(messages, cols, j, "over_capacity: this "
                                                      "worker holds worker.max_models models, "
                                                      "none idle") for j in rows]
                 continue
-            fresh = [j for j, m in zip(rows, msgs, strict=True)
-                     if m.offset > mon.feedback_offsets.get(m.partition, -1)]
+            done = np.full(parts.size, -1, dtype=np.int64)
+            for p in np.unique(parts):
+                done[parts == p] = mon.feedback_offsets.get(int(p), -1)
+            fresh = np.asarray(rows, dtype=np.int64)[offs > done].tolist()
             if fresh:
                 self._isolated(mon, fresh,
                                lambda m, js, sub: self._fold_labels(m, cols, js, now, sub),
                                lambda j, exc: self._dead_label(messages, cols, j, _internal(exc)),
                                now, saved, box)
             mon = self.monitors.get(model, mon)
-            for m in msgs:
-                mon.feedback_offsets[m.partition] = max(mon.feedback_offsets.get(m.partition, -1),
-                                                        m.offset)
+            for p in np.unique(parts):
+                mon.feedback_offsets[int(p)] = max(mon.feedback_offsets.get(int(p), -1),
+                                                   int(offs[parts == p].max()))
             self._checkpoint(mon, now, box)
 
     def _fold_labels(self, mon: ModelMonitor, cols: FeedbackColumns, rows: list[int],
                      now: float, box: Outbox) -> None:
         store, model = self.references, mon.model
         lookup = (lambda version: store.get(model, version)) if store is not None else None
-        out = mon.ingest_labels([cols.event_id[j] for j in rows], [cols.ts[j] for j in rows],
-                                [cols.label[j] for j in rows], now, lookup)
+        out = mon.ingest_labels(_pick(cols.event_id, rows), _pick(cols.ts, rows),
+                                _pick(cols.label, rows), now, lookup)
         box.add(model, out)
 
     def _dead_label(self, messages: Sequence[InMessage], cols: FeedbackColumns, j: int,
