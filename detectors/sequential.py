@@ -303,11 +303,10 @@ class _Group:
         values of ``x`` after which the CUSUMs are wanted too, into ``self.marked``
         (those past a crossing are not meaningful).
 
-        The blocks' counts come from one ``bincount`` (each value's offset in the
-        flattened counts is cached), and ``W`` (the running sum of the increments,
-        from the CUSUM's current value) gets a leading row of zeros, so that its
-        running minimum is ``min(0, min W)`` directly and ``S = W - min(0, min W)``
-        takes one subtraction."""
+        The blocks' counts come from one ``bincount`` (each value's block is cached),
+        and ``W`` (the running sum of the increments, from the CUSUM's current value)
+        gets a leading row of zeros, so that its running minimum is ``min(0, min W)``
+        directly and ``S = W - min(0, min W)`` takes one subtraction."""
         b, k, fill = self.block, self.k, self.fill
         total = fill + x.size
         full = total // b
@@ -317,8 +316,9 @@ class _Group:
             self.partial = self.partial + np.bincount(x, minlength=k)
             self.fill = total
             return None
-        c = np.bincount(_offsets(b, k, total)[fill:total] + x,
-                        minlength=(full + 1) * k).reshape(full + 1, k)
+        ids = _block_of(b, total)[fill:total] * k
+        ids += x
+        c = np.bincount(ids, minlength=(full + 1) * k).reshape(full + 1, k)
         c[0] += self.partial
         w = np.empty((full + 1, self.members.size))
         w[0] = 0.0
@@ -347,20 +347,19 @@ class _Group:
         return (row + 1) * b - fill - 1, j, float(s[row, j]), zero
 
 
-_OFFSETS: dict[tuple[int, int], np.ndarray] = {}
-_OFFSETS_MAX = 1 << 16   # values: longer batches compute their offsets afresh
+_BLOCK_OF: dict[int, np.ndarray] = {}
+_BLOCK_OF_MAX = 1 << 16   # values: longer batches compute theirs afresh
 
 
-def _offsets(block: int, k: int, size: int) -> np.ndarray:
-    """``(arange(size) // block) * k`` (at least ``size`` of them), cached per shape: a
-    value's offset in the flattened counts of its block."""
-    cached = _OFFSETS.get((block, k))
+def _block_of(block: int, size: int) -> np.ndarray:
+    """``arange(size) // block`` (at least ``size`` of them), cached per block size: the
+    block of each value of a batch (bounded: a few block sizes, 64 Ki values each)."""
+    cached = _BLOCK_OF.get(block)
     if cached is not None and cached.size >= size:
         return cached
-    if size > _OFFSETS_MAX:
-        return (np.arange(size) // block) * k
-    n = max(size, 4096)
-    cached = _OFFSETS[(block, k)] = (np.arange(n) // block) * k
+    if size > _BLOCK_OF_MAX:
+        return np.arange(size) // block
+    cached = _BLOCK_OF[block] = np.arange(max(size, 4096)) // block
     return cached
 
 
