@@ -276,7 +276,7 @@ class DriftDetector:
         details: dict[str, Any] = {
             "feature": self.feature, "statistic": "cusum", "cohort": self.cohort,
             "value": round(c.statistic, 3) if c.alarm else 0.0,
-            "threshold": round(c.threshold, 3), "alternative": alt.names[c.alternative],
+            "threshold": round(c.threshold, 3), "alternative": c.name,
             "detected_by": "cusum" if c.alarm else None,
         }
         if c.alarm:
@@ -291,7 +291,7 @@ class DriftDetector:
                            "end_ts": float(ts[at])},
                 "calibration": alt.describe(c.alternative),
             })
-            why = (f"{alt.names[c.alternative]}: CUSUM {c.statistic:.1f} >= {c.threshold:.1f} "
+            why = (f"{c.name}: CUSUM {c.statistic:.1f} >= {c.threshold:.1f} "
                    f"nats, {c.since:,} values since the change began")
         else:
             why = "the baseline has absorbed the change"
@@ -310,7 +310,7 @@ class DriftDetector:
         assert self._seq is not None
         if status is None:
             status, alarm = self._seq.status(), self._seq.alarm is not None
-            name = self._seq.alternatives.names[status[0]] if status[0] >= 0 else None
+            name = self._seq.status_name(status[0]) or None
         j, value, threshold = status
         by_seq = bool(alarm)
         active = by_seq or adwin
@@ -322,7 +322,7 @@ class DriftDetector:
         details: dict[str, Any] = {
             "feature": self.feature, "statistic": "cusum", "cohort": self.cohort,
             "value": round(value, 3), "threshold": round(threshold, 3),
-            "alternative": (name or None) if j >= 0 else None,
+            "alternative": name or None,
             "detected_by": "cusum" if by_seq else "adwin" if active else None,
             "adwin_change_at_ts": adwin_at,
         }

@@ -276,6 +276,7 @@ class Change:
     statistic: float       # its CUSUM, nats
     threshold: float
     since: int             # values from the estimated change start to ``index``, inclusive
+    name: str = ""         # the alternative's name (an index can outlive its bank)
 
 
 class _Group:
@@ -423,6 +424,10 @@ class SequentialTest:
             for g, o in zip(groups, old, strict=True):
                 g.s, g.zero_at, g.partial, g.fill = o.s, o.zero_at, o.partial, o.fill
         self.groups = groups
+        alarm = getattr(self, "alarm", None)
+        if alarm is not None:  # an alarm in force: its alternative's index in the new bank
+            alarm["alternative"] = (alt.names.index(alarm["name"]) if alarm["name"] in alt.names
+                                    else -1)
 
     def reset(self) -> None:
         for g in self.groups:
@@ -460,7 +465,7 @@ class SequentialTest:
                     at = self._confirm(part, start, out)
                 limit = start + (part.size if at is None else at)
                 while todo and todo[0] <= limit:
-                    self.noted.append((todo.pop(0), *now, True, self.alternatives.names[now[0]]))
+                    self.noted.append((todo.pop(0), *now, True, self.status_name(now[0])))
                 if ended:
                     break  # the caller renews its reference before the rest
             if at is None:
@@ -478,8 +483,8 @@ class SequentialTest:
         else:
             j = int(np.argmax(statistics / self.alternatives.threshold))
             value, threshold = float(statistics[j]), float(self.alternatives.threshold[j])
-        name = self.alternatives.names[j] if j >= 0 else ""
-        self.noted.append((position, j, value, threshold, self.alarm is not None, name))
+        self.noted.append((position, j, value, threshold, self.alarm is not None,
+                           self.status_name(j)))
 
     def _scan(self, x: np.ndarray, offset: int = 0, marks: list[int] | None = None
               ) -> tuple[int, int, float, int, int] | None:
@@ -525,9 +530,10 @@ class SequentialTest:
             return None
         at, j, stat, zero, _ = hit
         since = self.seen - zero
-        out.append(Change(offset + at, True, j, stat, float(self.alternatives.threshold[j]),
-                          since))
-        self.alarm = {"alternative": j, "statistic": stat, "at": self.seen, "since": since,
+        name, h = self.alternatives.names[j], float(self.alternatives.threshold[j])
+        out.append(Change(offset + at, True, j, stat, h, since, name))
+        self.alarm = {"alternative": j, "name": name, "threshold": h, "statistic": stat,
+                      "at": self.seen, "since": since,
                       "until": self.seen + (self.hold or self._span(since))}
         return at
 
@@ -561,9 +567,9 @@ class SequentialTest:
 
     def _end(self, index: int, out: list[Change]) -> None:
         assert self.alarm is not None
-        j = int(self.alarm["alternative"])
-        out.append(Change(index, False, j, 0.0, float(self.alternatives.threshold[j]),
-                          self.seen - int(self.alarm["at"])))
+        out.append(Change(index, False, int(self.alarm["alternative"]), 0.0,
+                          float(self.alarm["threshold"]), self.seen - int(self.alarm["at"]),
+                          str(self.alarm["name"])))
         self.alarm = None
         for g in self.groups:
             g.reset(self.seen)
@@ -579,16 +585,23 @@ class SequentialTest:
 
     def status(self) -> tuple[int, float, float]:
         """The alternative nearest its threshold, its CUSUM and threshold (an alarm in
-        force: the alarm's, its CUSUM at least the threshold)."""
+        force: the alarm's, its CUSUM at least the threshold; its index is -1 when the
+        bank was rebuilt without it since, :meth:`status_name` still names it)."""
         h = self.alternatives.threshold
         if self.alarm is not None:
-            j = int(self.alarm["alternative"])
-            return j, max(float(self.alarm["statistic"]), float(h[j])), float(h[j])
+            j, hj = int(self.alarm["alternative"]), float(self.alarm["threshold"])
+            return j, max(float(self.alarm["statistic"]), hj), hj
         if self.alternatives.size == 0:
             return -1, 0.0, math.inf
         s = self.statistics()
         j = int(np.argmax(s / h))
         return j, float(s[j]), float(h[j])
+
+    def status_name(self, j: int) -> str:
+        """The name of :meth:`status`'s alternative ``j`` ("" when there is none)."""
+        if self.alarm is not None:
+            return str(self.alarm["name"])
+        return self.alternatives.names[j] if j >= 0 else ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"groups": [{"s": g.s.tolist(), "zero_at": g.zero_at.tolist(),
@@ -608,5 +621,13 @@ class SequentialTest:
             g.zero_at = np.asarray(d["zero_at"], dtype=np.int64)
             g.partial = np.asarray(d["partial"], dtype=np.int64)
             g.fill = int(d["fill"])
-        self.seen, self.alarm = int(data["seen"]), data["alarm"]
+        self.seen, alarm = int(data["seen"]), data["alarm"]
+        if alarm is not None and "name" not in alarm:  # saved before alarms carried them
+            j = int(alarm["alternative"])
+            if not 0 <= j < self.alternatives.size:
+                alarm = None
+            else:
+                alarm.update(name=self.alternatives.names[j],
+                             threshold=float(self.alternatives.threshold[j]))
+        self.alarm = alarm
         return True

@@ -362,7 +362,7 @@ class SkewDetector:
         details: dict[str, Any] = {
             "feature": self.feature, "statistic": "cusum", "cohort": self.cohort,
             "value": round(c.statistic, 3) if c.alarm else 0.0,
-            "threshold": round(c.threshold, 3), "alternative": alt.names[c.alternative],
+            "threshold": round(c.threshold, 3), "alternative": c.name,
         }
         if c.alarm:
             counts = self._recent(idx, c.index, c.since, before)
@@ -384,7 +384,7 @@ class SkewDetector:
                 details["linf"] = linf_distance(serving, ref)
                 details["unseen_categories"] = sorted(self._unseen)
             summary = (f"{self.model} {self.version}: {what} on feature '{self.feature}' "
-                       f"({alt.names[c.alternative]}: CUSUM {c.statistic:.1f} >= "
+                       f"({c.name}: CUSUM {c.statistic:.1f} >= "
                        f"{c.threshold:.1f} nats, {c.since:,} values since the change began)")
         else:
             details["events_since_alarm"] = c.since
@@ -398,7 +398,7 @@ class SkewDetector:
         assert self._seq is not None
         active = self._seq.alarm is not None
         what = "training/serving skew" if self.check == "training_serving_skew" else "drift"
-        name = self._seq.alternatives.names[j] if j >= 0 else "none"
+        name = self._seq.status_name(j) or "none"
         details: dict[str, Any] = {"feature": self.feature, "statistic": "cusum",
                                    "value": round(value, 3), "threshold": round(threshold, 3),
                                    "cohort": self.cohort, "alternative": name}

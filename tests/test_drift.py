@@ -81,3 +81,27 @@ def test_gradual_drift_is_caught_by_adwin() -> None:
 def test_prediction_drift_has_its_own_key() -> None:
     assert detector(feature="prediction").key == "prediction_drift:m:v1"
     assert detector().key == "feature_drift:m:v1:x"
+
+
+def test_an_alarm_outlives_a_baseline_without_its_alternative() -> None:
+    """A category falling from 6 % to nearly nothing: the alarm is "less 'c'". While it
+    holds, the baseline is renewed from values with almost no 'c' left, and a bank
+    built on it has no "less 'c'" alternative (under 5 %). The alarm in force, its
+    statuses and its end still name the alternative that fired, with its threshold."""
+    bins = FeatureBins.from_profile("f", {"type": "categorical",
+                                          "frequencies": {"a": 0.6, "b": 0.34, "c": 0.06}})
+    assert bins is not None
+    cal = calibrate(bins.reference, window=400, hop=100, run_length=1e5, baseline=1600)
+    det = DriftDetector("m", "v1", "f", bins=bins, calibration=cal)
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.choice(3, 6000, p=[0.6, 0.34, 0.06]),
+                        rng.choice(3, 6000, p=[0.64, 0.355, 0.005])])
+    signals = det.update({"ts": np.arange(x.size, dtype=float), "bin": x})
+    active = [s for s in signals if s.active]
+    assert active and active[0].details["alternative"].startswith("less 'c'")
+    banks = det._seq.alternatives.names if det._seq else ()
+    assert not any(n.startswith("less 'c'") for n in banks)  # the bank lost it meanwhile
+    assert {s.details["alternative"] for s in active} == {active[0].details["alternative"]}
+    assert {s.details["threshold"] for s in active} == {active[0].details["threshold"]}
+    cleared = [s for s in signals if "has absorbed the change" in s.summary]
+    assert cleared and cleared[0].details["alternative"] == active[0].details["alternative"]

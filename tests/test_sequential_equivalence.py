@@ -324,18 +324,7 @@ def test_drift_gives_the_same_signals_however_the_stream_is_batched(
     from detectors.drift import DriftDetector
     from detectors.skew import calibrate
     rng = np.random.default_rng(seed)
-    if kind == "numeric":
-        bins = random_bins(rng, kind)
-    else:
-        # Every category's share well above DOWN_MIN, before and after the shift: a
-        # bank renewed during an alarm keeps the same alternatives (a bank with fewer
-        # alternatives breaks an alarm in force: its index is the old bank's).
-        k = int(rng.integers(2, 6))
-        shares = 0.15 + (1 - 0.15 * k) * rng.dirichlet(np.ones(k))
-        found = FeatureBins.from_profile("f", {"type": "categorical", "frequencies": {
-            f"c{i}": float(v) for i, v in enumerate(shares)}})
-        assert found is not None
-        bins = found
+    bins = random_bins(rng, kind)
     cal = calibrate(bins.reference, 400, 100, 1e5, baseline=1600)
     q = bins.reference / bins.reference.sum()
     moved = np.roll(q, 1) * shift + q * (1 - shift)
