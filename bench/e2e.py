@@ -39,13 +39,21 @@ not finish within ``--timeout`` seconds. ``--quick`` (what the test suite
 runs) is the same with 20,000 / 3,000 events and a 15 s delay run: it checks
 that everything completes and the table prints, not the figures.
 
+``--only RUN`` (repeatable: ``batch``, ``single-event``, ``client``, ``delay``)
+does only those runs; ``--set KEY=VALUE`` (repeatable; a dotted key, the value
+read as YAML) changes the workers' configuration, so configurations compare
+without editing code between runs, e.g. ``--only single-event --set
+worker.faust_metrics=false``.
+
     .venv/bin/python bench/e2e.py [--quick] [--events N] [--single-events N]
+        [--only RUN]... [--set KEY=VALUE]...
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import os
 import subprocess
 import sys
@@ -274,12 +282,37 @@ def topics_for(prefix: str) -> dict[str, str]:
     return {name: f"{prefix}.{t}" for name, t in TopicSettings().model_dump().items()}
 
 
+RUNS = {"batch": "batch form", "single-event": "single-event",
+        "client": "sentinelle.client", "delay": "end-to-end delay"}
+EXTRA: dict[str, Any] = {}  # --set: merged into every worker's configuration, last
+
+
+def merge(into: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` merged into ``into`` (nested dicts key by key), in place."""
+    for k, v in values.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            merge(into[k], v)
+        else:
+            into[k] = v
+    return into
+
+
+def setting(text: str) -> dict[str, Any]:
+    """``a.b=VALUE`` → ``{"a": {"b": VALUE}}``, the value read as YAML."""
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    out: Any = yaml.safe_load(value)
+    for part in reversed(key.strip().split(".")):
+        out = {part: out}
+    return out
+
+
 def config(topics: dict[str, str], app_id: str, **overrides: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {"topics": topics, "kafka": {"partitions": PARTITIONS},
                            "worker": {"app_id": app_id}}
-    for section, values in overrides.items():
-        cfg.setdefault(section, {}).update(values)
-    return cfg
+    merge(cfg, overrides)
+    return merge(cfg, copy.deepcopy(EXTRA))
 
 
 async def prepare(servers: str, prefix: str, models: list[str]) -> dict[str, str]:
@@ -500,11 +533,13 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
-def report(runs: list[Run], delays: tuple[list[float], list[float], float], models: int,
-           plot: str | None) -> None:
+def report(runs: list[Run], delays: tuple[list[float], list[float], float] | None,
+           models: int, plot: str | None) -> None:
     print(f"\nSentinelle worker vs Faust pass-through, {models} models x 12 features, every "
           f"check on (profiles, labels for half, canary cohort, metrics source); "
           f"{PARTITIONS} partitions, one worker\n")
+    if EXTRA:
+        print(f"worker settings changed (--set): {orjson.dumps(EXTRA).decode()}\n")
     print("| run | events | messages | worker events/s | pass-through events/s | ratio | "
           "worker cores | peak RSS MB | max lag (messages) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -525,15 +560,19 @@ def report(runs: list[Run], delays: tuple[list[float], list[float], float], mode
     if single and client and client.seconds >= 1.0 and single.seconds >= 1.0:
         print(f"\nsentinelle.client batching the single-event producer's events: "
               f"{client.rate / single.rate:.1f}x the single-event rate")
-    stats_d, alert_d, bound = delays
-    print(f"\nend-to-end delay from a window's close (end + allowed lateness) to its output, "
-          f"{len(stats_d)} windows, {len(alert_d)} alerts; bound 2 x batch_within_s = "
-          f"{bound:.1f} s:")
-    print(f"  ml.stats: p50 {pct(stats_d, 50):.2f} s, p99 {pct(stats_d, 99):.2f} s")
-    print(f"  ml.alerts: p50 {pct(alert_d, 50):.2f} s, p99 {pct(alert_d, 99):.2f} s")
+    stats_d: list[float] = []
+    alert_d: list[float] = []
+    if delays is not None:
+        stats_d, alert_d, bound = delays
+        print(f"\nend-to-end delay from a window's close (end + allowed lateness) to its "
+              f"output, {len(stats_d)} windows, {len(alert_d)} alerts; bound 2 x "
+              f"batch_within_s = {bound:.1f} s:")
+        print(f"  ml.stats: p50 {pct(stats_d, 50):.2f} s, p99 {pct(stats_d, 99):.2f} s")
+        print(f"  ml.alerts: p50 {pct(alert_d, 50):.2f} s, p99 {pct(alert_d, 99):.2f} s")
     print()
-    print(chart({r.name: [(t, float(v)) for t, v in r.lag] for r in runs},
-                "consumer lag (messages) over seconds, per run"))
+    if runs:
+        print(chart({r.name: [(t, float(v)) for t, v in r.lag] for r in runs},
+                    "consumer lag (messages) over seconds, per run"))
     if plot:
         try:
             import matplotlib
@@ -557,14 +596,21 @@ def report(runs: list[Run], delays: tuple[list[float], list[float], float], mode
 
 async def main_async(args: argparse.Namespace, servers: str, workdir: Path) -> None:
     models = model_names(args.models)
-    runs = [await throughput_run(servers, "batch form", 100, args.events, models, workdir,
-                                 args.timeout),
-            await throughput_run(servers, "single-event", 1, args.single_events, models,
-                                 workdir, args.timeout),
-            await throughput_run(servers, "sentinelle.client", 1, args.single_events, models,
-                                 workdir, args.timeout, via_client=True)]
-    say("end-to-end delay run")
-    delays = await delay_run(servers, models, args.delay_seconds, workdir)
+    only = set(args.only or RUNS)
+    runs = []
+    if "batch" in only:
+        runs.append(await throughput_run(servers, "batch form", 100, args.events, models,
+                                         workdir, args.timeout))
+    if "single-event" in only:
+        runs.append(await throughput_run(servers, "single-event", 1, args.single_events,
+                                         models, workdir, args.timeout))
+    if "client" in only:
+        runs.append(await throughput_run(servers, "sentinelle.client", 1, args.single_events,
+                                         models, workdir, args.timeout, via_client=True))
+    delays = None
+    if "delay" in only:
+        say("end-to-end delay run")
+        delays = await delay_run(servers, models, args.delay_seconds, workdir)
     report(runs, delays, args.models, args.plot)
 
 
@@ -577,7 +623,14 @@ def main() -> int:
     ap.add_argument("--delay-seconds", type=float, default=40.0)
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--plot", default=None)
+    ap.add_argument("--only", action="append", choices=sorted(RUNS),
+                    help="do only this run (repeatable); all of them by default")
+    ap.add_argument("--set", action="append", type=setting, default=[], metavar="KEY=VALUE",
+                    help="a worker setting by dotted key, the value read as YAML (repeatable), "
+                         "e.g. worker.faust_metrics=false")
     args = ap.parse_args()
+    for s in args.set:
+        merge(EXTRA, s)
     if args.quick:
         args.events, args.single_events, args.delay_seconds = 20_000, 3_000, 15.0
     with tempfile.TemporaryDirectory(prefix="sentinelle-e2e-") as tmp:
