@@ -127,6 +127,7 @@ from streams.config import Settings
 from streams.core.parse import PredictionColumns, parse_predictions
 from streams.core.predictions import InMessage, PredictionProcessor, parse_limits
 from streams.core.references import ReferenceStore
+from streams.runtime.threads import limit_threads
 from streams.tools.simulate import ModelSpec, make_event
 
 TOPIC = "ml.predictions"
@@ -691,6 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # The skeleton: no label join (the +labels row adds it, with the reference checks).
     settings = Settings(labels={"enabled": False})  # type: ignore[arg-type]
+    limit_threads(settings.worker.blas_threads)  # as the worker does
     started = time.perf_counter()
     rss_before = maxrss_mib()
     events = make_events(args.events)

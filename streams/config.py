@@ -237,6 +237,11 @@ class WorkerSettings(_Section):
         True, description="Faust's own Prometheus sensor on /metrics (faust_*: producer send "
                           "latency and errors, commit latency, committed offsets, rebalances, "
                           "assignment latency, table operations)")
+    blas_threads: int = Field(
+        1, ge=1, description="threads of numpy's BLAS pool (the sequential tests' matrix "
+                             "products) in a worker process: a worker scales out by processes, "
+                             "and idle BLAS threads spin on cores the broker and the other "
+                             "workers need")
 
 
 class LimitSettings(_Section):

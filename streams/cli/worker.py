@@ -52,6 +52,7 @@ def worker(settings: Settings, loglevel: str) -> None:
         is_tansu,
         partition_counts,
     )
+    from streams.runtime.threads import limit_threads
 
     servers = settings.kafka.servers
     t = settings.topics
@@ -76,6 +77,7 @@ def worker(settings: Settings, loglevel: str) -> None:
     if settings.kafka.producer_batch_bytes is None and asyncio.run(is_tansu(servers, options)):
         settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
             update={"producer_batch_bytes": 1})})  # one record per batch: see is_tansu
+    limit_threads(settings.worker.blas_threads)
     s = create_app(settings)
     register(s)
     from streams.runtime.logs import logging_config
