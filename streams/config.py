@@ -236,7 +236,10 @@ class WorkerSettings(_Section):
     faust_metrics: bool = Field(
         True, description="Faust's own Prometheus sensor on /metrics (faust_*: producer send "
                           "latency and errors, commit latency, committed offsets, rebalances, "
-                          "assignment latency, table operations)")
+                          "assignment latency, table operations, messages and events read); "
+                          "its per-message series are read from Faust's plain monitor when "
+                          "scraped, so it costs nothing per message (faust_events_runtime_ms "
+                          "is not made)")
     blas_threads: int = Field(
         1, ge=1, description="threads of numpy's BLAS pool (the sequential tests' matrix "
                              "products) in a worker process: a worker scales out by processes, "

@@ -13,12 +13,12 @@ import re
 from typing import Any
 
 import pytest
-from faust.sensors.prometheus import FaustMetrics
 from prometheus_client import CollectorRegistry
 
 from alerting.bridge_service import BridgeMetrics
 from streams.config import Settings
 from streams.core.predictions import PredictionProcessor
+from streams.runtime.faust_sensor import FaustSensor
 from streams.runtime.metrics import StateCollector, make_metrics
 from streams.tools.controller import ControllerState, ControllerWatch
 from tests.conftest import ROOT
@@ -38,14 +38,14 @@ def exported() -> dict[str, set[str]]:
     p = PredictionProcessor(Settings(), "ml.predictions")
     registry.register(StateCollector(lambda: p.monitors, lambda: []))
     # the worker's Faust sensor (worker.faust_metrics), the bridges' and the controller's
-    faust = FaustMetrics.create(registry, "faust")
+    faust = FaustSensor.create(registry)
     bridges = BridgeMetrics(registry)
     bridges.watch("webhook")
     controller = ControllerWatch(registry)
     controller.state = ControllerState()
     controller.state.start("m", "v1", "v2", 5)
     labelnames: dict[str, tuple[str, ...]] = {}
-    for value in [*vars(metrics).values(), *faust, *vars(bridges).values(),
+    for value in [*vars(metrics).values(), *faust._metrics, *vars(bridges).values(),
                   *vars(controller).values()]:
         names = getattr(value, "_labelnames", None)
         if names is not None:

@@ -36,7 +36,6 @@ import faust
 import orjson
 from aiohttp import ClientTimeout
 from aiohttp.web import StreamResponse
-from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.types import TP, EventT
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -49,6 +48,7 @@ from streams.core.references import ReferenceStore
 from streams.runtime.app import Sentinelle
 from streams.runtime.canary_page import CanaryViews, RolloutCollector, local_streaks
 from streams.runtime.dashboard import PAGE, History, snapshot
+from streams.runtime.faust_sensor import FaustSensor
 from streams.runtime.follow import follow_topic
 from streams.runtime.kafka import client_options
 from streams.runtime.metrics import StateCollector, make_metrics
@@ -128,9 +128,10 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
     registry = registry or CollectorRegistry()
     metrics = make_metrics(registry, inputs=[t.predictions, t.feedback, t.pipeline, t.metrics])
     if settings.worker.faust_metrics:
-        # Faust's own sensor (its public pieces; its setup function would add a second
-        # /metrics page): what happens under the agents, named faust_*
-        app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "faust"))
+        # Faust's own sensor (its setup function would add a second /metrics page):
+        # what happens under the agents, named faust_*, nothing per message but
+        # Faust's plain bookkeeping (see streams.runtime.faust_sensor)
+        app.monitor = FaustSensor.create(registry)
     references = ReferenceStore(settings.skew, settings.drift.baseline_factor,
                                 lim.max_profile_features, lim.max_profile_bins)
     references_loaded, silences_loaded = asyncio.Event(), asyncio.Event()
