@@ -26,6 +26,7 @@ from streams.runtime.kafka import ensure_topics
 from streams.tools.broker import free_port
 from tests.conftest import ROOT, test_config
 from tests.kafka_io import produce
+from tests.polling import poll
 from tests.test_bridge import LocalServer
 
 T0 = "2026-11-27T07:00:00.000Z"
@@ -126,14 +127,6 @@ class FakeAlertmanager(LocalServer):
         return app
 
 
-async def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.1)
-
-
 def start_bridge(servers: str, config: Path, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "bridge", *args, "--config", str(config)],
@@ -170,18 +163,19 @@ async def test_alertmanager_bridge_triggers_reposts_while_firing_and_resolves(
         proc = start_bridge(kafka_bootstrap, config, "alertmanager", "--url", url,
                             "--repost", "1")
         try:
-            await wait_for(lambda: am.active() == {"drift:a", "drift:b"}, 60, "both triggered")
+            await poll(lambda: am.active() == {"drift:a", "drift:b"}, what="both triggered",
+                       timeout=60)
             first = am.posts_of("drift:a")[0]
             assert first["annotations"]["runbook_url"] == "https://rb/feature_drift"
             assert epoch(first["endsAt"]) > time.time() + 2  # firing, with its own end
-            await wait_for(lambda: len(am.posts_of("drift:a")) >= 3, 20, "re-posted")
+            await poll(lambda: len(am.posts_of("drift:a")) >= 3, what="re-posted", timeout=20)
             reposts = am.posts_of("drift:a")
             assert {p["startsAt"] for p in reposts} == {first["startsAt"]}  # one alert
             assert all(epoch(p["endsAt"]) > p["received"] for p in reposts)
             resolved_at = datetime.fromtimestamp(time.time()).astimezone().isoformat()
             await produce(kafka_bootstrap, topics["alerts"],
                           [alert("drift:a", "resolve", ts=resolved_at)], key=b"m")
-            await wait_for(lambda: am.active() == {"drift:b"}, 30, "drift:a resolved")
+            await poll(lambda: am.active() == {"drift:b"}, what="drift:a resolved", timeout=30)
             n = len(am.posts_of("drift:a"))
             await asyncio.sleep(2.5)  # no re-post of a resolved alert brings it back
             assert len(am.posts_of("drift:a")) == n and am.active() == {"drift:b"}
@@ -193,8 +187,8 @@ async def test_alertmanager_bridge_triggers_reposts_while_firing_and_resolves(
         proc = start_bridge(kafka_bootstrap, config, "alertmanager", "--url", url,
                             "--repost", "1")
         try:
-            await wait_for(lambda: len(am.posts_of("drift:b")) >= seen + 2, 60,
-                           "drift:b re-posted after a restart")
+            await poll(lambda: len(am.posts_of("drift:b")) >= seen + 2,
+                       what="drift:b re-posted after a restart", timeout=60)
             assert am.active() == {"drift:b"}
         finally:
             stop(proc)

@@ -10,7 +10,6 @@ letters, inputs, lag, timings, state, the process) show data.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from streams.tools.broker import free_port
 from streams.tools.panels import DASHBOARD, LocalPrometheus, panels
 from tests.conftest import WorkerProcess
 from tests.kafka_io import Collector, produce
+from tests.polling import poll
 from tests.test_worker_kafka import T0, WINDOW, WINDOW_CFG, events
 
 pytestmark = pytest.mark.kafka
@@ -40,21 +40,13 @@ EXERCISED = {
 }
 
 
-async def wait(ok: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    give_up = time.monotonic() + timeout
-    while not ok():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.5)
-
-
 async def test_every_dashboard_query_runs_on_prometheus_and_the_main_panels_have_data(
         worker_factory: Callable[..., WorkerProcess]) -> None:
     port = free_port()
     w = worker_factory({**WINDOW_CFG, "worker": {"web_port": port}})
     topic = w.topics["predictions"]
     with LocalPrometheus([f"127.0.0.1:{port}"], interval_s=1.0) as prom:
-        await wait(prom.scraped, "Prometheus scraping the worker")
+        await poll(prom.scraped, what="Prometheus scraping the worker", every=0.5)
         # a good window and a slow one, closed by the next: latency_slo fires
         evs = [*events("shop", T0, 30, 50.0), *events("shop", T0 + WINDOW, 30, 900.0),
                *events("shop", T0 + 2 * WINDOW, 30, 50.0)]
@@ -63,8 +55,8 @@ async def test_every_dashboard_query_runs_on_prometheus_and_the_main_panels_have
                 await produce(w.servers, topic, [evs[i:i + 30]], key=b"shop")
             await produce(w.servers, topic, [b"{not json"], key=b"shop")
             await alerts.until(lambda r: len(r) == 1, what="the latency alert")
-            await wait(lambda: bool(prom.query("sentinelle_alerts_firing > 0")),
-                       "the firing alert scraped")
+            await poll(lambda: bool(prom.query("sentinelle_alerts_firing > 0")),
+                       what="the firing alert scraped", every=0.5)
             # a good window closed: it resolves
             await produce(w.servers, topic, [events("shop", T0 + 3 * WINDOW, 1, 50.0)],
                           key=b"shop")
@@ -87,7 +79,8 @@ async def test_every_dashboard_query_runs_on_prometheus_and_the_main_panels_have
             return EXERCISED - have
 
         try:  # rate() needs two scrapes after a counter moved
-            await wait(lambda: not filled(), "data in every exercised panel", timeout=30)
+            await poll(lambda: not filled(), what="data in every exercised panel", timeout=30,
+                       every=0.5)
         except AssertionError as exc:
             raise AssertionError(f"no data in {sorted(filled())}") from exc
         for var in dashboard["templating"]["list"]:  # label_values(metric, label)

@@ -35,6 +35,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from streams.tools.broker import EmbeddedBroker, free_port
 from tests.conftest import ROOT, WorkerProcess, test_config
 from tests.kafka_io import Collector, produce
+from tests.polling import poll
 from tests.test_worker_kafka import events
 
 pytestmark = pytest.mark.kafka
@@ -81,14 +82,9 @@ def ready(port: int) -> tuple[int, dict[str, Any]]:
 
 async def until_ready_is(port: int, status: int, timeout: float) -> dict[str, Any]:
     """Poll ``/ready`` until it answers ``status`` (the condition awaited)."""
-    deadline = time.monotonic() + timeout
-    seen: tuple[int, dict[str, Any]] = (0, {})
-    while time.monotonic() < deadline:
-        seen = await asyncio.to_thread(ready, port)
-        if seen[0] == status:
-            return seen[1]
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"/ready never answered {status} in {timeout} s; last {seen}")
+    answer = await poll(lambda: asyncio.to_thread(ready, port), lambda seen: seen[0] == status,
+                        what=f"/ready answering {status}", timeout=timeout, every=0.25)
+    return answer[1]
 
 
 async def test_a_worker_waits_for_its_broker_and_rides_out_a_stopped_one(

@@ -3,7 +3,6 @@ a failed validation, then started, promoted with an approval, then rolled back."
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from streams.cli.rollout import approval
 from streams.tools.broker import free_port
 from tests.conftest import WorkerProcess
 from tests.kafka_io import produce
+from tests.polling import poll
 
 
 def payload(phase: str = "Progressing", **metadata: str) -> dict[str, Any]:
@@ -60,10 +60,8 @@ async def test_flagger_gates_through_validation_approval_and_rollback(
                 return resp.status, await resp.json()
 
         async def until(name: str, body: Any, status: int, timeout: float = 30) -> None:
-            deadline = time.monotonic() + timeout
-            while (got := await hook(name, body))[0] != status:
-                assert time.monotonic() < deadline, f"{name}: {got}, not {status}"
-                await asyncio.sleep(0.2)
+            await poll(lambda: hook(name, body), lambda got: got[0] == status,
+                       what=f"{name} answering {status}", timeout=timeout)
 
         unknown = {**payload(), "name": "other"}
         assert (await hook("confirm-rollout", unknown))[0] == 400  # no model anywhere

@@ -4,7 +4,6 @@ gauge move as events flow, and a retired model's series leave the page."""
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.tools.broker import free_port
 from tests.conftest import WorkerProcess
 from tests.kafka_io import Collector, produce
+from tests.polling import poll
 from tests.test_worker_kafka import T0, WINDOW, events
 
 pytestmark = pytest.mark.kafka
@@ -53,17 +53,13 @@ def of_model(samples: Samples, model: str) -> list[str]:
 
 async def until(port: int, ok: Callable[[Samples], bool], what: str,
                 timeout: float = 60.0) -> Samples:
-    give_up = time.monotonic() + timeout
-    while True:
-        samples = await scrape(port)
-        if ok(samples):
-            return samples
-        if time.monotonic() > give_up:
-            seen = {f"{n}{dict(ls)}": v for (n, ls), v in samples.items()
-                    if n.startswith(("sentinelle_events", "sentinelle_messages",
-                                     "sentinelle_consumer_lag", "sentinelle_models"))}
-            raise AssertionError(f"no {what} on /metrics after {timeout} s: {seen}")
-        await asyncio.sleep(0.2)
+    def traffic(samples: Samples) -> dict[str, float]:
+        return {f"{n}{dict(ls)}": v for (n, ls), v in samples.items()
+                if n.startswith(("sentinelle_events", "sentinelle_messages",
+                                 "sentinelle_consumer_lag", "sentinelle_models"))}
+
+    return await poll(lambda: scrape(port), ok, what=f"{what} on /metrics", timeout=timeout,
+                      show=traffic)
 
 
 async def test_metrics_move_with_the_traffic_and_a_retired_model_leaves(
