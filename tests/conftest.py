@@ -26,6 +26,7 @@ import yaml
 
 from streams.config import TopicSettings
 from streams.tools.broker import EmbeddedBroker
+from streams.tools.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,13 +118,7 @@ class WorkerProcess:
         raise AssertionError(f"worker exited with {self.proc.wait()}:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # Faust leaves the group and commits on SIGTERM
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, grace_s=30)  # Faust leaves the group and commits on SIGTERM
         if self._reader is not None:
             self._reader.join(timeout=10)
         self.proc = None

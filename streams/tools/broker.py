@@ -19,6 +19,8 @@ import subprocess
 import time
 from types import TracebackType
 
+from streams.tools.processes import stop_process
+
 __all__ = ["EmbeddedBroker", "free_port", "wait_for_port"]
 
 log = logging.getLogger("sentinelle.broker")
@@ -80,12 +82,7 @@ class EmbeddedBroker:
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self.resume()  # a paused process does not act on SIGTERM
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            stop_process(self._proc, grace_s=10)
         self._proc = None
 
     def pause(self) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.tools.broker import free_port
+from streams.tools.processes import stop_process
 
 __all__ = ["LocalPrometheus", "Panel", "panels", "legend", "render"]
 
@@ -101,13 +102,7 @@ class LocalPrometheus:
         return path.read_text(errors="replace") if path and path.exists() else ""
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc, grace_s=20)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
         self._proc, self._dir = None, None
