@@ -278,3 +278,22 @@ def test_event_time_alerts_are_not_repeated_by_the_wall_clock() -> None:
     box = ops.process([f.run("train", "r1", "failed", old)], now=T0)
     assert keys(box) == [("trigger", "pipeline_failure:train")]
     assert ops.tick(T0 + 60, []).alerts == []  # 4 h of repeat interval: in event time
+
+
+def test_a_bug_on_one_message_costs_only_that_message(monkeypatch: Any) -> None:
+    ops, f = OperationsProcessor(SETTINGS, POOL_TOPIC), Feed()
+    real = ops.process
+    msgs = [f.run("train", "r1", "started", T0), f.run("train", "r1", "failed", T0 + 5),
+            f.run("train", "r2", "failed", T0 + 10)]
+
+    def flaky(messages: list[InMessage], now: float, saved: Any = None) -> OpsOutbox:
+        if any(m.offset == msgs[1].offset for m in messages):
+            raise RuntimeError("a bug")
+        return real(messages, now)
+
+    monkeypatch.setattr(ops, "process", flaky)
+    box = ops.process_safely(msgs, now=1.0)
+    [dead] = box.deadletters
+    assert (dead["topic"], dead["offset"]) == ("ml.pipeline", msgs[1].offset)
+    assert dead["reason"] == "internal_error: RuntimeError: a bug"
+    assert keys(box) == [("trigger", "pipeline_failure:train")]  # r2 folded, alone

@@ -246,14 +246,19 @@ async def test_a_partition_is_behind_when_messages_wait_and_the_last_read_is_old
 # -- the agents, under Faust's test_context ---------------------------------------------
 
 @pytest.fixture
-async def wired() -> AsyncIterator[tuple[Any, Any]]:
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+async def wired(registry: CollectorRegistry) -> AsyncIterator[tuple[Any, Any]]:
     from streams.runtime.agents import register
     from streams.runtime.app import create_app
 
     settings = Settings(kafka={"bootstrap_servers": "127.0.0.1:1"},  # type: ignore[arg-type]
                         worker={"web_port": 0, "batch_within_s": 0.05})  # type: ignore[arg-type]
     s = create_app(settings)
-    wiring = register(s, CollectorRegistry())
+    wiring = register(s, registry)
     s.app.finalize()
     s.app.flow_control.resume()
     for topic in (s.alerts, s.stats, s.deadletter, s.commands, s.pool_usage):
@@ -289,3 +294,31 @@ async def test_the_predictions_agent_waits_for_the_followers_then_publishes(
     dead = orjson.loads(s.deadletter.send.await_args.kwargs["value"])
     assert dead["reason"].startswith("not_json")
     assert "m" in wiring.predictions.monitors
+
+
+async def test_a_slice_that_fails_outside_the_folding_is_counted_and_the_agent_goes_on(
+        wired: tuple[Any, Any], registry: CollectorRegistry) -> None:
+    s, wiring = wired
+    wiring.references_loaded.set()
+    wiring.silences_loaded.set()
+    agent = wiring.agents["predictions"]
+    fold = wiring.predictions.process_safely
+    calls: list[int] = []
+
+    def once_broken(messages: Any, now: float, saved: Any) -> Outbox:
+        calls.append(len(messages))
+        if len(calls) == 1:
+            raise RuntimeError("a bug around the folding")
+        return fold(messages, now, saved)
+
+    wiring.predictions.process_safely = once_broken  # type: ignore[method-assign]
+    ev = {"event_id": "e1", "ts": T0, "model": "m", "version": "v1", "latency_ms": 5.0}
+    async with agent.test_context() as test:
+        await test.put(value=orjson.dumps(ev), key=b"m")
+        await until(lambda: len(calls) == 1)
+        await test.put(value=b"{not json", key=b"m")
+        await until(lambda: s.deadletter.send.await_count == 1)
+    assert registry.get_sample_value("sentinelle_guard_total",
+                                     {"event": "slice_errors"}) == 1.0
+    dead = orjson.loads(s.deadletter.send.await_args.kwargs["value"])
+    assert dead["reason"].startswith("not_json")

@@ -13,10 +13,10 @@ the others are folded exactly once, and nothing is lost.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["fold_isolated"]
+__all__ = ["fold_isolated", "one_by_one"]
 
 log = logging.getLogger("sentinelle.worker")
 
@@ -27,6 +27,7 @@ class Box(Protocol):
 
 S = TypeVar("S")
 B = TypeVar("B", bound=Box)
+M = TypeVar("M")
 
 
 def fold_isolated(state: S, items: list[int], fold: Callable[[S, list[int], B], None],
@@ -82,3 +83,36 @@ def _bisect(state: S, items: list[int], fold: Callable[[S, list[int], B], None],
     half = len(items) // 2
     state = _bisect(saved, items[:half], fold, new_box, box, dead, copy, name)
     return _bisect(state, items[half:], fold, new_box, box, dead, copy, name)
+
+
+def one_by_one(process: Callable[[Sequence[M]], B], messages: Sequence[M],
+               new_box: Callable[[], B], dead: Callable[[B, M, Exception], None],
+               name: str) -> B:
+    """``process(messages)``, with a last guard around what per-key isolation does not
+    cover: if the micro-batch raises anyway, its messages are processed one at a time
+    and ``dead(box, message, error)`` dead-letters any that raises again.
+
+    >>> class Out(list):
+    ...     def merge(self, other): self.extend(other)
+    >>> def process(ms):
+    ...     if "bad" in ms: raise ValueError("bad message")
+    ...     return Out(m.upper() for m in ms)
+    >>> one_by_one(process, ["a", "bad", "c"], Out, lambda b, m, e: b.append(f"dead {m}"),
+    ...            "demo")
+    ['A', 'dead bad', 'C']
+    """
+    try:
+        return process(messages)
+    except Exception:
+        log.exception("%s: a micro-batch of %d messages failed; processing them one by one",
+                      name, len(messages))
+    box = new_box()
+    for msg in messages:
+        try:
+            one = process([msg])
+        except Exception as exc:
+            log.exception("%s: a message failed alone; dead-lettered", name)
+            dead(box, msg, exc)
+            continue
+        box.merge(one)
+    return box

@@ -45,8 +45,15 @@ from detectors.base import Batch, Signal
 from detectors.pipelines import DurationAnomaly, FailureStreak, RunInfo, StallWatch, ValidationGate
 from detectors.quota import QuotaForecast, UsagePoint, usage_batch
 from streams.config import Settings
-from streams.core.isolation import fold_isolated
-from streams.core.parse import DeadLetter, MetricColumns, parse_metrics, parse_pipeline, raw_text
+from streams.core.isolation import fold_isolated, one_by_one
+from streams.core.parse import (
+    DeadLetter,
+    MetricColumns,
+    internal_error,
+    parse_metrics,
+    parse_pipeline,
+    raw_text,
+)
 from streams.core.predictions import InMessage, parse_limits
 from streams.core.references import ReferenceStore
 from streams.core.state import SEP, InputMarks
@@ -441,6 +448,18 @@ class OperationsProcessor:
         box.checkpoints.append((st.partition, key, None))
 
     # -- a micro-batch ------------------------------------------------------------------
+
+    def process_safely(self, messages: Sequence[InMessage], now: float,
+                       saved: Saved = lambda k: None) -> OpsOutbox:
+        """:meth:`process`, with a last guard around what per-key isolation does not
+        cover: if the micro-batch raises anyway, its messages are processed one at a
+        time and any message that raises again is dead-lettered (``internal_error``)."""
+        def dead(box: OpsOutbox, msg: InMessage, exc: Exception) -> None:
+            box.deadletters.append(internal_error(msg.value, msg.topic or "", msg.partition,
+                                                  msg.offset, exc))
+
+        return one_by_one(lambda part: self.process(part, now, saved), messages, OpsOutbox,
+                          dead, "operations")
 
     def process(self, messages: Sequence[InMessage], now: float,
                 saved: Saved = lambda k: None) -> OpsOutbox:

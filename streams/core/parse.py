@@ -133,6 +133,17 @@ class DeadLetter:
         return rec
 
 
+def internal_error(value: bytes | None, topic: str, partition: int, offset: int,
+                   exc: Exception) -> dict[str, Any]:
+    """The dead letter of a message that met a bug (``internal_error``, with the error).
+
+    >>> internal_error(b"{}", "ml.metrics", 0, 7, KeyError("x"))["reason"]
+    "internal_error: KeyError: 'x'"
+    """
+    return DeadLetter(f"internal_error: {type(exc).__name__}: {exc}"[:500],
+                      raw_text(value or b"")).to_record(topic, partition, offset)
+
+
 def raw_text(data: bytes) -> str:
     """The original bytes as text, or base64 when they are not UTF-8 (or hold a
     lone surrogate escape, which no JSON writer can carry on).

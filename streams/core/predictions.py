@@ -37,7 +37,7 @@ from alerting.manager import Silence
 from detectors.contract import rfc3339
 from detectors.windows import WindowStats
 from streams.config import Settings
-from streams.core.isolation import fold_isolated
+from streams.core.isolation import fold_isolated, one_by_one
 from streams.core.monitor import ModelMonitor, Output
 from streams.core.parse import (
     UNCHECKED,
@@ -46,6 +46,7 @@ from streams.core.parse import (
     Key,
     ParseLimits,
     PredictionColumns,
+    internal_error,
     parse_control,
     parse_feedback,
     parse_predictions,
@@ -227,24 +228,12 @@ class PredictionProcessor:
         """:meth:`process`, with a last guard around what per-model isolation does not
         cover: if the micro-batch raises anyway, its messages are processed one at a
         time and any message that raises again is dead-lettered (``internal_error``)."""
-        try:
-            return self.process(messages, now, saved)
-        except Exception:
-            log.exception("a micro-batch of %d messages failed; retrying one by one",
-                          len(messages))
-        box = Outbox()
-        for msg in messages:
-            try:
-                one = self.process([msg], now, saved)
-            except Exception as exc:
-                log.exception("message %s/%s failed; dead-lettered", msg.partition, msg.offset)
-                topic = msg.topic or self.topic
-                box.deadletters.append(DeadLetter(
-                    f"internal_error: {type(exc).__name__}: {exc}"[:500],
-                    raw_text(msg.value or b"")).to_record(topic, msg.partition, msg.offset))
-                continue
-            box.merge(one)
-        return box
+        def dead(box: Outbox, msg: InMessage, exc: Exception) -> None:
+            box.deadletters.append(internal_error(msg.value, msg.topic or self.topic,
+                                                  msg.partition, msg.offset, exc))
+
+        return one_by_one(lambda part: self.process(part, now, saved), messages, Outbox, dead,
+                          "predictions")
 
     def process(self, messages: Sequence[InMessage], now: float,
                 saved: Saved = _no_state) -> Outbox:

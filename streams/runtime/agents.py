@@ -208,6 +208,19 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
             await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def handle(part: Sequence[EventT], kind: str) -> None:
+        """A slice, guarded: folding is isolated per key and per message (a bad input is
+        dead-lettered), so what could still raise here is the bookkeeping around it
+        (counting, the dashboard's triggers, publishing); a worker that raised out of
+        its agent would stop, and restart into the same slice. Logged and counted
+        (``slice_errors``), and the next slice goes on."""
+        try:
+            await fold_and_publish(part, kind)
+        except Exception:
+            log.exception("a slice of %d messages failed outside the folding; its outputs "
+                          "may be lost, the worker goes on", len(part))
+            metrics.guards.labels("slice_errors").inc()
+
+    async def fold_and_publish(part: Sequence[EventT], kind: str) -> None:
         lag.seen(part)
         messages = messages_of(part)
         for topic, n in Counter(m.topic for m in messages).items():
@@ -219,7 +232,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
                                                               models.saved)
             metrics.events.labels(topic_name).inc(box.events)
         else:
-            box = ops.process(messages, time.time(), operations.saved)
+            box = ops.process_safely(messages, time.time(), operations.saved)
             for topic, n in box.events_by_topic.items():
                 metrics.events.labels(topic).inc(n)
         processed = time.perf_counter()
