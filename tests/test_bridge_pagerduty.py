@@ -31,8 +31,9 @@ from streams.runtime.kafka import ensure_topics
 from streams.tools.broker import free_port
 from tests.conftest import test_config
 from tests.kafka_io import Collector, produce
+from tests.polling import poll
 from tests.test_bridge import LocalServer
-from tests.test_bridge_alertmanager import start_bridge, stop, wait_for
+from tests.test_bridge_alertmanager import start_bridge, stop
 
 ROUTER = Router([Route({"class": "canary_regression"}, "KEY-DEPLOY"),
                  Route({"model": "fraud-*", "severity": "critical"}, "KEY-FRAUD")], "KEY-ALL")
@@ -231,7 +232,8 @@ async def test_pagerduty_bridge_links_change_events_routing_and_gives_up_on_stuc
         proc = start_bridge(kafka_bootstrap, config, "pagerduty",
                             "--url", f"http://127.0.0.1:{pd.port}/v2/enqueue")
         try:
-            await wait_for(lambda: pd.keys().count("stuck") >= 2, 60, "the stuck alert retried")
+            await poll(lambda: pd.keys().count("stuck") >= 2, what="the stuck alert retried",
+                       timeout=60)
             age = [line for line in scrape(metrics_port).splitlines()
                    if line.startswith("sentinelle_bridge_oldest_undelivered_age_seconds{"
                                       "bridge=\"pagerduty\"}")]
@@ -248,8 +250,8 @@ async def test_pagerduty_bridge_links_change_events_routing_and_gives_up_on_stuc
             assert orjson.loads(scrape(metrics_port, "/ready")) == {"ready": True,
                                                                     "waiting_for": []}
             await dead.until(lambda r: len(r) >= 1, what="the stuck alert dead-lettered")
-            await wait_for(lambda: "after-stuck" in pd.keys(), 30, "the bridge went on")
-            await wait_for(lambda: len(pd.changes) >= 2, 30, "two change events")
+            await poll(lambda: "after-stuck" in pd.keys(), what="the bridge went on", timeout=30)
+            await poll(lambda: len(pd.changes) >= 2, what="two change events", timeout=30)
         finally:
             out = stop(proc)
     assert "KEY-" not in out, out  # no key is ever printed

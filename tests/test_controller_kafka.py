@@ -18,7 +18,8 @@ from alerting.rollout import make_command
 from streams.tools.broker import free_port
 from tests.conftest import ROOT, test_config
 from tests.kafka_io import produce
-from tests.test_bridge_alertmanager import stop, wait_for
+from tests.polling import poll
+from tests.test_bridge_alertmanager import stop
 
 pytestmark = pytest.mark.kafka
 
@@ -54,8 +55,8 @@ async def test_the_controller_is_ready_once_joined_and_counts_what_it_applies(
         env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}, cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        await wait_for(lambda: get(port, "/health")[0] == 200, 30, "/health answers")
-        await wait_for(lambda: get(port, "/ready")[0] == 200, 60, "/ready says ready")
+        await poll(lambda: get(port, "/health")[0] == 200, what="/health answers", timeout=30)
+        await poll(lambda: get(port, "/ready")[0] == 200, what="/ready says ready", timeout=60)
         assert orjson.loads(get(port, "/ready")[1]) == {"ready": True, "waiting_for": []}
         gauge = ('sentinelle_controller_canary_traffic_percent{canary="p2",model="pricing",'
                  'phase="started",stable="p1"}')
@@ -65,8 +66,8 @@ async def test_the_controller_is_ready_once_joined_and_counts_what_it_applies(
                                     traffic_percent=25), {"not": "a command"}],
                       key=b"pricing")
         applied = 'sentinelle_controller_commands_total{action="promote",outcome="applied"}'
-        await wait_for(lambda: sample(get(port, "/metrics")[1], applied) == 1, 30,
-                       "the promotion counted")
+        await poll(lambda: sample(get(port, "/metrics")[1], applied) == 1,
+                   what="the promotion counted", timeout=30)
         page = get(port, "/metrics")[1]
         assert sample(page, 'sentinelle_controller_commands_total{action="unknown",'
                             'outcome="invalid"}') == 1
