@@ -8,8 +8,9 @@ Prometheus series from the hooks Faust calls for *every* message and event
 the stream's label rebuilt from its repr each time. With one prediction per
 Kafka message that was the largest single cost under the agents: measured by
 ``bench/e2e.py --only single-event`` (30,000 predictions and 15,000 labels, one
-per message, interleaved runs on 2 cores), the worker ran at 64-68 % of the
-Faust pass-through's rate with the sensor and 79-80 % without it.
+per message, 7 interleaved runs each on 2 cores; docs/SPEED.md), the worker ran
+at a median 59 % of the Faust pass-through's rate with Faust's sensor, 77 % with
+this one and 79 % with none.
 
 :class:`FaustSensor` keeps every series that costs nothing per message as
 Faust makes it (producer send latency and errors, commit latency, committed
