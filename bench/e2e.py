@@ -8,8 +8,9 @@ labels for half the predictions on ``ml.feedback``; a metrics source of 20
 series on ``ml.metrics``. Every check on, the default settings (the label
 join included).
 
-Runs, each on its own freshly produced topics, timed from the first event read
-to the last:
+Runs, each on its own freshly produced topics, timed from the arrival of the
+worker's first slice (its log) to the fold of its last message (the gauge
+``sentinelle_last_fold_timestamp_seconds``, set when the messages are counted):
 
 1. **batch form**: ``--events`` predictions (1,000,000; 100 per message), and
    their labels in the batch form too;
@@ -55,6 +56,7 @@ import argparse
 import asyncio
 import copy
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -62,6 +64,7 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +89,7 @@ from streams.runtime.kafka import ensure_topics  # noqa: E402
 from streams.tools.broker import EmbeddedBroker, free_port  # noqa: E402
 
 PARTITIONS = 4
+LOG_TIME = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 NUMERIC = [f"x{i}" for i in range(8)]
 CATEGORICAL = {f"c{i}": ["a", "b", "c", "d", "e"] for i in range(4)}
 
@@ -229,6 +233,20 @@ class Worker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def first_slice_at(self) -> float | None:
+        """When the predictions agent got its first slice (the worker logs it once), as
+        Unix time; None before."""
+        for line in self.log().splitlines():
+            if "predictions: the first slice arrived" not in line:
+                continue
+            if line.startswith("{"):  # worker.log_format: json
+                stamp = str(orjson.loads(line)["ts"]).replace("Z", "+00:00")
+                return datetime.fromisoformat(stamp).timestamp()
+            found = LOG_TIME.match(line)  # Faust's text format, local time
+            if found:
+                return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        return None
+
     def metrics(self) -> dict[str, float] | None:
         """``name{labels}`` → value from /metrics (None: no answer)."""
         try:
@@ -360,7 +378,7 @@ async def time_worker(servers: str, run: Run, topics: dict[str, str], total_mess
     try:
         cpu0 = cpu_seconds(w.proc.pid)  # type: ignore[union-attr]
         first = last = None
-        read = read_at_first = 0.0
+        read = 0.0
         t0 = time.monotonic()
         deadline = t0 + timeout
         next_lag = 0.0
@@ -373,11 +391,11 @@ async def time_worker(servers: str, run: Run, topics: dict[str, str], total_mess
             if m is not None:
                 read = sum(v for k, v in m.items() if k.startswith("sentinelle_messages_total")
                            and any(f'"{topics[t]}"' in k for t in inputs))
-                folded = sum(v for k, v in m.items() if k.startswith("sentinelle_events_total"))
-                if first is None and folded > 0:  # the first prediction folded
-                    first, read_at_first = time.time(), read
-                if read >= total_messages:
-                    last = time.time()
+                if first is None:  # the predictions agent's first slice (its log says when)
+                    first = w.first_slice_at()
+                if read >= total_messages and first is not None:
+                    # messages are counted once folded, with the time of the fold
+                    last = m['sentinelle_last_fold_timestamp_seconds{agent="predictions"}']
                     busy_s = {k: v for k, v in m.items() if k.startswith(
                         ("sentinelle_batch_seconds_sum", "sentinelle_publish_seconds_sum"))
                         and 'agent="predictions"' in k}
@@ -389,14 +407,9 @@ async def time_worker(servers: str, run: Run, topics: dict[str, str], total_mess
                 run.lag.append((time.monotonic() - t0,
                                 await lag_of(admin, consumer, app_id, parts)))
             # /metrics is no free page (a few ms per scrape for 5 models' series, which
-            # the pass-through does not pay): every 50 ms near the first and the last
-            # event, where the timing is read, every 0.5 s in between
-            # (in between: while the rate so far leaves more than a second to go)
-            busy = False
-            if first is not None and time.time() - first > 0.5:
-                rate = (read - read_at_first) / (time.time() - first)
-                busy = rate <= 0 or (total_messages - read) / rate > 1.0
-            await asyncio.sleep(0.5 if busy else 0.05)
+            # the pass-through does not pay): every 0.5 s. The times do not depend on
+            # it: the first slice's from the worker's log, the last fold's from its gauge.
+            await asyncio.sleep(0.5)
         assert first is not None and last is not None
         run.seconds = last - first
         run.cores = (cpu_seconds(w.proc.pid) - cpu0) / max(run.seconds, 1e-9)

@@ -220,12 +220,15 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
                           "may be lost, the worker goes on", len(part))
             metrics.guards.labels("slice_errors").inc()
 
+    started_folding: set[str] = set()
+
     async def fold_and_publish(part: Sequence[EventT], kind: str) -> None:
+        agent = "predictions" if kind == "inputs" else "operations"
+        if agent not in started_folding:  # once: when the worker starts to read its inputs
+            started_folding.add(agent)
+            log.info("%s: the first slice arrived (%d messages)", agent, len(part))
         lag.seen(part)
         messages = messages_of(part)
-        for topic, n in Counter(m.topic for m in messages).items():
-            metrics.messages.labels(topic).inc(n)
-        agent = "predictions" if kind == "inputs" else "operations"
         started = time.perf_counter()
         if kind == "inputs":
             box: Outbox | OpsOutbox = pipeline.process_safely(messages, time.time(),
@@ -236,7 +239,12 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
             for topic, n in box.events_by_topic.items():
                 metrics.events.labels(topic).inc(n)
         processed = time.perf_counter()
+        # counted once folded, with the time: a reader that sees every message counted
+        # sees the time the last of them was folded
+        for name, count in Counter(m.topic for m in messages).items():
+            metrics.messages.labels(name).inc(count)
         metrics.batch_seconds.labels(agent).observe(processed - started)
+        metrics.last_fold.labels(agent).set(time.time())
         await publish(box)
         metrics.publish_seconds.labels(agent).observe(time.perf_counter() - processed)
 

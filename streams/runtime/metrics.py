@@ -66,6 +66,7 @@ class Metrics:
     outputs_dropped: Counter
     changelog_bytes: Counter
     batch_seconds: Histogram
+    last_fold: Gauge
     publish_seconds: Histogram
     checkpoint_bytes: Histogram
     consumer_lag: Gauge
@@ -144,6 +145,9 @@ def make_metrics(registry: CollectorRegistry, process: bool = True,
                                 ["kind", "reason"], registry=registry),
         changelog_bytes=Counter("sentinelle_changelog_bytes_total", "Bytes of state records "
                                 "written to the changelog", ["table"], registry=registry),
+        last_fold=Gauge("sentinelle_last_fold_timestamp_seconds", "Unix time an agent last "
+                        "finished folding a slice of its inputs (appears with its first one)",
+                        ["agent"], registry=registry),
         batch_seconds=Histogram("sentinelle_batch_seconds", "Processing time of one micro-batch "
                                 "slice (parse, fold, detect), per agent", ["agent"],
                                 buckets=_SECONDS, registry=registry),
