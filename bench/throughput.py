@@ -89,6 +89,10 @@ Workload choices:
   plus 0.5 s, as if the worker kept up in real time;
 - inputs (message bytes, ``InMessage`` lists, micro-batch cuts) are built before
   any timing; a fresh pipeline is made for every timed run.
+- the process is tuned as the worker tunes itself
+  (:mod:`streams.runtime.tuning`): numpy's BLAS pool at ``worker.blas_threads``
+  threads, and the garbage collector frozen over what was built before the
+  timing and run at the worker's thresholds.
 
 Run it with ``make bench`` or ``.venv/bin/python bench/throughput.py``; options:
 ``--events N`` (default 60,000 per row; the whole run then takes 60 to 90 s on
@@ -127,7 +131,7 @@ from streams.config import Settings
 from streams.core.parse import PredictionColumns, parse_predictions
 from streams.core.predictions import InMessage, PredictionProcessor, parse_limits
 from streams.core.references import ReferenceStore
-from streams.runtime.threads import limit_threads
+from streams.runtime.tuning import limit_threads, tune_gc
 from streams.tools.simulate import ModelSpec, make_event
 
 TOPIC = "ml.predictions"
@@ -707,6 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t1 = time.perf_counter()
     references = reference_store(settings, profiles)
     t2 = time.perf_counter()
+    tune_gc()  # as the worker does once its first micro-batch arrives
 
     print(header(settings, args.events, args.repeat))
     print()

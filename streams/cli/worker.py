@@ -52,7 +52,7 @@ def worker(settings: Settings, loglevel: str) -> None:
         is_tansu,
         partition_counts,
     )
-    from streams.runtime.threads import limit_threads
+    from streams.runtime.tuning import limit_threads
 
     servers = settings.kafka.servers
     t = settings.topics

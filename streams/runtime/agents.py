@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hmac
 import logging
 import os
@@ -63,6 +62,7 @@ from streams.runtime.shell import (
     export_counts,
     owned_records,
 )
+from streams.runtime.tuning import tune_gc
 
 __all__ = ["register", "Wiring", "slices", "messages_of"]
 
@@ -81,26 +81,6 @@ def slices(events: Sequence[EventT], max_bytes: int) -> Iterator[Sequence[EventT
             start, size = i + 1, 0
     if start < len(events):
         yield events[start:]
-
-
-#: The cyclic garbage collector's thresholds while the worker runs (Python's defaults:
-#: 700, 10, 10). A micro-batch allocates hundreds of thousands of short-lived containers
-#: (every event's dicts and columns), freed by reference counting, not by the collector;
-#: at the defaults the collector still ran every 700 of them, scanning the live state
-#: each time. Measured on the e2e workload (bench/e2e.py's, without Kafka): 14.8 ->
-#: 12.4 us of CPU per prediction event.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Once, when the first micro-batch arrives: what was built at start (modules, the
-    app, the profiles) is moved out of the collector's sight (``gc.freeze``), and the
-    collector runs less often (:data:`GC_THRESHOLDS`). Objects are still freed when
-    their last reference goes; only cycles wait longer to be collected."""
-    if gc.get_threshold() != GC_THRESHOLDS:
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
 
 
 def messages_of(events: Sequence[EventT]) -> list[InMessage]:

@@ -10,7 +10,7 @@ import sys
 def test_limit_threads_sets_the_blas_pool() -> None:
     # A fresh interpreter: the limit lasts for the process's lifetime.
     code = ("import numpy, threadpoolctl\n"
-            "from streams.runtime.threads import limit_threads\n"
+            "from streams.runtime.tuning import limit_threads\n"
             "from streams.config import Settings\n"
             "before = [p['num_threads'] for p in threadpoolctl.threadpool_info()"
             " if p['user_api'] == 'blas']\n"
