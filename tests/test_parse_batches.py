@@ -1,5 +1,6 @@
 """A batch message read column by column gives exactly what reading it element by
-element gives: the same columns, and the same dead letters (reason, index, raw).
+element gives: the same columns, and the same dead letters (reason, index, raw). So
+do single-event messages read together (``parse_singles``) and one by one.
 
 The column-wise reading (``streams.core.parse``, "batches, column by column") is a
 fast path; the element-by-element one is the reference. Hypothesis mixes valid
@@ -12,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 import orjson
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from streams.core.parse import (
@@ -26,6 +27,7 @@ from streams.core.parse import (
     _parse,
     parse_feedback,
     parse_predictions,
+    parse_singles,
 )
 
 NOW = 1_795_762_800.0
@@ -135,3 +137,33 @@ def test_every_odd_field_alone_in_a_valid_batch() -> None:
         _same([BASE, odd], b"m")
     for any_key in (UNCHECKED, b"m", b"n", None, b"\xff", b""):
         _same([BASE, BASE], any_key)
+
+
+message_value = st.one_of(element.map(orjson.dumps), element.map(orjson.dumps),
+                          st.sampled_from([b"{not json", b"[]", None, b'{"ts": NaN}',
+                                           orjson.dumps([BASE])]))
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(message_value, max_size=6), key_list=st.lists(keys, min_size=6,
+                                                                    max_size=6),
+       valid_runs=st.integers(0, 3))
+@example(values=[b"[]"], key_list=[b"m"] * 6, valid_runs=1)
+@example(values=[orjson.dumps(BASE)] * 3, key_list=[b"m", UNCHECKED, b"m"] * 2, valid_runs=0)
+def test_single_event_messages_read_together_as_one_by_one(
+        values: list[Any], key_list: list[Any], valid_runs: int) -> None:
+    good = orjson.dumps(BASE)
+    values = [good] * valid_runs + values + [good] * valid_runs
+    ks = [b"m"] * valid_runs + key_list[:len(values) - 2 * valid_runs] + [b"m"] * valid_runs
+    for fresh, parse in ((PredictionColumns, parse_predictions),
+                         (FeedbackColumns, parse_feedback)):
+        together, alone = fresh(), fresh()
+        each_one_event = True  # every message a single valid event (not a batch of one)
+        for i, (v, k) in enumerate(zip(values, ks, strict=True)):
+            before = len(alone)
+            dead = parse(v, alone, i, LIMITS, k)  # type: ignore[operator]
+            each_one_event &= (not dead and len(alone) == before + 1
+                               and v is not None and v[:1] == b"{")
+        taken = parse_singles(values, ks, together, LIMITS)
+        assert taken == each_one_event
+        assert _columns(together) == _columns(alone if taken else fresh())

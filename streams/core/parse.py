@@ -40,7 +40,7 @@ from __future__ import annotations
 import base64
 import math
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import chain
@@ -61,7 +61,7 @@ from detectors.contract import (
 )
 
 __all__ = ["DeadLetter", "ParseLimits", "PredictionColumns", "FeedbackColumns",
-           "MetricColumns", "UNCHECKED", "parse_predictions", "parse_feedback",
+           "MetricColumns", "UNCHECKED", "parse_predictions", "parse_feedback", "parse_singles",
            "parse_control", "parse_pipeline", "parse_metrics", "parse_time", "raw_text"]
 
 MAX_RAW_CHARS = 65_536
@@ -562,8 +562,11 @@ def _ids_ok(col: list[Any], limits: ParseLimits) -> bool:
         "".join(col).isprintable()
 
 
-def _key_ok(col: list[str], key: Key) -> bool:
-    """Every value is the message key (``_keyed``), or the key is not checked."""
+def _key_ok(col: list[str], key: Key | list[Key]) -> bool:
+    """Every value is the message key (``_keyed``), or the key is not checked; with a
+    list of keys, every value is its own message's key."""
+    if isinstance(key, list):
+        return all(_key_ok([v], k) for v, k in zip(col, key, strict=True))
     if isinstance(key, _Unchecked):
         return True
     if type(key) is not bytes:
@@ -643,7 +646,8 @@ _PREDICTION: Final = (*_HEADER, "latency_ms", "cohort", "status", "features", "p
 _FEEDBACK: Final = (*_HEADER, "label")
 
 
-def _header_whole(columns: list[list[Any]], limits: ParseLimits, key: Key) -> list[float] | None:
+def _header_whole(columns: list[list[Any]], limits: ParseLimits,
+                  key: Key | list[Key]) -> list[float] | None:
     """The ``ts`` column if the ``_HEADER`` columns are all valid, else None."""
     event_id, ts, model, version = columns[:4]
     if not (_ids_ok(event_id, limits) and _ids_ok(model, limits) and _key_ok(model, key)
@@ -652,10 +656,11 @@ def _header_whole(columns: list[list[Any]], limits: ParseLimits, key: Key) -> li
     return _times(ts, limits)
 
 
-def _predictions_whole(doc: list[Any], cols: PredictionColumns, message: int,
-                       limits: ParseLimits, key: Key) -> bool:
+def _predictions_whole(doc: list[Any], cols: PredictionColumns, message: int | list[int],
+                       limits: ParseLimits, key: Key | list[Key]) -> bool:
     """Append a whole batch column by column if every element is valid; else False
-    (and nothing appended)."""
+    (and nothing appended). ``message`` and ``key`` lists: each element is a message
+    of its own (see :func:`parse_singles`)."""
     if not doc or set(map(type, doc)) != {dict}:
         return not doc
     columns = _columns(doc, _PREDICTION)
@@ -683,14 +688,13 @@ def _predictions_whole(doc: list[Any], cols: PredictionColumns, message: int,
     cols.event_id += event_id
     cols.features += features
     cols.prediction += prediction
-    cols.message += [message] * n
-    cols.element += range(n)
+    _place(cols, message, n)
     cols.raw += doc
     return True
 
 
-def _feedback_whole(doc: list[Any], cols: FeedbackColumns, message: int,
-                    limits: ParseLimits, key: Key) -> bool:
+def _feedback_whole(doc: list[Any], cols: FeedbackColumns, message: int | list[int],
+                    limits: ParseLimits, key: Key | list[Key]) -> bool:
     """The same for ``ml.feedback`` batches (see ``_add_feedback``)."""
     if not doc or set(map(type, doc)) != {dict}:
         return not doc
@@ -705,10 +709,56 @@ def _feedback_whole(doc: list[Any], cols: FeedbackColumns, message: int,
     cols.ts += ts
     cols.event_id += event_id
     cols.label += label
-    cols.message += [message] * n
-    cols.element += range(n)
+    _place(cols, message, n)
     cols.raw += doc
     return True
+
+
+def _place(cols: PredictionColumns | FeedbackColumns, message: int | list[int], n: int) -> None:
+    """Each appended element's message and position in it: ``n`` elements of one
+    message, or one element of each of the messages listed."""
+    if isinstance(message, list):
+        cols.message += message
+        cols.element += [0] * n
+    else:
+        cols.message += [message] * n
+        cols.element += range(n)
+
+
+def parse_singles(values: Sequence[bytes | None], keys: Sequence[Key],
+                  cols: PredictionColumns | FeedbackColumns,
+                  limits: ParseLimits = DEFAULT_LIMITS) -> bool:
+    """Messages of one event each (the single-event form), read like one batch: each
+    decoded, then all of them checked column by column. True when every message is a
+    valid event: all appended, message ``i`` as ``message=i``, exactly what
+    :func:`parse_predictions` (or :func:`parse_feedback`, by the type of ``cols``)
+    would have appended message by message. False when any is not (a batch, bad
+    JSON, a bad field...): nothing appended, read them one by one for their dead
+    letters.
+
+    >>> cols = PredictionColumns()
+    >>> ev = {"event_id": "a", "ts": 1, "model": "m", "version": "v1", "latency_ms": 12}
+    >>> parse_singles([orjson.dumps(ev), orjson.dumps({**ev, "event_id": "b"})],
+    ...               [b"m", b"m"], cols), cols.event_id, cols.message
+    (True, ['a', 'b'], [0, 1])
+    >>> parse_singles([orjson.dumps(ev), b"[]"], [b"m", b"m"], PredictionColumns())
+    False
+    """
+    docs = []
+    for data in values:
+        if data is None or len(data) > limits.max_bytes:
+            return False
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return False
+        if type(doc) is not dict:
+            return False
+        docs.append(doc)
+    where = list(range(len(docs)))
+    if isinstance(cols, PredictionColumns):
+        return _predictions_whole(docs, cols, where, limits, list(keys))
+    return _feedback_whole(docs, cols, where, limits, list(keys))
 
 
 def parse_control(data: bytes | None, kind: str, out: list[dict[str, Any]],

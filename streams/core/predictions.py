@@ -50,6 +50,7 @@ from streams.core.parse import (
     parse_control,
     parse_feedback,
     parse_predictions,
+    parse_singles,
     raw_text,
 )
 from streams.core.references import ReferenceStore
@@ -265,9 +266,11 @@ class PredictionProcessor:
         feedback = [m for m in messages if m.topic == self.feedback_topic]
         if feedback:
             messages = [m for m in messages if m.topic != self.feedback_topic]
-        for i, msg in enumerate(messages):
-            for dl in parse_predictions(msg.value, cols, i, limits, msg.key):
-                box.deadletters.append(dl.to_record(self.topic, msg.partition, msg.offset))
+        if not _singles(messages, cols, limits):
+            for i, msg in enumerate(messages):
+                for dl in parse_predictions(msg.value, cols, i, limits, msg.key):
+                    box.deadletters.append(dl.to_record(self.topic, msg.partition,
+                                                        msg.offset))
         if len(cols):
             frame = pl.DataFrame({
                 "model": cols.model, "version": cols.version, "cohort": cols.cohort,
@@ -410,10 +413,11 @@ class PredictionProcessor:
     def _process_feedback(self, messages: Sequence[InMessage], now: float, saved: Saved,
                           box: Outbox, limits: ParseLimits) -> None:
         cols = FeedbackColumns()
-        for i, msg in enumerate(messages):
-            for dl in parse_feedback(msg.value, cols, i, limits, msg.key):
-                box.deadletters.append(dl.to_record(self.feedback_topic, msg.partition,
-                                                    msg.offset))
+        if not _singles(messages, cols, limits):
+            for i, msg in enumerate(messages):
+                for dl in parse_feedback(msg.value, cols, i, limits, msg.key):
+                    box.deadletters.append(dl.to_record(self.feedback_topic, msg.partition,
+                                                        msg.offset))
         by_model: dict[str, list[int]] = {}
         if len(set(cols.model)) == 1:  # the usual case: labels of one model
             by_model[cols.model[0]] = list(range(len(cols)))
@@ -556,3 +560,16 @@ def _pick(values: list[Any], rows: list[int]) -> list[Any]:
 
 def _internal(exc: Exception) -> str:
     return f"internal_error: {type(exc).__name__}: {exc}"[:500]
+
+
+def _singles(messages: Sequence[InMessage], cols: PredictionColumns | FeedbackColumns,
+             limits: ParseLimits) -> bool:
+    """Single-event messages (several, each an object) read together, column by column
+    (:func:`~streams.core.parse.parse_singles`): True when all of them were valid
+    events and are in ``cols``; else nothing was read (the caller reads them one by
+    one, for each one's dead letters)."""
+    if len(messages) < 2 or not all(m.value is not None and m.value[:1] == b"{"
+                                    for m in messages):
+        return False
+    return parse_singles([m.value for m in messages], [m.key for m in messages], cols,
+                         limits)
