@@ -63,6 +63,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -115,9 +116,10 @@ def frame(rng: np.random.Generator, n: int) -> dict[str, Any]:
 
 
 def events(models: list[str], n: int, t0: float, rate: float, seed: int,
-           slow: tuple[str, float, float] | None = None) -> list[dict[str, Any]]:
+           slow: Callable[[str, float], bool] | None = None) -> list[dict[str, Any]]:
     """``n`` predictions round-robin over ``models`` from ``t0`` at ``rate`` per model;
-    10 % of each model's traffic from canary version v2."""
+    10 % of each model's traffic from canary version v2; 20 times slower where
+    ``slow(model, ts)``."""
     rng = np.random.default_rng(seed)
     cols = frame(rng, n)
     latency = rng.gamma(4.0, 10.0, n)
@@ -127,7 +129,7 @@ def events(models: list[str], n: int, t0: float, rate: float, seed: int,
         ts = t0 + (i // len(models)) / rate
         canary = rng.random() < 0.1
         lat = float(latency[i])
-        if slow is not None and model == slow[0] and slow[1] <= ts < slow[2]:
+        if slow is not None and slow(model, ts):
             lat *= 20
         out.append({
             "event_id": f"{model}-{seed}-{i}", "ts": ts, "model": model,
@@ -487,8 +489,10 @@ async def delay_run(servers: str, models: list[str], seconds: float, workdir: Pa
     got: list[tuple[float, dict[str, Any], str]] = []
 
     async def collect(topic: str, kind: str) -> None:
+        # fetches answered at once (the broker may otherwise hold one up to 0.5 s
+        # waiting for data, which would count as the worker's delay)
         c = AIOKafkaConsumer(topic, bootstrap_servers=servers, group_id=None,
-                             auto_offset_reset="earliest")
+                             auto_offset_reset="earliest", fetch_max_wait_ms=10)
         await c.start()
         try:
             while True:
@@ -505,7 +509,13 @@ async def delay_run(servers: str, models: list[str], seconds: float, workdir: Pa
     try:
         rate, tick = 200.0, 0.05
         start = time.time()
-        slow = (models[0], start + seconds / 3, start + 2 * seconds / 3)
+        def slow(model: str, ts: float) -> bool:
+            # every model slow for 2 windows, then fast for 2, each a window after the
+            # previous one: alerts trigger and resolve at most window closes, so the
+            # delays are many samples, not one
+            k = models.index(model)
+            return (ts - start) > 2 * size and int((ts - start) / size - k) // 2 % 2 == 1
+
         i = 0
         while time.time() - start < seconds:
             now = time.time()
@@ -533,7 +543,7 @@ async def delay_run(servers: str, models: list[str], seconds: float, workdir: Pa
         if kind == "stats":
             end = pl.Series([rec["window"]["end"]]).str.to_datetime().dt.epoch("ms")[0] / 1000
             stats_d.append(arrived - (end + lateness))
-        elif rec.get("event_action") == "trigger":
+        elif rec.get("event_action") in ("trigger", "resolve"):
             ts = pl.Series([rec["payload"]["timestamp"]]).str.to_datetime().dt.epoch("ms")[0]
             alert_d.append(arrived - (ts / 1000 + lateness))
     return stats_d, alert_d, 2 * within

@@ -206,7 +206,10 @@ class TopicSettings(_Section):
 class WorkerSettings(_Section):
     app_id: str = Field("sentinelle", min_length=1, description="Kafka consumer group id")
     batch_max: int = Field(2000, ge=1, description="messages per micro-batch, at most")
-    batch_within_s: float = Field(0.5, gt=0, description="wait this long to fill a micro-batch")
+    batch_within_s: float = Field(
+        0.5, gt=0, description="an input waits at most about this long for its micro-batch "
+                               "(Faust's timer is set to half of it: it starts once the "
+                               "previous micro-batch is handled)")
     tick_s: float = Field(1.0, gt=0, description="wall-clock check period (outage, idle)")
     web_port: int = Field(6066, ge=0, le=65535, description="metrics and health; 0 disables")
     web_host: str = Field("127.0.0.1", description="address the web page (/metrics) listens on")

@@ -231,8 +231,13 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
     async def consume(stream: faust.StreamT, kind: str) -> None:
         # take_events (faust-streaming) is missing from the StreamT interface.
         batches = stream.take_events  # type: ignore[attr-defined]
+        # Faust's timer starts once the previous micro-batch is handled, so an event
+        # that arrived during that work has waited already: asked for half of
+        # batch_within_s, no event waits much longer than batch_within_s in all
+        # (measured: alerts p99 1.05-1.2 s after their window closed with the whole
+        # of it, at 0.5 s)
         async for events in batches(settings.worker.batch_max,
-                                    within=settings.worker.batch_within_s):
+                                    within=settings.worker.batch_within_s / 2):
             await ready()  # profiles (skew, validation) and silences first
             tune_gc()
             for part in slices(events, settings.worker.slice_bytes):
