@@ -88,6 +88,7 @@ from streams.config import TopicSettings  # noqa: E402
 from streams.runtime.app import pool_topic_name, topic_max_bytes  # noqa: E402
 from streams.runtime.kafka import ensure_topics  # noqa: E402
 from streams.tools.broker import EmbeddedBroker, free_port  # noqa: E402
+from streams.tools.processes import stop_process  # noqa: E402
 
 PARTITIONS = 4
 LOG_TIME = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
@@ -263,12 +264,7 @@ class Worker:
         return out
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, grace_s=30)
 
 
 class Failed(SystemExit):
