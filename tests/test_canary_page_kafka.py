@@ -20,6 +20,7 @@ from streams.tools.broker import free_port
 from streams.tools.controller import run_controller
 from streams.tools.simulate import SCENARIOS, run
 from tests.conftest import ROOT, WorkerProcess, test_config
+from tests.polling import poll
 from tests.test_verdict_kafka import CANARY
 
 TEMPLATE = ROOT / "docs" / "integrations" / "argo-analysis-template.yaml"
@@ -106,14 +107,13 @@ async def test_any_worker_answers_the_verdict_pending_then_fail_or_pass(
                                           rate=400, duration_s=300,
                                           deployments_topic=t["deployments"]))
             try:
-                async with asyncio.timeout(150):
-                    while True:
-                        answers = [await ask(m, v, p) for m, v in (("pricing", "p2"),
-                                                                   ("ranker", "r6"))
-                                   for p in ports]
-                        if [a["verdict"] for a in answers] == ["fail", "fail", "pass", "pass"]:
-                            break
-                        await asyncio.sleep(0.5)
+                async def verdicts() -> list[str]:
+                    return [(await ask(m, v, p))["verdict"]
+                            for m, v in (("pricing", "p2"), ("ranker", "r6")) for p in ports]
+
+                await poll(verdicts, lambda got: got == ["fail", "fail", "pass", "pass"],
+                           what="pricing p2 failed and ranker r6 passed, on both workers",
+                           timeout=150, every=0.5)
             finally:
                 stop.set()
                 sim.cancel()
