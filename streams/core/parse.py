@@ -566,7 +566,11 @@ def _key_ok(col: list[str], key: Key | list[Key]) -> bool:
     """Every value is the message key (``_keyed``), or the key is not checked; with a
     list of keys, every value is its own message's key."""
     if isinstance(key, list):
-        return all(_key_ok([v], k) for v, k in zip(col, key, strict=True))
+        try:
+            return all(isinstance(k, _Unchecked) or (type(k) is bytes and k.decode() == v)
+                       for v, k in zip(col, key, strict=True))
+        except UnicodeDecodeError:
+            return False
     if isinstance(key, _Unchecked):
         return True
     if type(key) is not bytes:
