@@ -202,6 +202,16 @@ def random_bins(rng: np.random.Generator, kind: str) -> FeatureBins:
     return bins
 
 
+def bank_and_shift(rng: np.random.Generator, kind: str
+                   ) -> tuple[FeatureBins, Alternatives, np.ndarray, np.ndarray]:
+    """Random bins, their bank, the reference shares and shares half moved elsewhere
+    (unnormalised)."""
+    bins = random_bins(rng, kind)
+    bank = alternatives(bins, float(rng.choice([1e4, 1e6])), reference_size=10_000)
+    q = bins.reference / bins.reference.sum()
+    return bins, bank, q, rng.dirichlet(np.ones(bins.size)) * 0.5 + q * 0.5
+
+
 def assert_same_bank(a: Alternatives, b: Alternatives) -> None:
     assert a.names == b.names and a.family == b.family
     assert a.run_length == b.run_length and a.reference_size == b.reference_size
@@ -243,10 +253,7 @@ def test_cusums_fold_values_as_before(seed: int, kind: str, hold: int | None,
     """Same alarms, clears, indices, statistics and state, on a stream that changes
     (and changes back), cut into random micro-batches."""
     rng = np.random.default_rng(seed)
-    bins = random_bins(rng, kind)
-    bank = alternatives(bins, float(rng.choice([1e4, 1e6])), reference_size=10_000)
-    q = bins.reference / bins.reference.sum()
-    moved = rng.dirichlet(np.ones(bins.size)) * 0.5 + q * 0.5
+    bins, bank, q, moved = bank_and_shift(rng, kind)
     n = int(rng.integers(2_000, 12_000))
     x = np.concatenate([rng.choice(bins.size, n // 2, p=q),
                         rng.choice(bins.size, n // 4, p=moved / moved.sum()),
@@ -281,10 +288,7 @@ def test_statuses_at_marks_are_those_of_feeding_in_pieces(seed: int, kind: str,
                                                           hold: int | None,
                                                           blocks: tuple[int, ...]) -> None:
     rng = np.random.default_rng(seed)
-    bins = random_bins(rng, kind)
-    bank = alternatives(bins, float(rng.choice([1e4, 1e6])), reference_size=10_000)
-    q = bins.reference / bins.reference.sum()
-    moved = rng.dirichlet(np.ones(bins.size)) * 0.5 + q * 0.5
+    bins, bank, q, moved = bank_and_shift(rng, kind)
     n = int(rng.integers(500, 4_000))
     x = np.concatenate([rng.choice(bins.size, n // 2, p=q),
                         rng.choice(bins.size, n - n // 2, p=moved / moved.sum())])
