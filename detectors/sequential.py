@@ -82,6 +82,18 @@ WEIGHTS = {"shift": 0.5, "spread": 0.15, "bin": 0.35}
 UNKNOWN_SIZE = 1e6                 # reference size assumed when none is known
 
 
+TIE = 1e-9   # ratios this close (relative) to the largest are a tie
+
+
+def nearest(ratio: np.ndarray) -> int:
+    """The index of the largest CUSUM / threshold ratio; ties (within :data:`TIE`,
+    relative) go to the first alternative of the bank. The same sums added in another
+    order (another batching) differ in their last bits: a plain argmax would then
+    name another of two equally near alternatives."""
+    top = float(ratio.max())
+    return int(np.argmax(ratio >= top - TIE * abs(top)))
+
+
 def information_bound(shifted: np.ndarray, reference: np.ndarray, run_length: float) -> float:
     """``ln(run_length) / KL(shifted || reference)``: the fewest values after a change any
     test with that false-alarm rate needs, on average, to see it (Lai, 1998).
@@ -342,7 +354,7 @@ class _Group:
         over = s >= self.h
         row = int(np.argmax(over.any(axis=1)))
         crossed = np.flatnonzero(over[row])
-        j = int(crossed[np.argmax(s[row, crossed] / self.h[crossed])])
+        j = int(crossed[nearest(s[row, crossed] / self.h[crossed])])
         zeros = np.flatnonzero(s[:row + 1, j] <= 0)
         zero = base + (int(zeros[-1]) + 1) * b if zeros.size else int(self.zero_at[j])
         return (row + 1) * b - fill - 1, j, float(s[row, j]), zero
@@ -481,7 +493,7 @@ class SequentialTest:
         if statistics is None or self.alarm is not None:
             j, value, threshold = self.status()
         else:
-            j = int(np.argmax(statistics / self.alternatives.threshold))
+            j = nearest(statistics / self.alternatives.threshold)
             value, threshold = float(statistics[j]), float(self.alternatives.threshold[j])
         self.noted.append((position, j, value, threshold, self.alarm is not None,
                            self.status_name(j)))
@@ -594,7 +606,7 @@ class SequentialTest:
         if self.alternatives.size == 0:
             return -1, 0.0, math.inf
         s = self.statistics()
-        j = int(np.argmax(s / h))
+        j = nearest(s / h)
         return j, float(s[j]), float(h[j])
 
     def status_name(self, j: int) -> str:

@@ -104,14 +104,19 @@ async def test_quota_exhaustion_forecast_critical_and_errant_run_then_resolve(
         worker: WorkerProcess) -> None:
     pool, t0 = name("team"), time.time() - 3000
     q = lambda used: {"pool": pool, "resource": "gpu_hours", "used": used, "limit": 200}  # noqa: E731
-    # two pipelines on (probably) different partitions report the same pool
+    # two pipelines on (probably) different partitions report the same pool: the hog's
+    # run alone uses most of the limit while the pool's level is flat, then the small
+    # one's reports show the level climbing to the limit
     hog = [run_event("hog-" + pool, "h1", "heartbeat", t0 + 60 * i,
-                     resources={"gpu_hours": 15.0 * i}, quota=q(40 + 16 * i)) for i in range(10)]
+                     resources={"gpu_hours": 15.0 * i}, quota=q(40)) for i in range(10)]
     small = [run_event("small-" + pool, "s1", "heartbeat", t0 + 60 * i + 30,
                        resources={"gpu_hours": 1.0 * i}, quota=q(48 + 16 * i)) for i in range(10)]
     keys = {w: f"quota_exhaustion:{pool}:gpu_hours:{w}" for w in ("forecast", "limit", "run:h1")}
     async with Collector(worker.servers, worker.topics["alerts"]) as alerts:
         await send(worker, "hog-" + pool, hog)
+        # the errant run is judged by the pool's state: the hog's usage is folded there
+        await alerts.until(lambda r: actions(r, keys["run:h1"]) == ["trigger"], what="errant run")
+        assert actions(alerts.records, keys["forecast"]) == []  # a flat level: no forecast
         await send(worker, "small-" + pool, small)
         await alerts.until(lambda r: all(actions(r, k) == ["trigger"] for k in keys.values()),
                            what="forecast, limit and errant run")

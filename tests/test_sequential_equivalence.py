@@ -169,7 +169,8 @@ def reference_scan(g: Any, x: np.ndarray, seen: int,
     over = s >= g.h
     row = int(np.argmax(over.any(axis=1)))
     crossed = np.flatnonzero(over[row])
-    j = int(crossed[np.argmax(s[row, crossed] / g.h[crossed])])
+    # (the rule for near ties came later, with the batched drift: the current one)
+    j = int(crossed[sequential.nearest(s[row, crossed] / g.h[crossed])])
     zeros = np.flatnonzero(s[:row + 1, j] <= 0)
     zero = base + (int(zeros[-1]) + 1) * b if zeros.size else int(g.zero_at[j])
     return (row + 1) * b - fill - 1, j, float(s[row, j]), zero
