@@ -219,15 +219,17 @@ class DriftDetector:
                     out.append(self._status_signal(mark[1], mark[2], mark[3]))
             if self._hold:
                 self._hold -= 1
-        out.extend(self._feed_marked(idx, ts, fed, idx.size, marks))
+        out.extend(self._feed_marked(idx, ts, fed, idx.size, marks, pending=True))
         return out
 
     def _feed_marked(self, idx: np.ndarray, ts: np.ndarray, lo: int, hi: int,
-                     marks: list[tuple[int, float, bool, float | None]]) -> list[Signal]:
+                     marks: list[tuple[int, float, bool, float | None]],
+                     pending: bool = False) -> list[Signal]:
         """Values ``lo:hi`` into the sequential test (no alarm in force at ``lo``), with
-        the statuses due at ``marks``, in the order chunk-by-chunk feeding gives them."""
+        the statuses due at ``marks``, in the order chunk-by-chunk feeding gives them
+        (``pending``: as for :meth:`_feed`)."""
         if not marks:
-            return self._feed(idx, ts, lo, hi)
+            return self._feed(idx, ts, lo, hi, pending)
         assert self._seq is not None and self._seq.alarm is None
         changes = self._seq.feed(idx[lo:hi], [m[0] - lo for m in marks])
         noted = self._seq.noted
@@ -254,8 +256,15 @@ class DriftDetector:
         else:
             self._seq.set_alternatives(alt)
 
-    def _feed(self, idx: np.ndarray, ts: np.ndarray, lo: int, hi: int) -> list[Signal]:
-        """Values ``lo:hi`` of the batch into the sequential test; its alarms and clears."""
+    def _feed(self, idx: np.ndarray, ts: np.ndarray, lo: int, hi: int,
+              pending: bool = False) -> list[Signal]:
+        """Values ``lo:hi`` of the batch into the sequential test; its alarms and clears.
+
+        ``pending``: the values are of a chunk not complete yet (the batch's tail). A
+        hold that ends in a chunk renews the baseline as of that chunk's end, however
+        the stream is batched: the chunks then in the window but the recent ones (the
+        pending chunk counts as the newest; the oldest, which it will push out, does
+        not), and the renewal period counted from it."""
         out: list[Signal] = []
         while self._seq is not None and hi > lo:
             changes = self._seq.feed(idx[lo:hi])
@@ -264,8 +273,11 @@ class DriftDetector:
                 break
             # The hold is over: the baseline is all post-change now; test against it.
             lo += changes[-1].index + 1
-            self._rebuild(np.sum(list(self._chunks)[:-self._recent_chunks], axis=0))
-            self._renew = self._capacity - self._recent_chunks
+            chunks = list(self._chunks)
+            if pending and len(chunks) == self._capacity:
+                chunks = chunks[1:] + [chunks[-1]]   # (the last: a stand-in, left out)
+            self._rebuild(np.sum(chunks[:-self._recent_chunks], axis=0))
+            self._renew = self._capacity - self._recent_chunks + (1 if pending else 0)
         return out
 
     def _change(self, c: Change, lo: int, idx: np.ndarray, ts: np.ndarray) -> Signal:
