@@ -26,7 +26,7 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
@@ -253,27 +253,27 @@ class QualityDetector:
                     else:
                         self._unknown_more = True
 
-    def _significant(self, count: int, expected: float) -> tuple[bool, float]:
-        rate = count / self.window
-        p = float(stats.binom.sf(count - 1, self.window, min(max(expected, 1e-12), 1.0)))
-        return (p < self.alpha and rate > expected + self.min_excess), p
-
     def _evaluate(self, ts: float) -> list[Signal]:
+        tests = [(name, issue, self._counts.get(name, {}).get(issue, 0), spec.expected(issue))
+                 for name, spec in self._specs.items() for issue in ISSUES
+                 if spec.kind == "numeric" or issue not in ("non_finite", "out_of_range")]
+        # P(X >= count) for X ~ Binomial(window, expected), every test at once
+        # (scipy.special.bdtrc(k, n, p) = P(X > k); scipy.stats.binom.sf is the same
+        # figure at ~25 us a call)
+        p_values = special.bdtrc(
+            np.array([t[2] for t in tests], dtype=float) - 1, self.window,
+            np.clip(np.array([t[3] for t in tests], dtype=float), 1e-12, 1.0)).tolist()
         out = []
-        for name, spec in self._specs.items():
-            c = self._counts.get(name, dict.fromkeys(ISSUES, 0))
-            for issue in ISSUES:
-                if issue in ("non_finite", "out_of_range") and spec.kind != "numeric":
-                    continue
-                expected = spec.expected(issue)
-                active, p = self._significant(c[issue], expected)
-                out.append(self._signal(f"{name}:{issue}", active, ts, {
-                    "feature": name, "issue": issue, "statistic": f"{issue}_rate",
-                    "value": round(c[issue] / self.window, 5),
-                    "threshold": round(expected + self.min_excess, 5),
-                    "reference_rate": round(expected, 6), "count": c[issue],
-                    "p_value": p}, f"feature '{name}': {issue.replace('_', ' ')} "
-                       f"{c[issue] / self.window:.1%} vs {expected:.1%} in training"))
+        for (name, issue, count, expected), p in zip(tests, p_values, strict=True):
+            rate = count / self.window
+            active = p < self.alpha and rate > expected + self.min_excess
+            out.append(self._signal(f"{name}:{issue}", active, ts, {
+                "feature": name, "issue": issue, "statistic": f"{issue}_rate",
+                "value": round(rate, 5),
+                "threshold": round(expected + self.min_excess, 5),
+                "reference_rate": round(expected, 6), "count": count,
+                "p_value": p}, f"feature '{name}': {issue.replace('_', ' ')} "
+                   f"{rate:.1%} vs {expected:.1%} in training"))
         share = self._unknown_events / self.window
         names = sorted(self._unknown, key=lambda n: (-self._unknown[n], n))
         unknown = [n for n in names if self._unknown[n] / self.window > self.min_excess]
