@@ -145,6 +145,7 @@ def test_an_unreachable_broker_is_one_clear_error_and_no_traceback() -> None:
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 2
     assert done.stderr.startswith("sentinelle: Kafka: "), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # one line, the hint on it
     for noise in ("Traceback", "Unclosed", "Unable connect"):
         assert noise not in done.stderr, done.stderr
 

@@ -77,7 +77,7 @@ class Commands(click.Group):
         except Exception as exc:
             if not _kafka_error(exc):
                 raise
-            fail(f"Kafka: {exc}\n(is the cluster reachable, and does it "
+            fail(f"Kafka: {exc} (is the cluster reachable, and does it "
                  f"need authentication or TLS? see kafka.security in docs/RUNNING.md, "
                  f"\"Security\")")
 
