@@ -145,34 +145,45 @@ class TumblingWindows:
         seen_before = np.maximum.accumulate(np.concatenate(([self._watermark], ts[:-1])))
         late = (start + size + lateness <= seen_before) | (start + size <= self._closed_upto)
         self._watermark = max(self._watermark, float(ts.max()))
-        on_time = frame.with_columns(start=pl.Series(start)).filter(pl.Series(~late))
-        if on_time.height:
-            self._fold(on_time)
+        if not late.all():
+            self._fold(frame, start, late)
         return late
 
-    def _fold(self, frame: pl.DataFrame) -> None:
+    def _fold(self, frame: pl.DataFrame, start: np.ndarray, late: np.ndarray) -> None:
+        """The on-time rows' counts per (series, window, latency bucket), from one
+        Polars group-by (a micro-batch's fixed cost is mostly Polars' per-query
+        overhead; the late rows are a key of their own, skipped)."""
         keys = ["version", "cohort", "start"]
         probe = LatencySketch(alpha=self.alpha)
-        lat = frame["latency_ms"].to_numpy()
-        frame = frame.with_columns(bucket=pl.Series(probe.bucket_index(lat)))
-        totals = frame.group_by(keys).agg(
-            n=pl.len(),
-            errors=pl.col("error").sum(),
-            slow=(pl.col("latency_ms") > self.slow_ms).sum(),
-            max_latency=pl.col("latency_ms").max(),
-        )
-        for version, cohort, start, n, errors, slow, _ in totals.iter_rows():
-            acc = self._open.get((version, cohort, start))
-            if acc is None:
-                acc = self._open[(version, cohort, start)] = _Acc(self.alpha)
-            acc.count += n
+        parts = (frame.with_columns(start=pl.Series(start), late=pl.Series(late),
+                                    bucket=pl.Series(probe.bucket_index(
+                                        frame["latency_ms"].to_numpy())))
+                 .group_by(["late", *keys, "bucket"])
+                 .agg(c=pl.len(), errors=pl.col("error").sum(),
+                      slow=(pl.col("latency_ms") > self.slow_ms).sum(),
+                      mx=pl.col("latency_ms").max()))
+        sketches: dict[tuple[str, str, float], tuple[_Acc, list[int], list[int], list[float]]] = {}
+        for was_late, version, cohort, begin, bucket, c, errors, slow, mx in zip(
+                *(parts[col].to_list() for col in ("late", *keys, "bucket", "c", "errors",
+                                                   "slow", "mx")), strict=True):
+            if was_late:
+                continue
+            key = (version, cohort, begin)
+            got = sketches.get(key)
+            if got is None:
+                acc = self._open.get(key)
+                if acc is None:
+                    acc = self._open[key] = _Acc(self.alpha)
+                got = sketches[key] = (acc, [], [], [])
+            acc = got[0]
+            acc.count += c
             acc.errors += errors
             acc.slow += slow
-        buckets = frame.group_by([*keys, "bucket"]).agg(c=pl.len(), mx=pl.col("latency_ms").max())
-        for (version, cohort, start), part in buckets.group_by(keys):
-            acc = self._open[(str(version), str(cohort), float(start))]
-            acc.sketch.add_counts(part["bucket"].to_list(), part["c"].to_list(),
-                                  float(part["mx"].max()))  # type: ignore[arg-type]
+            got[1].append(bucket)
+            got[2].append(c)
+            got[3].append(mx)
+        for acc, buckets, counts, tops in sketches.values():
+            acc.sketch.add_counts(buckets, counts, max(tops))
 
     def close_ready(self) -> list[WindowStats]:
         """Close and return every window the watermark has passed, oldest first."""

@@ -37,7 +37,7 @@ from detectors.windows import TumblingWindows, WindowStats
 from streams.config import Settings
 from streams.core.canary import CANARY_CHECKS, CanaryWatch
 from streams.core.labels import LabelTracker
-from streams.core.series import ReferenceLookup, Series, series_rows
+from streams.core.series import ReferenceLookup, Series, series_pairs, series_rows
 
 __all__ = ["ModelMonitor", "Output", "READING_CHECKS", "Reading"]
 
@@ -172,7 +172,7 @@ class ModelMonitor:
         self.last_arrival = self._wall = now
         for signal in self.outage.update({"ts": np.array([now])}):
             self._emit(out, signal)
-        pairs = frame.select("version", "cohort").unique().rows()
+        pairs = series_pairs(frame)
         for version, cohort in pairs:
             self._series(version, cohort).last_arrival = now
         out.late = self.windows.add(frame)

@@ -54,6 +54,7 @@ from streams.core.parse import (
     raw_text,
 )
 from streams.core.references import ReferenceStore
+from streams.core.series import series_pairs
 from streams.core.state import SEP, InputMarks, subkey
 
 __all__ = ["InMessage", "Outbox", "PredictionProcessor", "stats_record", "parse_limits"]
@@ -316,8 +317,7 @@ class PredictionProcessor:
         fresh = offs > done
         if not fresh.all():
             rows = rows.filter(pl.Series(fresh))
-        pairs = rows.select("version", "cohort").unique(maintain_order=True).rows()
-        refused, alerts = mon.admit([(str(v), str(c)) for v, c in pairs], now)
+        refused, alerts = mon.admit(series_pairs(rows), now)
         box.alerts.extend((a["dedup_key"], a) for a in alerts)
         if refused:
             self.counts["refused_series"] += len(refused)
@@ -330,7 +330,9 @@ class PredictionProcessor:
             rows = rows.filter(~out)
         if rows.height:
             self._isolated(mon, list(range(rows.height)),
-                           lambda m, pos, sub: self._fold(m, rows[pos], messages, cols, now, sub),
+                           lambda m, pos, sub: self._fold(
+                               m, rows if len(pos) == rows.height else rows[pos], messages,
+                               cols, now, sub),
                            lambda pos, exc: self._dead_rows(
                                [int(rows["row"][pos])], messages, cols, _internal(exc))[0],
                            now, saved, box)

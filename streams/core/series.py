@@ -194,6 +194,20 @@ class Series:
         self.first_profile = data.get("first_profile")
 
 
+def series_pairs(frame: pl.DataFrame) -> list[tuple[str, str]]:
+    """The (version, cohort) pairs of ``frame``, in order of appearance.
+
+    >>> series_pairs(pl.DataFrame({"version": ["v2", "v1", "v2"],
+    ...                            "cohort": ["canary", "stable", "canary"]}))
+    [('v2', 'canary'), ('v1', 'stable')]
+    """
+    versions, cohorts = frame["version"], frame["cohort"]
+    if versions.n_unique() == 1 and cohorts.n_unique() == 1:  # the usual case: one series
+        return [(str(versions[0]), str(cohorts[0]))]
+    return [(str(v), str(c)) for v, c in
+            frame.select("version", "cohort").unique(maintain_order=True).rows()]
+
+
 def series_rows(frame: pl.DataFrame) -> list[tuple[tuple[str, str], np.ndarray]]:
     """Row numbers of each (version, cohort) in ``frame``, in order of appearance."""
     versions, cohorts = frame["version"], frame["cohort"]
