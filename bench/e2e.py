@@ -16,9 +16,11 @@ worker's first slice (its log) to the fold of its last message (the gauge
    their labels in the batch form too;
 2. **single-event form**: ``--single-events`` predictions (60,000), one per
    message, labels likewise;
-3. **sentinelle.client**: the single-event producer's events, batched by
+3. **sentinelle.client**: events of the same single-event producer, batched by
    :class:`sentinelle.client.Client` (the fast path for services that log one
-   prediction at a time).
+   prediction at a time): ``--client-events`` predictions (600,000, ten times
+   the single-event run's, so that the run lasts long enough for a steady
+   rate rather than the worker's first slices), and their labels.
 
 For (1) and (2), a Faust pass-through agent (``bench/_passthrough.py``: it only
 decodes each message) reads the same topics in the same run, so the ratio
@@ -49,7 +51,7 @@ read as YAML) changes the workers' configuration, so configurations compare
 without editing code between runs, e.g. ``--only single-event --set
 worker.faust_metrics=false``.
 
-    .venv/bin/python bench/e2e.py [--quick] [--events N] [--single-events N]
+    .venv/bin/python bench/e2e.py [--quick] [--events N] [--single-events N] [--client-events N]
         [--only RUN]... [--set KEY=VALUE]...
 """
 
@@ -585,7 +587,7 @@ def report(runs: list[Run], delays: tuple[list[float], list[float], float] | Non
     single = next((r for r in runs if r.name == "single-event"), None)
     client = next((r for r in runs if r.name == "sentinelle.client"), None)
     if single and client and client.seconds >= 1.0 and single.seconds >= 1.0:
-        print(f"\nsentinelle.client batching the single-event producer's events: "
+        print(f"\nsentinelle.client batching a single-event producer's events: "
               f"{client.rate / single.rate:.1f}x the single-event rate")
     stats_d: list[float] = []
     alert_d: list[float] = []
@@ -632,7 +634,7 @@ async def main_async(args: argparse.Namespace, servers: str, workdir: Path) -> N
         runs.append(await throughput_run(servers, "single-event", 1, args.single_events,
                                          models, workdir, args.timeout))
     if "client" in only:
-        runs.append(await throughput_run(servers, "sentinelle.client", 1, args.single_events,
+        runs.append(await throughput_run(servers, "sentinelle.client", 1, args.client_events,
                                          models, workdir, args.timeout, via_client=True))
     delays = None
     if "delay" in only:
@@ -646,6 +648,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small volumes: completes, prints")
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--single-events", type=int, default=60_000)
+    ap.add_argument("--client-events", type=int, default=600_000,
+                    help="predictions of the sentinelle.client run (default 600,000)")
     ap.add_argument("--models", type=int, default=5)
     ap.add_argument("--delay-seconds", type=float, default=40.0)
     ap.add_argument("--timeout", type=float, default=900.0)
@@ -660,6 +664,7 @@ def main() -> int:
         merge(EXTRA, s)
     if args.quick:
         args.events, args.single_events, args.delay_seconds = 20_000, 3_000, 15.0
+        args.client_events = 3_000
     with tempfile.TemporaryDirectory(prefix="sentinelle-e2e-") as tmp:
         servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if servers:
