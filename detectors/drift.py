@@ -274,9 +274,11 @@ class DriftDetector:
             # The hold is over: the baseline is all post-change now; test against it.
             lo += changes[-1].index + 1
             chunks = list(self._chunks)
-            if pending and len(chunks) == self._capacity:
-                chunks = chunks[1:] + [chunks[-1]]   # (the last: a stand-in, left out)
-            self._rebuild(np.sum(chunks[:-self._recent_chunks], axis=0))
+            # pending, the chunk holding the hold's end is not in the window yet: it will
+            # push the oldest out, and it is among the recent ones, left out anyway
+            first = 1 if pending and len(chunks) == self._capacity else 0
+            self._rebuild(np.sum(chunks[first:len(chunks) - self._recent_chunks + first],
+                                 axis=0))
             self._renew = self._capacity - self._recent_chunks + (1 if pending else 0)
         return out
 

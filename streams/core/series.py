@@ -201,11 +201,7 @@ def series_pairs(frame: pl.DataFrame) -> list[tuple[str, str]]:
     ...                            "cohort": ["canary", "stable", "canary"]}))
     [('v2', 'canary'), ('v1', 'stable')]
     """
-    versions, cohorts = frame["version"], frame["cohort"]
-    if versions.n_unique() == 1 and cohorts.n_unique() == 1:  # the usual case: one series
-        return [(str(versions[0]), str(cohorts[0]))]
-    return [(str(v), str(c)) for v, c in
-            frame.select("version", "cohort").unique(maintain_order=True).rows()]
+    return [pair for pair, _ in series_rows(frame)]
 
 
 def series_rows(frame: pl.DataFrame) -> list[tuple[tuple[str, str], np.ndarray]]:
