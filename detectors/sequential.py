@@ -68,6 +68,13 @@ import numpy as np
 
 from detectors.profile import OTHER, UNSEEN, FeatureBins
 
+try:  # the compiled inner loop (setup.py builds it; optional)
+    from detectors import _cusum
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _cusum = None  # type: ignore[assignment]
+
+KERNEL = True   # False: the numpy loop even when the compiled one is there (tests)
+
 __all__ = ["Alternatives", "alternatives", "SequentialTest", "Change", "information_bound"]
 
 SHIFTS_SD = (0.125, 0.177, 0.25, 0.354, 0.5, 0.707, 1.0, 1.414, 2.0)
@@ -298,6 +305,10 @@ class _Group:
         self.block, self.members = block, members
         self.k = alt.reference.size
         self.table = np.ascontiguousarray(alt.log_ratio[members].T)  # k x m_g
+        self.table_rows = self.table.ravel()   # the same, flat, for the compiled loop
+        m = members.size   # the compiled loop's outputs at a crossing, and its scratch
+        self._scratch = (np.empty(m), np.empty(m, dtype=np.int64), np.empty(m))
+        self._no_marks = np.empty((0, m))
         self.h = alt.threshold[members]
         self.marked: list[np.ndarray] = []
         self.reset(0)
@@ -316,10 +327,39 @@ class _Group:
         values of ``x`` after which the CUSUMs are wanted too, into ``self.marked``
         (those past a crossing are not meaningful).
 
-        The blocks' counts come from one ``bincount`` (each value's block is cached),
-        and ``W`` (the running sum of the increments, from the CUSUM's current value)
-        gets a leading row of zeros, so that its running minimum is ``min(0, min W)``
-        directly and ``S = W - min(0, min W)`` takes one subtraction."""
+        The compiled loop (:mod:`detectors._cusum`) when it was built, else
+        :meth:`scan_numpy`: the same arithmetic up to the order of a block's sums."""
+        if _cusum is None or not KERNEL:
+            return self.scan_numpy(x, seen, marks)
+        b, m, fill = self.block, self.members.size, self.fill
+        if marks:
+            rows = np.array([(fill + p) // b for p in marks], dtype=np.int64)
+            marked = np.empty((rows.size, m))
+        else:
+            rows, marked = _NO_ROWS, self._no_marks
+        s, zero_at, partial = self.s.copy(), self.zero_at.copy(), self.partial.copy()
+        s_cross, last_zero, scratch = self._scratch
+        row, new_fill = _cusum.scan(np.ascontiguousarray(x, dtype=np.int64),
+                                    self.table_rows, self.h, s, zero_at, partial, b, fill,
+                                    seen - fill, rows, marked, s_cross, last_zero, scratch)
+        if marks:
+            self.marked = [marked[i] if r else self.s for i, r in enumerate(rows.tolist())]
+        if row < 0:
+            self.s, self.zero_at, self.partial, self.fill = s, zero_at, partial, new_fill
+            return None
+        crossed = np.flatnonzero(s_cross >= self.h)
+        j = int(crossed[nearest(s_cross[crossed] / self.h[crossed])])
+        z = int(last_zero[j])
+        zero = seen - fill + z * b if z else int(self.zero_at[j])
+        return row * b - fill - 1, j, float(s_cross[j]), zero
+
+    def scan_numpy(self, x: np.ndarray, seen: int, marks: list[int] | None = None
+                   ) -> tuple[int, int, float, int] | None:
+        """:meth:`scan` in numpy: the blocks' counts from one ``bincount`` (each value's
+        block is cached), and ``W`` (the running sum of the increments, from the
+        CUSUM's current value) gets a leading row of zeros, so that its running
+        minimum is ``min(0, min W)`` directly and ``S = W - min(0, min W)`` takes one
+        subtraction."""
         b, k, fill = self.block, self.k, self.fill
         total = fill + x.size
         full = total // b
@@ -360,6 +400,7 @@ class _Group:
         return (row + 1) * b - fill - 1, j, float(s[row, j]), zero
 
 
+_NO_ROWS = np.empty(0, dtype=np.int64)
 _BLOCK_OF: dict[int, np.ndarray] = {}
 _BLOCK_OF_MAX = 1 << 16   # values: longer batches compute theirs afresh
 

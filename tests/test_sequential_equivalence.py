@@ -260,11 +260,16 @@ def test_cusums_fold_values_as_before(seed: int, kind: str, hold: int | None,
                         rng.choice(bins.size, n // 4, p=moved / moved.sum()),
                         rng.choice(bins.size, n - n // 2 - n // 4, p=q)])
     cuts = np.sort(rng.choice(np.arange(1, n), size=min(n - 1, max(1, n // batch)), replace=False))
-    new = changes(SequentialTest(bank, blocks, hold=hold, confirm=500), x, cuts)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sequential, "KERNEL", False)
+        new = changes(SequentialTest(bank, blocks, hold=hold, confirm=500), x, cuts)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sequential._Group, "scan", reference_scan)
         old = changes(SequentialTest(bank, blocks, hold=hold, confirm=500), x, cuts)
     assert new == old
+    if sequential._cusum is not None:   # the compiled loop: the same up to the last bits
+        assert close(changes(SequentialTest(bank, blocks, hold=hold, confirm=500), x, cuts),
+                     old)
 
 
 # -- statuses read off one pass (drift's chunks) ------------------------------------
@@ -355,3 +360,36 @@ def test_drift_gives_the_same_signals_however_the_stream_is_batched(
         return out + [det.to_dict()]
 
     assert close(run(batch), run(cal.hop))
+
+
+# -- the compiled loop's guards ---------------------------------------------------------
+
+
+@pytest.mark.skipif(sequential._cusum is None, reason="built without a C compiler")
+def test_the_compiled_loop_refuses_what_it_cannot_read() -> None:
+    """A bin index past the table, a wrong dtype, buffers of the wrong sizes: an
+    exception (the worker isolates it to the model), never a read past a buffer."""
+    scan = sequential._cusum.scan
+    m, k = 2, 3
+
+    def call(x: Any, table: Any = None, block: int = 4, fill: int = 0) -> Any:
+        return scan(x, np.zeros(k * m) if table is None else table, np.ones(m), np.zeros(m),
+                    np.zeros(m, dtype=np.int64), np.zeros(k, dtype=np.int64), block, fill, 0,
+                    np.empty(0, dtype=np.int64), np.empty((0, m)), np.empty(m),
+                    np.empty(m, dtype=np.int64), np.empty(m))
+
+    assert call(np.array([0, 1, 2, 2, 1], dtype=np.int64)) == (-1, 1)
+    with pytest.raises(IndexError, match="bin index 3"):
+        call(np.array([0, 3], dtype=np.int64))
+    with pytest.raises(IndexError, match="bin index -1"):
+        call(np.array([-1], dtype=np.int64))
+    with pytest.raises(TypeError):
+        call(np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="inconsistent sizes"):
+        call(np.array([0], dtype=np.int64), table=np.zeros(k * m - 1))
+    with pytest.raises(ValueError, match="inconsistent sizes"):
+        call(np.array([0], dtype=np.int64), fill=4)
+    test = SequentialTest(alternatives(random_bins(np.random.default_rng(1), "categorical"),
+                                       1e6))
+    with pytest.raises(IndexError):
+        test.feed(np.array([test.alternatives.reference.size + 5]))
