@@ -281,7 +281,10 @@ def _thresholds(kl_null: np.ndarray, target: np.ndarray, size: float | None) -> 
     h = lorden.copy()
     for _ in range(12):  # h = log(1 + h + target * mu), mu = KL(q || p) + h / size
         mu = kl_null + (h / size if size else 0.0)
-        h = np.minimum(lorden, np.log1p(h + target * mu))
+        new = np.minimum(lorden, np.log1p(h + target * mu))
+        if np.array_equal(new, h):
+            break   # a fixed point: the rest of the 12 rounds would not move it
+        h = new
     return h
 
 

@@ -49,7 +49,7 @@ from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
 from detectors.distance import js_distance, linf_distance
 from detectors.profile import FeatureBins
-from detectors.sequential import Change, SequentialTest, alternatives
+from detectors.sequential import Alternatives, Change, SequentialTest, alternatives
 
 __all__ = ["Calibration", "calibrate", "ChunkCounter", "SkewDetector", "TESTS"]
 
@@ -207,6 +207,10 @@ class SkewDetector:
     reference_size
         Values the reference shares were estimated from (the profile's rows;
         ``None``: unknown); the sequential test allows for their noise.
+    bank
+        The sequential test's alternatives for these bins, run length and
+        reference size, when already built (once per profile, shared by its
+        series: ``streams.core.references.FeatureRef.bank``); built here otherwise.
 
     Examples
     --------
@@ -248,7 +252,8 @@ class SkewDetector:
     def __init__(self, model: str, version: str, feature: str, *, cohort: str = "stable",
                  bins: FeatureBins, calibration: Calibration,
                  check: str = "training_serving_skew", severity: Severity = "warning",
-                 test: str = "sequential", reference_size: int | None = None) -> None:
+                 test: str = "sequential", reference_size: int | None = None,
+                 bank: Alternatives | None = None) -> None:
         if bins.name != feature:
             raise ValueError(f"bins of {bins.name!r} given for feature {feature!r}")
         if check not in self.CHECKS:
@@ -268,10 +273,14 @@ class SkewDetector:
         self._chunks: deque[np.ndarray] = deque()
         self._counter = ChunkCounter(bins.size, calibration.hop)
         self._unseen: dict[str, int] = {}
-        self._seq = (SequentialTest(alternatives(bins, calibration.run_length,
-                                                 reference_size=reference_size),
-                                    confirm=calibration.window)
-                     if test == "sequential" else None)
+        self.bank = bank
+        if test == "sequential" and not (
+                bank is not None and bank.run_length == calibration.run_length
+                and bank.reference_size == reference_size
+                and bank.reference.size == bins.size):
+            bank = alternatives(bins, calibration.run_length, reference_size=reference_size)
+        self._seq = (SequentialTest(bank, confirm=calibration.window)
+                     if test == "sequential" and bank is not None else None)
         self._quiet = 0  # values since the last signal (sequential)
 
     @classmethod

@@ -21,6 +21,7 @@ from typing import Any
 from detectors.performance import ScoreCalibration
 from detectors.profile import FeatureBins
 from detectors.quality import FeatureSpec
+from detectors.sequential import Alternatives, alternatives
 from detectors.skew import Calibration, calibrate
 from streams.config import SkewSettings
 
@@ -40,6 +41,7 @@ class FeatureRef:
     bins: FeatureBins
     skew: Calibration    # serving window vs the reference shares
     drift: Calibration   # recent window vs trailing baseline window
+    bank: Alternatives | None = None   # skew's sequential test: built once per profile
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ class Reference:
             ref_rows = int(profile.get("rows") or 0)
             features[name] = FeatureRef(
                 bins, calibrate(*args, baseline=ref_rows or None),
-                calibrate(*args, baseline=baseline_factor * skew.window_events))
+                calibrate(*args, baseline=baseline_factor * skew.window_events),
+                alternatives(bins, skew.run_length_events, reference_size=ref_rows or None))
         created = profile.get("created_at")
         rows = int(profile.get("rows") or 0)
         label = features.pop("label", None)

@@ -79,7 +79,8 @@ class Series:
                     dets.append(SkewDetector(model, version, name, cohort=cohort, bins=fr.bins,
                                              calibration=fr.skew, severity=s.skew.severity,
                                              test=s.skew.test,
-                                             reference_size=ref.rows or None))
+                                             reference_size=ref.rows or None,
+                                             bank=fr.bank))
                 if s.drift.enabled:
                     dets.append(DriftDetector(model, version, name, cohort=cohort,
                                               bins=fr.bins, calibration=fr.drift,
