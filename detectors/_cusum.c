@@ -58,25 +58,107 @@ release(Buf *bufs, int n)
 
 #define LEN(b) ((b).view.len / (b).view.itemsize)
 
-/* A block's end: every CUSUM moves by its increment (which is reset). Kept apart,
-   its pointers restrict and its selects of one width, so that it vectorises. */
-static inline void
+/* A block's end: every CUSUM moves by its increment (which is reset). W and its
+   running minimum M are kept, S = W - M is not (it is read off them when wanted);
+   ``lastz``: the last block where S was 0 (W at its running minimum). Returns
+   how many CUSUMs reached their thresholds. Pointers restrict and selects of
+   one width, so that it vectorises. */
+static inline long long
 close_block(Py_ssize_t m, double r, double *restrict inc, double *restrict w,
-            double *restrict mn, double *restrict mnrow, double *restrict lastz,
-            double *restrict srow)
+            double *restrict mn, double *restrict lastz, const double *restrict h)
 {
+    long long over = 0;
     for (Py_ssize_t j = 0; j < m; j++) {
         const double wj = w[j] + inc[j];
-        const double m0 = mn[j];
-        const double lowest = wj < m0 ? wj : m0;
+        const double lowest = wj < mn[j] ? wj : mn[j];
         w[j] = wj;
         inc[j] = 0.0;
-        mnrow[j] = wj < m0 ? r : mnrow[j];
         mn[j] = lowest;
-        const double sj = wj - lowest;
-        srow[j] = sj;
-        lastz[j] = sj <= 0.0 ? r : lastz[j];
+        lastz[j] = wj <= lowest ? r : lastz[j];
+        over += wj - lowest >= h[j];
     }
+    return over;
+}
+
+/* The scan itself (see scan() below for the arguments), on buffers already
+   checked; ``scratch``: 3 m doubles. Compiled twice, for AVX2 and for any
+   x86-64, the loader picking the one the CPU runs (gcc's target_clones). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static long long
+run(Py_ssize_t n, const int64_t *x, const double *table, const double *h, Py_ssize_t m,
+    Py_ssize_t k, double *s, int64_t *zero_at, int64_t *partial, long long block,
+    long long *fill_io, long long base, const int64_t *mark_rows, Py_ssize_t nmarks,
+    double *marked, double *s_cross, int64_t *last_zero, double *inc, double *scratch)
+{
+    double *restrict w = scratch, *restrict mn = scratch + m, *restrict lastz = scratch + 2 * m;
+    /* the open block's increments so far: its counts times the log ratios */
+    for (Py_ssize_t j = 0; j < m; j++)
+        inc[j] = 0.0;
+    for (Py_ssize_t v = 0; v < k; v++) {
+        const int64_t c = partial[v];
+        if (c) {
+            const double *row = table + v * m;
+            for (Py_ssize_t j = 0; j < m; j++)
+                inc[j] += (double)c * row[j];
+        }
+    }
+    /* W: W_0 = 0, then W_1 = s + the first block's increment, and so on; M: the
+       running minimum of W from W_0 (so M <= 0); S = W - M */
+    for (Py_ssize_t j = 0; j < m; j++) {
+        w[j] = s[j];
+        mn[j] = 0.0;
+        lastz[j] = 0.0;
+    }
+    Py_ssize_t mi = 0;
+    while (mi < nmarks && mark_rows[mi] <= 0) {
+        memcpy(marked + mi * m, s, m * sizeof(double));
+        mi++;
+    }
+    long long crossed = -1, row = 0, f = *fill_io;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double *restrict trow = table + x[i] * m;
+        double *restrict acc = inc;
+        for (Py_ssize_t j = 0; j < m; j++)
+            acc[j] += trow[j];
+        if (++f < block)
+            continue;
+        f = 0;
+        row += 1;
+        const long long over = close_block(m, (double)row, acc, w, mn, lastz, h);
+        while (mi < nmarks && mark_rows[mi] <= row) {
+            double *out = marked + mi * m;
+            for (Py_ssize_t j = 0; j < m; j++)
+                out[j] = w[j] - mn[j];
+            mi++;
+        }
+        if (over) {
+            crossed = row;
+            break;
+        }
+    }
+    if (crossed >= 0) {   /* the CUSUMs after the crossing block, and their last 0s */
+        for (Py_ssize_t j = 0; j < m; j++) {
+            s_cross[j] = w[j] - mn[j];
+            last_zero[j] = (int64_t)lastz[j];
+        }
+        return crossed;
+    }
+    if (row > 0) {
+        for (Py_ssize_t j = 0; j < m; j++)
+            s[j] = w[j] - mn[j];
+        memset(partial, 0, k * sizeof(int64_t));   /* the open block: the last f values */
+    }
+    for (Py_ssize_t t = n - (row > 0 ? f : n); t < n; t++)
+        partial[x[t]] += 1;
+    /* where W went below 0, the last block where it was at its minimum (the numpy
+       version takes the first block at the minimum: the same, but for exact ties) */
+    for (Py_ssize_t j = 0; j < m; j++)
+        if (mn[j] < 0.0)
+            zero_at[j] = base + (int64_t)lastz[j] * block;
+    *fill_io = f;
+    return -1;
 }
 
 /*
@@ -113,7 +195,8 @@ scan(PyObject *self, PyObject *args)
                           &block, &fill, &base, &omarks, &omarked, &oscross, &olastzero,
                           &oinc))
         return NULL;
-    Buf b[11] = {{{0}}};
+    Buf b[11];
+    memset(b, 0, sizeof b);
     if (get(ox, &b[0], "l", 8, 0, "x") < 0 || get(otable, &b[1], "d", 8, 0, "table") < 0
         || get(oh, &b[2], "d", 8, 0, "h") < 0 || get(os, &b[3], "d", 8, 1, "s") < 0
         || get(ozero, &b[4], "l", 8, 1, "zero_at") < 0
@@ -149,79 +232,14 @@ scan(PyObject *self, PyObject *args)
         }
     }
     /* scratch, all doubles so that the per-block loop vectorises: W, its running
-       minimum M and the block where M was reached, the last block where S was 0
-       (block numbers are exact in a double) */
-    double *scratch = PyMem_Malloc(4 * m * sizeof(double) + 1);
+       minimum M, the last block where S was 0 (block numbers are exact in a double) */
+    double *scratch = PyMem_Malloc(3 * m * sizeof(double) + 1);
     if (scratch == NULL) {
         release(b, 11);
         return PyErr_NoMemory();
     }
-    double *restrict w = scratch, *restrict mn = scratch + m, *restrict mnrow = scratch + 2 * m,
-           *restrict lastz = scratch + 3 * m, *restrict srow = s_cross;
-    /* the open block's increments so far: its counts times the log ratios */
-    for (Py_ssize_t j = 0; j < m; j++)
-        inc[j] = 0.0;
-    for (Py_ssize_t v = 0; v < k; v++) {
-        const int64_t c = partial[v];
-        if (c) {
-            const double *row = table + v * m;
-            for (Py_ssize_t j = 0; j < m; j++)
-                inc[j] += (double)c * row[j];
-        }
-    }
-    /* W: W_0 = 0, then W_1 = s + the first block's increment, and so on; M: the
-       running minimum of W from W_0 (so M <= 0); S = W - M, in srow */
-    for (Py_ssize_t j = 0; j < m; j++) {
-        w[j] = s[j];
-        mn[j] = 0.0;
-        mnrow[j] = 0.0;
-        lastz[j] = 0.0;
-        srow[j] = s[j];
-    }
-    Py_ssize_t mi = 0;
-    while (mi < nmarks && mark_rows[mi] <= 0) {
-        memcpy(marked + mi * m, s, m * sizeof(double));
-        mi++;
-    }
-    long long crossed = -1, row = 0, f = fill;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const double *restrict trow = table + x[i] * m;
-        double *restrict acc = inc;
-        for (Py_ssize_t j = 0; j < m; j++)
-            acc[j] += trow[j];
-        if (++f < block)
-            continue;
-        f = 0;
-        row += 1;
-        close_block(m, (double)row, acc, w, mn, mnrow, lastz, srow);
-        while (mi < nmarks && mark_rows[mi] <= row) {
-            memcpy(marked + mi * m, srow, m * sizeof(double));
-            mi++;
-        }
-        for (Py_ssize_t j = 0; j < m; j++) {
-            if (srow[j] >= h[j]) {
-                crossed = row;
-                break;
-            }
-        }
-        if (crossed >= 0)
-            break;
-    }
-    if (crossed >= 0) {   /* srow (s_cross) holds the CUSUMs after the crossing block */
-        for (Py_ssize_t j = 0; j < m; j++)
-            last_zero[j] = (int64_t)lastz[j];
-    } else {
-        if (row > 0) {
-            memcpy(s, srow, m * sizeof(double));
-            memset(partial, 0, k * sizeof(int64_t));   /* the open block: the last f values */
-        }
-        for (Py_ssize_t t = n - (row > 0 ? f : n); t < n; t++)
-            partial[x[t]] += 1;
-        for (Py_ssize_t j = 0; j < m; j++)
-            if (mn[j] < 0.0)
-                zero_at[j] = base + (int64_t)mnrow[j] * block;
-        fill = f;
-    }
+    long long crossed = run(n, x, table, h, m, k, s, zero_at, partial, block, &fill, base,
+                            mark_rows, nmarks, marked, s_cross, last_zero, inc, scratch);
     PyMem_Free(scratch);
     release(b, 11);
     return Py_BuildValue("LL", crossed, fill);
