@@ -60,6 +60,7 @@ one integer per alternative and a partial block per block size.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -167,18 +168,14 @@ def alternatives(bins: FeatureBins, run_length: float, *, shares: np.ndarray | N
     k = raw.size
     n = float(reference_size) if reference_size else UNKNOWN_SIZE
     q = (raw / raw.sum() * n + 0.5) / (n + 0.5 * k)
-    names: list[str] = []
-    family: list[str] = []
     rows: list[np.ndarray] = []   # log p / q, before the margin (a block of rows each)
     probs: list[np.ndarray] = []
+    layout: _Layout | None = None   # names, families, shares of the budget (cached)
 
-    def add(new: list[str], fam: str, p: np.ndarray, mix: bool = True) -> None:
-        # A block of alternatives at once (one row of ``p`` each): the same arithmetic,
-        # element by element, as one at a time, in fewer numpy calls.
+    def add(p: np.ndarray, mix: bool = True) -> None:
+        # A block of alternatives at once (one row of ``p`` each), in the layout's order.
         if mix:
             p = (1 - FLOOR) * p + FLOOR * q
-        names.extend(new)
-        family.extend([fam] * len(new))
         probs.append(p)
         rows.append(np.log(p / q))
 
@@ -201,32 +198,22 @@ def alternatives(bins: FeatureBins, run_length: float, *, shares: np.ndarray | N
             return np.diff(np.concatenate([np.zeros((n, 1)), np.interp(at, edges, cum),
                                            np.ones((n, 1))], axis=1), axis=1)
 
+        layout = _numeric_layout(bins.labels, sd > 0)
         if sd > 0:
-            shifts = [(sign, d) for d in SHIFTS_SD for sign in (1, -1)]
-            offsets = np.array([sign * d * sd for sign, d in shifts])
-            add([f"mean shift {sign * d:+.3g} sd" for sign, d in shifts], "shift",
-                binned(inner[None, :] - offsets[:, None]))
-            factors = [math.exp(sign * s) for s in LOG_SCALES for sign in (1, -1)]
-            add([f"spread x{f:.3g}" for f in factors], "spread",
-                binned(median + (inner[None, :] - median) / np.array(factors)[:, None]))
-        tilts = [(j, eta) for j in range(k) for eta in BIN_NUMERIC]
-        add([f"more of bin '{bins.labels[j]}' (odds x{math.exp(eta):.3g})" for j, eta in tilts],
-            "bin", _bin_tilts(q, tilts), mix=False)
+            add(binned(inner[None, :] - _SHIFT_OFFSETS[:, None] * sd))
+            add(binned(median + (inner[None, :] - median) / _SPREAD_FACTORS[:, None]))
+        add(_bin_tilts(q, layout.tilts), mix=False)
     elif bins.kind == "categorical":
         ordered = _ordered_values(bins)
+        layout = _categorical_layout(bins.labels, tuple((q >= DOWN_MIN).tolist()),
+                                     ordered is not None)
         if ordered is not None:
             score = ordered - float((q * ordered).sum())
             score = score / math.sqrt(float((q * score * score).sum()))
-            for theta in TILTS:
-                for sign in (1, -1):
-                    w = q * np.exp(sign * theta * score)
-                    add([f"{'higher' if sign > 0 else 'lower'} values (tilt {sign * theta:+.3g} "
-                         "sd)"], "shift", (w / w.sum())[None, :])
-        tilts = [(j, eta) for j in range(k)
-                 for eta in BIN_UP + (BIN_DOWN if q[j] >= DOWN_MIN else ())]
-        add([f"{'more' if eta > 0 else 'less'} '{bins.labels[j]}' (odds x{math.exp(eta):.3g})"
-             for j, eta in tilts], "bin", _bin_tilts(q, tilts), mix=False)
-    if not names:
+            w = q[None, :] * np.exp(_TILT_THETAS[:, None] * score[None, :])
+            add(w / w.sum(axis=1)[:, None])
+        add(_bin_tilts(q, layout.tilts), mix=False)
+    if layout is None or not layout.names:
         empty = np.empty(0)
         return Alternatives((), (), q, np.empty((0, k)), empty, empty, empty, empty,
                             run_length, reference_size)
@@ -234,14 +221,72 @@ def alternatives(bins: FeatureBins, run_length: float, *, shares: np.ndarray | N
     p = np.concatenate(probs)
     kl_null = np.maximum(-(q * log_ratio).sum(axis=1), 1e-12)
     kl_alt = (p * log_ratio).sum(axis=1)
-    counts = {f: family.count(f) for f in WEIGHTS}
-    weights = {f: WEIGHTS[f] for f in WEIGHTS if counts[f]}
-    total = sum(weights.values())
-    share = np.array([weights[f] / total / counts[f] for f in family])
-    h = _thresholds(kl_null, run_length / share, reference_size)
+    h = _thresholds(kl_null, run_length / layout.share, reference_size)
     margin = h / reference_size if reference_size else np.zeros_like(h)
-    return Alternatives(tuple(names), tuple(family), q, log_ratio - margin[:, None], h,
+    return Alternatives(layout.names, layout.family, q, log_ratio - margin[:, None], h,
                         kl_null, kl_alt, margin, run_length, reference_size)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a bank's alternatives are, apart from their arithmetic: names, families,
+    each one's share of the run length, and the bin tilts (bin, log odds). The same
+    for every bank of one set of bins (drift rebuilds a bank each time its baseline is
+    renewed), so it is built once (:func:`_numeric_layout`, :func:`_categorical_layout`)."""
+
+    names: tuple[str, ...]
+    family: tuple[str, ...]
+    share: np.ndarray
+    tilts: list[tuple[int, float]]
+
+    @classmethod
+    def of(cls, parts: list[tuple[str, list[str]]], tilts: list[tuple[int, float]]) -> _Layout:
+        names = tuple(n for _, block in parts for n in block)
+        family = tuple(f for f, block in parts for _ in block)
+        counts = {f: family.count(f) for f in WEIGHTS}
+        weights = {f: WEIGHTS[f] for f in WEIGHTS if counts[f]}
+        total = sum(weights.values())
+        share = np.array([weights[f] / total / counts[f] for f in family])
+        share.setflags(write=False)
+        return cls(names, family, share, tilts)
+
+
+_SHIFTS = [(sign, d) for d in SHIFTS_SD for sign in (1, -1)]
+_SHIFT_OFFSETS = np.array([sign * d for sign, d in _SHIFTS])
+_SPREAD_FACTORS = np.array([math.exp(sign * s) for s in LOG_SCALES for sign in (1, -1)])
+_TILT_SIGNS = [(theta, sign) for theta in TILTS for sign in (1, -1)]
+_TILT_THETAS = np.array([sign * theta for theta, sign in _TILT_SIGNS])
+
+
+@functools.lru_cache(maxsize=1024)
+def _numeric_layout(labels: tuple[str, ...], scaled: bool) -> _Layout:
+    """A numeric bank's layout: shifts and spreads (``scaled``: the reference has a
+    spread to scale them by), then a tilt per bin."""
+    parts = []
+    if scaled:
+        parts.append(("shift", [f"mean shift {sign * d:+.3g} sd" for sign, d in _SHIFTS]))
+        parts.append(("spread", [f"spread x{f:.3g}" for f in _SPREAD_FACTORS.tolist()]))
+    tilts = [(j, eta) for j in range(len(labels)) for eta in BIN_NUMERIC]
+    parts.append(("bin", [f"more of bin '{labels[j]}' (odds x{math.exp(eta):.3g})"
+                          for j, eta in tilts]))
+    return _Layout.of(parts, tilts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _categorical_layout(labels: tuple[str, ...], large: tuple[bool, ...],
+                        ordered: bool) -> _Layout:
+    """A categorical bank's layout: value tilts (``ordered``: the categories are
+    numbers), then each category up, and down where ``large`` (a share of at least
+    :data:`DOWN_MIN`)."""
+    parts = []
+    if ordered:
+        parts.append(("shift", [f"{'higher' if sign > 0 else 'lower'} values (tilt "
+                                f"{sign * theta:+.3g} sd)" for theta, sign in _TILT_SIGNS]))
+    tilts = [(j, eta) for j in range(len(labels))
+             for eta in BIN_UP + (BIN_DOWN if large[j] else ())]
+    parts.append(("bin", [f"{'more' if eta > 0 else 'less'} '{labels[j]}' (odds "
+                          f"x{math.exp(eta):.3g})" for j, eta in tilts]))
+    return _Layout.of(parts, tilts)
 
 
 def _bin_tilt(q: np.ndarray, j: int, eta: float) -> np.ndarray:
@@ -278,11 +323,13 @@ def _ordered_values(bins: FeatureBins) -> np.ndarray | None:
 def _thresholds(kl_null: np.ndarray, target: np.ndarray, size: float | None) -> np.ndarray:
     """Per alternative, the least ``h`` whose run length reaches ``target``."""
     lorden = np.log(target)
+    # h = log(1 + h + target * mu), mu = KL(q || p) + h / size: log1p(a + c h)
+    a = target * kl_null
+    c = 1.0 + (target / size if size else 0.0)
     h = lorden.copy()
-    for _ in range(12):  # h = log(1 + h + target * mu), mu = KL(q || p) + h / size
-        mu = kl_null + (h / size if size else 0.0)
-        new = np.minimum(lorden, np.log1p(h + target * mu))
-        if np.array_equal(new, h):
+    for i in range(12):
+        new = np.minimum(lorden, np.log1p(a + c * h))
+        if i % 4 == 3 and (new == h).all():
             break   # a fixed point: the rest of the 12 rounds would not move it
         h = new
     return h
