@@ -160,6 +160,7 @@ from detectors.base import Batch, Signal
 from detectors.drift import DriftDetector
 from detectors.profile import FeatureBins, build_profile, category_key
 from detectors.sequential import information_bound
+from detectors.sequential import loop as sequential_loop
 from detectors.skew import SkewDetector
 from streams.config import DriftSettings, SkewSettings
 from streams.core.references import FeatureRef, Reference
@@ -805,8 +806,8 @@ def report(args: argparse.Namespace, plan: Plan, skew: SkewSettings, bf: int,
           [f"Sentinelle: {speed['skew'][0]:,} events in micro-batches of {FEED:,}, binning "
            "included; Alibi: one predict() per event"
            + (f", {alibi['speed']['events']:,} events" if alibi and "speed" in alibi else ""),
-           "Sentinelle folds every event into its CUSUMs (blocks of 4 or 32 events, one "
-           "matrix product per micro-batch), Alibi tests once per event"])
+           "Sentinelle folds every event into its CUSUMs (blocks of 4 or 32 events, "
+           f"{sequential_loop()}), Alibi tests once per event"])
 
 
 def _med(med: float) -> str:

@@ -127,6 +127,7 @@ import orjson
 import polars as pl
 
 from detectors.profile import build_profile
+from detectors.sequential import loop as sequential_loop
 from streams.config import Settings
 from streams.core.parse import PredictionColumns, parse_predictions
 from streams.core.predictions import InMessage, PredictionProcessor, parse_limits
@@ -524,6 +525,7 @@ def header(settings: Settings, events: int, repeat: int) -> str:
         f"pipeline+all compare them with one reference profile per (model, version)",
         f"every pipeline row runs the other capabilities as Settings() has them: "
         f"{other_capabilities(settings)}",
+        f"the sequential tests' CUSUMs run in the {sequential_loop()}",
     ])
 
 

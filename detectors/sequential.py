@@ -76,6 +76,13 @@ except ImportError:  # pragma: no cover - a build without a C compiler
 
 KERNEL = True   # False: the numpy loop even when the compiled one is there (tests)
 
+
+def loop() -> str:
+    """Which loop folds values into the CUSUMs here, for benchmarks and logs."""
+    if _cusum is not None and KERNEL:
+        return "compiled loop (detectors/_cusum.c)"
+    return "numpy loop (detectors/_cusum.c not built: no C compiler at install)"
+
 __all__ = ["Alternatives", "alternatives", "SequentialTest", "Change", "information_bound"]
 
 SHIFTS_SD = (0.125, 0.177, 0.25, 0.354, 0.5, 0.707, 1.0, 1.414, 2.0)
