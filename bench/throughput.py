@@ -111,6 +111,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import platform
 import random
@@ -633,6 +634,84 @@ def test_comparison(results: Sequence[Result]) -> list[str]:
     return lines
 
 
+DETECTOR_CALLS = (667, 2_000, 10_000)   # values per feature per update() call
+
+
+def detector_costs(references: ReferenceStore, settings: Settings, repeat: int
+                   ) -> list[str]:
+    """The skew and drift detectors alone, sequential against windowed: µs per event for
+    a model's 13 features (12 and the prediction) fed stationary values of the training
+    distribution, at :data:`DETECTOR_CALLS` values per call (the pipeline rows' micro-
+    batch gives 667 per model), best of ``repeat`` after a warm-up that fills the
+    windows."""
+    from detectors.drift import DriftDetector
+    from detectors.skew import SkewDetector
+    from streams.core.series import categories, numbers
+
+    spec = MODELS[0]
+    ref = references.get(spec.model, spec.version)
+    assert ref is not None
+    cols = draw_columns(np.random.default_rng(SEED + 7), 60_000)  # features, prediction
+    data = {}
+    for name, fr in ref.features.items():
+        values = cols.get(name)
+        if values is None:
+            continue
+        ts = np.arange(len(values), dtype=float)
+        if fr.bins.kind == "numeric":   # binned as streams.core.series.compare does it
+            x = numbers(values)
+            ok = np.isfinite(x)
+            data[name] = {"ts": ts[ok], "bin": fr.bins.bin_numeric(x[ok]), "value": x[ok]}
+        else:
+            present, cats = categories(values)
+            data[name] = {"ts": ts[present], "bin": fr.bins.bin_categories(cats),
+                          "category": np.array(cats, dtype=object)}
+
+    def make(kind: str, test: str) -> list[Any]:
+        out: list[Any] = []
+        for name in data:
+            fr = ref.features[name]
+            out.append(SkewDetector(spec.model, spec.version, name, bins=fr.bins,
+                                    calibration=fr.skew, test=test, reference_size=ref.rows,
+                                    bank=fr.bank) if kind == "skew" else
+                       DriftDetector(spec.model, spec.version, name, bins=fr.bins,
+                                     calibration=fr.drift,
+                                     baseline_factor=settings.drift.baseline_factor,
+                                     test=test))
+        return out
+
+    def cost(kind: str, test: str, per_call: int) -> float:
+        dets = make(kind, test)
+        n = min(len(batch["bin"]) for batch in data.values())
+
+        def feed(lo: int) -> None:
+            for det, batch in zip(dets, data.values(), strict=True):
+                det.update({key: v[lo:lo + per_call] for key, v in batch.items()})
+
+        for lo in range(0, 20_000, per_call):   # warm-up: the windows and baseline full
+            feed(lo)
+        best = math.inf
+        for _ in range(repeat):
+            start = time.perf_counter()
+            calls = 0
+            for lo in range(20_000, n - per_call + 1, per_call):
+                feed(lo)
+                calls += 1
+            best = min(best, (time.perf_counter() - start) / (calls * per_call))
+        return best * 1e6
+
+    lines = [f"the detectors alone ({len(data)} features of {spec.model}, stationary "
+             f"values, best of {repeat}; µs per event for all of them): sequential vs "
+             f"window"]
+    for per_call in DETECTOR_CALLS:
+        parts = []
+        for kind in ("skew", "drift"):
+            seq, win = cost(kind, "sequential", per_call), cost(kind, "window", per_call)
+            parts.append(f"{kind} {seq:.2f} vs {win:.2f} (ratio {seq / win:.2f})")
+        lines.append(f"  {per_call:>6,} values per call: " + "; ".join(parts))
+    return lines
+
+
 def checks(results: Sequence[Result]) -> list[str]:
     """Sanity notes: every event folded, windows closed, nothing dead-lettered, skew ran."""
     notes = []
@@ -725,6 +804,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     for line in test_comparison(results):
         print(line)
+    if args.window:
+        for line in detector_costs(references, settings, args.repeat):
+            print(line)
     for note in checks(results):
         print(note)
     print(f"inputs built in {built:.1f} s; {len(profiles)} reference profiles of "

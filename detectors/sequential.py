@@ -244,7 +244,7 @@ class _Layout:
     names: tuple[str, ...]
     family: tuple[str, ...]
     share: np.ndarray
-    tilts: list[tuple[int, float]]
+    tilts: _Tilts
 
     @classmethod
     def of(cls, parts: list[tuple[str, list[str]]], tilts: list[tuple[int, float]]) -> _Layout:
@@ -255,7 +255,7 @@ class _Layout:
         total = sum(weights.values())
         share = np.array([weights[f] / total / counts[f] for f in family])
         share.setflags(write=False)
-        return cls(names, family, share, tilts)
+        return cls(names, family, share, _Tilts.of(tilts))
 
 
 _SHIFTS = [(sign, d) for d in SHIFTS_SD for sign in (1, -1)]
@@ -301,14 +301,29 @@ def _bin_tilt(q: np.ndarray, j: int, eta: float) -> np.ndarray:
     return _bin_tilts(q, [(j, eta)])[0]
 
 
-def _bin_tilts(q: np.ndarray, tilts: list[tuple[int, float]]) -> np.ndarray:
+def _bin_tilts(q: np.ndarray, tilts: list[tuple[int, float]] | _Tilts) -> np.ndarray:
     """:func:`_bin_tilt` for each ``(j, eta)`` of ``tilts``, a row each."""
-    j = np.array([t[0] for t in tilts], dtype=np.int64)
-    up = np.array([math.expm1(t[1]) for t in tilts])
-    qe = q[j] * up
+    t = tilts if isinstance(tilts, _Tilts) else _Tilts.of(tilts)
+    qe = q[t.bins] * t.up
     p = q[None, :] * (1 - qe / (1 + qe))[:, None]
-    p[np.arange(j.size), j] = q[j] * np.array([math.exp(t[1]) for t in tilts]) / (1 + qe)
+    p[t.rows, t.bins] = q[t.bins] * t.odds / (1 + qe)
     return p / p.sum(axis=1)[:, None]
+
+
+@dataclass(frozen=True)
+class _Tilts:
+    """Tilts ``(bin, log odds)`` as arrays: the bins, ``e^eta - 1``, ``e^eta``."""
+
+    bins: np.ndarray
+    up: np.ndarray
+    odds: np.ndarray
+    rows: np.ndarray
+
+    @classmethod
+    def of(cls, tilts: list[tuple[int, float]]) -> _Tilts:
+        return cls(np.array([t[0] for t in tilts], dtype=np.int64),
+                   np.array([math.expm1(t[1]) for t in tilts]),
+                   np.array([math.exp(t[1]) for t in tilts]), np.arange(len(tilts)))
 
 
 def _ordered_values(bins: FeatureBins) -> np.ndarray | None:
