@@ -642,8 +642,9 @@ def detector_costs(references: ReferenceStore, settings: Settings, repeat: int
     """The skew and drift detectors alone, sequential against windowed: µs per event for
     a model's 13 features (12 and the prediction) fed stationary values of the training
     distribution, at :data:`DETECTOR_CALLS` values per call (the pipeline rows' micro-
-    batch gives 667 per model), best of ``repeat`` after a warm-up that fills the
-    windows."""
+    batch gives 667 per model), each call followed by the detector's checkpoint
+    (``to_dict``, as the worker writes its state after each micro-batch), best of
+    ``repeat`` after a warm-up that fills the windows."""
     from detectors.drift import DriftDetector
     from detectors.skew import SkewDetector
     from streams.core.series import categories, numbers
@@ -684,9 +685,10 @@ def detector_costs(references: ReferenceStore, settings: Settings, repeat: int
         dets = make(kind, test)
         n = min(len(batch["bin"]) for batch in data.values())
 
-        def feed(lo: int) -> None:
+        def feed(lo: int) -> None:   # a micro-batch, then its checkpoint (as the worker)
             for det, batch in zip(dets, data.values(), strict=True):
                 det.update({key: v[lo:lo + per_call] for key, v in batch.items()})
+                det.to_dict()
 
         for lo in range(0, 20_000, per_call):   # warm-up: the windows and baseline full
             feed(lo)
@@ -701,8 +703,8 @@ def detector_costs(references: ReferenceStore, settings: Settings, repeat: int
         return best * 1e6
 
     lines = [f"the detectors alone ({len(data)} features of {spec.model}, stationary "
-             f"values, best of {repeat}; µs per event for all of them): sequential vs "
-             f"window"]
+             f"values, each call and its checkpoint, best of {repeat}; µs per event for all "
+             f"of them): sequential vs window"]
     for per_call in DETECTOR_CALLS:
         parts = []
         for kind in ("skew", "drift"):

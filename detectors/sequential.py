@@ -376,14 +376,18 @@ class _Group:
     def __init__(self, block: int, members: np.ndarray, alt: Alternatives) -> None:
         self.block, self.members = block, members
         self.k = alt.reference.size
-        self.table = np.ascontiguousarray(alt.log_ratio[members].T)  # k x m_g
-        self.table_rows = self.table.ravel()   # the same, flat, for the compiled loop
         m = members.size   # the compiled loop's outputs at a crossing, and its scratch
         self._scratch = (np.empty(m), np.empty(m, dtype=np.int64), np.empty(m))
         self._no_marks = np.empty((0, m))
-        self.h = alt.threshold[members]
+        self.set_table(alt)
         self.marked: list[np.ndarray] = []
         self.reset(0)
+
+    def set_table(self, alt: Alternatives) -> None:
+        """The members' log ratios and thresholds, from ``alt`` (the CUSUMs carry on)."""
+        self.table = np.ascontiguousarray(alt.log_ratio[self.members].T)  # k x m_g
+        self.table_rows = self.table.ravel()   # the same, flat, for the compiled loop
+        self.h = alt.threshold[self.members]
 
     def reset(self, seen: int) -> None:
         self.s = np.zeros(self.members.size)
@@ -542,13 +546,16 @@ class SequentialTest:
         size = np.full(alt.size, self.blocks[0])
         for b in self.blocks[1:]:
             size[delay >= 8 * b] = b
-        groups = [_Group(b, np.flatnonzero(size == b), alt) for b in self.blocks
-                  if (size == b).any()]
-        if old is not None and [g.members.tolist() for g in old] == [
-                g.members.tolist() for g in groups]:
-            for g, o in zip(groups, old, strict=True):
-                g.s, g.zero_at, g.partial, g.fill = o.s, o.zero_at, o.partial, o.fill
-        self.groups = groups
+        same = (old is not None and self._sizes.size == size.size
+                and bool((self._sizes == size).all())
+                and all(o.k == alt.reference.size for o in old))
+        self._sizes = size
+        if same and old is not None:
+            for o in old:   # the same groups (drift's renewals, mostly): new tables, CUSUMs on
+                o.set_table(alt)
+        else:
+            members = [(b, np.flatnonzero(size == b)) for b in self.blocks]
+            self.groups = [_Group(b, m, alt) for b, m in members if m.size]
         alarm = getattr(self, "alarm", None)
         if alarm is not None:  # an alarm in force: its alternative's index in the new bank
             alarm["alternative"] = (alt.names.index(alarm["name"]) if alarm["name"] in alt.names
