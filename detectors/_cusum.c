@@ -255,8 +255,18 @@ static struct PyModuleDef module = {
     "Compiled inner loop of detectors.sequential (see _cusum.c).", -1, methods,
 };
 
+/* Raised whenever scan()'s arguments or meaning change: detectors.sequential uses
+   the compiled loop only when this matches what it expects (a stale build, left
+   from an older checkout, falls back to numpy instead of failing every call). */
+#define ABI 1
+
 PyMODINIT_FUNC
 PyInit__cusum(void)
 {
-    return PyModule_Create(&module);
+    PyObject *mod = PyModule_Create(&module);
+    if (mod != NULL && PyModule_AddIntConstant(mod, "ABI", ABI) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
 }

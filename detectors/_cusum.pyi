@@ -2,6 +2,8 @@
 
 import numpy as np
 
+ABI: int
+
 def scan(x: np.ndarray, table: np.ndarray, h: np.ndarray, s: np.ndarray,
          zero_at: np.ndarray, partial: np.ndarray, block: int, fill: int, base: int,
          mark_rows: np.ndarray, marked: np.ndarray, s_cross: np.ndarray,

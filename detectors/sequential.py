@@ -69,10 +69,13 @@ import numpy as np
 
 from detectors.profile import OTHER, UNSEEN, FeatureBins
 
+_ABI = 1   # detectors/_cusum.c's ABI this module calls
 try:  # the compiled inner loop (setup.py builds it; optional)
     from detectors import _cusum
 except ImportError:  # pragma: no cover - a build without a C compiler
     _cusum = None  # type: ignore[assignment]
+if _cusum is not None and getattr(_cusum, "ABI", None) != _ABI:  # pragma: no cover
+    _cusum = None  # type: ignore[assignment]  # a stale build: pip install -e . again
 
 KERNEL = True   # False: the numpy loop even when the compiled one is there (tests)
 
@@ -81,7 +84,8 @@ def loop() -> str:
     """Which loop folds values into the CUSUMs here, for benchmarks and logs."""
     if _cusum is not None and KERNEL:
         return "compiled loop (detectors/_cusum.c)"
-    return "numpy loop (detectors/_cusum.c not built: no C compiler at install)"
+    return ("numpy loop (detectors/_cusum.c not built, or built from an older version: "
+            "no C compiler at install, or pip install again)")
 
 __all__ = ["Alternatives", "alternatives", "SequentialTest", "Change", "information_bound"]
 
@@ -533,6 +537,7 @@ class SequentialTest:
         self.blocks = tuple(blocks)
         self.hold = hold
         self.confirm = confirm
+        self._sizes: np.ndarray = np.empty(0, dtype=np.int64)   # block size per alternative
         self.set_alternatives(alternatives)
         self.seen = 0                        # values since the last reset
         self.reset()
