@@ -334,3 +334,27 @@ def test_without_a_published_profile_the_first_events_become_the_reference() -> 
     alert = alert_of(box, "training_serving_skew:m:v1:amount")["payload"]
     assert "first 1000 events" in alert["summary"]
     assert "no training profile" in alert["custom_details"]["reference"]
+
+
+def test_a_profile_builds_its_skew_bank_once_and_its_series_share_it() -> None:
+    """The sequential test's alternatives depend only on the profile (bins, run length,
+    reference size): built with the reference, shared by every series and cohort; a
+    bank for another run length is not taken for this one."""
+    rng = np.random.default_rng(3)
+    frame = pl.DataFrame({"amount": rng.lognormal(3, 0.8, 5_000).tolist(),
+                          "country": rng.choice(["FR", "DE", "US"], 5_000).tolist()})
+    profile = build_profile(frame.lazy(), "m", "v1", created_at=1.0)
+    s = Settings()
+    ref = Reference.from_profile(profile, s.skew)
+    fr = ref.features["amount"]
+    assert fr.bank is not None and fr.bank.reference_size == ref.rows
+    stable, canary = (SkewDetector("m", "v1", "amount", cohort=c, bins=fr.bins,
+                                   calibration=fr.skew, reference_size=ref.rows, bank=fr.bank)
+                      for c in ("stable", "canary"))
+    assert stable._seq is not None and canary._seq is not None
+    assert stable._seq.alternatives is fr.bank and canary._seq.alternatives is fr.bank
+    other = calibrate(fr.bins.reference, fr.skew.window, fr.skew.hop, 1e5)
+    own = SkewDetector("m", "v1", "amount", bins=fr.bins, calibration=other,
+                       reference_size=ref.rows, bank=fr.bank)
+    assert own._seq is not None and own._seq.alternatives is not fr.bank
+    assert own._seq.alternatives.run_length == 1e5
