@@ -22,6 +22,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -80,6 +81,29 @@ close_block(Py_ssize_t m, double r, double *restrict inc, double *restrict w,
     return over;
 }
 
+/* The status of CUSUMs ``s`` (thresholds ``h``): the largest ratio s / h and the
+   first alternative within ``tie`` (relative) of it, as detectors.sequential.nearest
+   computes them (the same operations, in the same order). */
+static void
+nearest_of(const double *s, const double *h, Py_ssize_t m, double tie, double *top,
+           int64_t *arg)
+{
+    double t = -HUGE_VAL;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        const double r = s[j] / h[j];
+        t = r > t ? r : t;
+    }
+    const double lim = t - tie * fabs(t);
+    *top = t;
+    *arg = 0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        if (s[j] / h[j] >= lim) {
+            *arg = j;
+            break;
+        }
+    }
+}
+
 /* The scan itself (see scan() below for the arguments), on buffers already
    checked; ``scratch``: 3 m doubles. Compiled twice, for AVX2 and for any
    x86-64, the loader picking the one the CPU runs (gcc's target_clones). */
@@ -90,7 +114,8 @@ static long long
 run(Py_ssize_t n, const int64_t *x, const double *table, const double *h, Py_ssize_t m,
     Py_ssize_t k, double *s, int64_t *zero_at, int64_t *partial, long long block,
     long long *fill_io, long long base, const int64_t *mark_rows, Py_ssize_t nmarks,
-    double *marked, double *s_cross, int64_t *last_zero, double *inc, double *scratch)
+    double *marked, double *mark_top, int64_t *mark_arg, double tie, double *s_cross,
+    int64_t *last_zero, double *inc, double *scratch, double *end_top, int64_t *end_arg)
 {
     double *restrict w = scratch, *restrict mn = scratch + m, *restrict lastz = scratch + 2 * m;
     /* the open block's increments so far: its counts times the log ratios */
@@ -114,6 +139,7 @@ run(Py_ssize_t n, const int64_t *x, const double *table, const double *h, Py_ssi
     Py_ssize_t mi = 0;
     while (mi < nmarks && mark_rows[mi] <= 0) {
         memcpy(marked + mi * m, s, m * sizeof(double));
+        nearest_of(s, h, m, tie, mark_top + mi, mark_arg + mi);
         mi++;
     }
     long long crossed = -1, row = 0, f = *fill_io;
@@ -131,6 +157,7 @@ run(Py_ssize_t n, const int64_t *x, const double *table, const double *h, Py_ssi
             double *out = marked + mi * m;
             for (Py_ssize_t j = 0; j < m; j++)
                 out[j] = w[j] - mn[j];
+            nearest_of(out, h, m, tie, mark_top + mi, mark_arg + mi);
             mi++;
         }
         if (over) {
@@ -150,6 +177,7 @@ run(Py_ssize_t n, const int64_t *x, const double *table, const double *h, Py_ssi
             s[j] = w[j] - mn[j];
         memset(partial, 0, k * sizeof(int64_t));   /* the open block: the last f values */
     }
+    nearest_of(s, h, m, tie, end_top, end_arg);
     for (Py_ssize_t t = n - (row > 0 ? f : n); t < n; t++)
         partial[x[t]] += 1;
     /* where W went below 0, the last block where it was at its minimum (the numpy
@@ -163,7 +191,8 @@ run(Py_ssize_t n, const int64_t *x, const double *table, const double *h, Py_ssi
 
 /*
  * scan(x, table, h, s, zero_at, partial, block, fill, base, mark_rows, marked,
- *      s_cross, last_zero, inc) -> (crossed_row, fill)
+ *      mark_top, mark_arg, tie, s_cross, last_zero, inc)
+ *   -> (crossed_row, fill, top, arg)
  *
  * x          int64[n]     bin indices, each in [0, k)
  * table      float64[k*m] log ratios, a row of m alternatives per bin
@@ -176,26 +205,31 @@ run(Py_ssize_t n, const int64_t *x, const double *table, const double *h, Py_ssi
  * base       value count at the start of the open block
  * mark_rows  int64[r]     non-decreasing block counts at which the CUSUMs are
  *                         wanted: marked[i*m:(i+1)*m] (row 0: s as it came in)
+ * mark_top   float64[r]   out: at each mark, the largest ratio CUSUM / threshold
+ * mark_arg   int64[r]     out: and the first alternative within ``tie`` of it
+ * tie        relative tolerance of those ties (detectors.sequential.TIE)
  * s_cross    float64[m]   out (crossing): the CUSUMs after the crossing block
  * last_zero  int64[m]     out (crossing): per alternative, the last block (1-based,
  *                         this call) after which its CUSUM was 0; 0 if none
  * inc        float64[m]   scratch
  *
  * crossed_row: the first block (1-based, this call) after which some CUSUM is at
- * or above its threshold, or -1 (then s, zero_at, partial hold the new state and
- * fill the values of the open block).
+ * or above its threshold, or -1 (then s, zero_at, partial hold the new state,
+ * fill the values of the open block, and top and arg the new state's status as
+ * for the marks).
  */
 static PyObject *
 scan(PyObject *self, PyObject *args)
 {
-    PyObject *ox, *otable, *oh, *os, *ozero, *opartial, *omarks, *omarked, *oscross,
-        *olastzero, *oinc;
+    PyObject *ox, *otable, *oh, *os, *ozero, *opartial, *omarks, *omarked, *omtop, *omarg,
+        *oscross, *olastzero, *oinc;
     long long block, fill, base;
-    if (!PyArg_ParseTuple(args, "OOOOOOLLLOOOOO", &ox, &otable, &oh, &os, &ozero, &opartial,
-                          &block, &fill, &base, &omarks, &omarked, &oscross, &olastzero,
-                          &oinc))
+    double tie;
+    if (!PyArg_ParseTuple(args, "OOOOOOLLLOOOOdOOO", &ox, &otable, &oh, &os, &ozero,
+                          &opartial, &block, &fill, &base, &omarks, &omarked, &omtop, &omarg,
+                          &tie, &oscross, &olastzero, &oinc))
         return NULL;
-    Buf b[11];
+    Buf b[13];
     memset(b, 0, sizeof b);
     if (get(ox, &b[0], "l", 8, 0, "x") < 0 || get(otable, &b[1], "d", 8, 0, "table") < 0
         || get(oh, &b[2], "d", 8, 0, "h") < 0 || get(os, &b[3], "d", 8, 1, "s") < 0
@@ -205,8 +239,10 @@ scan(PyObject *self, PyObject *args)
         || get(omarked, &b[7], "d", 8, 1, "marked") < 0
         || get(oscross, &b[8], "d", 8, 1, "s_cross") < 0
         || get(olastzero, &b[9], "l", 8, 1, "last_zero") < 0
-        || get(oinc, &b[10], "d", 8, 1, "inc") < 0) {
-        release(b, 11);
+        || get(oinc, &b[10], "d", 8, 1, "inc") < 0
+        || get(omtop, &b[11], "d", 8, 1, "mark_top") < 0
+        || get(omarg, &b[12], "l", 8, 1, "mark_arg") < 0) {
+        release(b, 13);
         return NULL;
     }
     const int64_t *x = b[0].view.buf;
@@ -215,17 +251,20 @@ scan(PyObject *self, PyObject *args)
     double *inc = b[10].view.buf;
     int64_t *zero_at = b[4].view.buf, *partial = b[5].view.buf, *last_zero = b[9].view.buf;
     const int64_t *mark_rows = b[6].view.buf;
+    double *mark_top = b[11].view.buf;
+    int64_t *mark_arg = b[12].view.buf;
     Py_ssize_t n = LEN(b[0]), m = LEN(b[2]), k = LEN(b[5]), nmarks = LEN(b[6]);
     if (LEN(b[1]) != k * m || LEN(b[3]) != m || LEN(b[4]) != m || LEN(b[8]) != m
         || LEN(b[9]) != m || LEN(b[10]) != m || LEN(b[7]) != nmarks * m
+        || LEN(b[11]) != nmarks || LEN(b[12]) != nmarks || !(tie >= 0.0)
         || block < 1 || fill < 0 || fill >= block) {
-        release(b, 11);
+        release(b, 13);
         PyErr_SetString(PyExc_ValueError, "scan: inconsistent sizes");
         return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         if (x[i] < 0 || x[i] >= k) {
-            release(b, 11);
+            release(b, 13);
             PyErr_Format(PyExc_IndexError, "scan: bin index %lld outside [0, %zd)",
                          (long long)x[i], k);
             return NULL;
@@ -235,14 +274,17 @@ scan(PyObject *self, PyObject *args)
        minimum M, the last block where S was 0 (block numbers are exact in a double) */
     double *scratch = PyMem_Malloc(3 * m * sizeof(double) + 1);
     if (scratch == NULL) {
-        release(b, 11);
+        release(b, 13);
         return PyErr_NoMemory();
     }
+    double end_top = 0.0;
+    int64_t end_arg = 0;
     long long crossed = run(n, x, table, h, m, k, s, zero_at, partial, block, &fill, base,
-                            mark_rows, nmarks, marked, s_cross, last_zero, inc, scratch);
+                            mark_rows, nmarks, marked, mark_top, mark_arg, tie, s_cross,
+                            last_zero, inc, scratch, &end_top, &end_arg);
     PyMem_Free(scratch);
-    release(b, 11);
-    return Py_BuildValue("LL", crossed, fill);
+    release(b, 13);
+    return Py_BuildValue("LLdL", crossed, fill, end_top, (long long)end_arg);
 }
 
 static PyMethodDef methods[] = {
@@ -258,7 +300,7 @@ static struct PyModuleDef module = {
 /* Raised whenever scan()'s arguments or meaning change: detectors.sequential uses
    the compiled loop only when this matches what it expects (a stale build, left
    from an older checkout, falls back to numpy instead of failing every call). */
-#define ABI 1
+#define ABI 2
 
 PyMODINIT_FUNC
 PyInit__cusum(void)

@@ -69,7 +69,7 @@ import numpy as np
 
 from detectors.profile import OTHER, UNSEEN, FeatureBins
 
-_ABI = 1   # detectors/_cusum.c's ABI this module calls
+_ABI = 2   # detectors/_cusum.c's ABI this module calls
 try:  # the compiled inner loop (setup.py builds it; optional)
     from detectors import _cusum
 except ImportError:  # pragma: no cover - a build without a C compiler
@@ -111,6 +111,20 @@ def nearest(ratio: np.ndarray) -> int:
     name another of two equally near alternatives."""
     top = float(ratio.max())
     return int(np.argmax(ratio >= top - TIE * abs(top)))
+
+
+def _pick(groups: list[tuple[_Group, float, int, np.ndarray]]) -> tuple[int, float, float] | None:
+    """:func:`nearest` over a bank from its groups' own (largest ratio, first member
+    within :data:`TIE` of it, CUSUMs): the alternative, its CUSUM and threshold, when a
+    single group comes within TIE of the bank's largest ratio (the bank's first such
+    alternative is then that group's); None when several do (rare: ask the whole bank)."""
+    best = max(top for _, top, _, _ in groups)
+    lim = best - TIE * abs(best)
+    within = [(g, arg, s) for g, top, arg, s in groups if top >= lim]
+    if len(within) != 1:
+        return None
+    g, arg, s = within[0]
+    return int(g.members[arg]), float(s[arg]), float(g.h[arg])
 
 
 def information_bound(shifted: np.ndarray, reference: np.ndarray, run_length: float) -> float:
@@ -385,7 +399,22 @@ class _Group:
         self._no_marks = np.empty((0, m))
         self.set_table(alt)
         self.marked: list[np.ndarray] = []
+        # the status (largest CUSUM / threshold, first alternative within TIE of it) at
+        # each of the last scan's marks, and of the CUSUMs now (kept with the s and h
+        # arrays it is of: any new state or bank makes it stale)
+        self.marked_status: list[tuple[float, int]] | None = None
+        self._status: tuple[np.ndarray, np.ndarray, float, int] | None = None
         self.reset(0)
+
+    def top_arg(self) -> tuple[float, int]:
+        """The largest ratio CUSUM / threshold now, and the first member within
+        :data:`TIE` of it (:func:`nearest` within the group)."""
+        c = self._status
+        if c is None or c[0] is not self.s or c[1] is not self.h:
+            r = self.s / self.h
+            top = float(r.max())
+            c = self._status = (self.s, self.h, top, int(np.argmax(r >= top - TIE * abs(top))))
+        return c[2], c[3]
 
     def set_table(self, alt: Alternatives) -> None:
         """The members' log ratios and thresholds, from ``alt`` (the CUSUMs carry on)."""
@@ -415,17 +444,21 @@ class _Group:
         if marks:
             rows = np.array([(fill + p) // b for p in marks], dtype=np.int64)
             marked = np.empty((rows.size, m))
+            tops, args = np.empty(rows.size), np.empty(rows.size, dtype=np.int64)
         else:
-            rows, marked = _NO_ROWS, self._no_marks
+            rows, marked, tops, args = _NO_ROWS, self._no_marks, _NO_TOPS, _NO_ROWS
         s, zero_at, partial = self.s.copy(), self.zero_at.copy(), self.partial.copy()
         s_cross, last_zero, scratch = self._scratch
-        row, new_fill = _cusum.scan(np.ascontiguousarray(x, dtype=np.int64),
-                                    self.table_rows, self.h, s, zero_at, partial, b, fill,
-                                    seen - fill, rows, marked, s_cross, last_zero, scratch)
+        row, new_fill, top, arg = _cusum.scan(
+            np.ascontiguousarray(x, dtype=np.int64), self.table_rows, self.h, s, zero_at,
+            partial, b, fill, seen - fill, rows, marked, tops, args, TIE, s_cross, last_zero,
+            scratch)
         if marks:
             self.marked = [marked[i] if r else self.s for i, r in enumerate(rows.tolist())]
+            self.marked_status = list(zip(tops.tolist(), args.tolist(), strict=True))
         if row < 0:
             self.s, self.zero_at, self.partial, self.fill = s, zero_at, partial, new_fill
+            self._status = (s, self.h, top, arg)
             return None
         crossed = np.flatnonzero(s_cross >= self.h)
         j = int(crossed[nearest(s_cross[crossed] / self.h[crossed])])
@@ -440,6 +473,7 @@ class _Group:
         CUSUM's current value) gets a leading row of zeros, so that its running
         minimum is ``min(0, min W)`` directly and ``S = W - min(0, min W)`` takes one
         subtraction."""
+        self.marked_status = None   # the statuses at marks: from the CUSUMs (_note)
         b, k, fill = self.block, self.k, self.fill
         total = fill + x.size
         full = total // b
@@ -481,6 +515,7 @@ class _Group:
 
 
 _NO_ROWS = np.empty(0, dtype=np.int64)
+_NO_TOPS = np.empty(0)
 _BLOCK_OF: dict[int, np.ndarray] = {}
 _BLOCK_OF_MAX = 1 << 16   # values: longer batches compute theirs afresh
 
@@ -639,13 +674,21 @@ class SequentialTest:
         if rel and marks is not None:
             limit = x.size if first is None else first[0]
             size = self.alternatives.size
+            quick = all(g.marked_status is not None for g in self.groups)
             for i, p in enumerate(rel):
                 if p > limit:
                     break
-                s = np.zeros(size)
-                for g in self.groups:
-                    s[g.members] = g.marked[i]
-                self._note(offset + p, s if size else None)
+                picked = (_pick([(g, *g.marked_status[i], g.marked[i])  # type: ignore[index]
+                                 for g in self.groups]) if quick and size else None)
+                if picked is not None:   # no alarm in force while watching
+                    j, value, threshold = picked
+                    self.noted.append((offset + p, j, value, threshold, False,
+                                       self.alternatives.names[j]))
+                else:
+                    s = np.zeros(size)
+                    for g in self.groups:
+                        s[g.members] = g.marked[i]
+                    self._note(offset + p, s if size else None)
                 marks.pop(0)
         if first is None or gfirst is None:
             self.seen += x.size
@@ -730,6 +773,9 @@ class SequentialTest:
             return j, max(float(self.alarm["statistic"]), hj), hj
         if self.alternatives.size == 0:
             return -1, 0.0, math.inf
+        picked = _pick([(g, *g.top_arg(), g.s) for g in self.groups])
+        if picked is not None:
+            return picked
         s = self.statistics()
         j = nearest(s / h)
         return j, float(s[j]), float(h[j])

@@ -41,6 +41,7 @@ from detectors.sequential import (
     _ordered_values,
     _thresholds,
     alternatives,
+    nearest,
 )
 
 # -- the previous code ----------------------------------------------------------
@@ -372,13 +373,17 @@ def test_the_compiled_loop_refuses_what_it_cannot_read() -> None:
     scan = sequential._cusum.scan
     m, k = 2, 3
 
-    def call(x: Any, table: Any = None, block: int = 4, fill: int = 0) -> Any:
+    def call(x: Any, table: Any = None, block: int = 4, fill: int = 0, tie: float = 1e-9
+             ) -> Any:
         return scan(x, np.zeros(k * m) if table is None else table, np.ones(m), np.zeros(m),
                     np.zeros(m, dtype=np.int64), np.zeros(k, dtype=np.int64), block, fill, 0,
-                    np.empty(0, dtype=np.int64), np.empty((0, m)), np.empty(m),
+                    np.empty(0, dtype=np.int64), np.empty((0, m)), np.empty(0),
+                    np.empty(0, dtype=np.int64), tie, np.empty(m),
                     np.empty(m, dtype=np.int64), np.empty(m))
 
-    assert call(np.array([0, 1, 2, 2, 1], dtype=np.int64)) == (-1, 1)
+    assert call(np.array([0, 1, 2, 2, 1], dtype=np.int64)) == (-1, 1, 0.0, 0)
+    with pytest.raises(ValueError, match="inconsistent sizes"):
+        call(np.array([0], dtype=np.int64), tie=-1.0)
     with pytest.raises(IndexError, match="bin index 3"):
         call(np.array([0, 3], dtype=np.int64))
     with pytest.raises(IndexError, match="bin index -1"):
@@ -393,3 +398,36 @@ def test_the_compiled_loop_refuses_what_it_cannot_read() -> None:
                                        1e6))
     with pytest.raises(IndexError):
         test.feed(np.array([test.alternatives.reference.size + 5]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["numeric", "categorical"]),
+       ties=st.sampled_from(["none", "all at 0", "within a group", "across groups"]))
+def test_the_status_from_each_groups_best_is_the_banks_nearest(seed: int, kind: str,
+                                                                ties: str) -> None:
+    """status() reads each group's best ratio and its first alternative within TIE; the
+    bank's nearest alternative must come out, ties to the bank's first, as
+    :func:`sequential.nearest` over the whole bank gives it (CUSUMs set at random below
+    their thresholds, some copied onto another alternative, exactly or within TIE)."""
+    rng = np.random.default_rng(seed)
+    _, bank, _, _ = bank_and_shift(rng, kind)
+    test = SequentialTest(bank, (4, 32))
+    if bank.size == 0:
+        return
+    h = bank.threshold
+    for g in test.groups:
+        g.s = (0.0 if ties == "all at 0" else 1.0) * rng.uniform(0, 0.9, g.members.size) * g.h
+    if ties in ("within a group", "across groups"):
+        s = test.statistics()
+        j = int(np.argmax(s / h))
+        pool = [g for g in test.groups if (ties == "within a group") == (j in g.members)]
+        if pool:
+            g = pool[int(rng.integers(len(pool)))]
+            i = 0 if rng.random() < 0.5 else int(rng.integers(g.members.size))
+            if g.members[i] != j:
+                new = g.s.copy()
+                new[i] = s[j] / h[j] * g.h[i] * (1 + float(rng.choice([0.0, 1e-12, -1e-12])))
+                g.s = new
+    s = test.statistics()
+    want = nearest(s / h)
+    assert test.status() == (want, float(s[want]), float(h[want]))
