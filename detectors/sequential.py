@@ -49,13 +49,19 @@ units, and the margin cancels the mean of that exponential). With 50,000
 training rows the margin costs a 0.25 SD shift about 1 % of its drift.
 
 **Cost.** Values are counted per block (4 values for the alternatives expected
-to take under 256 values, 32 for the others): one ``bincount``, one matrix
-product with the bank's table of log ratios, then the CUSUM of every
-alternative over the blocks at once (``S_t = W_t - min(0, min W)``, with ``W``
+to take under 256 values, 32 for the others), and the CUSUM of every
+alternative moves at each block's end (``S_t = W_t - min(0, min W)``, with ``W``
 the cumulative sum of the increments). A CUSUM over blocks restarts only at
 block boundaries, so it is a (slightly) conservative CUSUM, and an alert comes
-at a block's end: at most ``block - 1`` values late. The state is one float and
-one integer per alternative and a partial block per block size.
+at a block's end: at most ``block - 1`` values late. The loop over the values
+is compiled (``detectors/_cusum.c``: each value adds its bin's row of log
+ratios to its block's increments; a block's end moves W and its running
+minimum; about 10 ns per value for a bank of 40 alternatives), with a numpy
+version of the same arithmetic (a ``bincount``, a matrix product with the
+bank's table of log ratios, then the running sum and minimum over the blocks)
+where no C compiler built it, and as the reference it is tested against. The
+state is one float and one integer per alternative and a partial block per
+block size.
 """
 
 from __future__ import annotations
