@@ -799,10 +799,12 @@ class SequentialTest:
                 "seen": self.seen, "alarm": self.alarm}
 
     def load_dict(self, data: dict[str, Any]) -> bool:
-        """False (nothing loaded) when the state is of another bank or other bins."""
+        """False (nothing loaded) when the state is of another bank or other bins, or
+        does not fit them (an open block as long as a block, or longer)."""
         groups = data.get("groups", [])
         if (len(groups) != len(self.groups)
-                or any(len(d["s"]) != g.members.size or len(d["partial"]) != g.k
+                or any(len(d["s"]) != g.members.size or len(d["zero_at"]) != g.members.size
+                       or len(d["partial"]) != g.k or not 0 <= int(d["fill"]) < g.block
                        for d, g in zip(groups, self.groups, strict=True))):
             return False
         for d, g in zip(groups, self.groups, strict=True):

@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -431,3 +432,24 @@ def test_the_status_from_each_groups_best_is_the_banks_nearest(seed: int, kind: 
     s = test.statistics()
     want = nearest(s / h)
     assert test.status() == (want, float(s[want]), float(h[want]))
+
+
+def test_a_saved_state_that_does_not_fit_the_bank_is_not_loaded() -> None:
+    """A checkpoint whose open block is a whole block or more, or whose arrays are of
+    other sizes, loads nothing (the test starts afresh) rather than feeding the loop
+    a state it would refuse on every micro-batch."""
+    rng = np.random.default_rng(5)
+    bins = FeatureBins.from_profile("c", {"type": "categorical", "frequencies": {
+        "a": 0.5, "b": 0.3, "c": 0.15, "d": 0.05}})
+    assert bins is not None
+    bank, q = alternatives(bins, 1e6, reference_size=10_000), bins.reference
+    test = SequentialTest(bank, (4, 32))
+    test.feed(rng.choice(bins.size, 1_003, p=q))
+    saved = test.to_dict()
+    assert SequentialTest(bank, (4, 32)).load_dict(saved)
+    for broken in ({"fill": 4}, {"fill": -1}, {"zero_at": [0]}):
+        state = orjson.loads(orjson.dumps(saved))
+        state["groups"][0].update(broken)
+        fresh = SequentialTest(bank, (4, 32))
+        assert not fresh.load_dict(state)
+        assert fresh.seen == 0 and fresh.feed(rng.choice(bins.size, 100, p=q)) == []
