@@ -123,3 +123,24 @@ def test_policy_validation() -> None:
         RolloutPolicy(ladder=(50, 25))
     with pytest.raises(ValueError):
         RolloutPolicy(on_failure="panic")
+
+
+def test_a_healthy_low_traffic_canary_fails_at_most_error_alpha_of_its_windows() -> None:
+    """30 canary requests against 570 stable ones, both at 0.2 % errors (the canary
+    scenario's ranker at 400 events/s, 3 s windows): one error on the canary is no
+    evidence. The pooled z-test failed about 4 % of these windows (two in a row rolled
+    a healthy canary back); the exact test must keep to ``error_alpha`` (1 %)."""
+    a = CanaryAnalysis(min_requests=30)
+    rng = np.random.default_rng(11)
+    fails = 0
+    for i in range(4_000):
+        stable = WindowStats("m", "r5", "stable", i, i + 3, 570, int(rng.binomial(570, 0.002)),
+                             0, 50.0, 80.0, 100.0, 120.0)
+        canary = WindowStats("m", "r6", "canary", i, i + 3, 30, int(rng.binomial(30, 0.002)),
+                             0, 50.0, 80.0, 100.0, 120.0)
+        fails += a.judge(stable, canary).outcome == "fail"
+    assert fails / 4_000 <= 0.01
+    # and a regressed canary at those counts still fails (15 % errors, the pricing p2)
+    stable = WindowStats("m", "p1", "stable", 0, 3, 570, 1, 0, 50.0, 80.0, 100.0, 120.0)
+    canary = WindowStats("m", "p2", "canary", 0, 3, 30, 5, 0, 50.0, 80.0, 100.0, 120.0)
+    assert a.judge(stable, canary).outcome == "fail"
