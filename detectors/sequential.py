@@ -115,8 +115,13 @@ def nearest(ratio: np.ndarray) -> int:
     relative) go to the first alternative of the bank. The same sums added in another
     order (another batching) differ in their last bits: a plain argmax would then
     name another of two equally near alternatives."""
+    return _top_and_nearest(ratio)[1]
+
+
+def _top_and_nearest(ratio: np.ndarray) -> tuple[float, int]:
+    """The largest ratio, and :func:`nearest`'s index."""
     top = float(ratio.max())
-    return int(np.argmax(ratio >= top - TIE * abs(top)))
+    return top, int(np.argmax(ratio >= top - TIE * abs(top)))
 
 
 def _pick(groups: list[tuple[_Group, float, int, np.ndarray]]) -> tuple[int, float, float] | None:
@@ -417,9 +422,7 @@ class _Group:
         :data:`TIE` of it (:func:`nearest` within the group)."""
         c = self._status
         if c is None or c[0] is not self.s or c[1] is not self.h:
-            r = self.s / self.h
-            top = float(r.max())
-            c = self._status = (self.s, self.h, top, int(np.argmax(r >= top - TIE * abs(top))))
+            c = self._status = (self.s, self.h, *_top_and_nearest(self.s / self.h))
         return c[2], c[3]
 
     def set_table(self, alt: Alternatives) -> None:
