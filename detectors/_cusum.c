@@ -1,6 +1,7 @@
 /*
  * The CUSUMs of a bank of alternatives over blocks of values: the inner loop of
- * detectors.sequential._Group.scan, compiled.
+ * detectors.sequential.SequentialTest._scan, compiled (scan_bank, at the end:
+ * every group of a bank over a micro-batch, and the bank's status at marks).
  *
  * numpy does the same with a bincount, a matrix product and two running scans
  * (sum, then minimum) over (blocks x alternatives); each scan costs about 2.4 ns
@@ -15,10 +16,11 @@
  * there): the results agree to the last few bits, and the Python side is the
  * reference (tests/test_sequential_equivalence.py runs both).
  *
- * Nothing here allocates or keeps state: the caller passes the state's copies
- * and keeps them only when no CUSUM crossed. Every index is checked against
- * the sizes of the buffers it reads, so a bad bin index is an exception, never
- * a read past a buffer.
+ * Nothing here keeps state: the caller's state arrays are written in place, and
+ * only when no CUSUM crossed (with a crossing the caller starts every CUSUM
+ * again). Every argument is checked before anything is written, and every index
+ * against the sizes of the buffers it reads, so a bad bin index is an exception,
+ * never a read past a buffer or a half-written state.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -104,9 +106,35 @@ nearest_of(const double *s, const double *h, Py_ssize_t m, double tie, double *t
     }
 }
 
-/* The scan itself (see scan() below for the arguments), on buffers already
-   checked; ``scratch``: 3 m doubles. Compiled twice, for AVX2 and for any
-   x86-64, the loader picking the one the CPU runs (gcc's target_clones). */
+/*
+ * One group's loop, its arguments:
+ *
+ * x          int64[n]     bin indices, each in [0, k)
+ * table      float64[k*m] log ratios, a row of m alternatives per bin
+ * h          float64[m]   thresholds
+ * s          float64[m]   in: the CUSUMs; out (no crossing): after the values
+ * zero_at    int64[m]     in/out (no crossing): value count at each CUSUM's last 0
+ *                         (changed where W went below 0 and below its past)
+ * partial    int64[k]     in: counts of the open block; out (no crossing): after
+ * block      values per block; *fill_io: values in the open block (in, and out)
+ * base       value count at the start of the open block
+ * mark_rows  int64[r]     non-decreasing block counts at which the CUSUMs are
+ *                         wanted: marked[i*m:(i+1)*m] (row 0: s as it came in)
+ * mark_top   float64[r]   out: at each mark, the largest ratio CUSUM / threshold
+ * mark_arg   int64[r]     out: and the first alternative within ``tie`` of it
+ * tie        relative tolerance of those ties (detectors.sequential.TIE)
+ * s_cross    float64[m]   out (crossing): the CUSUMs after the crossing block
+ * last_zero  int64[m]     out (crossing): per alternative, the last block (1-based,
+ *                         this call) after which its CUSUM was 0; 0 if none
+ * inc        float64[m]   scratch: the open block's increments
+ * scratch    float64[3m]  W, its running minimum, the last block where S was 0
+ * end_top, end_arg        out (no crossing): the new state's status, as at marks
+ *
+ * Returns the first block (1-based, this call) after which some CUSUM is at or
+ * above its threshold, or -1 (then s, zero_at, partial hold the new state and
+ * *fill_io the values of the open block). Compiled twice, for AVX2 and for any
+ * x86-64, the loader picking the one the CPU runs (gcc's target_clones).
+ */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 __attribute__((target_clones("avx2", "default")))
 #endif
@@ -190,105 +218,231 @@ run(Py_ssize_t n, const int64_t *x, const double *table, const double *h, Py_ssi
 }
 
 /*
- * scan(x, table, h, s, zero_at, partial, block, fill, base, mark_rows, marked,
- *      mark_top, mark_arg, tie, s_cross, last_zero, inc)
- *   -> (crossed_row, fill, top, arg)
+ * scan_bank(x, groups, seen, marks, tie, mark_j, mark_s, mark_h, end_top, end_arg, fills)
+ *   -> (group, crossed_row, taken)
  *
- * x          int64[n]     bin indices, each in [0, k)
- * table      float64[k*m] log ratios, a row of m alternatives per bin
- * h          float64[m]   thresholds
- * s          float64[m]   in: the CUSUMs; out (no crossing): after the values
- * zero_at    int64[m]     in/out (no crossing): value count at each CUSUM's last 0
- *                         (changed where W went below 0 and below its past)
- * partial    int64[k]     in: counts of the open block; out (no crossing): after
- * block      values per block; fill: values already in the open block
- * base       value count at the start of the open block
- * mark_rows  int64[r]     non-decreasing block counts at which the CUSUMs are
- *                         wanted: marked[i*m:(i+1)*m] (row 0: s as it came in)
- * mark_top   float64[r]   out: at each mark, the largest ratio CUSUM / threshold
- * mark_arg   int64[r]     out: and the first alternative within ``tie`` of it
- * tie        relative tolerance of those ties (detectors.sequential.TIE)
- * s_cross    float64[m]   out (crossing): the CUSUMs after the crossing block
- * last_zero  int64[m]     out (crossing): per alternative, the last block (1-based,
- *                         this call) after which its CUSUM was 0; 0 if none
- * inc        float64[m]   scratch
+ * run() for every group of a bank in one call, and the bank's status at each mark
+ * (detectors.sequential.SequentialTest._scan): a call per group and a status per
+ * mark picked in Python cost more than the loop itself at a micro-batch's size.
  *
- * crossed_row: the first block (1-based, this call) after which some CUSUM is at
- * or above its threshold, or -1 (then s, zero_at, partial hold the new state,
- * fill the values of the open block, and top and arg the new state's status as
- * for the marks).
+ * groups     a tuple, per group: (table, h, s, zero_at, partial, members, s_cross,
+ *            last_zero, inc, block, fill), as for run(); members int64[m]: each
+ *            CUSUM's index in the bank (increasing)
+ * seen       values the test has read before x
+ * marks      int64[r] increasing counts of values of x after which the bank's status
+ *            is wanted: mark_j (the bank's alternative nearest its threshold, ties to
+ *            the first within ``tie``, as detectors.sequential.nearest), mark_s (its
+ *            CUSUM) and mark_h (its threshold), for the marks up to the first crossing
+ * end_top, end_arg, fills (one per group): with no crossing, each group's status and
+ *            the values of its open block
+ *
+ * group: the group whose CUSUM crossed first (the earliest value; the first group on
+ * a tie), or -1; crossed_row: that group's, as run() returns it (its s_cross and
+ * last_zero hold the rest); taken: how many marks were noted. With no crossing every
+ * group's state is the new one; with one, the caller resets them all.
  */
-static PyObject *
-scan(PyObject *self, PyObject *args)
+typedef struct {
+    Buf b[9];
+    Py_ssize_t m, k;
+    long long block, fill;
+    double *mem;              /* scratch (3 m), marked (r m), mark tops (r) */
+    int64_t *ints;            /* mark rows (r), mark args (r) */
+    long long crossed, newfill;
+    double end_top;
+    int64_t end_arg;
+} Group;
+
+static int
+group_of(PyObject *item, Group *g, Py_ssize_t r)
 {
-    PyObject *ox, *otable, *oh, *os, *ozero, *opartial, *omarks, *omarked, *omtop, *omarg,
-        *oscross, *olastzero, *oinc;
-    long long block, fill, base;
+    PyObject *o[9];
+    if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "OOOOOOOOOLL", &o[0], &o[1], &o[2],
+                                                  &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                                                  &g->block, &g->fill)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "scan_bank: a group is a tuple");
+        return -1;
+    }
+    static const char *fmt[9] = {"d", "d", "d", "l", "l", "l", "d", "l", "d"};
+    static const int writable[9] = {0, 0, 1, 1, 1, 0, 1, 1, 1};
+    static const char *name[9] = {"table", "h", "s", "zero_at", "partial", "members",
+                                  "s_cross", "last_zero", "inc"};
+    for (int i = 0; i < 9; i++)
+        if (get(o[i], &g->b[i], fmt[i], 8, writable[i], name[i]) < 0)
+            return -1;
+    g->m = LEN(g->b[1]);
+    g->k = LEN(g->b[4]);
+    if (LEN(g->b[0]) != g->k * g->m || LEN(g->b[2]) != g->m || LEN(g->b[3]) != g->m
+        || LEN(g->b[5]) != g->m || LEN(g->b[6]) != g->m || LEN(g->b[7]) != g->m
+        || LEN(g->b[8]) != g->m || g->m < 1 || g->block < 1 || g->fill < 0
+        || g->fill >= g->block) {
+        PyErr_SetString(PyExc_ValueError, "scan_bank: inconsistent sizes");
+        return -1;
+    }
+    g->mem = PyMem_Malloc(((3 + r) * g->m + r + 1) * sizeof(double));
+    g->ints = PyMem_Malloc((2 * r + 1) * sizeof(int64_t));
+    if (g->mem == NULL || g->ints == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void
+free_groups(Group *gs, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        release(gs[i].b, 9);
+        PyMem_Free(gs[i].mem);
+        PyMem_Free(gs[i].ints);
+    }
+    PyMem_Free(gs);
+}
+
+static PyObject *
+scan_bank(PyObject *self, PyObject *args)
+{
+    PyObject *ox, *ogroups, *omarks, *omj, *oms, *omh, *otop, *oarg, *ofills;
+    long long seen;
     double tie;
-    if (!PyArg_ParseTuple(args, "OOOOOOLLLOOOOdOOO", &ox, &otable, &oh, &os, &ozero,
-                          &opartial, &block, &fill, &base, &omarks, &omarked, &omtop, &omarg,
-                          &tie, &oscross, &olastzero, &oinc))
+    if (!PyArg_ParseTuple(args, "OO!LOdOOOOOO", &ox, &PyTuple_Type, &ogroups, &seen, &omarks,
+                          &tie, &omj, &oms, &omh, &otop, &oarg, &ofills))
         return NULL;
-    Buf b[13];
+    Buf b[7];
     memset(b, 0, sizeof b);
-    if (get(ox, &b[0], "l", 8, 0, "x") < 0 || get(otable, &b[1], "d", 8, 0, "table") < 0
-        || get(oh, &b[2], "d", 8, 0, "h") < 0 || get(os, &b[3], "d", 8, 1, "s") < 0
-        || get(ozero, &b[4], "l", 8, 1, "zero_at") < 0
-        || get(opartial, &b[5], "l", 8, 1, "partial") < 0
-        || get(omarks, &b[6], "l", 8, 0, "mark_rows") < 0
-        || get(omarked, &b[7], "d", 8, 1, "marked") < 0
-        || get(oscross, &b[8], "d", 8, 1, "s_cross") < 0
-        || get(olastzero, &b[9], "l", 8, 1, "last_zero") < 0
-        || get(oinc, &b[10], "d", 8, 1, "inc") < 0
-        || get(omtop, &b[11], "d", 8, 1, "mark_top") < 0
-        || get(omarg, &b[12], "l", 8, 1, "mark_arg") < 0) {
-        release(b, 13);
+    if (get(ox, &b[0], "l", 8, 0, "x") < 0 || get(omarks, &b[1], "l", 8, 0, "marks") < 0
+        || get(omj, &b[2], "l", 8, 1, "mark_j") < 0 || get(oms, &b[3], "d", 8, 1, "mark_s") < 0
+        || get(omh, &b[4], "d", 8, 1, "mark_h") < 0
+        || get(otop, &b[5], "d", 8, 1, "end_top") < 0
+        || get(oarg, &b[6], "l", 8, 1, "end_arg") < 0) {
+        release(b, 7);
         return NULL;
     }
-    const int64_t *x = b[0].view.buf;
-    const double *table = b[1].view.buf, *h = b[2].view.buf;
-    double *s = b[3].view.buf, *marked = b[7].view.buf, *s_cross = b[8].view.buf;
-    double *inc = b[10].view.buf;
-    int64_t *zero_at = b[4].view.buf, *partial = b[5].view.buf, *last_zero = b[9].view.buf;
-    const int64_t *mark_rows = b[6].view.buf;
-    double *mark_top = b[11].view.buf;
-    int64_t *mark_arg = b[12].view.buf;
-    Py_ssize_t n = LEN(b[0]), m = LEN(b[2]), k = LEN(b[5]), nmarks = LEN(b[6]);
-    if (LEN(b[1]) != k * m || LEN(b[3]) != m || LEN(b[4]) != m || LEN(b[8]) != m
-        || LEN(b[9]) != m || LEN(b[10]) != m || LEN(b[7]) != nmarks * m
-        || LEN(b[11]) != nmarks || LEN(b[12]) != nmarks || !(tie >= 0.0)
-        || block < 1 || fill < 0 || fill >= block) {
-        release(b, 13);
-        PyErr_SetString(PyExc_ValueError, "scan: inconsistent sizes");
+    Buf bf;
+    memset(&bf, 0, sizeof bf);
+    if (get(ofills, &bf, "l", 8, 1, "fills") < 0) {
+        release(b, 7);
+        release(&bf, 1);
         return NULL;
+    }
+    const int64_t *x = b[0].view.buf, *marks = b[1].view.buf;
+    Py_ssize_t n = LEN(b[0]), r = LEN(b[1]), ng = PyTuple_GET_SIZE(ogroups);
+    int bad = !(tie >= 0.0) || ng < 1 || LEN(b[2]) != r || LEN(b[3]) != r || LEN(b[4]) != r
+              || LEN(b[5]) != ng || LEN(b[6]) != ng || LEN(bf) != ng;
+    for (Py_ssize_t i = 1; !bad && i < r; i++)
+        bad = marks[i] < marks[i - 1];
+    if (!bad && r)
+        bad = marks[0] < 0 || marks[r - 1] > n;
+    if (bad) {
+        release(b, 7);
+        release(&bf, 1);
+        PyErr_SetString(PyExc_ValueError, "scan_bank: inconsistent sizes");
+        return NULL;
+    }
+    Group *gs = PyMem_Calloc(ng, sizeof(Group));
+    if (gs == NULL) {
+        release(b, 7);
+        release(&bf, 1);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t k = -1;
+    for (Py_ssize_t gi = 0; gi < ng; gi++) {
+        if (group_of(PyTuple_GET_ITEM(ogroups, gi), &gs[gi], r) < 0
+            || (k >= 0 && gs[gi].k != k)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "scan_bank: groups of other bins");
+            free_groups(gs, gi + 1);
+            release(b, 7);
+            release(&bf, 1);
+            return NULL;
+        }
+        k = gs[gi].k;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         if (x[i] < 0 || x[i] >= k) {
-            release(b, 13);
+            free_groups(gs, ng);
+            release(b, 7);
+            release(&bf, 1);
             PyErr_Format(PyExc_IndexError, "scan: bin index %lld outside [0, %zd)",
                          (long long)x[i], k);
             return NULL;
         }
     }
-    /* scratch, all doubles so that the per-block loop vectorises: W, its running
-       minimum M, the last block where S was 0 (block numbers are exact in a double) */
-    double *scratch = PyMem_Malloc(3 * m * sizeof(double) + 1);
-    if (scratch == NULL) {
-        release(b, 13);
-        return PyErr_NoMemory();
+    /* each group over x */
+    long long first = -1, at = n;   /* the group that crossed first, and the value */
+    for (Py_ssize_t gi = 0; gi < ng; gi++) {
+        Group *g = &gs[gi];
+        const Py_ssize_t m = g->m;
+        double *scratch = g->mem, *marked = g->mem + 3 * m, *mtop = marked + r * m;
+        int64_t *rows = g->ints, *marg = g->ints + r;
+        for (Py_ssize_t i = 0; i < r; i++)
+            rows[i] = (g->fill + marks[i]) / g->block;
+        long long fill = g->fill;
+        g->crossed = run(n, x, g->b[0].view.buf, g->b[1].view.buf, m, g->k, g->b[2].view.buf,
+                         g->b[3].view.buf, g->b[4].view.buf, g->block, &fill,
+                         seen - g->fill, rows, r, marked, mtop, marg, tie, g->b[6].view.buf,
+                         g->b[7].view.buf, g->b[8].view.buf, scratch, &g->end_top,
+                         &g->end_arg);
+        g->newfill = fill;
+        if (g->crossed >= 0) {
+            const long long value = g->crossed * g->block - g->fill - 1;
+            if (value < at) {
+                at = value;
+                first = gi;
+            }
+        }
     }
-    double end_top = 0.0;
-    int64_t end_arg = 0;
-    long long crossed = run(n, x, table, h, m, k, s, zero_at, partial, block, &fill, base,
-                            mark_rows, nmarks, marked, mark_top, mark_arg, tie, s_cross,
-                            last_zero, inc, scratch, &end_top, &end_arg);
-    PyMem_Free(scratch);
-    release(b, 13);
-    return Py_BuildValue("LLdL", crossed, fill, end_top, (long long)end_arg);
+    /* the bank's status at the marks before the first crossing: the largest ratio of
+       all, then the first alternative of the bank within tie of it */
+    int64_t *mj = b[2].view.buf;
+    double *ms = b[3].view.buf, *mh = b[4].view.buf;
+    Py_ssize_t taken = 0;
+    for (; taken < r && marks[taken] <= at; taken++) {
+        const Py_ssize_t i = taken;
+        double top = -HUGE_VAL;
+        for (Py_ssize_t gi = 0; gi < ng; gi++) {
+            const double t = gs[gi].mem[3 * gs[gi].m + r * gs[gi].m + i];
+            top = t > top ? t : top;
+        }
+        const double lim = top - tie * fabs(top);
+        int64_t best = INT64_MAX;
+        double bs = 0.0, bh = 0.0;
+        for (Py_ssize_t gi = 0; gi < ng; gi++) {
+            const Group *g = &gs[gi];
+            const double *s = g->mem + 3 * g->m + i * g->m, *h = g->b[1].view.buf;
+            const int64_t *members = g->b[5].view.buf;
+            for (Py_ssize_t j = 0; j < g->m; j++) {
+                if (s[j] / h[j] >= lim) {
+                    if (members[j] < best) {
+                        best = members[j];
+                        bs = s[j];
+                        bh = h[j];
+                    }
+                    break;
+                }
+            }
+        }
+        mj[i] = best;
+        ms[i] = bs;
+        mh[i] = bh;
+    }
+    double *end_top = b[5].view.buf;
+    int64_t *end_arg = b[6].view.buf, *fills = bf.view.buf;
+    long long crossed_row = first >= 0 ? gs[first].crossed : -1;
+    for (Py_ssize_t gi = 0; gi < ng; gi++) {
+        end_top[gi] = gs[gi].end_top;
+        end_arg[gi] = gs[gi].end_arg;
+        fills[gi] = gs[gi].newfill;
+    }
+    free_groups(gs, ng);
+    release(b, 7);
+    release(&bf, 1);
+    return Py_BuildValue("LLn", first, crossed_row, taken);
 }
 
 static PyMethodDef methods[] = {
-    {"scan", scan, METH_VARARGS, "CUSUMs of a bank of alternatives over blocks of values."},
+    {"scan_bank", scan_bank, METH_VARARGS,
+     "The CUSUMs of every group of a bank over values, and the bank's status at marks."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -297,10 +451,10 @@ static struct PyModuleDef module = {
     "Compiled inner loop of detectors.sequential (see _cusum.c).", -1, methods,
 };
 
-/* Raised whenever scan()'s arguments or meaning change: detectors.sequential uses
+/* Raised whenever scan_bank()'s arguments or meaning change: detectors.sequential uses
    the compiled loop only when this matches what it expects (a stale build, left
    from an older checkout, falls back to numpy instead of failing every call). */
-#define ABI 2
+#define ABI 3
 
 PyMODINIT_FUNC
 PyInit__cusum(void)

@@ -4,8 +4,7 @@ import numpy as np
 
 ABI: int
 
-def scan(x: np.ndarray, table: np.ndarray, h: np.ndarray, s: np.ndarray,
-         zero_at: np.ndarray, partial: np.ndarray, block: int, fill: int, base: int,
-         mark_rows: np.ndarray, marked: np.ndarray, mark_top: np.ndarray,
-         mark_arg: np.ndarray, tie: float, s_cross: np.ndarray, last_zero: np.ndarray,
-         inc: np.ndarray) -> tuple[int, int, float, int]: ...
+def scan_bank(x: np.ndarray, groups: tuple[tuple[object, ...], ...], seen: int,
+              marks: np.ndarray, tie: float, mark_j: np.ndarray, mark_s: np.ndarray,
+              mark_h: np.ndarray, end_top: np.ndarray, end_arg: np.ndarray,
+              fills: np.ndarray) -> tuple[int, int, int]: ...

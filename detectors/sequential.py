@@ -75,7 +75,7 @@ import numpy as np
 
 from detectors.profile import OTHER, UNSEEN, FeatureBins
 
-_ABI = 2   # detectors/_cusum.c's ABI this module calls
+_ABI = 3   # detectors/_cusum.c's ABI this module calls
 try:  # the compiled inner loop (setup.py builds it; optional)
     from detectors import _cusum
 except ImportError:  # pragma: no cover - a build without a C compiler
@@ -204,16 +204,11 @@ def alternatives(bins: FeatureBins, run_length: float, *, shares: np.ndarray | N
     k = raw.size
     n = float(reference_size) if reference_size else UNKNOWN_SIZE
     q = (raw / raw.sum() * n + 0.5) / (n + 0.5 * k)
-    rows: list[np.ndarray] = []   # log p / q, before the margin (a block of rows each)
-    probs: list[np.ndarray] = []
+    probs: list[np.ndarray] = []   # blocks of alternatives (a row each), in layout order
     layout: _Layout | None = None   # names, families, shares of the budget (cached)
 
     def add(p: np.ndarray, mix: bool = True) -> None:
-        # A block of alternatives at once (one row of ``p`` each), in the layout's order.
-        if mix:
-            p = (1 - FLOOR) * p + FLOOR * q
-        probs.append(p)
-        rows.append(np.log(p / q))
+        probs.append((1 - FLOOR) * p + FLOOR * q if mix else p)
 
     if bins.kind == "numeric" and k >= 2 and math.isfinite(bins.lo) and bins.hi > bins.lo:
         edges = np.concatenate([[bins.lo], bins.inner_edges, [bins.hi]])
@@ -230,14 +225,18 @@ def alternatives(bins: FeatureBins, run_length: float, *, shares: np.ndarray | N
         def binned(at: np.ndarray) -> np.ndarray:
             # Shares of the bins (a row per row of ``at``) when P(X < inner edge) is the
             # reference CDF at ``at``.
-            n = at.shape[0]
-            return np.diff(np.concatenate([np.zeros((n, 1)), np.interp(at, edges, cum),
-                                           np.ones((n, 1))], axis=1), axis=1)
+            c = np.interp(at, edges, cum)
+            out = np.empty((c.shape[0], k))
+            out[:, 0] = c[:, 0]
+            np.subtract(c[:, 1:], c[:, :-1], out=out[:, 1:-1])
+            np.subtract(1.0, c[:, -1], out=out[:, -1])
+            return out
 
         layout = _numeric_layout(bins.labels, sd > 0)
-        if sd > 0:
-            add(binned(inner[None, :] - _SHIFT_OFFSETS[:, None] * sd))
-            add(binned(median + (inner[None, :] - median) / _SPREAD_FACTORS[:, None]))
+        if sd > 0:   # the shifts, then the spreads (one interpolation for both)
+            add(binned(np.concatenate([inner[None, :] - _SHIFT_OFFSETS[:, None] * sd,
+                                       median + (inner[None, :] - median)
+                                       / _SPREAD_FACTORS[:, None]])))
         add(_bin_tilts(q, layout.tilts), mix=False)
     elif bins.kind == "categorical":
         ordered = _ordered_values(bins)
@@ -253,8 +252,8 @@ def alternatives(bins: FeatureBins, run_length: float, *, shares: np.ndarray | N
         empty = np.empty(0)
         return Alternatives((), (), q, np.empty((0, k)), empty, empty, empty, empty,
                             run_length, reference_size)
-    log_ratio = np.concatenate(rows)
-    p = np.concatenate(probs)
+    p = np.concatenate(probs) if len(probs) > 1 else probs[0]
+    log_ratio = np.log(p / q)
     kl_null = np.maximum(-(q * log_ratio).sum(axis=1), 1e-12)
     kl_alt = (p * log_ratio).sum(axis=1)
     h = _thresholds(kl_null, run_length / layout.share, reference_size)
@@ -407,13 +406,11 @@ class _Group:
         self.k = alt.reference.size
         m = members.size   # the compiled loop's outputs at a crossing, and its scratch
         self._scratch = (np.empty(m), np.empty(m, dtype=np.int64), np.empty(m))
-        self._no_marks = np.empty((0, m))
         self.set_table(alt)
-        self.marked: list[np.ndarray] = []
-        # the status (largest CUSUM / threshold, first alternative within TIE of it) at
-        # each of the last scan's marks, and of the CUSUMs now (kept with the s and h
-        # arrays it is of: any new state or bank makes it stale)
-        self.marked_status: list[tuple[float, int]] | None = None
+        self.marked: list[np.ndarray] = []   # the CUSUMs at the last scan's marks (numpy)
+        # the status (largest CUSUM / threshold, first alternative within TIE of it) of
+        # the CUSUMs now (kept with the s and h arrays it is of: any new state or bank
+        # makes it stale)
         self._status: tuple[np.ndarray, np.ndarray, float, int] | None = None
         self.reset(0)
 
@@ -437,6 +434,18 @@ class _Group:
         self.partial = np.zeros(self.k, dtype=np.int64)
         self.fill = 0
 
+    def crossing(self, row: int, seen: int) -> tuple[int, int, float, int]:
+        """The compiled loop's crossing at block ``row`` (1-based) as :meth:`scan` gives
+        it (the CUSUMs then and their last 0s are in the scratch arrays; the state is
+        as it was)."""
+        s_cross, last_zero, _ = self._scratch
+        b, fill = self.block, self.fill
+        crossed = np.flatnonzero(s_cross >= self.h)
+        j = int(crossed[nearest(s_cross[crossed] / self.h[crossed])])
+        z = int(last_zero[j])
+        zero = seen - fill + z * b if z else int(self.zero_at[j])
+        return row * b - fill - 1, j, float(s_cross[j]), zero
+
     def scan(self, x: np.ndarray, seen: int, marks: list[int] | None = None
              ) -> tuple[int, int, float, int] | None:
         """Fold ``x`` in (``seen``: values before it). None, or the first crossing: index in
@@ -445,44 +454,11 @@ class _Group:
         values of ``x`` after which the CUSUMs are wanted too, into ``self.marked``
         (those past a crossing are not meaningful).
 
-        The compiled loop (:mod:`detectors._cusum`) when it was built, else
-        :meth:`scan_numpy`: the same arithmetic up to the order of a block's sums."""
-        if _cusum is None or not KERNEL:
-            return self.scan_numpy(x, seen, marks)
-        b, m, fill = self.block, self.members.size, self.fill
-        if marks:
-            rows = np.array([(fill + p) // b for p in marks], dtype=np.int64)
-            marked = np.empty((rows.size, m))
-            tops, args = np.empty(rows.size), np.empty(rows.size, dtype=np.int64)
-        else:
-            rows, marked, tops, args = _NO_ROWS, self._no_marks, _NO_TOPS, _NO_ROWS
-        s, zero_at, partial = self.s.copy(), self.zero_at.copy(), self.partial.copy()
-        s_cross, last_zero, scratch = self._scratch
-        row, new_fill, top, arg = _cusum.scan(
-            np.ascontiguousarray(x, dtype=np.int64), self.table_rows, self.h, s, zero_at,
-            partial, b, fill, seen - fill, rows, marked, tops, args, TIE, s_cross, last_zero,
-            scratch)
-        if marks:
-            self.marked = [marked[i] if r else self.s for i, r in enumerate(rows.tolist())]
-            self.marked_status = list(zip(tops.tolist(), args.tolist(), strict=True))
-        if row < 0:
-            self.s, self.zero_at, self.partial, self.fill = s, zero_at, partial, new_fill
-            self._status = (s, self.h, top, arg)
-            return None
-        crossed = np.flatnonzero(s_cross >= self.h)
-        j = int(crossed[nearest(s_cross[crossed] / self.h[crossed])])
-        z = int(last_zero[j])
-        zero = seen - fill + z * b if z else int(self.zero_at[j])
-        return row * b - fill - 1, j, float(s_cross[j]), zero
-
-    def scan_numpy(self, x: np.ndarray, seen: int, marks: list[int] | None = None
-                   ) -> tuple[int, int, float, int] | None:
-        """:meth:`scan` in numpy: the blocks' counts from one ``bincount`` (each value's
-        block is cached), and ``W`` (the running sum of the increments, from the
-        CUSUM's current value) gets a leading row of zeros, so that its running
-        minimum is ``min(0, min W)`` directly and ``S = W - min(0, min W)`` takes one
-        subtraction."""
-        self.marked_status = None   # the statuses at marks: from the CUSUMs (_note)
+        In numpy, where the compiled loop (:meth:`SequentialTest._scan_bank`) was not
+        built: the blocks' counts from one ``bincount`` (each value's block is cached),
+        and ``W`` (the running sum of the increments, from the CUSUM's current value)
+        gets a leading row of zeros, so that its running minimum is ``min(0, min W)``
+        directly and ``S = W - min(0, min W)`` takes one subtraction."""
         b, k, fill = self.block, self.k, self.fill
         total = fill + x.size
         full = total // b
@@ -673,6 +649,8 @@ class SequentialTest:
         value count at its last 0, block), after which every CUSUM starts again; or None
         (then the state has moved past ``x``). ``marks`` (positions ``offset`` onwards,
         those in ``x`` and before a crossing are taken off and noted)."""
+        if _cusum is not None and KERNEL and self.groups:
+            return self._scan_bank(x, offset, marks)
         first: tuple[int, int, float, int] | None = None
         gfirst: _Group | None = None
         rel = [p - offset for p in marks if p - offset <= x.size] if marks else None
@@ -683,21 +661,13 @@ class SequentialTest:
         if rel and marks is not None:
             limit = x.size if first is None else first[0]
             size = self.alternatives.size
-            quick = all(g.marked_status is not None for g in self.groups)
             for i, p in enumerate(rel):
                 if p > limit:
                     break
-                picked = (_pick([(g, *g.marked_status[i], g.marked[i])  # type: ignore[index]
-                                 for g in self.groups]) if quick and size else None)
-                if picked is not None:   # no alarm in force while watching
-                    j, value, threshold = picked
-                    self.noted.append((offset + p, j, value, threshold, False,
-                                       self.alternatives.names[j]))
-                else:
-                    s = np.zeros(size)
-                    for g in self.groups:
-                        s[g.members] = g.marked[i]
-                    self._note(offset + p, s if size else None)
+                s = np.zeros(size)
+                for g in self.groups:
+                    s[g.members] = g.marked[i]
+                self._note(offset + p, s if size else None)
                 marks.pop(0)
         if first is None or gfirst is None:
             self.seen += x.size
@@ -707,6 +677,46 @@ class SequentialTest:
         for g in self.groups:
             g.reset(self.seen)
         return at, int(gfirst.members[jj]), stat, zero, gfirst.block
+
+    def _scan_bank(self, x: np.ndarray, offset: int, marks: list[int] | None
+                   ) -> tuple[int, int, float, int, int] | None:
+        """:meth:`_scan` in one call of the compiled loop for every group, the bank's
+        status at the marks picked there too (the same figures: each group's loop is
+        :meth:`_Group.scan`'s, the status :func:`nearest` over the bank's ratios)."""
+        groups = self.groups
+        rel = [p - offset for p in marks if p - offset <= x.size] if marks else []
+        r = len(rel)
+        mj, ms, mh = ((np.empty(r, dtype=np.int64), np.empty(r), np.empty(r)) if r
+                      else (_NO_ROWS, _NO_TOPS, _NO_TOPS))
+        g_top, g_arg, g_fill = (np.empty(len(groups)), np.empty(len(groups), dtype=np.int64),
+                                np.empty(len(groups), dtype=np.int64))
+        # s, zero_at and partial in place: written only when nothing crossed anywhere
+        # (else every group starts again), after every argument was checked
+        gi, row, taken = _cusum.scan_bank(
+            x if x.dtype == np.int64 and x.flags.c_contiguous
+            else np.ascontiguousarray(x, dtype=np.int64),
+            tuple((g.table_rows, g.h, g.s, g.zero_at, g.partial, g.members, *g._scratch,
+                   g.block, g.fill) for g in groups),
+            self.seen, np.array(rel, dtype=np.int64) if r else _NO_ROWS, TIE, mj, ms, mh,
+            g_top, g_arg, g_fill)
+        if taken and marks is not None:   # no alarm in force while watching
+            names = self.alternatives.names
+            self.noted += [(offset + p, j, v, h, False, names[j]) for p, j, v, h in
+                           zip(rel, mj[:taken].tolist(), ms[:taken].tolist(),
+                               mh[:taken].tolist())]
+            del marks[:taken]
+        if gi < 0:
+            for g, top, arg, fill in zip(groups, g_top.tolist(), g_arg.tolist(),
+                                         g_fill.tolist(), strict=True):
+                g.fill, g._status = fill, (g.s, g.h, top, arg)
+            self.seen += x.size
+            return None
+        g = groups[gi]
+        at, jj, stat, zero = g.crossing(row, self.seen)
+        self.seen += at + 1
+        for g2 in groups:
+            g2.reset(self.seen)
+        return at, int(g.members[jj]), stat, zero, g.block
 
     def _span(self, since: int) -> int:
         """Values without a new crossing after which an alarm is over."""

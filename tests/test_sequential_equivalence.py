@@ -266,6 +266,7 @@ def test_cusums_fold_values_as_before(seed: int, kind: str, hold: int | None,
         patch.setattr(sequential, "KERNEL", False)
         new = changes(SequentialTest(bank, blocks, hold=hold, confirm=500), x, cuts)
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sequential, "KERNEL", False)
         patch.setattr(sequential._Group, "scan", reference_scan)
         old = changes(SequentialTest(bank, blocks, hold=hold, confirm=500), x, cuts)
     assert new == old
@@ -369,32 +370,53 @@ def test_drift_gives_the_same_signals_however_the_stream_is_batched(
 
 @pytest.mark.skipif(sequential._cusum is None, reason="built without a C compiler")
 def test_the_compiled_loop_refuses_what_it_cannot_read() -> None:
-    """A bin index past the table, a wrong dtype, buffers of the wrong sizes: an
-    exception (the worker isolates it to the model), never a read past a buffer."""
-    scan = sequential._cusum.scan
+    """A bin index past the table, a wrong dtype, buffers of the wrong sizes, marks out
+    of order: an exception (the worker isolates it to the model), never a read past a
+    buffer, and the state untouched."""
+    scan_bank = sequential._cusum.scan_bank
     m, k = 2, 3
 
-    def call(x: Any, table: Any = None, block: int = 4, fill: int = 0, tie: float = 1e-9
-             ) -> Any:
-        return scan(x, np.zeros(k * m) if table is None else table, np.ones(m), np.zeros(m),
-                    np.zeros(m, dtype=np.int64), np.zeros(k, dtype=np.int64), block, fill, 0,
-                    np.empty(0, dtype=np.int64), np.empty((0, m)), np.empty(0),
-                    np.empty(0, dtype=np.int64), tie, np.empty(m),
-                    np.empty(m, dtype=np.int64), np.empty(m))
+    def group(table: Any = None, block: int = 4, fill: int = 0, s: Any = None) -> tuple:
+        return (np.zeros(k * m) if table is None else table, np.ones(m),
+                np.zeros(m) if s is None else s, np.zeros(m, dtype=np.int64),
+                np.zeros(k, dtype=np.int64), np.arange(m, dtype=np.int64), np.empty(m),
+                np.empty(m, dtype=np.int64), np.empty(m), block, fill)
 
-    assert call(np.array([0, 1, 2, 2, 1], dtype=np.int64)) == (-1, 1, 0.0, 0)
+    def call(x: Any, groups: Any = None, tie: float = 1e-9, marks: Any = None) -> Any:
+        groups = (group(),) if groups is None else groups
+        marks = np.empty(0, dtype=np.int64) if marks is None else marks
+        r, g = len(marks), len(groups)
+        return scan_bank(x, groups, 0, marks, tie, np.empty(r, dtype=np.int64), np.empty(r),
+                         np.empty(r), np.empty(g), np.empty(g, dtype=np.int64),
+                         np.empty(g, dtype=np.int64))
+
+    assert call(np.array([0, 1, 2, 2, 1], dtype=np.int64)) == (-1, -1, 0)
+    assert call(np.array([0, 1, 2], dtype=np.int64), marks=np.array([0, 3]))[2] == 2
     with pytest.raises(ValueError, match="inconsistent sizes"):
         call(np.array([0], dtype=np.int64), tie=-1.0)
+    with pytest.raises(ValueError, match="inconsistent sizes"):
+        call(np.array([0], dtype=np.int64), marks=np.array([1, 0]))
+    with pytest.raises(ValueError, match="inconsistent sizes"):
+        call(np.array([0], dtype=np.int64), marks=np.array([2]))
+    s = np.full(m, 0.5)
     with pytest.raises(IndexError, match="bin index 3"):
-        call(np.array([0, 3], dtype=np.int64))
+        call(np.array([0, 1, 2, 0, 3], dtype=np.int64),
+             groups=(group(table=np.full(k * m, -1.0), s=s),))
+    assert (s == 0.5).all()   # nothing written (the first block would have taken it to 0)
     with pytest.raises(IndexError, match="bin index -1"):
         call(np.array([-1], dtype=np.int64))
     with pytest.raises(TypeError):
         call(np.array([0.0, 1.0]))
+    with pytest.raises(TypeError):
+        call(np.array([0], dtype=np.int64), groups=([*group()],))
     with pytest.raises(ValueError, match="inconsistent sizes"):
-        call(np.array([0], dtype=np.int64), table=np.zeros(k * m - 1))
+        call(np.array([0], dtype=np.int64), groups=(group(table=np.zeros(k * m - 1)),))
     with pytest.raises(ValueError, match="inconsistent sizes"):
-        call(np.array([0], dtype=np.int64), fill=4)
+        call(np.array([0], dtype=np.int64), groups=(group(fill=4),))
+    with pytest.raises(ValueError, match="other bins"):
+        call(np.array([0], dtype=np.int64),
+             groups=(group(), (np.zeros(2 * m), *group()[1:4], np.zeros(2, dtype=np.int64),
+                               *group()[5:])))
     test = SequentialTest(alternatives(random_bins(np.random.default_rng(1), "categorical"),
                                        1e6))
     with pytest.raises(IndexError):
