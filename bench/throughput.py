@@ -644,7 +644,8 @@ def detector_costs(references: ReferenceStore, settings: Settings, repeat: int
     distribution, at :data:`DETECTOR_CALLS` values per call (the pipeline rows' micro-
     batch gives 667 per model), each call followed by the detector's checkpoint
     (``to_dict``, as the worker writes its state after each micro-batch), best of
-    ``repeat`` after a warm-up that fills the windows."""
+    ``repeat`` runs after a warm-up that fills the windows, the two tests' runs
+    alternated."""
     from detectors.drift import DriftDetector
     from detectors.skew import SkewDetector
     from streams.core.series import categories, numbers
@@ -681,34 +682,45 @@ def detector_costs(references: ReferenceStore, settings: Settings, repeat: int
                                      test=test))
         return out
 
-    def cost(kind: str, test: str, per_call: int) -> float:
-        dets = make(kind, test)
+    def costs(kind: str, per_call: int) -> dict[str, float]:
+        """µs per event, sequential and windowed, their timed runs alternated (so that a
+        slow spell of the machine hits both)."""
+        tests = ("sequential", "window")
+        dets = {test: make(kind, test) for test in tests}
         n = min(len(batch["bin"]) for batch in data.values())
 
-        def feed(lo: int) -> None:   # a micro-batch, then its checkpoint (as the worker)
-            for det, batch in zip(dets, data.values(), strict=True):
+        def feed(test: str, lo: int) -> None:   # a micro-batch, then its checkpoint
+            for det, batch in zip(dets[test], data.values(), strict=True):
                 det.update({key: v[lo:lo + per_call] for key, v in batch.items()})
                 det.to_dict()
 
-        for lo in range(0, 20_000, per_call):   # warm-up: the windows and baseline full
-            feed(lo)
-        best = math.inf
-        for _ in range(repeat):
-            start = time.perf_counter()
-            calls = 0
-            for lo in range(20_000, n - per_call + 1, per_call):
-                feed(lo)
-                calls += 1
-            best = min(best, (time.perf_counter() - start) / (calls * per_call))
-        return best * 1e6
+        for test in tests:   # warm-up: the windows and baseline full
+            for lo in range(0, 20_000, per_call):
+                feed(test, lo)
+        best = dict.fromkeys(tests, math.inf)
+        for r in range(repeat):
+            for test in (tests if r % 2 == 0 else tests[::-1]):
+                dets[test] = make(kind, test)   # afresh, the same values as the other's
+                for lo in range(0, 20_000, per_call):
+                    feed(test, lo)
+                start = time.perf_counter()
+                calls = 0
+                for lo in range(20_000, n - per_call + 1, per_call):
+                    feed(test, lo)
+                    calls += 1
+                best[test] = min(best[test],
+                                 (time.perf_counter() - start) / (calls * per_call) * 1e6)
+        return best
 
     lines = [f"the detectors alone ({len(data)} features of {spec.model}, stationary "
-             f"values, each call and its checkpoint, best of {repeat}; µs per event for all "
+             f"values, each call and its checkpoint, best of {repeat} runs alternated with the "
+             f"other test's; µs per event for all "
              f"of them): sequential vs window"]
     for per_call in DETECTOR_CALLS:
         parts = []
         for kind in ("skew", "drift"):
-            seq, win = cost(kind, "sequential", per_call), cost(kind, "window", per_call)
+            best = costs(kind, per_call)
+            seq, win = best["sequential"], best["window"]
             parts.append(f"{kind} {seq:.2f} vs {win:.2f} (ratio {seq / win:.2f})")
         lines.append(f"  {per_call:>6,} values per call: " + "; ".join(parts))
     return lines
