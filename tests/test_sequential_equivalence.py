@@ -292,10 +292,20 @@ def close(a: Any, b: Any) -> bool:
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(["numeric", "categorical"]),
-       hold=st.sampled_from([None, 700]), blocks=st.sampled_from([(4, 32), (1, 8), (16,)]))
+       hold=st.sampled_from([None, 700]), blocks=st.sampled_from([(4, 32), (1, 8), (16,)]),
+       kernel=st.booleans())
 def test_statuses_at_marks_are_those_of_feeding_in_pieces(seed: int, kind: str,
                                                           hold: int | None,
-                                                          blocks: tuple[int, ...]) -> None:
+                                                          blocks: tuple[int, ...],
+                                                          kernel: bool) -> None:
+    """The compiled loop (``kernel``) picks the statuses at the marks itself, the numpy
+    one from the CUSUMs at each mark: both as feeding in pieces gives them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sequential, "KERNEL", kernel)
+        statuses_at_marks(seed, kind, hold, blocks)
+
+
+def statuses_at_marks(seed: int, kind: str, hold: int | None, blocks: tuple[int, ...]) -> None:
     rng = np.random.default_rng(seed)
     bins, bank, q, moved = bank_and_shift(rng, kind)
     n = int(rng.integers(500, 4_000))
