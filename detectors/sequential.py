@@ -57,10 +57,11 @@ at a block's end: at most ``block - 1`` values late. The loop over the values
 is compiled (``detectors/_cusum.c``: each value adds its bin's row of log
 ratios to its block's increments; a block's end moves W and its running
 minimum; about 10 ns per value for a bank of 40 alternatives; one call folds a
-micro-batch into every group of a test and picks the bank's status at the marks
-asked for), with a numpy version of the same arithmetic (a ``bincount``, a matrix product with the
-bank's table of log ratios, then the running sum and minimum over the blocks)
-where no C compiler built it, and as the reference it is tested against. The
+micro-batch into every group of a test and picks the bank's status at the
+marks asked for), with a numpy version of the same arithmetic (a ``bincount``,
+a matrix product with the bank's table of log ratios, then the running sum and
+minimum over the blocks) where no C compiler built it, and as the reference it
+is tested against. The
 state is one float and one integer per alternative and a partial block per
 block size.
 """
