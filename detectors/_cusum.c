@@ -308,64 +308,50 @@ scan_bank(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OO!LOdOOOOOO", &ox, &PyTuple_Type, &ogroups, &seen, &omarks,
                           &tie, &omj, &oms, &omh, &otop, &oarg, &ofills))
         return NULL;
-    Buf b[7];
+    Buf b[8];
     memset(b, 0, sizeof b);
+    Group *gs = NULL;
+    Py_ssize_t ngs = 0;   /* groups whose buffers gs holds */
     if (get(ox, &b[0], "l", 8, 0, "x") < 0 || get(omarks, &b[1], "l", 8, 0, "marks") < 0
         || get(omj, &b[2], "l", 8, 1, "mark_j") < 0 || get(oms, &b[3], "d", 8, 1, "mark_s") < 0
         || get(omh, &b[4], "d", 8, 1, "mark_h") < 0
         || get(otop, &b[5], "d", 8, 1, "end_top") < 0
-        || get(oarg, &b[6], "l", 8, 1, "end_arg") < 0) {
-        release(b, 7);
-        return NULL;
-    }
-    Buf bf;
-    memset(&bf, 0, sizeof bf);
-    if (get(ofills, &bf, "l", 8, 1, "fills") < 0) {
-        release(b, 7);
-        release(&bf, 1);
-        return NULL;
-    }
+        || get(oarg, &b[6], "l", 8, 1, "end_arg") < 0
+        || get(ofills, &b[7], "l", 8, 1, "fills") < 0)
+        goto fail;
     const int64_t *x = b[0].view.buf, *marks = b[1].view.buf;
     Py_ssize_t n = LEN(b[0]), r = LEN(b[1]), ng = PyTuple_GET_SIZE(ogroups);
     int bad = !(tie >= 0.0) || ng < 1 || LEN(b[2]) != r || LEN(b[3]) != r || LEN(b[4]) != r
-              || LEN(b[5]) != ng || LEN(b[6]) != ng || LEN(bf) != ng;
+              || LEN(b[5]) != ng || LEN(b[6]) != ng || LEN(b[7]) != ng;
     for (Py_ssize_t i = 1; !bad && i < r; i++)
         bad = marks[i] < marks[i - 1];
     if (!bad && r)
         bad = marks[0] < 0 || marks[r - 1] > n;
     if (bad) {
-        release(b, 7);
-        release(&bf, 1);
         PyErr_SetString(PyExc_ValueError, "scan_bank: inconsistent sizes");
-        return NULL;
+        goto fail;
     }
-    Group *gs = PyMem_Calloc(ng, sizeof(Group));
+    gs = PyMem_Calloc(ng, sizeof(Group));
     if (gs == NULL) {
-        release(b, 7);
-        release(&bf, 1);
-        return PyErr_NoMemory();
+        PyErr_NoMemory();
+        goto fail;
     }
     Py_ssize_t k = -1;
-    for (Py_ssize_t gi = 0; gi < ng; gi++) {
-        if (group_of(PyTuple_GET_ITEM(ogroups, gi), &gs[gi], r) < 0
-            || (k >= 0 && gs[gi].k != k)) {
-            if (!PyErr_Occurred())
+    for (; ngs < ng; ngs++) {
+        const int ok = group_of(PyTuple_GET_ITEM(ogroups, ngs), &gs[ngs], r) == 0;
+        if (!ok || (k >= 0 && gs[ngs].k != k)) {
+            if (ok)
                 PyErr_SetString(PyExc_ValueError, "scan_bank: groups of other bins");
-            free_groups(gs, gi + 1);
-            release(b, 7);
-            release(&bf, 1);
-            return NULL;
+            ngs++;   /* its buffers too */
+            goto fail;
         }
-        k = gs[gi].k;
+        k = gs[ngs].k;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         if (x[i] < 0 || x[i] >= k) {
-            free_groups(gs, ng);
-            release(b, 7);
-            release(&bf, 1);
             PyErr_Format(PyExc_IndexError, "scan: bin index %lld outside [0, %zd)",
                          (long long)x[i], k);
-            return NULL;
+            goto fail;
         }
     }
     /* each group over x */
@@ -427,7 +413,7 @@ scan_bank(PyObject *self, PyObject *args)
         mh[i] = bh;
     }
     double *end_top = b[5].view.buf;
-    int64_t *end_arg = b[6].view.buf, *fills = bf.view.buf;
+    int64_t *end_arg = b[6].view.buf, *fills = b[7].view.buf;
     long long crossed_row = first >= 0 ? gs[first].crossed : -1;
     for (Py_ssize_t gi = 0; gi < ng; gi++) {
         end_top[gi] = gs[gi].end_top;
@@ -435,9 +421,14 @@ scan_bank(PyObject *self, PyObject *args)
         fills[gi] = gs[gi].newfill;
     }
     free_groups(gs, ng);
-    release(b, 7);
-    release(&bf, 1);
+    release(b, 8);
     return Py_BuildValue("LLn", first, crossed_row, taken);
+
+fail:
+    if (gs != NULL)
+        free_groups(gs, ngs);
+    release(b, 8);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {

@@ -61,9 +61,8 @@ micro-batch into every group of a test and picks the bank's status at the
 marks asked for), with a numpy version of the same arithmetic (a ``bincount``,
 a matrix product with the bank's table of log ratios, then the running sum and
 minimum over the blocks) where no C compiler built it, and as the reference it
-is tested against. The
-state is one float and one integer per alternative and a partial block per
-block size.
+is tested against. The state is one float and one integer per alternative and
+a partial block per block size.
 """
 
 from __future__ import annotations
