@@ -686,27 +686,23 @@ def detector_costs(references: ReferenceStore, settings: Settings, repeat: int
         """µs per event, sequential and windowed, their timed runs alternated (so that a
         slow spell of the machine hits both)."""
         tests = ("sequential", "window")
-        dets = {test: make(kind, test) for test in tests}
         n = min(len(batch["bin"]) for batch in data.values())
 
-        def feed(test: str, lo: int) -> None:   # a micro-batch, then its checkpoint
-            for det, batch in zip(dets[test], data.values(), strict=True):
+        def feed(dets: list[Any], lo: int) -> None:   # a micro-batch, then its checkpoint
+            for det, batch in zip(dets, data.values(), strict=True):
                 det.update({key: v[lo:lo + per_call] for key, v in batch.items()})
                 det.to_dict()
 
-        for test in tests:   # warm-up: the windows and baseline full
-            for lo in range(0, 20_000, per_call):
-                feed(test, lo)
         best = dict.fromkeys(tests, math.inf)
         for r in range(repeat):
             for test in (tests if r % 2 == 0 else tests[::-1]):
-                dets[test] = make(kind, test)   # afresh, the same values as the other's
-                for lo in range(0, 20_000, per_call):
-                    feed(test, lo)
+                dets = make(kind, test)   # afresh each run: the same values as the other's
+                for lo in range(0, 20_000, per_call):   # warm-up: windows and baseline full
+                    feed(dets, lo)
                 start = time.perf_counter()
                 calls = 0
                 for lo in range(20_000, n - per_call + 1, per_call):
-                    feed(test, lo)
+                    feed(dets, lo)
                     calls += 1
                 best[test] = min(best[test],
                                  (time.perf_counter() - start) / (calls * per_call) * 1e6)
@@ -714,8 +710,7 @@ def detector_costs(references: ReferenceStore, settings: Settings, repeat: int
 
     lines = [f"the detectors alone ({len(data)} features of {spec.model}, stationary "
              f"values, each call and its checkpoint, best of {repeat} runs alternated with the "
-             f"other test's; µs per event for all "
-             f"of them): sequential vs window"]
+             f"other test's; µs per event for all of them): sequential vs window"]
     for per_call in DETECTOR_CALLS:
         parts = []
         for kind in ("skew", "drift"):
