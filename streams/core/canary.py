@@ -23,7 +23,7 @@ from detectors.canary import CanaryAnalysis, PredictionHistograms
 from detectors.profile import FeatureBins
 from detectors.windows import WindowStats
 from streams.config import Settings
-from streams.core.series import categories, numbers, series_rows
+from streams.core.series import SeriesRows, categories, numbers
 
 __all__ = ["CanaryWatch", "CANARY_CHECKS"]
 
@@ -42,14 +42,15 @@ class CanaryWatch:
         self.histograms = PredictionHistograms()
 
     def observe(self, frame: pl.DataFrame, late: np.ndarray, predictions: Sequence[Any],
-                cohorts: Sequence[str],
+                groups: SeriesRows,
                 bins_of: Callable[[str], FeatureBins | None]) -> None:
         """Bin the stable and canary predictions of the rollout under way, per window.
 
-        ``cohorts``: those of the micro-batch's rows; ``bins_of(stable_version)``: the
-        bins of that version's prediction profile.
+        ``groups``: the micro-batch's rows per series (:func:`series_rows` of
+        ``frame``); ``bins_of(stable_version)``: the bins of that version's
+        prediction profile.
         """
-        if not (self.tracker.watching() or "canary" in cohorts):
+        if not (self.tracker.watching() or any(c == "canary" for (_, c), _ in groups)):
             return
         pair = self.tracker.watching() or _traffic_pair(frame, self.tracker.done)
         if pair is None:
@@ -59,7 +60,7 @@ class CanaryWatch:
             return
         size = self.settings.windows.size_s
         ts_all = frame["ts"].to_numpy()
-        for (version, cohort), rows in series_rows(frame):
+        for (version, cohort), rows in groups:
             if (cohort, version) not in (("stable", pair[0]), ("canary", pair[1])):
                 continue
             rows = rows[~late[rows]]

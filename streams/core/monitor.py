@@ -37,7 +37,7 @@ from detectors.windows import TumblingWindows, WindowStats
 from streams.config import Settings
 from streams.core.canary import CANARY_CHECKS, CanaryWatch
 from streams.core.labels import LabelTracker
-from streams.core.series import ReferenceLookup, Series, series_pairs, series_rows
+from streams.core.series import ReferenceLookup, Series, SeriesRows, series_rows
 
 __all__ = ["ModelMonitor", "Output", "READING_CHECKS", "Reading"]
 
@@ -172,21 +172,22 @@ class ModelMonitor:
         self.last_arrival = self._wall = now
         for signal in self.outage.update({"ts": np.array([now])}):
             self._emit(out, signal)
-        pairs = series_pairs(frame)
+        groups = series_rows(frame)  # once: every check below splits by series
+        pairs = [pair for pair, _ in groups]
         for version, cohort in pairs:
             self._series(version, cohort).last_arrival = now
         out.late = self.windows.add(frame)
         self._late[0] += int(out.late.sum())
         self._late[1] += frame.height
         if self.canary is not None and predictions is not None:
-            self.canary.observe(frame, out.late, predictions, [c for _, c in pairs],
+            self.canary.observe(frame, out.late, predictions, groups,
                                 lambda stable: self._prediction_bins(stable, references))
         self._evaluate(out, self.windows.close_ready())
         st = self.settings
         checks_on = st.skew.enabled or st.drift.enabled or st.quality.enabled
         if references is not None and features is not None and checks_on:
-            self._skew(out, frame, out.late, features, predictions or [None] * frame.height,
-                       references)
+            self._skew(out, frame, groups, out.late, features,
+                       predictions or [None] * frame.height, references)
         if st.labels.enabled and predictions is not None and event_ids is not None:
             for signal in self.labels.on_predictions(
                     event_ids, frame["ts"].to_numpy(), frame["version"].to_list(),
@@ -245,13 +246,14 @@ class ModelMonitor:
                             if lc.last is not None and lc.last.version == version
                             and lc.last.check in CANARY_CHECKS))
 
-    def _skew(self, out: Output, frame: pl.DataFrame, late: np.ndarray,
+    def _skew(self, out: Output, frame: pl.DataFrame, groups: SeriesRows, late: np.ndarray,
               features: Sequence[dict[str, Any] | None], predictions: Sequence[Any],
               references: ReferenceLookup) -> None:
-        """Each series' on-time rows against its reference profile."""
+        """Each series' on-time rows (``groups``: :func:`series_rows` of ``frame``)
+        against its reference profile."""
         on_time = ~late
         ts_all = frame["ts"].to_numpy()
-        for (version, cohort), rows in series_rows(frame):
+        for (version, cohort), rows in groups:
             rows = rows[on_time[rows]]
             if rows.size == 0:
                 continue
