@@ -1,6 +1,6 @@
 # `make demo` and `make test` work on a fresh machine: they create .venv and
 # install Sentinelle with its dev extras the first time (or when pyproject, setup.py
-# or the compiled loop's source changes: the install builds it).
+# or a compiled loop's source changes: the install builds them).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench load docs clean
 
-$(STAMP): pyproject.toml setup.py detectors/_cusum.c
+$(STAMP): pyproject.toml setup.py detectors/_cusum.c detectors/_idhash.c
 	@echo "installing Sentinelle and its dev extras into $(VENV) (log: $(VENV)/install.log) ..."
 	@$(PYTHON) -m venv $(VENV)
 	@( $(BIN)/pip install --upgrade pip && $(BIN)/pip install -e '.[dev]' ) \

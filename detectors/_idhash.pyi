@@ -1,0 +1,3 @@
+from collections.abc import Sequence
+
+def hashes(ids: Sequence[str], /) -> list[int]: ...

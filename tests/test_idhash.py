@@ -1,0 +1,56 @@
+"""The compiled event-id hashes (detectors/_idhash.c) are hashlib's, id for id.
+
+Checkpoints hold these hashes (the label join's pending predictions), so a worker
+with the compiled loop and one without must agree on every id: UTF-8 of any
+length (the block boundaries of BLAKE2b at 128 bytes), non-ASCII, NUL, and the
+same errors for what cannot be hashed.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from detectors import performance
+from detectors.performance import _hashlib_hashes, id_hash, id_hashes
+
+pytestmark = pytest.mark.skipif(performance._idhash is None,
+                                reason="built without a C compiler")
+
+
+def random_ids(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    alphabet = "abcXYZ0123-_/:é中😀\x00 "
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 300)))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 127, 128, 129, 255, 256, 257, 1000])
+def test_block_boundaries(size: int) -> None:
+    ids = ["x" * size, "é" * size, "😀" * (size // 4)]
+    assert performance._idhash.hashes(ids) == _hashlib_hashes(ids)
+
+
+def test_random_ids_match_hashlib() -> None:
+    ids = random_ids(5_000, seed=7)
+    got = performance._idhash.hashes(ids)
+    assert got == _hashlib_hashes(ids) == [id_hash(i) for i in ids]
+    assert all(0 <= h < 2 ** 63 for h in got)
+    assert id_hashes(ids) == got  # what the label join calls
+
+
+def test_accepts_any_sequence() -> None:
+    ids = ("a", "b", "c")
+    assert performance._idhash.hashes(ids) == _hashlib_hashes(list(ids))
+    assert performance._idhash.hashes([]) == []
+
+
+@pytest.mark.parametrize(("bad", "error"), [(["ok", "\ud800"], UnicodeEncodeError),
+                                            (["ok", 3], TypeError),
+                                            (["ok", b"raw"], TypeError)])
+def test_same_errors_as_hashlib(bad: list[object], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        _hashlib_hashes(bad)  # type: ignore[arg-type]
+    with pytest.raises(error):
+        performance._idhash.hashes(bad)  # type: ignore[arg-type]
