@@ -358,3 +358,23 @@ def test_a_profile_builds_its_skew_bank_once_and_its_series_share_it() -> None:
                        reference_size=ref.rows, bank=fr.bank)
     assert own._seq is not None and own._seq.alternatives is not fr.bank
     assert own._seq.alternatives.run_length == 1e5
+
+
+def test_calibration_does_not_depend_on_the_kept_draw() -> None:
+    """A feature's skew and drift calibrations share their bootstrap windows (the last
+    draw is kept): each must come out as if drawn alone, in any order."""
+    from detectors import skew
+
+    shares = np.random.default_rng(3).dirichlet(np.ones(12))
+    other = np.random.default_rng(4).dirichlet(np.ones(12))
+    calls = [(shares, 20_000), (shares, 8_000), (other, 8_000), (shares, None), (shares, 8_000)]
+    alone = []
+    for ref, baseline in calls:
+        skew._last_windows = None
+        alone.append(calibrate(ref, 2000, 500, 6.048e7, baseline=baseline))
+    skew._last_windows = None
+    in_turn = [calibrate(ref, 2000, 500, 6.048e7, baseline=b) for ref, b in calls]
+    assert in_turn == alone
+    assert alone[0] != alone[1] != alone[2]  # the calls differ: the test could fail
+    kept = skew._last_windows
+    assert kept is not None and not kept[1].flags.writeable  # nobody can change it
