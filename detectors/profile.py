@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -274,5 +275,5 @@ class FeatureBins:
         # Values folded into __other__ at build time are unknown here: a value the
         # reference had but did not list counts as "other" only if __other__ exists.
         fallback = other if self.reference[other] > 0 else unseen
-        get = self.index.get
-        return np.array([get(v, fallback) for v in values], dtype=np.int64)
+        return np.fromiter(map(self.index.get, values, repeat(fallback)), dtype=np.int64,
+                           count=len(values))

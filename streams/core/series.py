@@ -34,6 +34,8 @@ __all__ = ["Series", "ReferenceLookup", "SeriesRows", "series_rows", "series_pai
 
 ReferenceLookup = Callable[[str], "Reference | None"]
 _NUMBER = (int, float)
+_NUMBER_TYPES = frozenset(_NUMBER)
+_STR = frozenset({str})
 
 
 class Series:
@@ -266,13 +268,26 @@ def compare(dets: list[SkewDetector | DriftDetector], values: list[Any],
 
 
 def numbers(values: Sequence[Any]) -> np.ndarray:
-    """Numbers as floats; anything else (None, text, bool) as NaN."""
+    """Numbers as floats; anything else (None, text, bool) as NaN.
+
+    >>> numbers([1, 2.5, None, "x", True]).tolist()
+    [1.0, 2.5, nan, nan, nan]
+    """
+    if set(map(type, values)) <= _NUMBER_TYPES:  # the usual case: one C-level pass
+        return np.array(values, dtype=float).reshape(len(values))
     return np.fromiter((v if type(v) in _NUMBER else np.nan for v in values), dtype=float,
                        count=len(values))
 
 
 def categories(values: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
-    """The mask of present values, and those values as category keys."""
+    """The mask of present values, and those values as category keys.
+
+    >>> present, cats = categories(["a", None, True, 3])
+    >>> present.tolist(), cats
+    ([True, False, True, True], ['a', 'true', '3'])
+    """
+    if set(map(type, values)) == _STR:  # the usual case: every value present, a string
+        return np.ones(len(values), dtype=bool), list(values)
     present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
     return present, [v if type(v) is str else category_key(v) for v in values if v is not None]
 
