@@ -234,9 +234,10 @@ class QualityDetector:
                 c["non_finite"] += int(inf.sum())
                 finite = x[~(nan | inf)]
                 c["out_of_range"] += int(((finite < spec.lo) | (finite > spec.hi)).sum())
-            else:
-                c["type_mismatch"] += sum(type(v) in (dict, list) for v in values
-                                          if v is not None and type(v) is not str)
+            else:  # an object or an array is no category (a number or a bool is one)
+                types = set(map(type, values))
+                if dict in types or list in types:
+                    c["type_mismatch"] += sum(type(v) in (dict, list) for v in values)
         if cols.extra:
             extra, known = cols.extra, self._unknown
             for f in cols.events[a:b]:

@@ -59,6 +59,17 @@ def test_each_issue_fires_when_its_rate_moves() -> None:
     assert active(detector(), rows(2000, 6, extra=True)) == {"schema:unknown_features"}
 
 
+def test_objects_and_arrays_in_a_categorical_feature_are_type_mismatches() -> None:
+    feats = rows(2000, 10)
+    for i, f in enumerate(feats[::20]):  # 5 %: objects and arrays, never a category
+        f["country"] = {"nested": True} if i % 2 else ["FR"]
+    assert active(detector(), feats) == {"country:type_mismatch"}
+    scalars = rows(2000, 11)
+    for f in scalars[::20]:  # numbers and bools are categories of their own: no mismatch
+        f["country"] = 7
+    assert active(detector(), scalars) == set()
+
+
 def test_a_tiny_excess_on_a_huge_window_is_not_an_incident() -> None:
     det = QualityDetector("m", "v1", specs=SPECS, window=200_000, run_length=6.048e9)
     # 2.5 % missing against 2 %: significant on 200,000 events, but under min_excess.
