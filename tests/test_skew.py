@@ -378,3 +378,6 @@ def test_calibration_does_not_depend_on_the_kept_draw() -> None:
     assert alone[0] != alone[1] != alone[2]  # the calls differ: the test could fail
     kept = skew._last_windows
     assert kept is not None and not kept[1].flags.writeable  # nobody can change it
+    wide = np.full(300, 1 / 300)  # 2,000 windows of 300 bins: 4.8 MB, not kept
+    assert calibrate(wide, 2000, 500, 6.048e7) == calibrate(wide, 2000, 500, 6.048e7)
+    assert skew._last_windows is None
