@@ -108,6 +108,11 @@ def id_hashes(event_ids: Sequence[str]) -> list[int]:
     return _hashlib_hashes(event_ids)
 
 
+def id_hash_loop() -> str:
+    """Which loop hashes event ids (the worker logs it when it starts folding)."""
+    return "compiled (detectors/_idhash.c)" if _idhash is not None else "hashlib"
+
+
 def _hashlib_hashes(event_ids: Sequence[str]) -> list[int]:
     """:func:`id_hashes` without the compiled loop (and its reference)."""
     blake = partial(hashlib.blake2b, digest_size=8)

@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from alerting import flagger
 from alerting.manager import Silence
 from detectors.contract import rfc3339
+from detectors.performance import id_hash_loop
 from detectors.sequential import loop as sequential_loop
 from streams.core.operations import OperationsProcessor, OpsOutbox, PoolState
 from streams.core.predictions import InMessage, Outbox, PredictionProcessor
@@ -207,8 +208,8 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         agent = "predictions" if kind == "inputs" else "operations"
         if agent not in started_folding:  # once: when the worker starts to read its inputs
             started_folding.add(agent)
-            log.info("%s: the first slice arrived (%d messages); sequential tests: %s", agent,
-                     len(part), sequential_loop())
+            log.info("%s: the first slice arrived (%d messages); sequential tests: %s; "
+                     "event-id hashes: %s", agent, len(part), sequential_loop(), id_hash_loop())
         lag.seen(part)
         messages = messages_of(part)
         started = time.perf_counter()
