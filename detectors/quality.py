@@ -31,7 +31,7 @@ from scipy import special
 from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
 
-__all__ = ["FeatureSpec", "FeatureColumns", "QualityDetector", "ISSUES"]
+__all__ = ["FeatureSpec", "FeatureColumns", "QualityDetector", "ISSUES", "floats"]
 
 ISSUES = ("missing", "type_mismatch", "non_finite", "out_of_range")
 _NUMBER = (int, float)
@@ -65,7 +65,7 @@ class FeatureColumns:
             except KeyError:
                 values[n] = [f.get(n) for f in events]
                 whole = False
-        numbers = {n: _floats(values[n]) for n in names if n in numeric}
+        numbers = {n: floats(values[n]) for n in names if n in numeric}
         if whole and events and max(map(len, events)) == len(names):
             return cls(values, numbers, events, frozenset())  # no key but the names
         seen = set().union(*events) if events else set()
@@ -75,8 +75,12 @@ class FeatureColumns:
         return len(self.events)
 
 
-def _floats(values: list[Any]) -> np.ndarray:
-    """Numbers as floats; anything else (None, text, bool) as NaN."""
+def floats(values: Sequence[Any]) -> np.ndarray:
+    """Numbers as floats; anything else (None, text, bool) as NaN.
+
+    >>> floats([1, 2.5, None, "x", True]).tolist()
+    [1.0, 2.5, nan, nan, nan]
+    """
     if set(map(type, values)) <= _NUMBER_TYPES:
         return np.array(values, dtype=float).reshape(len(values))
     return np.fromiter((v if type(v) in _NUMBER else np.nan for v in values), dtype=float,

@@ -22,7 +22,7 @@ from detectors.base import Batch, Signal
 from detectors.drift import DriftDetector
 from detectors.errors import ErrorRateSpike
 from detectors.profile import build_profile, category_key
-from detectors.quality import FeatureColumns, QualityDetector
+from detectors.quality import FeatureColumns, QualityDetector, floats
 from detectors.skew import SkewDetector
 from detectors.slo import BurnRate, BurnRule, LatencyThreshold
 from detectors.windows import WindowStats
@@ -33,8 +33,6 @@ __all__ = ["Series", "ReferenceLookup", "SeriesRows", "series_rows", "series_pai
            "compare", "numbers", "categories"]
 
 ReferenceLookup = Callable[[str], "Reference | None"]
-_NUMBER = (int, float)
-_NUMBER_TYPES = frozenset(_NUMBER)
 _STR = frozenset({str})
 
 
@@ -221,13 +219,13 @@ def series_rows(frame: pl.DataFrame) -> SeriesRows:
     ...     {"version": ["v1", "v2", "v1"], "cohort": ["stable", "canary", "stable"]}))]
     [(('v1', 'stable'), [0, 2]), (('v2', 'canary'), [1])]
     """
-    versions, cohorts = frame["version"], frame["cohort"]
-    if versions.n_unique() == 1 and cohorts.n_unique() == 1:  # the usual case: one series
-        return [((str(versions[0]), str(cohorts[0])), np.arange(frame.height))]
-    pairs = frame.select("version", "cohort").unique(maintain_order=True)
-    if pairs.height <= _MASKED_SERIES:  # a rollout's two or three: a mask each
-        return [((str(v), str(c)), np.flatnonzero(((versions == v) & (cohorts == c)).to_numpy()))
-                for v, c in pairs.iter_rows()]
+    pairs = series_pairs(frame)
+    if len(pairs) == 1:  # the usual case: one series
+        return [(pairs[0], np.arange(frame.height))]
+    if len(pairs) <= _MASKED_SERIES:  # a rollout's two or three: a mask each
+        versions, cohorts = frame["version"], frame["cohort"]
+        return [((v, c), np.flatnonzero(((versions == v) & (cohorts == c)).to_numpy()))
+                for v, c in pairs]
     keys = frame.select("version", "cohort").with_row_index("row")
     return [((str(v), str(c)), part["row"].to_numpy())
             for (v, c), part in keys.group_by(["version", "cohort"], maintain_order=True)]
@@ -268,15 +266,9 @@ def compare(dets: list[SkewDetector | DriftDetector], values: list[Any],
 
 
 def numbers(values: Sequence[Any]) -> np.ndarray:
-    """Numbers as floats; anything else (None, text, bool) as NaN.
-
-    >>> numbers([1, 2.5, None, "x", True]).tolist()
-    [1.0, 2.5, nan, nan, nan]
-    """
-    if set(map(type, values)) <= _NUMBER_TYPES:  # the usual case: one C-level pass
-        return np.array(values, dtype=float).reshape(len(values))
-    return np.fromiter((v if type(v) in _NUMBER else np.nan for v in values), dtype=float,
-                       count=len(values))
+    """Numbers as floats; anything else (None, text, bool) as NaN (the features'
+    conversion, :func:`detectors.quality.floats`, for the predictions)."""
+    return floats(values)
 
 
 def categories(values: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
