@@ -7,6 +7,7 @@ reach a real broker); the agents run under ``test_context()``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -218,13 +219,13 @@ async def test_silences_past_the_cap_are_refused_once_the_expired_ones_are_gone(
 
 
 class FakeConsumer:
-    def __init__(self, high: dict[TP, int], position: dict[TP, int]) -> None:
+    def __init__(self, high: dict[TP, int | None], position: dict[TP, int]) -> None:
         self.high, self.pos = high, position
 
     def assignment(self) -> set[TP]:
         return set(self.high)
 
-    def highwater(self, tp: TP) -> int:
+    def highwater(self, tp: TP) -> int | None:
         return self.high[tp]
 
     async def position(self, tp: TP) -> int:
@@ -241,6 +242,41 @@ async def test_a_partition_is_behind_when_messages_wait_and_the_last_read_is_old
     # 0: never read, a backlog; 1: read half a second ago, keeping up; 2: caught up
     assert await lag.behind(consumer, {"ml.predictions"}, T0) == {0}
     assert await lag.behind(consumer, {"other"}, T0) == set()
+
+
+def taken(tp: TP, offset: int, stamp: float = T0) -> Any:
+    """What Lag reads of an event."""
+    return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset, timestamp=stamp))
+
+
+async def test_a_partition_not_fetched_from_yet_is_behind() -> None:
+    # just assigned (a takeover): its high watermark is unknown until the first fetch
+    # answers, and the models restored there must not be judged idle meanwhile
+    lag = Lag(Settings())
+    new, old = TP("ml.predictions", 0), TP("ml.predictions", 1)
+    lag.seen([taken(old, 4)])
+    consumer = FakeConsumer({new: None, old: 5}, {new: 0, old: 5})
+    assert await lag.behind(consumer, {"ml.predictions"}, T0) == {0}
+    consumer.high[new] = 0  # fetched: an empty partition is caught up
+    assert await lag.behind(consumer, {"ml.predictions"}, T0) == set()
+
+
+async def test_a_revoked_partition_is_forgotten_and_offsets_read_again_are_counted() -> None:
+    lag = Lag(Settings())
+    tp = TP("ml.predictions", 0)
+    lag.seen([taken(tp, 10, T0 - 60), taken(tp, 11, T0 - 60)])
+    assert lag.rewinds == 0
+    lag.seen([taken(tp, 9), taken(tp, 10), taken(tp, 12)])  # Faust read from the commit again
+    assert (lag.rewinds, lag.jumps) == (2, 0)
+    lag.seen([taken(tp, 15)])  # 13 and 14 never handed over
+    assert (lag.rewinds, lag.jumps) == (2, 1)
+    # revoked, then assigned back after another worker read on to 40: the stale mark
+    # (11, a minute old) would make the partition look behind for good
+    lag.forget({tp})
+    consumer = FakeConsumer({tp: 41}, {tp: 41})
+    assert await lag.behind(consumer, {"ml.predictions"}, T0) == set()
+    lag.seen([taken(tp, 41)])
+    assert lag.rewinds == 2
 
 
 # -- the agents, under Faust's test_context ---------------------------------------------
@@ -322,3 +358,39 @@ async def test_a_slice_that_fails_outside_the_folding_is_counted_and_the_agent_g
                                      {"event": "slice_errors"}) == 1.0
     dead = orjson.loads(s.deadletter.send.await_args.kwargs["value"])
     assert dead["reason"].startswith("not_json")
+
+
+async def test_a_tick_and_a_slice_write_a_model_s_state_in_the_order_they_took_it(
+        wired: tuple[Any, Any]) -> None:
+    # The tick flushes m's idle window and waits for the broker to take the window's
+    # statistics; a slice of m arrives meanwhile. Had the slice run then, its newer
+    # checkpoint (and the input mark saying its message was read) would be written
+    # before the tick's older one: a takeover would restore the older state, then
+    # skip the message as read. In turns, the slice waits for the tick.
+    s, wiring = wired
+    wiring.references_loaded.set()
+    wiring.silences_loaded.set()
+    agent = wiring.agents["predictions"]
+    acked = asyncio.Event()
+
+    async def slow_stats(**kwargs: Any) -> None:
+        await acked.wait()
+
+    s.stats.send = slow_stats
+    written = s.state.send_changelog
+    now = time.time()
+    first = {"event_id": "e1", "ts": now, "model": "m", "version": "v1", "latency_ms": 5.0}
+    async with agent.test_context() as test:
+        await test.put(value=orjson.dumps(first), key=b"m")
+        await until(lambda: written.called)
+        tick = asyncio.create_task(wiring.ticks["predictions"](now=now + 3600))
+        await until(lambda: bool(acked._waiters))  # the tick waits for its acks
+        await test.put(value=orjson.dumps({**first, "event_id": "e2"}), key=b"m")
+        # the slice has waited for its turn, or (out of turn) written its checkpoint
+        turn = wiring.turns["predictions"]
+        await until(lambda: bool(turn._waiters) or written.call_count >= 4)
+        acked.set()
+        await tick
+        await until(lambda: written.call_count >= 4)  # both turns wrote their checkpoints
+    states = [orjson.loads(c.args[2]) for c in written.call_args_list if c.args[1] == "m"]
+    assert [st["offsets"] for st in states] == [{"0": 0}, {"0": 0}, {"0": 1}], states

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -101,6 +101,8 @@ class Wiring:
     references_loaded: asyncio.Event
     silences_loaded: asyncio.Event
     agents: dict[str, Any]
+    ticks: dict[str, Callable[..., Awaitable[None]]]  # the timers' checks; now= for tests
+    turns: dict[str, asyncio.Lock]  # one slice or tick at a time per processor
 
 
 def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring:
@@ -203,9 +205,19 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
             metrics.guards.labels("slice_errors").inc()
 
     started_folding: set[str] = set()
+    # One turn at a time per processor: a slice and a wall-clock tick each take a
+    # snapshot of the state they changed, then wait for their outputs' acks before
+    # writing it. Interleaved, a tick's older snapshot of a model could land on the
+    # changelog after a slice's newer one (and after the input mark that says the
+    # slice was read): a takeover would restore the old state and skip the slice.
+    turns = {"predictions": asyncio.Lock(), "operations": asyncio.Lock()}
 
     async def fold_and_publish(part: Sequence[EventT], kind: str) -> None:
         agent = "predictions" if kind == "inputs" else "operations"
+        async with turns[agent]:
+            await fold_and_publish_now(part, agent)
+
+    async def fold_and_publish_now(part: Sequence[EventT], agent: str) -> None:
         if agent not in started_folding:  # once: when the worker starts to read its inputs
             started_folding.add(agent)
             log.info("%s: the first slice arrived (%d messages); sequential tests: %s; "
@@ -213,7 +225,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         lag.seen(part)
         messages = messages_of(part)
         started = time.perf_counter()
-        if kind == "inputs":
+        if agent == "predictions":
             box: Outbox | OpsOutbox = pipeline.process_safely(messages, time.time(),
                                                               models.saved)
             metrics.events.labels(topic_name).inc(box.events)
@@ -275,15 +287,28 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in topics}
         return owned_records(table.data, actives)
 
+    async def ops_tick(now: float | None = None) -> None:
+        """The operations' wall-clock checks, in their processor's turn."""
+        async with turns["operations"]:
+            now = time.time() if now is None else now
+            behind = await lag.behind(app.consumer, set(s.operations.topics), now)
+            await publish(ops.tick(now, owned(s.ops_state, set(s.operations.topics)),
+                                   operations.saved, behind))
+
+    async def predictions_tick(now: float | None = None) -> None:
+        """The models' wall-clock checks, in their processor's turn."""
+        async with turns["predictions"]:
+            now = time.time() if now is None else now
+            behind = await lag.behind(app.consumer, {topic_name}, now)
+            await publish(pipeline.tick(now, owned(s.state, {topic_name}), models.saved,
+                                        behind))
+
     @app.timer(settings.worker.tick_s, name="sentinelle.ops_wall_clock_checks")
     async def ops_wall_clock_checks() -> None:
         if not loaded():
             return
         try:
-            now = time.time()
-            behind = await lag.behind(app.consumer, set(s.operations.topics), now)
-            await publish(ops.tick(now, owned(s.ops_state, set(s.operations.topics)),
-                                   operations.saved, behind))
+            await ops_tick()
         except Exception:
             log.exception("the operations' wall-clock checks failed; trying again next tick")
             metrics.guards.labels("tick_errors").inc()
@@ -293,10 +318,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         if not loaded():
             return
         try:
-            now = time.time()
-            behind = await lag.behind(app.consumer, {topic_name}, now)
-            await publish(pipeline.tick(now, owned(s.state, {topic_name}), models.saved,
-                                        behind))
+            await predictions_tick()
             metrics.set_lag(await lag.lags(app.consumer, set(s.inputs.topics)
                                            | set(s.operations.topics)))
         except Exception:
@@ -308,6 +330,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         # The memory store keeps revoked partitions' keys; drop them, or this
         # worker would keep checking models another worker now owns.
         ours = {topic_name, *s.operations.topics}
+        lag.forget(revoked)
         parts = {tp.partition for tp in revoked if tp.topic in ours}
         metrics.forget_models(pipeline.revoke(parts))
         ops.revoke(parts)
@@ -488,4 +511,5 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
                         status=200 if not reasons else 503)
 
     return Wiring(pipeline, ops, publisher, references_loaded, silences_loaded,
-                  {"predictions": watch_predictions, "operations": watch_operations})
+                  {"predictions": watch_predictions, "operations": watch_operations},
+                  {"predictions": predictions_tick, "operations": ops_tick}, turns)

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -393,18 +393,60 @@ class Lag:
 
     A partition is behind when messages wait unread there and the last one read
     was produced more than a few seconds ago (a backlog, or a partition the
-    consumer has not fetched from lately): its models' silence is not theirs, so
-    no outage, no idle flush, no expiry there (see
-    :meth:`streams.core.monitor.ModelMonitor.tick`).
+    consumer has not fetched from lately), or when the worker does not know yet
+    (a partition just assigned, before its first fetch answers with its high
+    watermark): its models' silence is not theirs, so no outage, no idle flush,
+    no expiry there (see :meth:`streams.core.monitor.ModelMonitor.tick`).
+
+    It also watches the order Faust hands messages over in: within one
+    assignment a partition's offsets only go up. An offset at or below the
+    highest one read so far (``rewinds``: Faust re-reads from the committed
+    offset after a rebalance, and has known reorder bugs around one) is logged,
+    as are a gap (``jumps``: offsets never handed over; normal only on a topic
+    with transactions or compaction) and the first read of each partition, so a
+    lost or doubled input can be traced.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.read: dict[TP, tuple[int, float | None]] = {}  # last (offset, Kafka timestamp)
         self.late_by = max(2.0, 2 * settings.worker.batch_within_s)
+        self.top: dict[TP, int] = {}  # the highest offset read in this assignment
+        self.rewinds = 0  # offsets read at or below it: replays, or out of order
+        self.jumps = 0    # offsets read past it by more than one: gaps
 
     def seen(self, events: Sequence[EventT]) -> None:
+        read, top = self.read, self.top
+        back: dict[TP, list[int]] = {}  # per partition: first offset re-read, after, count
+        skip: dict[TP, list[int]] = {}  # per partition: first offsets jumped, count
         for e in events:
-            self.read[e.message.tp] = (e.message.offset, e.message.timestamp)
+            m = e.message
+            high = top.get(m.tp)
+            if high is None:
+                log.info("%s[%d]: first message read at offset %d", m.tp.topic, m.tp.partition,
+                         m.offset)
+            elif m.offset <= high:
+                self.rewinds += 1
+                back.setdefault(m.tp, [m.offset, high, 0])[2] += 1
+            elif m.offset > high + 1:
+                self.jumps += 1
+                skip.setdefault(m.tp, [high + 1, m.offset - 1, 0])[2] += 1
+            if high is None or m.offset > high:
+                top[m.tp] = m.offset
+            read[m.tp] = (m.offset, m.timestamp)
+        for tp, (offset, after, n) in back.items():
+            log.info("%s[%d]: offset %d read after %d (a replay, or out of order); %d such "
+                     "in this slice", tp.topic, tp.partition, offset, after, n)
+        for tp, (first, last, n) in skip.items():
+            log.info("%s[%d]: offsets %d-%d not handed over (compacted, transaction markers, "
+                     "or skipped); %d such gaps in this slice", tp.topic, tp.partition, first,
+                     last, n)
+
+    def forget(self, revoked: Iterable[TP]) -> None:
+        """A revoked partition's last read is stale: if it comes back, another worker
+        may have read on from there."""
+        for tp in revoked:
+            self.read.pop(tp, None)
+            self.top.pop(tp, None)
 
     async def lags(self, consumer: Any, topics: set[str]) -> dict[tuple[str, int], int]:
         """Messages not yet processed per assigned partition of ``topics``: the high
@@ -431,9 +473,12 @@ class Lag:
                 if tp.topic not in topics:
                     continue
                 high = consumer.highwater(tp)
+                if high is None:  # not fetched from yet (just assigned): unknown
+                    out.add(tp.partition)
+                    continue
                 done, stamp = self.read.get(tp, (None, None))
                 position = done + 1 if done is not None else await consumer.position(tp)
-                if high is None or position is None or high <= position:
+                if position is None or high <= position:
                     continue  # caught up
                 if stamp is None or now - stamp > self.late_by:
                     out.add(tp.partition)
