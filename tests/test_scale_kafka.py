@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,6 +52,17 @@ def resolved(w: WorkerProcess) -> set[str]:
     return set(re.findall(r"alert resolve latency_slo:(model-\d+):", w.log()))
 
 
+def per_window(stats: list[dict[str, Any]]) -> dict[str, list[tuple[str, int]]]:
+    """Each model's windows (start, count) in the order published: a failure's evidence."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for s in stats:
+        out.setdefault(s["model"], []).append((s["window"]["start"][11:19], s["count"]))
+    return out
+
+
+SENT: list[tuple[str, int, int, int]] = []  # (model, window, partition, offset): evidence
+
+
 async def send_windows(servers: str, topic: str, t0: float, first: int, last: int,
                        slow_window: int | None = None,
                        started: asyncio.Event | None = None) -> int:
@@ -62,7 +74,8 @@ async def send_windows(servers: str, topic: str, t0: float, first: int, last: in
         for m in MODELS:
             latency = 900.0 if (w == slow_window and m in SLOW) else 50.0
             batch = events(m, t0 + w * WINDOW, 30, latency, seed=w)
-            await produce(servers, topic, [batch], key=m.encode())
+            [meta] = await produce(servers, topic, [batch], key=m.encode())
+            SENT.append((m, w, meta.partition, meta.offset))
             n += len(batch)
             if started is not None:
                 started.set()
@@ -72,13 +85,15 @@ async def send_windows(servers: str, topic: str, t0: float, first: int, last: in
 async def test_a_killed_worker_is_taken_over_with_its_state(kafka_bootstrap: str,
                                                            tmp_path: Path) -> None:
     cfg = test_config(f"t{uuid.uuid4().hex[:10]}", CFG)
+    SENT.clear()
     a = WorkerProcess(kafka_bootstrap, cfg, tmp_path, "a").start()
     b = WorkerProcess(kafka_bootstrap, cfg, tmp_path, "b").start()
     topic = cfg["topics"]["predictions"]
     t0 = time.time() - 900
     try:
         async with Collector(kafka_bootstrap, cfg["topics"]["alerts"]) as alerts, \
-                Collector(kafka_bootstrap, cfg["topics"]["stats"]) as stats:
+                Collector(kafka_bootstrap, cfg["topics"]["stats"]) as stats, \
+                Collector(kafka_bootstrap, cfg["topics"]["deadletter"]) as dead:
             sent = await send_windows(kafka_bootstrap, topic, t0, 0, 2, slow_window=2)
             sent += await send_windows(kafka_bootstrap, topic, t0, 3, 3)  # closes window 2
             await alerts.until(lambda r: {a["dedup_key"] for a in r}
@@ -103,8 +118,14 @@ async def test_a_killed_worker_is_taken_over_with_its_state(kafka_bootstrap: str
                                           a["event_action"] == "resolve"}
                                >= {f"latency_slo:{m}:v1:p99" for m in SLOW},
                                timeout=120, what="every slow model's alert resolved")
-            await stats.until(lambda r: sum(s["count"] for s in r) >= sent, timeout=90,
-                              what="every prediction counted")
+            try:
+                await stats.until(lambda r: sum(s["count"] for s in r) >= sent, timeout=90,
+                                  what="every prediction counted")
+            except AssertionError as exc:  # which model fell short, and what was dead-lettered
+                raise AssertionError(f"{exc}\nper model: {per_window(stats.records)}\n"
+                                     f"sent (model, window, partition, offset): {SENT}\n"
+                                     f"dead letters: {dead.records[:5]}\n"
+                                     f"a: {a.log()[-4000:]}\nb: {b.log()[-2000:]}") from None
             assert a.proc is not None and a.proc.poll() is None, a.log()[-3000:]
     finally:
         a.stop()
