@@ -222,7 +222,9 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
             started_folding.add(agent)
             log.info("%s: the first slice arrived (%d messages); sequential tests: %s; "
                      "event-id hashes: %s", agent, len(part), sequential_loop(), id_hash_loop())
-        lag.seen(part)
+        reordered = lag.seen(part)
+        if reordered:
+            metrics.guards.labels("input_reordered").inc(reordered)
         messages = messages_of(part)
         started = time.perf_counter()
         if agent == "predictions":

@@ -131,8 +131,8 @@ def make_metrics(registry: CollectorRegistry, process: bool = True,
         commands=Counter("sentinelle_commands_total", "Deployment commands published",
                          ["action", "model"], registry=registry),
         guards=Counter("sentinelle_guard_total", "Errors isolated and caps applied: fold_errors, "
-                       "slice_errors, tick_errors, follower_errors, state_reset, evicted_* and "
-                       "refused_* "
+                       "slice_errors, tick_errors, follower_errors, state_reset, input_reordered, "
+                       "evicted_* and refused_* "
                        "(models, series, metrics, operations, silences)", ["event"],
                        registry=registry),
         state_writes=Counter("sentinelle_state_writes_total", "Changelog records written "

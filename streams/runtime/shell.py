@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -404,7 +404,9 @@ class Lag:
     offset after a rebalance, and has known reorder bugs around one) is logged,
     as are a gap (``jumps``: offsets never handed over; normal only on a topic
     with transactions or compaction) and the first read of each partition, so a
-    lost or doubled input can be traced.
+    lost or doubled input can be traced. An offset handed over late into such a
+    gap is an input lost (the state's marks skip it as read): logged as an error
+    and counted (``input_reordered``).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -413,11 +415,15 @@ class Lag:
         self.top: dict[TP, int] = {}  # the highest offset read in this assignment
         self.rewinds = 0  # offsets read at or below it: replays, or out of order
         self.jumps = 0    # offsets read past it by more than one: gaps
+        self.gaps: dict[TP, deque[tuple[int, int]]] = {}  # the last 16 gaps, per partition
 
-    def seen(self, events: Sequence[EventT]) -> None:
+    def seen(self, events: Sequence[EventT]) -> int:
+        """Note what was read; return how many messages came out of order into a gap
+        (each one logged: the state's marks will skip it as read, so it is lost)."""
         read, top = self.read, self.top
         back: dict[TP, list[int]] = {}  # per partition: first offset re-read, after, count
         skip: dict[TP, list[int]] = {}  # per partition: first offsets jumped, count
+        lost = 0
         for e in events:
             m = e.message
             high = top.get(m.tp)
@@ -427,9 +433,15 @@ class Lag:
             elif m.offset <= high:
                 self.rewinds += 1
                 back.setdefault(m.tp, [m.offset, high, 0])[2] += 1
+                if self._fills_gap(m.tp, m.offset):
+                    lost += 1
+                    log.error("%s[%d]: offset %d handed over after %d, out of order: the "
+                              "state's input marks skip it as read (a Faust reorder); this "
+                              "input is not folded", m.tp.topic, m.tp.partition, m.offset, high)
             elif m.offset > high + 1:
                 self.jumps += 1
                 skip.setdefault(m.tp, [high + 1, m.offset - 1, 0])[2] += 1
+                self.gaps.setdefault(m.tp, deque(maxlen=16)).append((high + 1, m.offset - 1))
             if high is None or m.offset > high:
                 top[m.tp] = m.offset
             read[m.tp] = (m.offset, m.timestamp)
@@ -440,6 +452,20 @@ class Lag:
             log.info("%s[%d]: offsets %d-%d not handed over (compacted, transaction markers, "
                      "or skipped); %d such gaps in this slice", tp.topic, tp.partition, first,
                      last, n)
+        return lost
+
+    def _fills_gap(self, tp: TP, offset: int) -> bool:
+        """Whether ``offset`` lies in a gap this assignment skipped (it is then taken out)."""
+        gaps = self.gaps.get(tp)
+        if not gaps:
+            return False
+        for i, (first, last) in enumerate(gaps):
+            if first <= offset <= last:
+                del gaps[i]
+                gaps.extend(g for g in ((first, offset - 1), (offset + 1, last))
+                            if g[0] <= g[1])
+                return True
+        return False
 
     def forget(self, revoked: Iterable[TP]) -> None:
         """A revoked partition's last read is stale: if it comes back, another worker
@@ -447,6 +473,7 @@ class Lag:
         for tp in revoked:
             self.read.pop(tp, None)
             self.top.pop(tp, None)
+            self.gaps.pop(tp, None)
 
     async def lags(self, consumer: Any, topics: set[str]) -> dict[tuple[str, int], int]:
         """Messages not yet processed per assigned partition of ``topics``: the high
