@@ -60,14 +60,12 @@ def per_window(stats: list[dict[str, Any]]) -> dict[str, list[tuple[str, int]]]:
     return out
 
 
-SENT: list[tuple[str, int, int, int]] = []  # (model, window, partition, offset): evidence
-
-
 async def send_windows(servers: str, topic: str, t0: float, first: int, last: int,
-                       slow_window: int | None = None,
+                       log: list[tuple[str, int, int, int]], slow_window: int | None = None,
                        started: asyncio.Event | None = None) -> int:
     """Windows ``first..last`` of every model (30 events each); the slow models are slow in
-    ``slow_window``; ``started`` is set once the first model's first batch is sent.
+    ``slow_window``; ``started`` is set once the first model's first batch is sent; each
+    message's (model, window, partition, offset) goes to ``log``.
     Returns the number of events sent."""
     n = 0
     for w in range(first, last + 1):
@@ -75,7 +73,7 @@ async def send_windows(servers: str, topic: str, t0: float, first: int, last: in
             latency = 900.0 if (w == slow_window and m in SLOW) else 50.0
             batch = events(m, t0 + w * WINDOW, 30, latency, seed=w)
             [meta] = await produce(servers, topic, [batch], key=m.encode())
-            SENT.append((m, w, meta.partition, meta.offset))
+            log.append((m, w, meta.partition, meta.offset))
             n += len(batch)
             if started is not None:
                 started.set()
@@ -85,7 +83,7 @@ async def send_windows(servers: str, topic: str, t0: float, first: int, last: in
 async def test_a_killed_worker_is_taken_over_with_its_state(kafka_bootstrap: str,
                                                            tmp_path: Path) -> None:
     cfg = test_config(f"t{uuid.uuid4().hex[:10]}", CFG)
-    SENT.clear()
+    log: list[tuple[str, int, int, int]] = []  # every message sent: a failure's evidence
     a = WorkerProcess(kafka_bootstrap, cfg, tmp_path, "a").start()
     b = WorkerProcess(kafka_bootstrap, cfg, tmp_path, "b").start()
     topic = cfg["topics"]["predictions"]
@@ -94,8 +92,8 @@ async def test_a_killed_worker_is_taken_over_with_its_state(kafka_bootstrap: str
         async with Collector(kafka_bootstrap, cfg["topics"]["alerts"]) as alerts, \
                 Collector(kafka_bootstrap, cfg["topics"]["stats"]) as stats, \
                 Collector(kafka_bootstrap, cfg["topics"]["deadletter"]) as dead:
-            sent = await send_windows(kafka_bootstrap, topic, t0, 0, 2, slow_window=2)
-            sent += await send_windows(kafka_bootstrap, topic, t0, 3, 3)  # closes window 2
+            sent = await send_windows(kafka_bootstrap, topic, t0, 0, 2, log, slow_window=2)
+            sent += await send_windows(kafka_bootstrap, topic, t0, 3, 3, log)  # closes window 2
             await alerts.until(lambda r: {a["dedup_key"] for a in r}
                                >= {f"latency_slo:{m}:v1:p99" for m in SLOW},
                                what="every slow model's alert")
@@ -103,7 +101,7 @@ async def test_a_killed_worker_is_taken_over_with_its_state(kafka_bootstrap: str
                 "both workers own some slow models"
             # mid-stream: the rest of the traffic is on its way while b dies
             midway = asyncio.Event()
-            rest = asyncio.create_task(send_windows(kafka_bootstrap, topic, t0, 4, 6,
+            rest = asyncio.create_task(send_windows(kafka_bootstrap, topic, t0, 4, 6, log,
                                                     started=midway))
             await midway.wait()
             assert b.proc is not None
@@ -123,7 +121,7 @@ async def test_a_killed_worker_is_taken_over_with_its_state(kafka_bootstrap: str
                                   what="every prediction counted")
             except AssertionError as exc:  # which model fell short, and what was dead-lettered
                 raise AssertionError(f"{exc}\nper model: {per_window(stats.records)}\n"
-                                     f"sent (model, window, partition, offset): {SENT}\n"
+                                     f"sent (model, window, partition, offset): {log}\n"
                                      f"dead letters: {dead.records[:5]}\n"
                                      f"a: {a.log()[-4000:]}\nb: {b.log()[-2000:]}") from None
             assert a.proc is not None and a.proc.poll() is None, a.log()[-3000:]

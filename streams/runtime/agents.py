@@ -289,21 +289,18 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic in topics}
         return owned_records(table.data, actives)
 
-    async def ops_tick(now: float | None = None) -> None:
-        """The operations' wall-clock checks, in their processor's turn."""
-        async with turns["operations"]:
-            now = time.time() if now is None else now
-            behind = await lag.behind(app.consumer, set(s.operations.topics), now)
-            await publish(ops.tick(now, owned(s.ops_state, set(s.operations.topics)),
-                                   operations.saved, behind))
+    def ticker(name: str, processor: PredictionProcessor | OperationsProcessor, table: Any,
+               topics: set[str], writer: StateWriter) -> Callable[..., Awaitable[None]]:
+        """A processor's wall-clock checks, in its turn."""
+        async def tick(now: float | None = None) -> None:
+            async with turns[name]:
+                now = time.time() if now is None else now
+                behind = await lag.behind(app.consumer, topics, now)
+                await publish(processor.tick(now, owned(table, topics), writer.saved, behind))
+        return tick
 
-    async def predictions_tick(now: float | None = None) -> None:
-        """The models' wall-clock checks, in their processor's turn."""
-        async with turns["predictions"]:
-            now = time.time() if now is None else now
-            behind = await lag.behind(app.consumer, {topic_name}, now)
-            await publish(pipeline.tick(now, owned(s.state, {topic_name}), models.saved,
-                                        behind))
+    ops_tick = ticker("operations", ops, s.ops_state, set(s.operations.topics), operations)
+    predictions_tick = ticker("predictions", pipeline, s.state, {topic_name}, models)
 
     @app.timer(settings.worker.tick_s, name="sentinelle.ops_wall_clock_checks")
     async def ops_wall_clock_checks() -> None:
