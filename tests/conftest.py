@@ -117,6 +117,15 @@ class WorkerProcess:
                                  f"{self.log()[-4000:]}")
         raise AssertionError(f"worker exited with {self.proc.wait()}:\n{self.log()}")
 
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to the group, no flush. Returns once the output pipe is
+        read to its end, so :meth:`log` holds every line the worker wrote."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+
     def stop(self) -> None:
         stop_process(self.proc, grace_s=30)  # Faust leaves the group and commits on SIGTERM
         if self._reader is not None:

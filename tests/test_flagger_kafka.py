@@ -75,6 +75,9 @@ async def test_flagger_gates_through_validation_approval_and_rollback(
             "reason": "v8 validates worse", "alert_dedup_keys": [], "requires_approval": False,
             "issued_at": rfc3339(now)}], key=b"fraud-scorer")
         await until("confirm-rollout", v8, 403)
+        # The gate's alert alone answers 403; the pause, read by another consumer, must be
+        # in too before the rollout starts (a later `started` resets the verdict).
+        await until("rollout", v8, 409)
         # a fixed v8 validates, and its rollout starts
         await produce(servers, t["alerts"], [gate_alert("resolve", now + 1)],
                       key=b"fraud-scorer")
