@@ -125,9 +125,8 @@ async def test_a_killed_worker_is_taken_over_with_its_state(kafka_bootstrap: str
             try:
                 # every model's own count, not only the sum: a window counted twice after
                 # the takeover (see the module's docstring) would make up for a missing one
-                await stats.until(lambda r: sum(s["count"] for s in r) >= sent and all(
-                    n >= 7 * 30 for n in per_model(r).values()) and len(per_model(r)) == len(
-                    MODELS), timeout=90, what="every prediction counted")
+                await stats.until(lambda r: all(per_model(r)[m] >= 7 * 30 for m in MODELS),
+                                  timeout=90, what="every prediction counted")
             except AssertionError as exc:  # which model fell short, and what was dead-lettered
                 raise AssertionError(f"{exc}\nper model: {per_window(stats.records)}\n"
                                      f"sent (model, window, partition, offset): {log}\n"
