@@ -22,14 +22,17 @@ from prometheus_client import CollectorRegistry
 from detectors.profile import build_profile
 from streams.config import Settings
 from streams.core.operations import OpsOutbox
-from streams.core.predictions import Outbox
+from streams.core.predictions import InMessage, Outbox
 from streams.core.references import ReferenceStore
 from streams.core.state import read
 from streams.runtime.metrics import Metrics, make_metrics
 from streams.runtime.shell import (
+    Gap,
+    GapFiller,
     Lag,
     Publisher,
     ReferenceLoader,
+    Seen,
     SilenceLoader,
     StateWriter,
     Topics,
@@ -269,20 +272,88 @@ async def test_a_revoked_partition_is_forgotten_and_offsets_read_again_are_count
     assert lag.rewinds == 0
     lag.seen([taken(tp, 9), taken(tp, 10), taken(tp, 12)])  # Faust read from the commit again
     assert (lag.rewinds, lag.jumps) == (2, 0)
-    assert lag.seen([taken(tp, 15)]) == 0  # 13 and 14 never handed over
+    assert lag.seen([taken(tp, 15)]) == Seen(0, [Gap(0, tp, 13, 14)])  # never handed over
     assert (lag.rewinds, lag.jumps) == (2, 1)
     # 14 handed over late (a reorder): the marks will skip it, so it is lost, and said;
     # 14 again, or 11 (read before: a replay), is not
-    assert lag.seen([taken(tp, 14), taken(tp, 14), taken(tp, 11)]) == 1
-    assert lag.seen([taken(tp, 13)]) == 1
+    assert lag.seen([taken(tp, 14), taken(tp, 14), taken(tp, 11)]).lost == 1
+    assert lag.seen([taken(tp, 13)]).lost == 1
     assert lag.gaps[tp] == deque()
     # revoked, then assigned back after another worker read on to 40: the stale mark
     # (11, a minute old) would make the partition look behind for good
     lag.forget({tp})
     consumer = FakeConsumer({tp: 41}, {tp: 41})
     assert await lag.behind(consumer, {"ml.predictions"}, T0) == set()
-    assert lag.seen([taken(tp, 41)]) == 0
+    assert lag.seen([taken(tp, 41)]) == Seen(0, [])
     assert lag.rewinds == 6  # 9, 10, 14, 14, 11, 13: none since
+
+
+async def test_a_gap_fetched_again_is_no_loss_when_faust_hands_it_over_late() -> None:
+    lag = Lag(Settings())
+    tp, other = TP("ml.predictions", 0), TP("ml.predictions", 1)
+    seen = lag.seen([taken(tp, 1), taken(other, 7), taken(tp, 4), taken(other, 9)])
+    assert seen == Seen(0, [Gap(2, tp, 2, 3), Gap(3, other, 8, 8)])
+    lag.filled([InMessage(b"", 0, 2, tp.topic), InMessage(b"", 0, 3, tp.topic)])
+    assert lag.seen([taken(tp, 3), taken(other, 8)]).lost == 1  # only 8 was not filled
+
+
+class Fetched:
+    """A :data:`Fetch` answering from a dict of offsets, counting its calls."""
+
+    def __init__(self, offsets: dict[int, bytes], fail: bool = False) -> None:
+        self.offsets, self.fail, self.calls = offsets, fail, 0
+
+    async def __call__(self, gap: Gap) -> list[InMessage]:
+        self.calls += 1
+        if self.fail:
+            raise ConnectionError("broker away")
+        return [InMessage(v, gap.tp.partition, o, gap.tp.topic)
+                for o, v in sorted(self.offsets.items()) if o >= gap.first]
+
+
+async def test_the_gap_filler_fetches_gaps_and_stops_on_a_partition_whose_gaps_are_empty(
+        ) -> None:
+    tp = TP("ml.predictions", 0)
+    fetch = Fetched({2: b"two", 3: b"three", 5: b"five"})
+    gaps = GapFiller(fetch, max_span=10, give_up_after=2)
+    got = await gaps.fill([Gap(4, tp, 2, 3), Gap(9, tp, 5, 5)])
+    assert {i: [(m.offset, m.value) for m in ms] for i, ms in got.items()} == {
+        4: [(2, b"two"), (3, b"three")], 9: [(5, b"five")]}
+    assert gaps.refetched == 3
+    assert await gaps.fill([Gap(0, tp, 20, 40)]) == {}  # wider than max_span: not fetched
+    assert fetch.calls == 2
+    # transaction markers: two gaps in a row fetch nothing, then no more fetches
+    assert await gaps.fill([Gap(0, tp, 6, 6), Gap(1, tp, 8, 8), Gap(2, tp, 10, 10)]) == {}
+    assert fetch.calls == 4
+    gaps.forget({tp})  # assigned again: fetched again
+    await gaps.fill([Gap(0, tp, 12, 12)])
+    assert fetch.calls == 5
+    failing = GapFiller(Fetched({}, fail=True))
+    assert await failing.fill([Gap(0, tp, 1, 1)]) == {} and failing.unfilled == 1
+
+
+async def test_a_message_faust_skipped_is_fetched_again_and_folded_in_its_place(
+        wired: tuple[Any, Any], registry: CollectorRegistry) -> None:
+    # Faust hands over offsets 0 and 2 of the partition, never 1 (as it did after a
+    # takeover, see GapFiller): the worker fetches 1 and folds all three, in order.
+    s, wiring = wired
+    wiring.references_loaded.set()
+    wiring.silences_loaded.set()
+    agent = wiring.agents["predictions"]
+    ev = {"event_id": "e0", "ts": T0, "model": "m", "version": "v1", "latency_ms": 5.0}
+    fetch = Fetched({1: orjson.dumps({**ev, "event_id": "e1"})})
+    wiring.gaps.fetch = fetch
+    written = s.state.send_changelog
+    async with agent.test_context() as test:
+        await test.put(value=orjson.dumps(ev), key=b"m")
+        test.sent_offset += 1  # offset 1 never reaches the agent
+        await test.put(value=orjson.dumps({**ev, "event_id": "e2"}), key=b"m")
+        await until(lambda: any(orjson.loads(c.args[2])["offsets"] == {"0": 2}
+                                for c in written.call_args_list if c.args[1] == "m"))
+    assert fetch.calls == 1
+    topic = {"topic": s.inputs.topics[0]}
+    assert registry.get_sample_value("sentinelle_events_total", topic) == 3
+    assert registry.get_sample_value("sentinelle_guard_total", {"event": "input_refetched"}) == 1
 
 
 # -- the agents, under Faust's test_context ---------------------------------------------

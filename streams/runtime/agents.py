@@ -54,6 +54,8 @@ from streams.runtime.follow import follow_topic
 from streams.runtime.kafka import client_options
 from streams.runtime.metrics import StateCollector, make_metrics
 from streams.runtime.shell import (
+    BrokerFetch,
+    GapFiller,
     Health,
     Lag,
     Publisher,
@@ -63,6 +65,7 @@ from streams.runtime.shell import (
     Topics,
     export_counts,
     owned_records,
+    splice,
 )
 from streams.runtime.tuning import tune_gc
 
@@ -103,6 +106,7 @@ class Wiring:
     agents: dict[str, Any]
     ticks: dict[str, Callable[..., Awaitable[None]]]  # the timers' checks; now= for tests
     turns: dict[str, asyncio.Lock]  # one slice or tick at a time per processor
+    gaps: GapFiller  # input offsets Faust skipped, fetched again
 
 
 def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring:
@@ -137,6 +141,9 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
     load_reference = ReferenceLoader(references, publisher, t.references, metrics)
     load_silence = SilenceLoader(silences, publisher, t.silences, lim.max_silences, metrics)
     lag = Lag(settings)
+    refetch = BrokerFetch(settings.kafka.servers, client_options(settings),
+                          "read_committed" if app.in_transaction else "read_uncommitted")
+    gaps = GapFiller(refetch)  # what Faust skipped, read again (see GapFiller)
     exported: tuple[dict[str, int], dict[str, int]] = ({}, {})  # what was already counted
 
     triggers: dict[str, dict[str, Any]] = {}  # firing keys' trigger events (the dashboard)
@@ -190,6 +197,8 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         if in_flight:
             log.info("stopping: finishing the micro-batch slice in flight")
             await asyncio.gather(*in_flight, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await refetch.stop()
 
     async def handle(part: Sequence[EventT], kind: str) -> None:
         """A slice, guarded: folding is isolated per key and per message (a bad input is
@@ -222,10 +231,18 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
             started_folding.add(agent)
             log.info("%s: the first slice arrived (%d messages); sequential tests: %s; "
                      "event-id hashes: %s", agent, len(part), sequential_loop(), id_hash_loop())
-        reordered = lag.seen(part)
-        if reordered:
-            metrics.guards.labels("input_reordered").inc(reordered)
+        seen = lag.seen(part)
+        if seen.lost:
+            metrics.guards.labels("input_reordered").inc(seen.lost)
         messages = messages_of(part)
+        if seen.gaps:
+            refetched, unfilled = gaps.refetched, gaps.unfilled
+            extra = await gaps.fill(seen.gaps)
+            messages = splice(messages, extra)
+            for more in extra.values():
+                lag.filled(more)
+            metrics.guards.labels("input_refetched").inc(gaps.refetched - refetched)
+            metrics.guards.labels("input_gap_unfilled").inc(gaps.unfilled - unfilled)
         started = time.perf_counter()
         if agent == "predictions":
             box: Outbox | OpsOutbox = pipeline.process_safely(messages, time.time(),
@@ -330,6 +347,7 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         # worker would keep checking models another worker now owns.
         ours = {topic_name, *s.operations.topics}
         lag.forget(revoked)
+        gaps.forget(revoked)
         parts = {tp.partition for tp in revoked if tp.topic in ours}
         metrics.forget_models(pipeline.revoke(parts))
         ops.revoke(parts)
@@ -511,4 +529,4 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
 
     return Wiring(pipeline, ops, publisher, references_loaded, silences_loaded,
                   {"predictions": watch_predictions, "operations": watch_operations},
-                  {"predictions": predictions_tick, "operations": ops_tick}, turns)
+                  {"predictions": predictions_tick, "operations": ops_tick}, turns, gaps)

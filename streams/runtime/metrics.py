@@ -132,7 +132,7 @@ def make_metrics(registry: CollectorRegistry, process: bool = True,
                          ["action", "model"], registry=registry),
         guards=Counter("sentinelle_guard_total", "Errors isolated and caps applied: fold_errors, "
                        "slice_errors, tick_errors, follower_errors, state_reset, input_reordered, "
-                       "evicted_* and refused_* "
+                       "input_refetched, input_gap_unfilled, evicted_* and refused_* "
                        "(models, series, metrics, operations, silences)", ["event"],
                        registry=registry),
         state_writes=Counter("sentinelle_state_writes_total", "Changelog records written "

@@ -35,13 +35,13 @@ from detectors.contract import MAX_ALERT_BYTES
 from streams.config import Settings
 from streams.core.operations import OpsOutbox
 from streams.core.parse import DeadLetter, raw_text
-from streams.core.predictions import Outbox
+from streams.core.predictions import InMessage, Outbox
 from streams.core.references import InvalidProfile, ReferenceStore
 from streams.core.state import Checkpointer, read
 from streams.runtime.metrics import Metrics
 
-__all__ = ["Publisher", "StateWriter", "ReferenceLoader", "SilenceLoader", "Lag", "Health",
-           "export_counts", "owned_records"]
+__all__ = ["Publisher", "StateWriter", "ReferenceLoader", "SilenceLoader", "Lag", "Gap", "Seen",
+           "GapFiller", "BrokerFetch", "splice", "Health", "export_counts", "owned_records"]
 
 log = logging.getLogger("sentinelle.worker")
 
@@ -388,6 +388,25 @@ class SilenceLoader:
         log.info("silence %s: %s until %s", silence.id, silence.matchers, silence.ends_at)
 
 
+@dataclass(frozen=True)
+class Gap:
+    """Offsets ``first..last`` of ``tp`` never handed over, found just before the
+    slice's event number ``at``."""
+
+    at: int
+    tp: TP
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What :meth:`Lag.seen` found in a slice."""
+
+    lost: int         # offsets handed over late into a gap not filled: lost
+    gaps: list[Gap]   # offsets never handed over, in the slice's order
+
+
 class Lag:
     """Which input partitions the worker is catching up on.
 
@@ -404,9 +423,10 @@ class Lag:
     offset after a rebalance, and has known reorder bugs around one) is logged,
     as are a gap (``jumps``: offsets never handed over; normal only on a topic
     with transactions or compaction) and the first read of each partition, so a
-    lost or doubled input can be traced. An offset handed over late into such a
-    gap is an input lost (the state's marks skip it as read): logged as an error
-    and counted (``input_reordered``).
+    lost or doubled input can be traced. The worker fetches a gap's offsets again
+    (:class:`GapFiller`) and tells :meth:`filled`; an offset handed over late into a
+    gap not filled is an input lost (the state's marks skip it as read): logged as
+    an error and counted (``input_reordered``).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -417,14 +437,16 @@ class Lag:
         self.jumps = 0    # offsets read past it by more than one: gaps
         self.gaps: dict[TP, deque[tuple[int, int]]] = {}  # the last 16 gaps, per partition
 
-    def seen(self, events: Sequence[EventT]) -> int:
-        """Note what was read; return how many messages came out of order into a gap
-        (each one logged: the state's marks will skip it as read, so it is lost)."""
+    def seen(self, events: Sequence[EventT]) -> Seen:
+        """Note what was read: the gaps found (each before the event that revealed it),
+        and how many messages came out of order into an earlier gap (each one logged:
+        the state's marks will skip it as read, so it is lost)."""
         read, top = self.read, self.top
         back: dict[TP, list[int]] = {}  # per partition: first offset re-read, after, count
         skip: dict[TP, list[int]] = {}  # per partition: first offsets jumped, count
         lost = 0
-        for e in events:
+        found: list[Gap] = []
+        for i, e in enumerate(events):
             m = e.message
             high = top.get(m.tp)
             if high is None:
@@ -442,6 +464,7 @@ class Lag:
                 self.jumps += 1
                 skip.setdefault(m.tp, [high + 1, m.offset - 1, 0])[2] += 1
                 self.gaps.setdefault(m.tp, deque(maxlen=16)).append((high + 1, m.offset - 1))
+                found.append(Gap(i, m.tp, high + 1, m.offset - 1))
             if high is None or m.offset > high:
                 top[m.tp] = m.offset
             read[m.tp] = (m.offset, m.timestamp)
@@ -452,7 +475,13 @@ class Lag:
             log.info("%s[%d]: offsets %d-%d not handed over (compacted, transaction markers, "
                      "or skipped); %d such gaps in this slice", tp.topic, tp.partition, first,
                      last, n)
-        return lost
+        return Seen(lost, found)
+
+    def filled(self, messages: Iterable[InMessage]) -> None:
+        """Offsets read again from the broker (:class:`GapFiller`): no longer gaps, so
+        Faust handing one over later is a replay the marks skip, not a loss."""
+        for m in messages:
+            self._fills_gap(TP(m.topic or "", m.partition), m.offset)
 
     def _fills_gap(self, tp: TP, offset: int) -> bool:
         """Whether ``offset`` lies in a gap this assignment skipped (it is then taken out)."""
@@ -512,6 +541,137 @@ class Lag:
         except Exception:  # no consumer yet (starting, rebalancing): nobody is behind
             log.debug("no highwater marks yet", exc_info=True)
         return out
+
+
+Fetch = Callable[[Gap], Awaitable[list[InMessage]]]
+
+
+class GapFiller:
+    """Reads again, straight from the broker, input offsets Faust never handed over.
+
+    faust-streaming can let a message go by around a rebalance: its stream drops a
+    message that arrives while flow control is paused, or fetched under an older
+    generation, and acknowledges it all the same, so the offset is committed though
+    no agent saw it (faust-streaming #216 and #221 are of that family). Seen on this
+    project's takeover test, twice, each time just after the survivor was assigned
+    the dead worker's partitions: one message in the middle of a partition never
+    handed over, its neighbours folded, nothing dead-lettered. :class:`Lag` notices
+    such a gap when the next offset arrives; this fetches the offsets in it (with a
+    consumer of its own: no group, the worker's isolation level), and the worker
+    folds them in their place, before the message that revealed the gap.
+
+    Not every gap is a loss. A topic written with transactions has one at each
+    commit marker, a compacted one wherever records were removed: such a gap
+    fetches no record. After ``give_up_after`` gaps in a row that fetched nothing,
+    a partition's gaps are taken for that and no longer fetched until it is
+    assigned again. A gap wider than ``max_span`` offsets (a consumer reset, the
+    retention) is not fetched either. A fetch that fails is logged and counted
+    (``unfilled``): those offsets are lost, as they were before.
+    """
+
+    def __init__(self, fetch: Fetch, max_span: int = 100, timeout_s: float = 5.0,
+                 give_up_after: int = 3) -> None:
+        self.fetch = fetch
+        self.max_span = max_span
+        self.timeout_s = timeout_s
+        self.give_up_after = give_up_after
+        self.empty: dict[TP, int] = {}  # gaps in a row that fetched nothing, per partition
+        self.refetched = 0  # messages fetched again and handed back
+        self.unfilled = 0   # gaps whose fetch failed
+
+    async def fill(self, gaps: Sequence[Gap]) -> dict[int, list[InMessage]]:
+        """The messages of each gap, keyed by the index of the event they go before."""
+        out: dict[int, list[InMessage]] = {}
+        for gap in gaps:
+            got = await self._one(gap)
+            if got:
+                out.setdefault(gap.at, []).extend(got)
+        return out
+
+    async def _one(self, gap: Gap) -> list[InMessage]:
+        where = f"{gap.tp.topic}[{gap.tp.partition}]"
+        if gap.last - gap.first + 1 > self.max_span:
+            return []  # logged by Lag; a reset or the retention, not a lost message
+        if self.empty.get(gap.tp, 0) >= self.give_up_after:
+            return []
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                got = [m for m in await self.fetch(gap) if gap.first <= m.offset <= gap.last]
+        except Exception:
+            self.unfilled += 1
+            log.warning("%s: offsets %d-%d were not handed over and could not be fetched "
+                        "again: lost", where, gap.first, gap.last, exc_info=True)
+            return []
+        if not got:
+            self.empty[gap.tp] = n = self.empty.get(gap.tp, 0) + 1
+            if n == self.give_up_after:
+                log.info("%s: %d gaps in a row held no record (transaction markers or "
+                         "compaction): its gaps are no longer fetched until it is assigned "
+                         "again", where, n)
+            return []
+        self.empty[gap.tp] = 0
+        self.refetched += len(got)
+        log.warning("%s: offsets %d-%d were not handed over by Faust; fetched again from "
+                    "the broker (%d messages), folded in their place", where, gap.first,
+                    gap.last, len(got))
+        return got
+
+    def forget(self, revoked: Iterable[TP]) -> None:
+        for tp in revoked:
+            self.empty.pop(tp, None)
+
+
+def splice(messages: list[InMessage], extra: Mapping[int, list[InMessage]]
+           ) -> list[InMessage]:
+    """``messages`` with each ``extra[i]`` inserted before ``messages[i]``.
+
+    >>> a, b, c = (InMessage(None, 0, o) for o in (1, 2, 3))
+    >>> [m.offset for m in splice([a, c], {1: [b]})]
+    [1, 2, 3]
+    """
+    if not extra:
+        return messages
+    out: list[InMessage] = []
+    for i, m in enumerate(messages):
+        out.extend(extra.get(i, ()))
+        out.append(m)
+    return out
+
+
+class BrokerFetch:
+    """:data:`Fetch` from the broker, for :class:`GapFiller`: a consumer without a group,
+    started at the first gap, that reads a gap's offsets and stops past its end."""
+
+    def __init__(self, servers: str, options: Mapping[str, Any],
+                 isolation_level: str = "read_uncommitted") -> None:
+        self.servers, self.options, self.isolation_level = servers, options, isolation_level
+        self._consumer: Any = None
+
+    async def __call__(self, gap: Gap) -> list[InMessage]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.servers, group_id=None,
+                                        enable_auto_commit=False,
+                                        isolation_level=self.isolation_level,
+                                        **self.options)
+            await consumer.start()
+            self._consumer = consumer
+        consumer, tp = self._consumer, TopicPartition(gap.tp.topic, gap.tp.partition)
+        consumer.assign([tp])
+        consumer.seek(tp, gap.first)
+        out: list[InMessage] = []
+        while await consumer.position(tp) <= gap.last:
+            batch = await consumer.getmany(tp, timeout_ms=500,
+                                           max_records=gap.last - gap.first + 1)
+            out.extend(InMessage(r.value, r.partition, r.offset, r.topic, r.key)
+                       for r in batch.get(tp, ()) if r.offset <= gap.last)
+        return out
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
 
 
 class Health:
