@@ -297,6 +297,25 @@ async def test_a_gap_fetched_again_is_no_loss_when_faust_hands_it_over_late() ->
     assert lag.seen([taken(tp, 3), taken(other, 8)]).lost == 1  # only 8 was not filled
 
 
+async def test_a_partition_s_last_messages_fetched_but_never_handed_over_are_a_tail_gap(
+        ) -> None:
+    lag = Lag(Settings())
+    tp = TP("ml.predictions", 0)
+    lag.seen([taken(tp, 4), taken(tp, 5)])
+    consumer = FakeConsumer({tp: 8}, {tp: 8})  # Faust fetched up to 7
+    later = time.monotonic() + lag.tail_after_s
+    assert await lag.tails(consumer, {"ml.predictions"}, later) == [Gap(-1, tp, 6, 7)]
+    assert await lag.tails(consumer, {"ml.predictions"}, later - 1) == []  # not quiet yet
+    assert await lag.tails(consumer, {"other"}, later) == []
+    consumer.pos[tp] = 7  # not all fetched: a backlog
+    assert await lag.tails(consumer, {"ml.predictions"}, later) == []
+    consumer.pos[tp] = 8
+    lag.filled([InMessage(b"", 0, 6, tp.topic), InMessage(b"", 0, 7, tp.topic)])
+    assert await lag.tails(consumer, {"ml.predictions"}, later) == []
+    assert await lag.behind(consumer, {"ml.predictions"}, T0) == set()  # caught up
+    assert lag.seen([taken(tp, 6), taken(tp, 7)]).lost == 0  # handed over late: replays
+
+
 class Fetched:
     """A :data:`Fetch` answering from a dict of offsets, counting its calls."""
 
@@ -471,3 +490,24 @@ async def test_a_tick_and_a_slice_write_a_model_s_state_in_the_order_they_took_i
         await until(lambda: written.call_count >= 4)  # both turns wrote their checkpoints
     states = [orjson.loads(c.args[2]) for c in written.call_args_list if c.args[1] == "m"]
     assert [st["offsets"] for st in states] == [{"0": 0}, {"0": 0}, {"0": 1}], states
+
+
+async def test_a_tick_folds_a_partition_s_last_messages_faust_never_handed_over(
+        wired: tuple[Any, Any], registry: CollectorRegistry) -> None:
+    s, wiring = wired
+    wiring.references_loaded.set()
+    wiring.silences_loaded.set()
+    tp = TP(s.inputs.topics[0], 0)
+    wiring.lag.seen([taken(tp, 0)])  # offset 0 handed over; Faust fetched up to 2
+    wiring.lag.tail_after_s = 0.0
+    s.app.consumer = FakeConsumer({tp: 3}, {tp: 3})
+    ev = {"event_id": "e1", "ts": time.time(), "model": "m", "version": "v1",
+          "latency_ms": 5.0}
+    fetch = Fetched({1: orjson.dumps(ev), 2: orjson.dumps({**ev, "event_id": "e2"})})
+    wiring.gaps.fetch = fetch
+    await wiring.ticks["predictions"]()
+    assert fetch.calls == 1
+    assert registry.get_sample_value("sentinelle_events_total", {"topic": tp.topic}) == 2
+    assert registry.get_sample_value("sentinelle_guard_total", {"event": "input_refetched"}) == 2
+    await wiring.ticks["predictions"]()
+    assert fetch.calls == 1  # caught up: nothing more to fetch

@@ -55,6 +55,7 @@ from streams.runtime.kafka import client_options
 from streams.runtime.metrics import StateCollector, make_metrics
 from streams.runtime.shell import (
     BrokerFetch,
+    Gap,
     GapFiller,
     Health,
     Lag,
@@ -107,6 +108,7 @@ class Wiring:
     ticks: dict[str, Callable[..., Awaitable[None]]]  # the timers' checks; now= for tests
     turns: dict[str, asyncio.Lock]  # one slice or tick at a time per processor
     gaps: GapFiller  # input offsets Faust skipped, fetched again
+    lag: Lag  # what the agents were handed, per input partition
 
 
 def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring:
@@ -236,13 +238,20 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
             metrics.guards.labels("input_reordered").inc(seen.lost)
         messages = messages_of(part)
         if seen.gaps:
-            refetched, unfilled = gaps.refetched, gaps.unfilled
-            extra = await gaps.fill(seen.gaps)
-            messages = splice(messages, extra)
-            for more in extra.values():
-                lag.filled(more)
-            metrics.guards.labels("input_refetched").inc(gaps.refetched - refetched)
-            metrics.guards.labels("input_gap_unfilled").inc(gaps.unfilled - unfilled)
+            messages = splice(messages, await refill(seen.gaps))
+        await fold_messages(messages, agent)
+
+    async def refill(found: Sequence[Gap]) -> dict[int, list[InMessage]]:
+        """The messages of gaps Faust left, read again (see GapFiller), counted."""
+        refetched, unfilled = gaps.refetched, gaps.unfilled
+        extra = await gaps.fill(found)
+        for more in extra.values():
+            lag.filled(more)
+        metrics.guards.labels("input_refetched").inc(gaps.refetched - refetched)
+        metrics.guards.labels("input_gap_unfilled").inc(gaps.unfilled - unfilled)
+        return extra
+
+    async def fold_messages(messages: list[InMessage], agent: str) -> None:
         started = time.perf_counter()
         if agent == "predictions":
             box: Outbox | OpsOutbox = pipeline.process_safely(messages, time.time(),
@@ -311,6 +320,12 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         """A processor's wall-clock checks, in its turn."""
         async def tick(now: float | None = None) -> None:
             async with turns[name]:
+                # a partition's last messages Faust fetched and never handed over
+                tails = await lag.tails(app.consumer, topics, time.monotonic())
+                if tails:
+                    extra = await refill(tails)
+                    if extra:
+                        await fold_messages([m for ms in extra.values() for m in ms], name)
                 now = time.time() if now is None else now
                 behind = await lag.behind(app.consumer, topics, now)
                 await publish(processor.tick(now, owned(table, topics), writer.saved, behind))
@@ -529,4 +544,5 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
 
     return Wiring(pipeline, ops, publisher, references_loaded, silences_loaded,
                   {"predictions": watch_predictions, "operations": watch_operations},
-                  {"predictions": predictions_tick, "operations": ops_tick}, turns, gaps)
+                  {"predictions": predictions_tick, "operations": ops_tick}, turns, gaps,
+                  lag)

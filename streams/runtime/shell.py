@@ -388,10 +388,15 @@ class SilenceLoader:
         log.info("silence %s: %s until %s", silence.id, silence.matchers, silence.ends_at)
 
 
+#: A partition whose last messages Faust fetched but has not handed over for this long
+#: has a gap at its end (:meth:`Lag.tails`).
+TAIL_AFTER_S = 15.0
+
+
 @dataclass(frozen=True)
 class Gap:
     """Offsets ``first..last`` of ``tp`` never handed over, found just before the
-    slice's event number ``at``."""
+    slice's event number ``at`` (-1: at the end of the partition, :meth:`Lag.tails`)."""
 
     at: int
     tp: TP
@@ -436,6 +441,8 @@ class Lag:
         self.rewinds = 0  # offsets read at or below it: replays, or out of order
         self.jumps = 0    # offsets read past it by more than one: gaps
         self.gaps: dict[TP, deque[tuple[int, int]]] = {}  # the last 16 gaps, per partition
+        self.handed: dict[TP, float] = {}  # when a message was last handed over (monotonic)
+        self.tail_after_s = TAIL_AFTER_S
 
     def seen(self, events: Sequence[EventT]) -> Seen:
         """Note what was read: the gaps found (each before the event that revealed it),
@@ -446,6 +453,7 @@ class Lag:
         skip: dict[TP, list[int]] = {}  # per partition: first offsets jumped, count
         lost = 0
         found: list[Gap] = []
+        handed, now = self.handed, time.monotonic()
         for i, e in enumerate(events):
             m = e.message
             high = top.get(m.tp)
@@ -468,6 +476,7 @@ class Lag:
             if high is None or m.offset > high:
                 top[m.tp] = m.offset
             read[m.tp] = (m.offset, m.timestamp)
+            handed[m.tp] = now
         for tp, (offset, after, n) in back.items():
             log.info("%s[%d]: offset %d read after %d (a replay, or out of order); %d such "
                      "in this slice", tp.topic, tp.partition, offset, after, n)
@@ -481,7 +490,35 @@ class Lag:
         """Offsets read again from the broker (:class:`GapFiller`): no longer gaps, so
         Faust handing one over later is a replay the marks skip, not a loss."""
         for m in messages:
-            self._fills_gap(TP(m.topic or "", m.partition), m.offset)
+            tp = TP(m.topic or "", m.partition)
+            if m.offset > self.top.get(tp, m.offset):  # a tail (see tails)
+                self.top[tp] = m.offset
+                self.read[tp] = (m.offset, None)
+            else:
+                self._fills_gap(tp, m.offset)
+
+    async def tails(self, consumer: Any, topics: set[str], now: float) -> list[Gap]:
+        """Gaps at the end of partitions: offsets up to the high watermark that Faust has
+        fetched (its position is past them) but not handed over for ``tail_after_s`` of
+        ``now`` (monotonic). A gap in the middle shows when the next message arrives; one
+        at the end shows only as a lag that never goes. Fetched again early (a worker
+        far behind), they are folded and Faust's hand-over later is a replay."""
+        out = []
+        try:
+            for tp in consumer.assignment():
+                if tp.topic not in topics:
+                    continue
+                top, high = self.top.get(tp), consumer.highwater(tp)
+                if top is None or high is None or top >= high - 1:
+                    continue
+                if now - self.handed.get(tp, now) < self.tail_after_s:
+                    continue
+                if await consumer.position(tp) < high:
+                    continue  # not fetched yet: a backlog, not a gap
+                out.append(Gap(-1, tp, top + 1, high - 1))
+        except Exception:  # no consumer yet (starting, rebalancing)
+            log.debug("no positions yet", exc_info=True)
+        return out
 
     def _fills_gap(self, tp: TP, offset: int) -> bool:
         """Whether ``offset`` lies in a gap this assignment skipped (it is then taken out)."""
@@ -503,6 +540,7 @@ class Lag:
             self.read.pop(tp, None)
             self.top.pop(tp, None)
             self.gaps.pop(tp, None)
+            self.handed.pop(tp, None)
 
     async def lags(self, consumer: Any, topics: set[str]) -> dict[tuple[str, int], int]:
         """Messages not yet processed per assigned partition of ``topics``: the high
