@@ -316,6 +316,17 @@ async def test_a_partition_s_last_messages_fetched_but_never_handed_over_are_a_t
     assert lag.seen([taken(tp, 6), taken(tp, 7)]).lost == 0  # handed over late: replays
 
 
+async def test_faust_starting_an_assignment_past_what_the_state_folded_is_a_gap() -> None:
+    tp = TP("ml.predictions", 0)
+    marks = {tp: 12}
+    lag = Lag(Settings())
+    assert lag.seen([taken(tp, 15), taken(tp, 16)], marks.__getitem__) == Seen(
+        0, [Gap(0, tp, 13, 14)])
+    for mark in (-1, 14, 20):  # no state; the next offset; a replay ahead
+        lag.forget({tp})
+        assert lag.seen([taken(tp, 15)], {tp: mark}.__getitem__).gaps == []
+
+
 class Fetched:
     """A :data:`Fetch` answering from a dict of offsets, counting its calls."""
 
@@ -511,3 +522,28 @@ async def test_a_tick_folds_a_partition_s_last_messages_faust_never_handed_over(
     assert registry.get_sample_value("sentinelle_guard_total", {"event": "input_refetched"}) == 2
     await wiring.ticks["predictions"]()
     assert fetch.calls == 1  # caught up: nothing more to fetch
+
+
+async def test_a_takeover_that_starts_past_the_state_s_mark_fetches_what_lies_between(
+        wired: tuple[Any, Any], registry: CollectorRegistry) -> None:
+    # Offset 0 folded; the partition goes and comes back (a rebalance), and Faust's
+    # first message is offset 3: 1 and 2 were committed though no agent saw them.
+    s, wiring = wired
+    wiring.references_loaded.set()
+    wiring.silences_loaded.set()
+    agent = wiring.agents["predictions"]
+    ev = {"event_id": "e0", "ts": T0, "model": "m", "version": "v1", "latency_ms": 5.0}
+    fetch = Fetched({o: orjson.dumps({**ev, "event_id": f"e{o}"}) for o in (1, 2)})
+    wiring.gaps.fetch = fetch
+    written = s.state.send_changelog
+    async with agent.test_context() as test:
+        await test.put(value=orjson.dumps(ev), key=b"m")
+        await until(lambda: written.called)
+        wiring.lag.forget(set(wiring.lag.top))  # revoked, then assigned again
+        test.sent_offset += 2
+        await test.put(value=orjson.dumps({**ev, "event_id": "e3"}), key=b"m")
+        await until(lambda: any(orjson.loads(c.args[2])["offsets"] == {"0": 3}
+                                for c in written.call_args_list if c.args[1] == "m"))
+    assert fetch.calls == 1
+    assert registry.get_sample_value("sentinelle_events_total",
+                                     {"topic": s.inputs.topics[0]}) == 4

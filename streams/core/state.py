@@ -227,6 +227,22 @@ class InputMarks:
         self._changed.add(where)
         return True
 
+    def last(self, topic: str, partition: int,
+             saved: Callable[[str], dict[str, Any] | None]) -> int:
+        """The last offset folded in from the input (-1: none known).
+
+        >>> marks, saved = InputMarks(), lambda key: {"offset": 7}
+        >>> marks.last("t", 0, saved)
+        7
+        >>> marks.fresh("t", 0, 9, saved), marks.last("t", 0, saved)
+        (True, 9)
+        """
+        mark = self._marks.get((topic, partition))
+        if mark is None:
+            rec = saved(self.key(topic, partition))
+            mark = int(rec["offset"]) if rec is not None and "offset" in rec else -1
+        return mark
+
     def checkpoints(self) -> list[tuple[int, str, dict[str, Any]]]:
         """The marks moved since the last call, as state records."""
         out = [(p, self.key(t, p), {"kind": "input", "partition": p, "topic": t,

@@ -228,12 +228,17 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         async with turns[agent]:
             await fold_and_publish_now(part, agent)
 
+    # the last offset of an input partition the state has folded (see Lag.seen)
+    folded: dict[str, Callable[[TP], int]] = {
+        "predictions": lambda tp: pipeline.marks.last(tp.topic, tp.partition, models.saved),
+        "operations": lambda tp: ops.marks.last(tp.topic, tp.partition, operations.saved)}
+
     async def fold_and_publish_now(part: Sequence[EventT], agent: str) -> None:
         if agent not in started_folding:  # once: when the worker starts to read its inputs
             started_folding.add(agent)
             log.info("%s: the first slice arrived (%d messages); sequential tests: %s; "
                      "event-id hashes: %s", agent, len(part), sequential_loop(), id_hash_loop())
-        seen = lag.seen(part)
+        seen = lag.seen(part, folded[agent])
         if seen.lost:
             metrics.guards.labels("input_reordered").inc(seen.lost)
         messages = messages_of(part)

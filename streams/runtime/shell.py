@@ -444,10 +444,15 @@ class Lag:
         self.handed: dict[TP, float] = {}  # when a message was last handed over (monotonic)
         self.tail_after_s = TAIL_AFTER_S
 
-    def seen(self, events: Sequence[EventT]) -> Seen:
+    def seen(self, events: Sequence[EventT],
+             folded: Callable[[TP], int] | None = None) -> Seen:
         """Note what was read: the gaps found (each before the event that revealed it),
         and how many messages came out of order into an earlier gap (each one logged:
-        the state's marks will skip it as read, so it is lost)."""
+        the state's marks will skip it as read, so it is lost).
+
+        ``folded(tp)``: the last offset of the partition the state has folded (-1:
+        none), asked at the first message of an assignment; Faust starting past the
+        next one (it committed an offset no agent saw) is a gap too."""
         read, top = self.read, self.top
         back: dict[TP, list[int]] = {}  # per partition: first offset re-read, after, count
         skip: dict[TP, list[int]] = {}  # per partition: first offsets jumped, count
@@ -460,6 +465,12 @@ class Lag:
             if high is None:
                 log.info("%s[%d]: first message read at offset %d", m.tp.topic, m.tp.partition,
                          m.offset)
+                mark = folded(m.tp) if folded is not None else -1
+                if 0 <= mark < m.offset - 1:
+                    self.jumps += 1
+                    skip.setdefault(m.tp, [mark + 1, m.offset - 1, 0])[2] += 1
+                    self.gaps.setdefault(m.tp, deque(maxlen=16)).append((mark + 1, m.offset - 1))
+                    found.append(Gap(i, m.tp, mark + 1, m.offset - 1))
             elif m.offset <= high:
                 self.rewinds += 1
                 back.setdefault(m.tp, [m.offset, high, 0])[2] += 1
