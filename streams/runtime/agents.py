@@ -321,12 +321,14 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         return owned_records(table.data, actives)
 
     def ticker(name: str, processor: PredictionProcessor | OperationsProcessor, table: Any,
-               topics: set[str], writer: StateWriter) -> Callable[..., Awaitable[None]]:
-        """A processor's wall-clock checks, in its turn."""
+               topics: set[str], writer: StateWriter, inputs: set[str]
+               ) -> Callable[..., Awaitable[None]]:
+        """A processor's wall-clock checks, in its turn (``topics``: where its models'
+        state lives; ``inputs``: every topic its agent reads)."""
         async def tick(now: float | None = None) -> None:
             async with turns[name]:
                 # a partition's last messages Faust fetched and never handed over
-                tails = await lag.tails(app.consumer, topics, time.monotonic())
+                tails = await lag.tails(app.consumer, inputs, time.monotonic())
                 if tails:
                     extra = await refill(tails)
                     if extra:
@@ -336,8 +338,10 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
                 await publish(processor.tick(now, owned(table, topics), writer.saved, behind))
         return tick
 
-    ops_tick = ticker("operations", ops, s.ops_state, set(s.operations.topics), operations)
-    predictions_tick = ticker("predictions", pipeline, s.state, {topic_name}, models)
+    ops_tick = ticker("operations", ops, s.ops_state, set(s.operations.topics), operations,
+                      set(s.operations.topics))
+    predictions_tick = ticker("predictions", pipeline, s.state, {topic_name}, models,
+                              set(s.inputs.topics))
 
     @app.timer(settings.worker.tick_s, name="sentinelle.ops_wall_clock_checks")
     async def ops_wall_clock_checks() -> None:
