@@ -362,13 +362,24 @@ async def test_the_gap_filler_fetches_gaps_and_stops_on_a_partition_whose_gaps_a
     assert await failing.fill([Gap(0, tp, 1, 1)]) == {} and failing.unfilled == 1
 
 
+def loaded(wiring: Any) -> None:
+    """The profiles and silences read: the agents fold."""
+    wiring.references_loaded.set()
+    wiring.silences_loaded.set()
+
+
+def checkpointed(written: Any, model: str, offsets: dict[str, int]) -> bool:
+    """Whether a checkpoint of ``model`` with these input offsets was written."""
+    return any(orjson.loads(c.args[2])["offsets"] == offsets
+               for c in written.call_args_list if c.args[1] == model)
+
+
 async def test_a_message_faust_skipped_is_fetched_again_and_folded_in_its_place(
         wired: tuple[Any, Any], registry: CollectorRegistry) -> None:
     # Faust hands over offsets 0 and 2 of the partition, never 1 (as it did after a
     # takeover, see GapFiller): the worker fetches 1 and folds all three, in order.
     s, wiring = wired
-    wiring.references_loaded.set()
-    wiring.silences_loaded.set()
+    loaded(wiring)
     agent = wiring.agents["predictions"]
     ev = {"event_id": "e0", "ts": T0, "model": "m", "version": "v1", "latency_ms": 5.0}
     fetch = Fetched({1: orjson.dumps({**ev, "event_id": "e1"})})
@@ -378,8 +389,7 @@ async def test_a_message_faust_skipped_is_fetched_again_and_folded_in_its_place(
         await test.put(value=orjson.dumps(ev), key=b"m")
         test.sent_offset += 1  # offset 1 never reaches the agent
         await test.put(value=orjson.dumps({**ev, "event_id": "e2"}), key=b"m")
-        await until(lambda: any(orjson.loads(c.args[2])["offsets"] == {"0": 2}
-                                for c in written.call_args_list if c.args[1] == "m"))
+        await until(lambda: checkpointed(written, "m", {"0": 2}))
     assert fetch.calls == 1
     topic = {"topic": s.inputs.topics[0]}
     assert registry.get_sample_value("sentinelle_events_total", topic) == 3
@@ -506,8 +516,7 @@ async def test_a_tick_and_a_slice_write_a_model_s_state_in_the_order_they_took_i
 async def test_a_tick_folds_a_partition_s_last_messages_faust_never_handed_over(
         wired: tuple[Any, Any], registry: CollectorRegistry) -> None:
     s, wiring = wired
-    wiring.references_loaded.set()
-    wiring.silences_loaded.set()
+    loaded(wiring)
     tp = TP(s.inputs.topics[0], 0)
     wiring.lag.seen([taken(tp, 0)])  # offset 0 handed over; Faust fetched up to 2
     wiring.lag.tail_after_s = 0.0
@@ -529,8 +538,7 @@ async def test_a_takeover_that_starts_past_the_state_s_mark_fetches_what_lies_be
     # Offset 0 folded; the partition goes and comes back (a rebalance), and Faust's
     # first message is offset 3: 1 and 2 were committed though no agent saw them.
     s, wiring = wired
-    wiring.references_loaded.set()
-    wiring.silences_loaded.set()
+    loaded(wiring)
     agent = wiring.agents["predictions"]
     ev = {"event_id": "e0", "ts": T0, "model": "m", "version": "v1", "latency_ms": 5.0}
     fetch = Fetched({o: orjson.dumps({**ev, "event_id": f"e{o}"}) for o in (1, 2)})
@@ -542,8 +550,7 @@ async def test_a_takeover_that_starts_past_the_state_s_mark_fetches_what_lies_be
         wiring.lag.forget(set(wiring.lag.top))  # revoked, then assigned again
         test.sent_offset += 2
         await test.put(value=orjson.dumps({**ev, "event_id": "e3"}), key=b"m")
-        await until(lambda: any(orjson.loads(c.args[2])["offsets"] == {"0": 3}
-                                for c in written.call_args_list if c.args[1] == "m"))
+        await until(lambda: checkpointed(written, "m", {"0": 3}))
     assert fetch.calls == 1
     assert registry.get_sample_value("sentinelle_events_total",
                                      {"topic": s.inputs.topics[0]}) == 4

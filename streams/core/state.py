@@ -216,10 +216,7 @@ class InputMarks:
               saved: Callable[[str], dict[str, Any] | None]) -> bool:
         """Whether the message was not read before; if so, it is marked read."""
         where = (topic, partition)
-        mark = self._marks.get(where)
-        if mark is None:
-            rec = saved(self.key(topic, partition))
-            mark = int(rec["offset"]) if rec is not None and "offset" in rec else -1
+        mark = self.last(topic, partition, saved)
         if offset <= mark:
             self._marks[where] = mark
             return False

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, EventT
 from prometheus_client import Counter as PromCounter
 
@@ -467,10 +468,7 @@ class Lag:
                          m.offset)
                 mark = folded(m.tp) if folded is not None else -1
                 if 0 <= mark < m.offset - 1:
-                    self.jumps += 1
-                    skip.setdefault(m.tp, [mark + 1, m.offset - 1, 0])[2] += 1
-                    self.gaps.setdefault(m.tp, deque(maxlen=16)).append((mark + 1, m.offset - 1))
-                    found.append(Gap(i, m.tp, mark + 1, m.offset - 1))
+                    found.append(self._gap(Gap(i, m.tp, mark + 1, m.offset - 1), skip))
             elif m.offset <= high:
                 self.rewinds += 1
                 back.setdefault(m.tp, [m.offset, high, 0])[2] += 1
@@ -480,10 +478,7 @@ class Lag:
                               "state's input marks skip it as read (a Faust reorder); this "
                               "input is not folded", m.tp.topic, m.tp.partition, m.offset, high)
             elif m.offset > high + 1:
-                self.jumps += 1
-                skip.setdefault(m.tp, [high + 1, m.offset - 1, 0])[2] += 1
-                self.gaps.setdefault(m.tp, deque(maxlen=16)).append((high + 1, m.offset - 1))
-                found.append(Gap(i, m.tp, high + 1, m.offset - 1))
+                found.append(self._gap(Gap(i, m.tp, high + 1, m.offset - 1), skip))
             if high is None or m.offset > high:
                 top[m.tp] = m.offset
             read[m.tp] = (m.offset, m.timestamp)
@@ -496,6 +491,14 @@ class Lag:
                      "or skipped); %d such gaps in this slice", tp.topic, tp.partition, first,
                      last, n)
         return Seen(lost, found)
+
+    def _gap(self, gap: Gap, skip: dict[TP, list[int]]) -> Gap:
+        """Note a gap: counted, logged (``skip``: per partition, the first one and how
+        many), remembered so that an offset handed over late into it shows."""
+        self.jumps += 1
+        skip.setdefault(gap.tp, [gap.first, gap.last, 0])[2] += 1
+        self.gaps.setdefault(gap.tp, deque(maxlen=16)).append((gap.first, gap.last))
+        return gap
 
     def filled(self, messages: Iterable[InMessage]) -> None:
         """Offsets read again from the broker (:class:`GapFiller`): no longer gaps, so
@@ -697,8 +700,6 @@ class BrokerFetch:
         self._consumer: Any = None
 
     async def __call__(self, gap: Gap) -> list[InMessage]:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
         if self._consumer is None:
             consumer = AIOKafkaConsumer(bootstrap_servers=self.servers, group_id=None,
                                         enable_auto_commit=False,
