@@ -280,6 +280,28 @@ def test_event_time_alerts_are_not_repeated_by_the_wall_clock() -> None:
     assert ops.tick(T0 + 60, []).alerts == []  # 4 h of repeat interval: in event time
 
 
+def test_a_bug_after_the_batch_is_marked_read_costs_only_its_message(monkeypatch: Any) -> None:
+    """The fault strikes after the messages were marked read (see test_predictions)."""
+    ops, f = OperationsProcessor(SETTINGS, POOL_TOPIC), Feed()
+    msgs = [f.run("train", "r1", "started", T0), f.run("other", "r9", "failed", T0 + 5),
+            f.run("train", "r2", "failed", T0 + 10)]
+    import streams.core.operations as operations
+
+    real = operations.parse_pipeline
+
+    def flaky(data: bytes | None, *args: Any) -> Any:
+        if data is not None and b'"other"' in data:
+            raise RuntimeError("a bug")
+        return real(data, *args)
+
+    monkeypatch.setattr(operations, "parse_pipeline", flaky)
+    box = ops.process_safely(msgs, now=1.0)
+    [dead] = box.deadletters
+    assert (dead["topic"], dead["offset"]) == ("ml.pipeline", msgs[1].offset)
+    assert dead["reason"] == "internal_error: RuntimeError: a bug"
+    assert keys(box) == [("trigger", "pipeline_failure:train")]  # r1, r2 folded
+
+
 def test_a_bug_on_one_message_costs_only_that_message(monkeypatch: Any) -> None:
     ops, f = OperationsProcessor(SETTINGS, POOL_TOPIC), Feed()
     real = ops.process

@@ -118,6 +118,29 @@ def test_state_restored_by_tick_keeps_firing_alerts_and_grants_grace() -> None:
     assert other.revoke({0}) == ["m"] and other.monitors == {}
 
 
+def test_a_bug_after_the_batch_is_marked_read_costs_only_its_message(monkeypatch: Any) -> None:
+    """The fault strikes after the micro-batch's messages were marked read: read
+    again one by one, they must not look read already (nothing would fold)."""
+    import streams.core.predictions as predictions
+
+    real = predictions.series_pairs
+
+    def flaky(rows: Any) -> Any:
+        if T0 + 1 in rows["ts"].to_list():
+            raise RuntimeError("a bug")
+        return real(rows)
+
+    monkeypatch.setattr(predictions, "series_pairs", flaky)
+    p = PredictionProcessor(SETTINGS, "ml.predictions")
+    msgs = [InMessage(orjson.dumps(ev("m", T0 + i, 10.0)), 0, i) for i in range(3)]
+    box = p.process_safely(msgs, now=0.0)
+    assert box.events == 2
+    [dead] = box.deadletters
+    assert (dead["offset"], dead["reason"]) == (1, "internal_error: RuntimeError: a bug")
+    marks = [rec["offset"] for _, _, rec in box.checkpoints if rec and rec.get("kind") == "input"]
+    assert marks[-1] == 2
+
+
 def test_a_bug_on_one_message_costs_only_that_message(monkeypatch: Any) -> None:
     p = PredictionProcessor(SETTINGS, "ml.predictions")
     real = p.process

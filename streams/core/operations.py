@@ -464,6 +464,10 @@ class OperationsProcessor:
     def process(self, messages: Sequence[InMessage], now: float,
                 saved: Saved = lambda k: None) -> OpsOutbox:
         """Parse every message, group what they hold by state key, fold each key."""
+        with self.marks.undone_on_error():  # read again one by one (process_safely)
+            return self._process(messages, now, saved)
+
+    def _process(self, messages: Sequence[InMessage], now: float, saved: Saved) -> OpsOutbox:
         box = OpsOutbox()
         limits = parse_limits(self.settings, now)
         messages = [m for m in messages

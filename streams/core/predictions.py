@@ -239,6 +239,10 @@ class PredictionProcessor:
 
     def process(self, messages: Sequence[InMessage], now: float,
                 saved: Saved = _no_state) -> Outbox:
+        with self.marks.undone_on_error():  # read again one by one (process_safely)
+            return self._process(messages, now, saved)
+
+    def _process(self, messages: Sequence[InMessage], now: float, saved: Saved) -> Outbox:
         box = Outbox()
         limits = parse_limits(self.settings, now)
         messages = [m for m in messages

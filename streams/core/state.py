@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,6 +240,29 @@ class InputMarks:
             rec = saved(self.key(topic, partition))
             mark = int(rec["offset"]) if rec is not None and "offset" in rec else -1
         return mark
+
+    @contextmanager
+    def undone_on_error(self) -> Iterator[None]:
+        """The marks as they were before the block if it raises: a micro-batch that
+        fails is read again message by message (:func:`streams.core.isolation.one_by_one`),
+        and its messages must not look read already.
+
+        >>> marks = InputMarks()
+        >>> try:
+        ...     with marks.undone_on_error():
+        ...         read = marks.fresh("t", 0, 5, lambda key: None)
+        ...         raise RuntimeError("a fault")
+        ... except RuntimeError:
+        ...     pass
+        >>> marks.fresh("t", 0, 5, lambda key: None), marks.checkpoints()[0][2]["offset"]
+        (True, 5)
+        """
+        marks, changed = dict(self._marks), set(self._changed)
+        try:
+            yield
+        except BaseException:
+            self._marks, self._changed = marks, changed
+            raise
 
     def checkpoints(self) -> list[tuple[int, str, dict[str, Any]]]:
         """The marks moved since the last call, as state records."""
