@@ -403,7 +403,9 @@ def parse_feedback(data: bytes | None, cols: FeedbackColumns, message: int = 0,
 
 # ``NaN``/``Infinity`` outside strings, the one thing orjson refuses that a
 # producer commonly writes; strings are matched first so their contents are skipped.
-_NONFINITE = re.compile(rb'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)', re.DOTALL)
+# A string that never ends runs to the end of the data (possessively): otherwise each
+# quote inside it would start a new scan to the end, quadratic in the message's size.
+_NONFINITE = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)|(-?Infinity|NaN)', re.DOTALL)
 _MARK = "\x00sentinelle-nonfinite:"
 
 
