@@ -222,3 +222,17 @@ def test_amounts_used_are_not_negative() -> None:
     quota = {"pool": "a", "resource": "gpu_hours", "used": -1, "limit": 10}
     [dead] = parse_pipeline(orjson.dumps({**run, "quota": quota}), [])
     assert dead.code == "bad_value" and "quota.used" in dead.reason
+
+
+def test_a_message_of_elements_too_deep_to_write_back_is_copied_into_one_dead_letter() -> None:
+    """Elements nested past orjson's writer's limit (255) but within its reader's (1,024)
+    cannot be given as their own text: the first one's dead letter carries the whole
+    message, the others name that element (before, each carried a copy: 1 MB in,
+    109 MB of dead letters out)."""
+    deep = b"[" * 300 + b"]" * 300
+    data = b"[" + b",".join([deep] * 1_000) + b"]"
+    dead = parse_predictions(data, PredictionColumns())
+    assert [d.index for d in dead] == list(range(1_000))
+    assert dead[0].raw.endswith(data.decode())
+    assert all(d.raw.endswith("in the dead letter of element 0)") for d in dead[1:])
+    assert sum(len(d.raw) for d in dead) < 2 * len(data)

@@ -492,11 +492,15 @@ def _parse(data: bytes | None, add: Callable[[Any, int], None],
     if whole is not None and not marked and whole(doc):
         return []  # every element valid, appended column by column
     dead = []
+    whole_in: int | None = None  # the element whose dead letter holds the whole message
     for i, ev in enumerate(doc):
         try:
             one(ev, i)
         except Invalid as exc:
-            dead.append(DeadLetter(str(exc), _element_text(ev, data), index=i))
+            text = _element_text(ev, data, whole_in)
+            if whole_in is None and text.startswith(_WHOLE_FOLLOWS):
+                whole_in = i
+            dead.append(DeadLetter(str(exc), text, index=i))
     return dead
 
 
@@ -962,14 +966,21 @@ def _add_metric(ev: Any, cols: MetricColumns, element: int, limits: ParseLimits,
     cols.raw.append(ev)
 
 
-def _element_text(ev: Any, data: bytes | None = None) -> str:
+_WHOLE_FOLLOWS: Final = "(element not re-encodable; the whole message follows) "
+
+
+def _element_text(ev: Any, data: bytes | None = None, whole_in: int | None = None) -> str:
     """One element of a batch as JSON text, encoded again from its parsed form.
 
     An element orjson cannot write back (nesting past its writer's limit) is
-    given as the whole message's text, which holds it.
+    given as the whole message's text, which holds it; once per message: with
+    ``whole_in``, the element whose dead letter has it already is named instead
+    (a 1 MB message of such elements would otherwise be copied into each).
     """
     try:
         return orjson.dumps(ev).decode()
     except TypeError:
-        whole = raw_text(data) if data is not None else ""
-        return f"(element not re-encodable; the whole message follows) {whole}"
+        if whole_in is not None:
+            return (f"(element not re-encodable; the whole message is in the dead letter "
+                    f"of element {whole_in})")
+        return _WHOLE_FOLLOWS + (raw_text(data) if data is not None else "")
