@@ -3,7 +3,10 @@
 One :class:`TumblingWindows` holds the open windows of one model, for all its
 (version, cohort) series. Time is the events' own ``ts``:
 
-- the *watermark* is the largest ``ts`` seen so far for the model;
+- the *watermark* is the largest ``ts`` seen so far for the model, but never more
+  than ``max_lead_s`` ahead of the worker's clock (the ``now`` given with each
+  micro-batch): one producer whose clock runs fast has its events folded into
+  their windows, but cannot make the other producers' events late;
 - the window ``[start, end)`` closes once ``watermark >= end + allowed_lateness``;
 - an event whose window had already closed when it arrived (judged against the
   watermark *before* it, in arrival order) is *late*: it is not folded in, and the
@@ -11,7 +14,8 @@ One :class:`TumblingWindows` holds the open windows of one model, for all its
 
 Because lateness is judged per event in arrival order, the result does not
 depend on how events were cut into micro-batches: replaying a recorded stream at
-any speed, in any batch size, gives the same windows.
+any speed, in any batch size, gives the same windows (of events stamped behind
+the clock, which the lead bound leaves alone).
 
 Latency percentiles come from a :class:`~detectors.sketch.LatencySketch` per
 window (1 % relative accuracy, bounded size), filled from Polars group-bys on
@@ -112,6 +116,7 @@ class TumblingWindows:
         allowed_lateness_s: float = 10.0,
         slow_ms: float = 500.0,
         alpha: float = 0.01,
+        max_lead_s: float = math.inf,
     ) -> None:
         if size_s <= 0:
             raise ValueError("size_s must be > 0")
@@ -122,6 +127,7 @@ class TumblingWindows:
         self.allowed_lateness_s = allowed_lateness_s
         self.slow_ms = slow_ms
         self.alpha = alpha
+        self.max_lead_s = max_lead_s
         self._open: dict[tuple[str, str, float], _Acc] = {}
         self._watermark = -math.inf
         self._closed_upto = -math.inf  # windows ending at or before this are closed
@@ -134,17 +140,27 @@ class TumblingWindows:
     def open_windows(self) -> int:
         return len(self._open)
 
-    def add(self, frame: pl.DataFrame) -> np.ndarray:
-        """Fold a micro-batch in; return a boolean mask of its late rows."""
+    def add(self, frame: pl.DataFrame, now: float = math.inf) -> np.ndarray:
+        """Fold a micro-batch read at wall-clock time ``now`` in; return a boolean mask
+        of its late rows.
+
+        >>> w = TumblingWindows("m", size_s=60, allowed_lateness_s=5, max_lead_s=0)
+        >>> ahead = pl.DataFrame({"ts": [1_000.0, 1_590.0, 1_001.0], "version": ["v1"] * 3,
+        ...                       "cohort": ["stable"] * 3, "latency_ms": [10.0] * 3,
+        ...                       "error": [False] * 3})
+        >>> w.add(ahead, now=1_002.0).tolist(), w.watermark  # 1,590: a fast clock
+        ([False, False, False], 1002.0)
+        """
         if frame.height == 0:
             return np.zeros(0, dtype=bool)
         size, lateness = self.size_s, self.allowed_lateness_s
         ts = frame["ts"].to_numpy()
         start = np.floor(ts / size) * size
+        marks = np.minimum(ts, now + self.max_lead_s)  # what each event may move it to
         # Watermark each event saw on arrival: the max of everything before it.
-        seen_before = np.maximum.accumulate(np.concatenate(([self._watermark], ts[:-1])))
+        seen_before = np.maximum.accumulate(np.concatenate(([self._watermark], marks[:-1])))
         late = (start + size + lateness <= seen_before) | (start + size <= self._closed_upto)
-        self._watermark = max(self._watermark, float(ts.max()))
+        self._watermark = max(self._watermark, float(marks.max()))
         if not late.all():
             self._fold(frame, start, late)
         return late

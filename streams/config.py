@@ -282,6 +282,12 @@ class WindowSettings(_Section):
     percentile_accuracy: float = Field(0.01, gt=0, lt=1,
                                        description="relative accuracy of the latency quantiles "
                                                    "(DDSketch)")
+    max_lead_s: float = Field(
+        0.0, ge=0, description="how far a model's watermark may run ahead of the worker's clock: "
+                               "an event stamped further ahead (a producer's clock running fast, "
+                               "up to limits.max_future_s) is folded, but moves the watermark "
+                               "only this far, so that other producers' events are not judged "
+                               "late against it")
     late_alert_share: float = Field(
         0.05, gt=0, le=1, description="data_quality alert when more of a window's events arrive "
                                       "late (a producer's clock or a stuck queue)")

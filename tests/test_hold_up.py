@@ -233,7 +233,7 @@ def test_one_bad_element_is_dead_lettered_alone_and_the_rest_folded_once() -> No
     batch = [prediction("m", T0 + 5 + i, 10 + i, latency_ms=666.0 if i == 3 else 20.0)
              for i in range(10)]
     other = [prediction("n", T0 + i, 100 + i) for i in range(30)]
-    box = p.process([message(batch, 1), message(other, 2)], now=T0 + 15, saved=log.saved)
+    box = p.process([message(batch, 1), message(other, 2)], now=T0 + 30, saved=log.saved)
     [dead] = box.deadletters
     assert dead["reason"].startswith("internal_error: RuntimeError: poison")
     assert (dead["offset"], dead["index"]) == (1, 3)

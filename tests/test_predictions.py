@@ -14,7 +14,7 @@ SETTINGS = Settings(
     alerts={"keep_firing_for_s": 0},  # type: ignore[arg-type]  # resolve on the next window
     # the tests' wall clock starts near 0 while events are stamped in 2026
     limits={"max_future_s": 4e9},  # type: ignore[arg-type]
-    windows={"size_s": 10, "allowed_lateness_s": 0},  # type: ignore[arg-type]
+    windows={"size_s": 10, "allowed_lateness_s": 0, "max_lead_s": 4e9},  # type: ignore[arg-type]
     latency={"p99_threshold_ms": 300, "min_events": 5},  # type: ignore[arg-type]
     burn_rate={"enabled": False},  # type: ignore[arg-type]
     outage={"floor_s": 5, "k": 10, "min_arrivals": 1},  # type: ignore[arg-type]
@@ -156,3 +156,19 @@ def test_a_bug_on_one_message_costs_only_that_message(monkeypatch: Any) -> None:
     assert box.events == 2
     [dead] = box.deadletters
     assert (dead["offset"], dead["reason"]) == (1, "internal_error: RuntimeError: a bug")
+
+
+def test_a_producer_whose_clock_runs_fast_makes_no_other_event_late() -> None:
+    """An event stamped 590 s ahead (inside limits.max_future_s) is folded, but the
+    model's watermark stays at the worker's clock: the other producers' events, on
+    time, are not dead-lettered as late for the next ten minutes."""
+    p = PredictionProcessor(Settings(), "ml.predictions")
+    fast = p.process([InMessage(orjson.dumps(ev("m", T0 + 590, 10.0)), 0, 0)], now=T0)
+    assert (fast.events, fast.deadletters) == (1, [])
+    on_time = [InMessage(orjson.dumps(ev("m", T0 + i, 10.0)), 0, 1 + i) for i in range(1, 120)]
+    box = p.process(on_time, now=T0 + 120)
+    assert (box.events, box.deadletters) == (119, [])
+    # the windows that closed (their end plus 10 s of lateness behind the last event,
+    # T0 + 119) counted every on-time event of theirs
+    closed = [i for i in range(1, 120) if ((T0 + i) // 60 + 1) * 60 + 10 <= T0 + 119]
+    assert closed and sum(s["count"] for _, s in box.stats) == len(closed)

@@ -19,7 +19,7 @@ PER_WINDOW = 2000
 SETTINGS = Settings(
     # the tests' wall clock starts near 0 while events are stamped in 2026
     limits={"max_future_s": 4e9},  # type: ignore[arg-type]
-    windows={"size_s": SIZE, "allowed_lateness_s": 0},  # type: ignore[arg-type]
+    windows={"size_s": SIZE, "allowed_lateness_s": 0, "max_lead_s": 4e9},  # type: ignore[arg-type]
     burn_rate={"enabled": False},  # type: ignore[arg-type]
     canary={"min_requests": 80, "fail_windows": 2, "pass_windows": 2,  # type: ignore[arg-type]
             "approval_above": 25, "cooldown_s": SIZE},

@@ -234,7 +234,7 @@ T0 = 1_795_000_000.0  # event times start here; the tests' wall clock near 0
 SKEW_SETTINGS = Settings(
     alerts={"keep_firing_for_s": 0},  # type: ignore[arg-type]  # resolve on the next window
     limits={"max_future_s": 4e9},  # type: ignore[arg-type]
-    windows={"size_s": 10, "allowed_lateness_s": 0},  # type: ignore[arg-type]
+    windows={"size_s": 10, "allowed_lateness_s": 0, "max_lead_s": 4e9},  # type: ignore[arg-type]
     skew={"window_events": 400, "hop_events": 100, "run_length_events": 1e6},  # type: ignore[arg-type]
 )
 
@@ -315,7 +315,7 @@ def test_pipeline_reports_feature_drift_against_the_trailing_baseline() -> None:
 def test_without_a_published_profile_the_first_events_become_the_reference() -> None:
     settings = Settings(
         limits={"max_future_s": 4e9},  # type: ignore[arg-type]
-        windows={"size_s": 10, "allowed_lateness_s": 0},  # type: ignore[arg-type]
+        windows={"size_s": 10, "allowed_lateness_s": 0, "max_lead_s": 4e9},  # type: ignore[arg-type]
         skew={"window_events": 400, "hop_events": 100,  # type: ignore[arg-type]
               "run_length_events": 1e6, "first_events": 1000},
         drift={"enabled": False},  # type: ignore[arg-type]

@@ -92,7 +92,8 @@ class ModelMonitor:
         self.partition = partition
         w = settings.windows
         self.windows = TumblingWindows(model, w.size_s, w.allowed_lateness_s,
-                                       settings.burn_rate.slow_ms, w.percentile_accuracy)
+                                       settings.burn_rate.slow_ms, w.percentile_accuracy,
+                                       w.max_lead_s)
         o = settings.outage
         self.outage = OutageDetector(model, k=o.k, floor_s=o.floor_s,
                                      min_arrivals=o.min_arrivals, severity=o.severity)
@@ -176,7 +177,7 @@ class ModelMonitor:
         pairs = [pair for pair, _ in groups]
         for version, cohort in pairs:
             self._series(version, cohort).last_arrival = now
-        out.late = self.windows.add(frame)
+        out.late = self.windows.add(frame, now)
         self._late[0] += int(out.late.sum())
         self._late[1] += frame.height
         if self.canary is not None and predictions is not None:
