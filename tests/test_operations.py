@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import orjson
 import polars as pl
+import pytest
 
 from detectors.base import Batch
 from detectors.pipelines import DurationAnomaly, FailureStreak, RunInfo, StallWatch
@@ -206,6 +207,30 @@ def test_quota_usage_is_rekeyed_by_pool_and_judged_where_the_pool_lives() -> Non
     assert forecast["payload"]["custom_details"]["top_consumers"][0]["pipeline"] == "train"
     [(partition, key, _)] = states(box.checkpoints)
     assert (partition, key) == (3, "pool:team-a")
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"run_id": None}, "'run_id' must be a string"),
+    ({"ts": "soon"}, "'ts' must be a finite number"),
+    ({"used": True}, "'used' must be a finite number"),
+    ({"pool": "team-b"}, "is about another pool than point 0"),
+])
+def test_a_pool_usage_point_not_as_a_worker_writes_it_is_dead_lettered(
+        change: dict[str, Any], says: str) -> None:
+    """The pool-usage topic is written by workers; a point written otherwise (another
+    program, a bug) is refused whole, with its field, and the pool's state stays
+    writable: a null run_id used to make its checkpoint unencodable for good."""
+    ops, f = OperationsProcessor(SETTINGS, POOL_TOPIC), Feed()
+    msgs = [f.run("train", "r1", "heartbeat", T0 + i * HOUR, resources={"gpu_hours": 30.0 * i},
+                  quota={"pool": "team-a", "resource": "gpu_hours", "used": 100 + 30 * i,
+                         "limit": 400}, partition=1) for i in range(3)]
+    [(_, pts)] = ops.process(msgs, now=1.0).pool_usage
+    bad = f.msg(POOL_TOPIC, [pts[0], {**pts[1], **change}], partition=3)
+    box = ops.process([bad, f.msg(POOL_TOPIC, pts, partition=3)], now=2.0)
+    [dead] = box.deadletters
+    assert dead["offset"] == bad.offset and dead["reason"].endswith(says)
+    [(_, key, state)] = states(box.checkpoints)
+    assert key == "pool:team-a" and orjson.loads(orjson.dumps(state))["kind"] == "pool"
 
 
 def test_a_regressed_validation_raises_the_gate_and_pauses_that_version_once() -> None:
