@@ -236,3 +236,13 @@ def test_a_message_of_elements_too_deep_to_write_back_is_copied_into_one_dead_le
     assert dead[0].raw.endswith(data.decode())
     assert all(d.raw.endswith("in the dead letter of element 0)") for d in dead[1:])
     assert sum(len(d.raw) for d in dead) < 2 * len(data)
+
+
+def test_lower_case_t_and_z_are_rfc_3339_too() -> None:
+    assert parse_time("2026-11-27t07:00:00.5z") == parse_time("2026-11-27T07:00:00.5Z")
+
+
+@pytest.mark.parametrize("data", [b"NaN", b"-Infinity", b" Infinity "])
+def test_a_message_that_is_only_a_non_finite_number_says_so(data: bytes) -> None:
+    [dead] = parse_predictions(data, PredictionColumns())
+    assert dead.code == "not_finite" and data.strip().decode() in dead.reason

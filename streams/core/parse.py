@@ -207,8 +207,8 @@ def parse_time(value: Any, name: str = "ts", limits: ParseLimits = DEFAULT_LIMIT
             raise Invalid(f"not_finite: '{name}' is {value}")
         ts = float(value)
     elif isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value)
+        try:  # RFC 3339 allows "t" and "z" in lower case; fromisoformat does not
+            dt = datetime.fromisoformat(value.upper())
         except ValueError:
             raise Invalid(f"bad_timestamp: '{name}' {value[:64]!r} is not RFC 3339") from None
         if dt.tzinfo is None:
@@ -483,6 +483,9 @@ def _parse(data: bytes | None, add: Callable[[Any, int], None],
         except Invalid as exc:
             return [DeadLetter(str(exc), raw_text(data))]
         return []
+    if marked and isinstance(doc, str) and doc.startswith(_MARK):
+        return [DeadLetter(f"not_finite: the message is {doc[len(_MARK):]} (not JSON)",
+                           raw_text(data))]
     if not isinstance(doc, list):
         return [DeadLetter(f"not_object: expected an object or an array of objects, got "
                            f"{type(doc).__name__}", raw_text(data))]
