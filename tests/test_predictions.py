@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from streams.config import Settings
 from streams.core.predictions import InMessage, Outbox, PredictionProcessor
@@ -71,10 +72,11 @@ def test_replay_after_a_crash_is_not_counted_twice() -> None:
     assert actions(a) + actions(b) == actions(uninterrupted)
 
 
-def test_late_events_are_dead_lettered_with_their_origin() -> None:
+@pytest.mark.parametrize("space", [b"", b" \n"])
+def test_late_events_are_dead_lettered_with_their_origin(space: bytes) -> None:
     p = PredictionProcessor(SETTINGS, "ml.predictions")
-    msgs = [InMessage(orjson.dumps(ev("m", T0 + 25, 10.0)), 1, 40),
-            InMessage(orjson.dumps([ev("m", T0 + 26, 10.0), ev("m", T0 + 3, 10.0)]), 1, 41)]
+    late = space + orjson.dumps([ev("m", T0 + 26, 10.0), ev("m", T0 + 3, 10.0)])
+    msgs = [InMessage(orjson.dumps(ev("m", T0 + 25, 10.0)), 1, 40), InMessage(late, 1, 41)]
     box = p.process(msgs, now=1.0)
     [dead] = box.deadletters
     assert (dead["partition"], dead["offset"], dead["index"]) == (1, 41, 1)

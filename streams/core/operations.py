@@ -51,6 +51,7 @@ from streams.core.parse import (
     DeadLetter,
     MetricColumns,
     internal_error,
+    is_batch,
     parse_metrics,
     parse_pipeline,
     raw_text,
@@ -586,8 +587,7 @@ class OperationsProcessor:
                                                                 msg.offset)
         raw, index = (what["raw"], what["element"]) if isinstance(what, dict) \
             else (what[3], what[2])
-        batch = msg.value is not None and msg.value[:1] == b"["
-        return DeadLetter(reason, orjson.dumps(raw).decode(), index if batch else None
+        return DeadLetter(reason, orjson.dumps(raw).decode(), index if is_batch(msg.value) else None
                           ).to_record(msg.topic or "", msg.partition, msg.offset)
 
     # -- the wall clock -----------------------------------------------------------------

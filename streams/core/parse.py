@@ -62,7 +62,8 @@ from detectors.contract import (
 
 __all__ = ["DeadLetter", "ParseLimits", "PredictionColumns", "FeedbackColumns",
            "MetricColumns", "UNCHECKED", "parse_predictions", "parse_feedback", "parse_singles",
-           "parse_control", "parse_pipeline", "parse_metrics", "parse_time", "raw_text"]
+           "parse_control", "parse_pipeline", "parse_metrics", "parse_time", "raw_text",
+           "is_batch"]
 
 MAX_RAW_CHARS = 65_536
 MIN_TS: Final = 946_684_800.0  # 2000-01-01T00:00:00Z
@@ -142,6 +143,19 @@ def internal_error(value: bytes | None, topic: str, partition: int, offset: int,
     """
     return DeadLetter(f"internal_error: {type(exc).__name__}: {exc}"[:500],
                       raw_text(value or b"")).to_record(topic, partition, offset)
+
+
+_BATCH: Final = re.compile(rb"[ \t\r\n]*\[")
+
+
+def is_batch(data: bytes | None) -> bool:
+    """Whether a message is the batch form (a JSON array, after any whitespace), whose
+    dead letters name their element's index.
+
+    >>> is_batch(b' [{"a": 1}]'), is_batch(b'{"a": 1}'), is_batch(None)
+    (True, False, False)
+    """
+    return data is not None and _BATCH.match(data) is not None
 
 
 def raw_text(data: bytes) -> str:

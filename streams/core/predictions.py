@@ -47,6 +47,7 @@ from streams.core.parse import (
     ParseLimits,
     PredictionColumns,
     internal_error,
+    is_batch,
     parse_control,
     parse_feedback,
     parse_predictions,
@@ -296,8 +297,8 @@ class PredictionProcessor:
         out = []
         for row in rows:
             msg = messages[cols.message[row]]
-            dl = DeadLetter(reason, cols.text(row), cols.element[row]
-                            if msg.value is not None and msg.value[:1] == b"[" else None)
+            dl = DeadLetter(reason, cols.text(row),
+                            cols.element[row] if is_batch(msg.value) else None)
             out.append(dl.to_record(self.topic, msg.partition, msg.offset))
         return out
 
@@ -469,9 +470,8 @@ class PredictionProcessor:
     def _dead_label(self, messages: Sequence[InMessage], cols: FeedbackColumns, j: int,
                     reason: str) -> Record:
         msg = messages[cols.message[j]]
-        batch = msg.value is not None and msg.value[:1] == b"["
         dl = DeadLetter(reason, orjson.dumps(cols.raw[j]).decode(),
-                        cols.element[j] if batch else None)
+                        cols.element[j] if is_batch(msg.value) else None)
         return dl.to_record(self.feedback_topic, msg.partition, msg.offset)
 
     def _process_control(self, msg: InMessage, now: float, saved: Saved, box: Outbox,
