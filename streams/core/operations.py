@@ -493,9 +493,9 @@ class OperationsProcessor:
                         work.setdefault(METRIC_PREFIX + src + SEP + metric, []).append(
                             (i, (cols.ts[j], cols.value[j], cols.element[j], cols.raw[j])))
             elif topic == self.pool_topic:
-                pool = _pool_of(msg.value)
-                if pool.startswith("bad_value:"):
-                    dead = [DeadLetter(pool, raw_text(msg.value or b""))]
+                pool, wrong = _pool_of(msg.value)
+                if pool is None:
+                    dead = [DeadLetter(wrong, raw_text(msg.value or b""))]
                 else:
                     work.setdefault(POOL_PREFIX + pool, []).append((i, msg.value))
             box.deadletters += [d.to_record(topic, msg.partition, msg.offset) for d in dead]
@@ -646,41 +646,41 @@ _POOL_TEXT: Final = ("pool", "resource", "pipeline", "run_id", "status")
 _POOL_NUMBERS: Final = ("run_used", "used", "limit")  # each optional
 
 
-def _pool_of(value: bytes | None) -> str:
-    """The pool a pool-usage message (internal, written by a worker) is about, or what
-    is wrong with it (``bad_value: ...``): every point must be as a worker writes it,
-    since its fields become state (a ``run_id`` that is not a string would make the
-    pool's checkpoint unwritable).
+def _pool_of(value: bytes | None) -> tuple[str | None, str]:
+    """The pool a pool-usage message (internal, written by a worker) is about, or None
+    and what is wrong with it: every point must be as a worker writes it, since its
+    fields become state (a ``run_id`` that is not a string would make the pool's
+    checkpoint unwritable).
 
     >>> _pool_of(b'[{"pool": "gpu", "resource": "gpu_hours", "pipeline": "p", '
     ...          b'"run_id": "r1", "status": "running", "ts": 1.5, "used": 2}]')
-    'gpu'
+    ('gpu', '')
     >>> _pool_of(b'[{"pool": "gpu", "resource": "gpu_hours", "pipeline": "p", '
     ...          b'"run_id": null, "status": "running", "ts": 1.5}]')
-    "bad_value: pool usage point 0: 'run_id' must be a string"
+    (None, "bad_value: pool usage point 0: 'run_id' must be a string")
     """
     try:
         points = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
         points = None
     if not isinstance(points, list) or not points:
-        return "bad_value: not a list of pool usage points"
+        return None, "bad_value: not a list of pool usage points"
     for i, p in enumerate(points):
         if not isinstance(p, dict):
-            return f"bad_value: pool usage point {i} is not an object"
+            return None, f"bad_value: pool usage point {i} is not an object"
         for name in _POOL_TEXT:
             if not isinstance(p.get(name), str):
-                return f"bad_value: pool usage point {i}: {name!r} must be a string"
+                return None, f"bad_value: pool usage point {i}: {name!r} must be a string"
         for name, required in (("ts", True), *((n, False) for n in _POOL_NUMBERS)):
             v = p.get(name)
             if v is None and not required:
                 continue
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
                 continue
-            return f"bad_value: pool usage point {i}: {name!r} must be a finite number"
+            return None, f"bad_value: pool usage point {i}: {name!r} must be a finite number"
         if p["pool"] != points[0]["pool"]:
-            return f"bad_value: pool usage point {i} is about another pool than point 0"
-    return str(points[0]["pool"])
+            return None, f"bad_value: pool usage point {i} is about another pool than point 0"
+    return str(points[0]["pool"]), ""
 
 
 def _restore(data: Record, settings: Settings, now: float) -> Any:
