@@ -143,6 +143,29 @@ def test_a_bug_after_the_batch_is_marked_read_costs_only_its_message(monkeypatch
     assert marks[-1] == 2
 
 
+def test_the_last_message_of_a_batch_failing_alone_is_marked_read(monkeypatch: Any) -> None:
+    """Dead-lettered once: its offset is the input's mark, so a replay of the batch (a
+    crash before Faust commits) sends neither its dead letter nor the others' again."""
+    import streams.core.predictions as predictions
+
+    real = predictions.series_pairs
+
+    def flaky(rows: Any) -> Any:
+        if T0 + 2 in rows["ts"].to_list():
+            raise RuntimeError("a bug")
+        return real(rows)
+
+    monkeypatch.setattr(predictions, "series_pairs", flaky)
+    p = PredictionProcessor(SETTINGS, "ml.predictions")
+    msgs = [InMessage(orjson.dumps(ev("m", T0 + i, 10.0)), 0, i) for i in range(3)]
+    box = p.process_safely(msgs, now=0.0)
+    assert [d["offset"] for d in box.deadletters] == [2]
+    assert box.checkpoints[-1][2] == {"kind": "input", "partition": 0,
+                                      "topic": "ml.predictions", "offset": 2}
+    again = p.process_safely(msgs, now=0.0)
+    assert (again.events, again.deadletters) == (0, [])
+
+
 def test_a_bug_on_one_message_costs_only_that_message(monkeypatch: Any) -> None:
     p = PredictionProcessor(SETTINGS, "ml.predictions")
     real = p.process

@@ -459,6 +459,9 @@ class OperationsProcessor:
         def dead(box: OpsOutbox, msg: InMessage, exc: Exception) -> None:
             box.deadletters.append(internal_error(msg.value, msg.topic or "", msg.partition,
                                                   msg.offset, exc))
+            # dead-lettered once: marked read, so that a replay does not send it again
+            self.marks.fresh(msg.topic or "", msg.partition, msg.offset, saved)
+            box.checkpoints += self.marks.checkpoints()
 
         return one_by_one(lambda part: self.process(part, now, saved), messages, OpsOutbox,
                           dead, "operations")
