@@ -176,6 +176,7 @@ def test_a_string_that_never_ends_is_scanned_once_for_nan_tokens() -> None:
     (NOW * 1000, "epoch milliseconds?"),
     (NOW + 366 * 86_400, "ahead of the worker's clock"),
     ("2027-12-01T00:00:00Z", "ahead of the worker's clock"),
+    (1e308, "more than a million years ahead"),
     (5.0, "before 2000-01-01"),
     ("1999-12-31T23:59:59Z", "before 2000-01-01"),
 ])
@@ -246,3 +247,12 @@ def test_lower_case_t_and_z_are_rfc_3339_too() -> None:
 def test_a_message_that_is_only_a_non_finite_number_says_so(data: bytes) -> None:
     [dead] = parse_predictions(data, PredictionColumns())
     assert dead.code == "not_finite" and data.strip().decode() in dead.reason
+
+
+@pytest.mark.parametrize(("error", "kept"), [
+    ("OOMKilled", "OOMKilled"), ({"code": 137}, '{"code":137}'), (137, "137")])
+def test_a_failed_runs_error_is_kept_whatever_its_json_type(error: object, kept: str) -> None:
+    run = orjson.dumps({"event_id": "e", "ts": 1, "pipeline": "p", "kind": "training",
+                        "run_id": "r", "status": "failed", "error": error})
+    out: list[dict[str, object]] = []
+    assert parse_pipeline(run, out) == [] and out[0]["error"] == kept

@@ -241,7 +241,8 @@ def _check_time(ts: float, value: Any, name: str, limits: ParseLimits) -> None:
                       f"{datetime.fromtimestamp(limits.min_ts, UTC):%Y-%m-%d}")
     if limits.max_ts is not None and ts > limits.max_ts:
         ahead = ts - limits.max_ts
-        when = (f"{ahead / 31_557_600:,.0f} years" if ahead > 31_557_600 * 2
+        when = ("more than a million years" if ahead > 31_557_600e6
+                else f"{ahead / 31_557_600:,.0f} years" if ahead > 31_557_600 * 2
                 else f"{ahead / 86_400:,.1f} days" if ahead > 86_400 * 2 else f"{ahead:,.0f} s")
         millis = isinstance(value, (int, float)) and limits.min_ts is not None and \
             limits.min_ts <= ts / 1000 <= limits.max_ts
@@ -902,6 +903,21 @@ def _numbers(ev: dict[str, Any], name: str, limits: ParseLimits) -> dict[str, fl
     return {str(k): float(x) for k, x in v.items()}
 
 
+def _error_text(v: Any) -> str | None:
+    """A run's ``error`` text (the first 1,000 characters). Not a string (an object, a
+    number): its JSON text, rather than losing what went wrong with the run.
+
+    >>> _error_text("OOM"), _error_text({"code": 137}), _error_text(None)
+    ('OOM', '{"code":137}', None)
+    """
+    if v is None or isinstance(v, str):
+        return v if v is None else v[:1000]
+    try:
+        return orjson.dumps(v).decode()[:1000]
+    except TypeError:  # nested past orjson's writer's limit
+        return f"(an error of type {type(v).__name__}, too deeply nested to show)"
+
+
 def _pipeline_event(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
     pipeline = _required(_object(ev), "pipeline", limits)
     _keyed(key, pipeline, "pipeline")
@@ -912,7 +928,7 @@ def _pipeline_event(ev: Any, limits: ParseLimits, key: Key) -> dict[str, Any]:
         "status": _one_of(ev, "status", RUN_STATUSES),
         "model": _string(ev, "model", False, limits),
         "version": _string(ev, "version", False, limits),
-        "error": ev["error"][:1000] if isinstance(ev.get("error"), str) else None,
+        "error": _error_text(ev.get("error")),
         "resources": _numbers(ev, "resources", limits),
         "metrics": _numbers(ev, "metrics", limits),
     }
