@@ -8,7 +8,10 @@ the data a model version was trained on:
   ``max`` and ``missing_rate`` (null or NaN);
 - categorical: ``frequencies`` (value -> share of non-missing rows) of the
   ``max_categories`` most frequent values, the rest folded into ``__other__``,
-  and ``missing_rate``.
+  and ``missing_rate``. A value longer than :data:`MAX_CATEGORY_CHARS` is never
+  listed (it counts as ``__other__``, and so does it when served): a profile's
+  size, and the state of a version that learns its profile from its first
+  events, is bounded whatever the values hold.
 
 ``prediction`` and ``label`` columns, when present, are profiled the same way
 under their own keys, and give ``performance``: the model's accuracy (or MAE) on
@@ -34,10 +37,12 @@ import polars as pl
 
 from detectors.performance import ScoreCalibration
 
-__all__ = ["build_profile", "FeatureBins", "OTHER", "UNSEEN", "category_key"]
+__all__ = ["build_profile", "FeatureBins", "OTHER", "UNSEEN", "category_key",
+           "MAX_CATEGORY_CHARS"]
 
 OTHER = "__other__"
 UNSEEN = "__unseen__"
+MAX_CATEGORY_CHARS = 256  # longest value a profile lists by name
 SPECIAL = ("prediction", "label")
 NOT_FEATURES = frozenset({"event_id", "ts", "model", "version", "cohort", "status",
                           "latency_ms", "error"})
@@ -89,10 +94,11 @@ def _categorical_profile(lf: pl.LazyFrame, col: str, max_categories: int,
     vc = (lf.select(c.cast(pl.Utf8).alias("v")).drop_nulls().group_by("v").len()
           .sort(["len", "v"], descending=[True, False]).collect(engine="streaming"))
     n = int(vc["len"].sum()) if vc.height else 0
+    listed = vc.filter(pl.col("v").str.len_chars() <= MAX_CATEGORY_CHARS).head(max_categories)
     freqs: dict[str, float] = {}
-    for v, k in vc.head(max_categories).iter_rows():
+    for v, k in listed.iter_rows():
         freqs[str(v)] = k / n
-    rest = n - int(vc.head(max_categories)["len"].sum()) if n else 0
+    rest = n - int(listed["len"].sum()) if n else 0
     if rest:
         freqs[OTHER] = rest / n
     return {"type": "categorical", "frequencies": freqs,

@@ -69,6 +69,19 @@ def test_categories_beyond_the_cap_fold_into_other() -> None:
     assert freqs["frequencies"] == {"a": 0.5, "b": 0.3, OTHER: 0.2}
 
 
+def test_a_value_too_long_to_list_counts_as_other_in_the_profile_and_when_served() -> None:
+    """The profile of a version's first events holds what its values hold: a megabyte
+    category would be a megabyte of state (and of every checkpoint after it)."""
+    huge = "x" * 1_000_000
+    lf = pl.LazyFrame({"c": [huge] * 60 + ["a"] * 30 + ["b"] * 10})
+    profile = build_profile(lf, "m", "v1", created_at=0)["features"]["c"]
+    assert profile["frequencies"] == {"a": 0.3, "b": 0.1, OTHER: 0.6}
+    assert len(orjson.dumps(profile)) < 200
+    bins = FeatureBins.from_profile("c", profile)
+    assert bins is not None
+    assert [bins.labels[i] for i in bins.bin_categories([huge, "a", "zzz"])] == [OTHER, "a", OTHER]
+
+
 def test_calibrated_threshold_keeps_the_false_alarm_budget_on_stationary_data() -> None:
     rng = np.random.default_rng(3)
     ref = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
