@@ -30,7 +30,13 @@ moment. Per run it prints events/s, the ratio, the worker's cores busy
 consumer lag over the run (plotted in the terminal; ``--plot F.png`` writes
 the charts when matplotlib is there).
 
-4. **end-to-end delay**: a worker fed in real time (``--delay-seconds``, 40,
+4. **memory per model version**: the batch form's worker alone for
+   ``--memory-models`` models (2 and 10), ``--memory-events`` predictions per
+   model (100,000) and their labels: peak resident memory per model count, and
+   the slope, MB per model version (each model has a stable and a canary
+   version), beside the fixed part (imports, input in flight).
+
+5. **end-to-end delay**: a worker fed in real time (``--delay-seconds``, 40,
    at 200 events/s per model, 5 s windows, every model 20 times slower two
    windows in four, so that latency alerts trigger and resolve all along);
    for each closed window, the time from the window's close (its end plus the
@@ -42,10 +48,12 @@ the charts when matplotlib is there).
 
 It exits non-zero, with the worker's log tail, if a worker dies or a run does
 not finish within ``--timeout`` seconds. ``--quick`` (what the test suite
-runs) is the same with 20,000 / 3,000 events and a 15 s delay run: it checks
+runs) is the same with 20,000 / 3,000 events, memory runs of 1 and 2 models of 1,000
+predictions, and a 15 s delay run: it checks
 that everything completes and the table prints, not the figures.
 
-``--only RUN`` (repeatable: ``batch``, ``single-event``, ``client``, ``delay``)
+``--only RUN`` (repeatable: ``batch``, ``single-event``, ``client``, ``memory``,
+``delay``)
 does only those runs; ``--set KEY=VALUE`` (repeatable; a dotted key, the value
 read as YAML) changes the workers' configuration, so configurations compare
 without editing code between runs, e.g. ``--only single-event --set
@@ -304,7 +312,8 @@ def topics_for(prefix: str) -> dict[str, str]:
 
 
 RUNS = {"batch": "batch form", "single-event": "single-event",
-        "client": "sentinelle.client", "delay": "end-to-end delay"}
+        "client": "sentinelle.client", "memory": "memory per model version",
+        "delay": "end-to-end delay"}
 EXTRA: dict[str, Any] = {}  # --set: merged into every worker's configuration, last
 
 
@@ -442,7 +451,8 @@ def time_passthrough(servers: str, topics: list[str], expect: int, timeout: floa
 
 
 async def throughput_run(servers: str, name: str, per: int, n: int, models: list[str],
-                         workdir: Path, timeout: float, via_client: bool = False) -> Run:
+                         workdir: Path, timeout: float, via_client: bool = False,
+                         passthrough: bool = True) -> Run:
     prefix = f"e2e{uuid.uuid4().hex[:6]}"
     topics = await prepare(servers, prefix, models)
     t0 = time.time() - 3 * 3600
@@ -465,7 +475,7 @@ async def throughput_run(servers: str, name: str, per: int, n: int, models: list
         msgs = len(pm) + len(lm)
     await send(servers, topics["metrics"], grouped(pts, "source", per))
     run = Run(name, len(preds) + len(labs), msgs)
-    if not via_client:
+    if passthrough and not via_client:
         say(f"{name}: Faust pass-through")
         run.passthrough = time_passthrough(servers, [topics["predictions"], topics["feedback"]],
                                            run.events, timeout)
@@ -473,6 +483,36 @@ async def throughput_run(servers: str, name: str, per: int, n: int, models: list
     # every input message: predictions and labels, plus the deployments announcement
     await time_worker(servers, run, topics, msgs + len(models), workdir, timeout)
     return run
+
+
+async def memory_runs(servers: str, counts: list[int], per_model: int, workdir: Path,
+                      timeout: float) -> list[tuple[int, Run]]:
+    """The batch form's worker alone (no pass-through) for each number of models, the
+    same predictions per model: its peak memory against the model versions it holds
+    (each model has a stable and a canary version)."""
+    out = []
+    for k in counts:
+        name = f"batch form, {k} models"
+        out.append((k, await throughput_run(servers, name, 100, per_model * k,
+                                            model_names(k), workdir, timeout,
+                                            passthrough=False)))
+    return out
+
+
+def memory_report(sweep: list[tuple[int, Run]], per_model: int) -> None:
+    """Peak RSS per model count, and the slope: MB per model version."""
+    print(f"\nmemory: the batch form's worker alone, {per_model:,} predictions per model "
+          f"(and labels for half), each model a stable and a canary version\n")
+    print("| models | model versions | events | peak RSS MB |")
+    print("|---:|---:|---:|---:|")
+    for k, r in sweep:
+        print(f"| {k} | {2 * k} | {r.events:,} | {r.peak_mb:,.0f} |")
+    if len(sweep) >= 2:
+        (k0, r0), (k1, r1) = sweep[0], sweep[-1]
+        slope = (r1.peak_mb - r0.peak_mb) / (2 * (k1 - k0))
+        fixed = r0.peak_mb - slope * 2 * k0
+        print(f"\nabout {slope:.1f} MB per model version on top of {fixed:.0f} MB "
+              f"(the fit through {k0} and {k1} models)")
 
 
 # -- end-to-end delay ----------------------------------------------------------------
@@ -566,6 +606,8 @@ def pct(xs: list[float], q: float) -> float:
 
 def report(runs: list[Run], delays: tuple[list[float], list[float], float] | None,
            models: int, plot: str | None) -> None:
+    if not runs and delays is None:  # --only memory: memory_report prints its own
+        return
     print(f"\nSentinelle worker vs Faust pass-through, {models} models x 12 features, every "
           f"check on (profiles, labels for half, canary cohort, metrics source); "
           f"{PARTITIONS} partitions, one worker\n")
@@ -638,11 +680,17 @@ async def main_async(args: argparse.Namespace, servers: str, workdir: Path) -> N
     if "client" in only:
         runs.append(await throughput_run(servers, "sentinelle.client", 1, args.client_events,
                                          models, workdir, args.timeout, via_client=True))
+    sweep = None
+    if "memory" in only:
+        sweep = await memory_runs(servers, args.memory_models, args.memory_events, workdir,
+                                  args.timeout)
     delays = None
     if "delay" in only:
         say("end-to-end delay run")
         delays = await delay_run(servers, models, args.delay_seconds, workdir)
     report(runs, delays, args.models, args.plot)
+    if sweep is not None:
+        memory_report(sweep, args.memory_events)
 
 
 def main() -> int:
@@ -653,6 +701,10 @@ def main() -> int:
     ap.add_argument("--client-events", type=int, default=600_000,
                     help="predictions of the sentinelle.client run (default 600,000)")
     ap.add_argument("--models", type=int, default=5)
+    ap.add_argument("--memory-models", type=lambda v: [int(x) for x in v.split(",")],
+                    default=[2, 10], help="model counts of the memory runs (default 2,10)")
+    ap.add_argument("--memory-events", type=int, default=100_000,
+                    help="predictions per model in the memory runs (default 100,000)")
     ap.add_argument("--delay-seconds", type=float, default=40.0)
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--plot", default=None)
@@ -667,6 +719,7 @@ def main() -> int:
     if args.quick:
         args.events, args.single_events, args.delay_seconds = 20_000, 3_000, 15.0
         args.client_events = 3_000
+        args.memory_models, args.memory_events = [1, 2], 1_000
     with tempfile.TemporaryDirectory(prefix="sentinelle-e2e-") as tmp:
         servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if servers:

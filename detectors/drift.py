@@ -37,8 +37,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from river import drift as river_drift
 
+from detectors._river import drift as river_drift
 from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
 from detectors.distance import js_distance

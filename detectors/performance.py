@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from river import metrics
-from scipy import stats
+from scipy import special
 
+from detectors._river import metrics
 from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
 
@@ -487,7 +487,7 @@ class PerformanceCheck:
             errs = np.asarray(self._abs_err)
             se = float(errs.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
             z = (value - self._reference) / se if se > 0 else 0.0
-            p = float(stats.norm.sf(z))
+            p = float(special.ndtr(-z))  # the normal's upper tail
             worse = value > self._reference * (1 + self.min_drop)
             statistic, relation = "mae", ">"
         else:
@@ -496,7 +496,7 @@ class PerformanceCheck:
                 self._reference = value
                 return None
             correct = round(value * n)
-            p = float(stats.binom.cdf(correct, n, min(max(self._reference, 1e-9), 1.0)))
+            p = float(special.bdtr(correct, n, min(max(self._reference, 1e-9), 1.0)))  # binom CDF
             worse = value < self._reference - self.min_drop
             statistic, relation = "accuracy", "<"
         active = worse and p < self.alpha
@@ -868,7 +868,7 @@ class ConfidenceEstimate:
         if cal is not None:  # the reference accuracy is itself a sample of cal.rows
             var += ref * (1 - ref) / cal.rows
         se = math.sqrt(var)
-        p = float(stats.norm.cdf((value - ref) / se)) if se > 0 else 1.0
+        p = float(special.ndtr((value - ref) / se)) if se > 0 else 1.0
         active = value < ref - self.min_drop and p < self.alpha
         details: dict[str, Any] = {
             "statistic": "estimated_accuracy", "value": round(value, 5),

@@ -13,8 +13,8 @@ and, for stalls, the wall clock.
   ceiling_s]`` (``ceiling_s`` until ``min_runs`` runs are known). Wall clock:
   stalls are about silence. A heartbeat or the end resolves it.
 - :class:`DurationAnomaly`: ``pipeline_duration_anomaly`` when a finished run's
-  duration is anomalous for that pipeline: River's
-  :class:`~river.anomaly.GaussianScorer` on log-durations (run times are
+  duration is anomalous for that pipeline: a Gaussian fitted to the recent
+  log-durations (River's rolling :class:`~river.stats.Var`; run times are
   multiplicative: a 2x slowdown weighs the same for a 5-minute and a 5-hour
   pipeline), learned online, silent during its warm-up (``min_runs``). Score =
   2 |CDF - 0.5|; ``threshold`` 0.999 is 3.3 standard deviations. Anomalous runs
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from river import anomaly
+from river import stats, utils
 
 from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
@@ -342,12 +342,27 @@ class DurationAnomaly:
     def key(self) -> str:
         return dedup_key("pipeline_duration_anomaly", self.pipeline)
 
-    def _fresh(self) -> anomaly.GaussianScorer:
-        return anomaly.GaussianScorer(window_size=_KEPT_DURATIONS, grace_period=self.min_runs)
+    @staticmethod
+    def _fresh() -> utils.Rolling:
+        """The learned log-durations' mean and variance over the last ``_KEPT_DURATIONS``.
+
+        What River's ``anomaly.GaussianScorer(window_size=...)`` keeps, without the
+        ``river.anomaly`` package, whose import loads ``scipy.stats`` (45 MB a
+        worker; :mod:`detectors._river`)."""
+        return utils.Rolling(stats.Var, window_size=_KEPT_DURATIONS, ddof=1)
 
     def _learn(self, y: float) -> None:
         self.learned = [*self.learned, y][-_KEPT_DURATIONS:]
-        self._scorer.learn_one(None, y)
+        self._scorer.update(y)
+
+    def _score(self, y: float) -> float:
+        """2 |CDF(y) - 0.5| of the fitted Gaussian, in [0, 1] (GaussianScorer's
+        score); 1 when the learned runs all took the same time and y differs."""
+        var: stats.Var = self._scorer.obj
+        mu, sigma = var.mean.get(), var.get() ** 0.5
+        if sigma == 0:
+            return 0.0 if y == mu else 1.0
+        return 2 * abs(utils.math.norm_cdf((y - mu) / sigma) - 0.5)
 
     def update(self, batch: Batch) -> list[Signal]:
         """Judge each finished run (a positive ``duration_s``), then learn it unless
@@ -365,7 +380,7 @@ class DurationAnomaly:
     def _judge(self, run_id: str, duration_s: float, ts: float) -> Signal | None:
         y = math.log(duration_s)
         warm = len(self.learned) >= self.min_runs
-        score = float(self._scorer.score_one(None, y)) if warm else 0.0
+        score = self._score(y) if warm else 0.0
         if not warm or score < self.threshold:
             self.pending = []
             self._learn(y)

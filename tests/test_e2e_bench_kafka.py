@@ -22,5 +22,6 @@ def test_the_e2e_bench_completes_and_prints_its_table(kafka_bootstrap: str) -> N
                           env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     for row in ("| batch form |", "| single-event |", "| sentinelle.client |",
-                "ml.stats: p50", "ml.alerts: p50", "consumer lag"):
+                "ml.stats: p50", "ml.alerts: p50", "consumer lag",
+                "| models | model versions | events | peak RSS MB |", "MB per model version"):
         assert row in done.stdout, row
