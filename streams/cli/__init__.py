@@ -27,6 +27,10 @@ default), loading the settings, and the error exit (``sentinelle: …``, status 
 
 from __future__ import annotations
 
+from streams.runtime.tuning import cap_malloc_arenas
+
+cap_malloc_arenas()  # first, before numpy and Polars start threads: see its docstring
+
 import click
 
 from streams.cli import (
