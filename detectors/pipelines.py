@@ -14,7 +14,7 @@ and, for stalls, the wall clock.
   stalls are about silence. A heartbeat or the end resolves it.
 - :class:`DurationAnomaly`: ``pipeline_duration_anomaly`` when a finished run's
   duration is anomalous for that pipeline: a Gaussian fitted to the recent
-  log-durations (River's rolling :class:`~river.stats.Var`; run times are
+  log-durations (River's ``GaussianScorer``'s score, over the kept runs; run times are
   multiplicative: a 2x slowdown weighs the same for a 5-minute and a 5-hour
   pipeline), learned online, silent during its warm-up (``min_runs``). Score =
   2 |CDF - 0.5|; ``threshold`` 0.999 is 3.3 standard deviations. Anomalous runs
@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from river import stats, utils
 
 from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
@@ -330,7 +329,6 @@ class DurationAnomaly:
         self.severity = severity
         self.learned: list[float] = []   # log-durations, the scorer's window
         self.pending: list[float] = []   # anomalous ones in a row, not learned yet
-        self._scorer = self._fresh()
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
@@ -342,27 +340,19 @@ class DurationAnomaly:
     def key(self) -> str:
         return dedup_key("pipeline_duration_anomaly", self.pipeline)
 
-    @staticmethod
-    def _fresh() -> utils.Rolling:
-        """The learned log-durations' mean and variance over the last ``_KEPT_DURATIONS``.
-
-        What River's ``anomaly.GaussianScorer(window_size=...)`` keeps, without the
-        ``river.anomaly`` package, whose import loads ``scipy.stats`` (45 MB a
-        worker; :mod:`detectors._river`)."""
-        return utils.Rolling(stats.Var, window_size=_KEPT_DURATIONS, ddof=1)
-
     def _learn(self, y: float) -> None:
         self.learned = [*self.learned, y][-_KEPT_DURATIONS:]
-        self._scorer.update(y)
 
     def _score(self, y: float) -> float:
-        """2 |CDF(y) - 0.5| of the fitted Gaussian, in [0, 1] (GaussianScorer's
-        score); 1 when the learned runs all took the same time and y differs."""
-        var: stats.Var = self._scorer.obj
-        mu, sigma = var.mean.get(), var.get() ** 0.5
+        """2 |CDF(y) - 0.5| of the Gaussian fitted to the learned runs (mean, sample
+        standard deviation), in [0, 1]: River's ``anomaly.GaussianScorer`` score over a
+        window of the same runs, without the ``river.anomaly`` package, whose import
+        loads ``scipy.stats`` (45 MB a worker; :mod:`detectors._river`). 1 when the
+        learned runs all took the same time and y differs."""
+        mu, sigma = float(np.mean(self.learned)), float(np.std(self.learned, ddof=1))
         if sigma == 0:
             return 0.0 if y == mu else 1.0
-        return 2 * abs(utils.math.norm_cdf((y - mu) / sigma) - 0.5)
+        return 2 * abs(0.5 * math.erfc(-(y - mu) / (sigma * math.sqrt(2))) - 0.5)
 
     def update(self, batch: Batch) -> list[Signal]:
         """Judge each finished run (a positive ``duration_s``), then learn it unless
@@ -389,7 +379,7 @@ class DurationAnomaly:
                           ts, self.pipeline) if warm else None
         self.pending.append(y)
         if len(self.pending) >= self.accept_after:  # a new normal: learn it afresh
-            self._scorer, self.learned = self._fresh(), []
+            self.learned = []
             for p in self.pending:
                 self._learn(p)
             self.pending = []
@@ -414,10 +404,7 @@ class DurationAnomaly:
         return {"learned": self.learned, "pending": self.pending}
 
     def load_dict(self, d: dict[str, Any]) -> None:
-        self._scorer = self._fresh()
-        self.learned = []
-        for y in d.get("learned", []):
-            self._learn(float(y))
+        self.learned = [float(y) for y in d.get("learned", [])][-_KEPT_DURATIONS:]
         self.pending = [float(y) for y in d.get("pending", [])]
 
 

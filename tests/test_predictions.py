@@ -120,21 +120,28 @@ def test_state_restored_by_tick_keeps_firing_alerts_and_grants_grace() -> None:
     assert other.revoke({0}) == ["m"] and other.monitors == {}
 
 
-def test_a_bug_after_the_batch_is_marked_read_costs_only_its_message(monkeypatch: Any) -> None:
-    """The fault strikes after the micro-batch's messages were marked read: read
-    again one by one, they must not look read already (nothing would fold)."""
+def three_messages_failing_at(monkeypatch: Any,
+                              bad: int) -> tuple[PredictionProcessor, list[InMessage]]:
+    """A processor whose micro-batch fold raises, after the input marks are set, on
+    any batch holding the event of message ``bad`` (of 0, 1, 2), and the messages."""
     import streams.core.predictions as predictions
 
     real = predictions.series_pairs
 
     def flaky(rows: Any) -> Any:
-        if T0 + 1 in rows["ts"].to_list():
+        if T0 + bad in rows["ts"].to_list():
             raise RuntimeError("a bug")
         return real(rows)
 
     monkeypatch.setattr(predictions, "series_pairs", flaky)
-    p = PredictionProcessor(SETTINGS, "ml.predictions")
     msgs = [InMessage(orjson.dumps(ev("m", T0 + i, 10.0)), 0, i) for i in range(3)]
+    return PredictionProcessor(SETTINGS, "ml.predictions"), msgs
+
+
+def test_a_bug_after_the_batch_is_marked_read_costs_only_its_message(monkeypatch: Any) -> None:
+    """The fault strikes after the micro-batch's messages were marked read: read
+    again one by one, they must not look read already (nothing would fold)."""
+    p, msgs = three_messages_failing_at(monkeypatch, 1)
     box = p.process_safely(msgs, now=0.0)
     assert box.events == 2
     [dead] = box.deadletters
@@ -146,18 +153,7 @@ def test_a_bug_after_the_batch_is_marked_read_costs_only_its_message(monkeypatch
 def test_the_last_message_of_a_batch_failing_alone_is_marked_read(monkeypatch: Any) -> None:
     """Dead-lettered once: its offset is the input's mark, so a replay of the batch (a
     crash before Faust commits) sends neither its dead letter nor the others' again."""
-    import streams.core.predictions as predictions
-
-    real = predictions.series_pairs
-
-    def flaky(rows: Any) -> Any:
-        if T0 + 2 in rows["ts"].to_list():
-            raise RuntimeError("a bug")
-        return real(rows)
-
-    monkeypatch.setattr(predictions, "series_pairs", flaky)
-    p = PredictionProcessor(SETTINGS, "ml.predictions")
-    msgs = [InMessage(orjson.dumps(ev("m", T0 + i, 10.0)), 0, i) for i in range(3)]
+    p, msgs = three_messages_failing_at(monkeypatch, 2)
     box = p.process_safely(msgs, now=0.0)
     assert [d["offset"] for d in box.deadletters] == [2]
     assert box.checkpoints[-1][2] == {"kind": "input", "partition": 0,
