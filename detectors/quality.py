@@ -20,7 +20,7 @@ training sample's min and max; an unknown feature is expected in no event.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -31,12 +31,73 @@ from scipy import special
 from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
 
-__all__ = ["FeatureSpec", "FeatureColumns", "QualityDetector", "ISSUES", "floats"]
+__all__ = ["FeatureSpec", "FeatureColumns", "FeatureTable", "QualityDetector", "ISSUES",
+           "floats", "take"]
 
 ISSUES = ("missing", "type_mismatch", "non_finite", "out_of_range")
 _NUMBER = (int, float)
 _EMPTY: dict[str, Any] = {}
 _NUMBER_TYPES = frozenset(_NUMBER)
+
+
+class FeatureTable(Sequence[dict[str, Any]]):
+    """Feature objects that all have the same names, held as one list per name.
+
+    What the batch form's fast path reads (``streams/core/_batchparse.c``): a
+    message whose events share their feature names, without a dict per event.
+    It reads as the list of objects it stands for (``table[i]`` builds row
+    ``i``'s), and :meth:`FeatureColumns.extract` takes its columns as they are.
+
+    >>> t = FeatureTable(("x", "c"), [[1.5, None], ["a", "b"]], 2)
+    >>> t[1], list(t.take([1, 0])) == [t[1], t[0]]
+    ({'x': None, 'c': 'b'}, True)
+    """
+
+    __slots__ = ("names", "columns", "rows")
+
+    def __init__(self, names: tuple[str, ...], columns: list[list[Any]], rows: int) -> None:
+        self.names, self.columns, self.rows = names, columns, rows
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return self.take(range(self.rows)[i])
+        return dict(zip(self.names, [col[i] for col in self.columns], strict=True))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        names = self.names
+        return (dict(zip(names, row, strict=True)) for row in zip(*self.columns, strict=True)) \
+            if names else iter([{} for _ in range(self.rows)])
+
+    def extend(self, other: FeatureTable) -> None:
+        """Append ``other``'s rows (the same names)."""
+        for col, more in zip(self.columns, other.columns, strict=True):
+            col += more
+        self.rows += other.rows
+
+    def take(self, rows: Sequence[int]) -> FeatureTable:
+        """Rows ``rows``, in that order, at C speed."""
+        if isinstance(rows, np.ndarray):
+            rows = rows.tolist()
+        n = len(rows)
+        if n == self.rows and n and rows[0] == 0 and rows[-1] == n - 1 and \
+                list(rows) == list(range(n)):
+            return self
+        if n == 1:
+            return FeatureTable(self.names, [[col[rows[0]]] for col in self.columns], 1)
+        get = itemgetter(*rows) if n else None
+        return FeatureTable(self.names, [list(get(col)) if get else [] for col in self.columns],
+                            n)
+
+
+def take(features: Sequence[dict[str, Any] | None], rows: Sequence[int]
+         ) -> Sequence[dict[str, Any] | None]:
+    """``[features[i] for i in rows]``, a :class:`FeatureTable` staying one."""
+    if isinstance(features, FeatureTable):
+        return features.take(rows)
+    return [features[i] for i in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +111,14 @@ class FeatureColumns:
 
     values: dict[str, list[Any]]     # raw values (None when absent)
     numbers: dict[str, np.ndarray]   # numeric features: the value, NaN when absent or not a number
-    events: list[dict[str, Any]]     # the feature objects ({} when absent)
+    events: Sequence[Collection[str]]  # each event's feature object ({} when absent), or names
     extra: frozenset[str]            # keys present in the batch but not asked for
 
     @classmethod
-    def extract(cls, features: list[dict[str, Any] | None], names: list[str],
+    def extract(cls, features: Sequence[dict[str, Any] | None], names: list[str],
                 numeric: set[str]) -> FeatureColumns:
+        if isinstance(features, FeatureTable):
+            return cls._from_table(features, names, numeric)
         events = [f if f is not None else _EMPTY for f in features]
         values: dict[str, list[Any]] = {}
         whole = True  # every event has every name (the usual case)
@@ -70,6 +133,19 @@ class FeatureColumns:
             return cls(values, numbers, events, frozenset())  # no key but the names
         seen = set().union(*events) if events else set()
         return cls(values, numbers, events, frozenset(seen - set(names)))
+
+    @classmethod
+    def _from_table(cls, table: FeatureTable, names: list[str],
+                    numeric: set[str]) -> FeatureColumns:
+        """The same columns from a :class:`FeatureTable`, whose rows all hold its names."""
+        have = dict(zip(table.names, table.columns, strict=True))
+        n = len(table)
+        values = {name: have[name] if name in have else [None] * n for name in names}
+        numbers = {name: floats(values[name]) for name in names if name in numeric}
+        keys = frozenset(table.names)
+        extra = keys - set(names) if n else frozenset()
+        # every row holds the same keys: one shared set stands for each row's object
+        return cls(values, numbers, [keys] * n, extra)
 
     def __len__(self) -> int:
         return len(self.events)

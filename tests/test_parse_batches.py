@@ -9,7 +9,6 @@ events with every kind of bad field, in batches, under every kind of message key
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -70,8 +69,15 @@ keys = st.sampled_from([UNCHECKED, b"m", b"m", b"n", None, b"\xff", b""])
 
 
 def _columns(cols: PredictionColumns | FeedbackColumns) -> dict[str, Any]:
-    return {k: [orjson.dumps(x) for x in v] if k in ("raw", "features") else v
-            for k, v in asdict(cols).items()}
+    """Every column; the feature objects and each event's text as JSON (the batch
+    form's compiled path holds them as a table and as the message's bytes)."""
+    out = {k: getattr(cols, k) for k in cols.__dataclass_fields__ if k not in ("raw", "features")}
+    if isinstance(cols, PredictionColumns):
+        out["features"] = [orjson.dumps(f) for f in cols.features]
+        out["raw"] = [cols.text(i) for i in range(len(cols))]
+    else:
+        out["raw"] = [orjson.dumps(x) for x in cols.raw]
+    return out
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -33,6 +33,7 @@ from detectors.canary import Verdict
 from detectors.contract import dedup_key
 from detectors.outage import OutageDetector
 from detectors.profile import FeatureBins
+from detectors.quality import take
 from detectors.windows import TumblingWindows, WindowStats
 from streams.config import Settings
 from streams.core.canary import CANARY_CHECKS, CanaryWatch
@@ -259,7 +260,7 @@ class ModelMonitor:
             if rows.size == 0:
                 continue
             signals = self._series(version, cohort).compare(
-                self.model, version, cohort, [features[i] for i in rows],
+                self.model, version, cohort, take(features, rows),
                 [predictions[i] for i in rows], ts_all[rows], references, self.settings)
             for signal in signals:
                 self._emit(out, signal)

@@ -6,8 +6,14 @@ A message may hold one event (a JSON object) or a batch (a JSON array of
 objects, see ``../shared/CONTRACT.md``); in a batch each bad element is
 dead-lettered alone, with its index, and the others are used.
 
-Bytes are decoded once, by orjson, and nothing else: no second parser that
-could read the same bytes differently (the standard library reads lone
+Bytes are decoded once, by orjson, with one exception: the batch form's
+compiled fast path (``_batchparse.c``) reads a prediction batch straight into
+columns when every element is plainly valid, and hands back anything else
+untouched. It reads a strict subset of JSON (no escapes, numbers within
+fixed bounds) to the same values orjson reads, and appends exactly what the
+column-wise check below appends (``tests/test_batchparse.py`` and
+``tests/test_parse_batches.py`` hold both to that, message by message); so no
+reader here accepts what orjson refuses (the standard library reads lone
 surrogates, integers of any size and NaN, which orjson, and every output
 Sentinelle writes, refuses). What orjson refuses is named precisely:
 
@@ -59,6 +65,12 @@ from detectors.contract import (
     PREDICTION_STATUSES,
     RUN_STATUSES,
 )
+from detectors.quality import FeatureTable
+
+try:  # the batch form's fast path (a C extension, built by pip install when it can)
+    from streams.core import _batchparse
+except ImportError:  # pragma: no cover - no C compiler at install: orjson reads everything
+    _batchparse = None  # type: ignore[assignment]
 
 __all__ = ["DeadLetter", "ParseLimits", "PredictionColumns", "FeedbackColumns",
            "MetricColumns", "UNCHECKED", "parse_predictions", "parse_feedback", "parse_singles",
@@ -183,22 +195,45 @@ class PredictionColumns:
     latency_ms: list[float] = field(default_factory=list)
     error: list[bool] = field(default_factory=list)
     event_id: list[str] = field(default_factory=list)
-    features: list[dict[str, Any] | None] = field(default_factory=list)
+    # the feature objects; a FeatureTable while every message read so far came through
+    # the fast path with the same feature names (``_batchparse``)
+    features: list[dict[str, Any] | None] | FeatureTable = field(default_factory=list)
     prediction: list[Any] = field(default_factory=list)
     # For each event: which message (index into the caller's message list) and
     # which element of it, so a late event can be dead-lettered with its origin.
     message: list[int] = field(default_factory=list)
     element: list[int] = field(default_factory=list)
-    # Each valid event's JSON text, for a later stage's dead letter (``late``),
-    # encoded again from the parsed event: the bytes are never parsed twice.
+    # Each valid event, for a later stage's dead letter (``late``): its parsed form
+    # or, from the fast path, its message (a ``_Spans``), read again only then.
     raw: list[Any] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ts)
 
     def text(self, row: int) -> str:
-        """Row ``row``'s event as JSON text."""
-        return _element_text(self.raw[row])
+        """Row ``row``'s event as JSON text, encoded again from its parsed form."""
+        raw = self.raw[row]
+        if type(raw) is _Spans:
+            raw = raw.element(self.element[row])
+        return _element_text(raw)
+
+    def feature_list(self) -> list[dict[str, Any] | None]:
+        """``features`` as a list of objects, to append to (a table becomes one)."""
+        if isinstance(self.features, FeatureTable):
+            self.features = list(self.features)
+        return self.features
+
+
+@dataclass(frozen=True, slots=True)
+class _Spans:
+    """A message the fast path read, and where each of its elements lies."""
+
+    data: bytes
+    starts: list[int]
+    ends: list[int]
+
+    def element(self, i: int) -> Any:
+        return orjson.loads(self.data[self.starts[i]:self.ends[i]])
 
 
 def parse_time(value: Any, name: str = "ts", limits: ParseLimits = DEFAULT_LIMITS) -> float:
@@ -380,7 +415,7 @@ def _add_prediction(ev: Any, cols: PredictionColumns, message: int, element: int
     cols.latency_ms.append(latency)
     cols.error.append(status != "ok")
     cols.event_id.append(event_id)
-    cols.features.append(features)
+    cols.feature_list().append(features)
     cols.prediction.append(prediction)
     cols.message.append(message)
     cols.element.append(element)
@@ -398,8 +433,56 @@ def parse_predictions(data: bytes | None, cols: PredictionColumns, message: int 
     >>> len(cols), [(d.index, d.reason) for d in bad]
     (1, [(1, "missing_field: 'model' is required")])
     """
+    if _batchparse is not None and data is not None and len(data) <= limits.max_bytes and \
+            _predictions_fast(data, cols, message, limits, key):
+        return []
     return _parse(data, lambda ev, i: _add_prediction(ev, cols, message, i, limits, key),
                   limits, lambda doc: _predictions_whole(doc, cols, message, limits, key))
+
+
+def _predictions_fast(data: bytes, cols: PredictionColumns, message: int,
+                      limits: ParseLimits, key: Key) -> bool:
+    """Append a batch through the compiled fast path, when it reads every element as
+    plainly valid (``streams/core/_batchparse.c``); else False, nothing appended, and
+    the message goes the usual way: orjson, then the checks that name what is wrong.
+    Whatever it appends is what ``_predictions_whole`` would have appended."""
+    if key is None or (type(key) is not bytes and not isinstance(key, _Unchecked)):
+        return False
+    got = _batchparse.predictions(
+        data, key if type(key) is bytes else None, limits.max_id_chars, limits.max_features,
+        limits.max_events, -math.inf if limits.min_ts is None else limits.min_ts,
+        math.inf if limits.max_ts is None else limits.max_ts)
+    if got is None:
+        return False
+    (event_id, ts, ts_text, model, version, latency, cohort, error, prediction, names,
+     columns, starts, ends) = got
+    if ts_text:
+        ts = _times(ts, limits)
+        if ts is None:
+            return False
+    n = len(event_id)
+    if not n:
+        return True
+    have = cols.features
+    if names is None:  # no event has features
+        cols.feature_list().extend([None] * n)
+    elif isinstance(have, FeatureTable) and have.names == tuple(names):
+        have.extend(FeatureTable(have.names, columns, n))
+    elif not have:
+        cols.features = FeatureTable(tuple(names), columns, n)
+    else:
+        cols.feature_list().extend(FeatureTable(tuple(names), columns, n))
+    cols.model += model
+    cols.version += version
+    cols.cohort += cohort
+    cols.ts += ts
+    cols.latency_ms += latency
+    cols.error += error
+    cols.event_id += event_id
+    cols.prediction += prediction
+    _place(cols, message, n)
+    cols.raw += [_Spans(data, starts, ends)] * n
+    return True
 
 
 def parse_feedback(data: bytes | None, cols: FeedbackColumns, message: int = 0,
@@ -714,7 +797,7 @@ def _predictions_whole(doc: list[Any], cols: PredictionColumns, message: int | l
     cols.latency_ms += latency
     cols.error += [s is not None and s != "ok" for s in status]
     cols.event_id += event_id
-    cols.features += features
+    cols.feature_list().extend(features)
     cols.prediction += prediction
     _place(cols, message, n)
     cols.raw += doc

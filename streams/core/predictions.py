@@ -35,6 +35,7 @@ import polars as pl
 
 from alerting.manager import Silence
 from detectors.contract import rfc3339
+from detectors.quality import FeatureTable
 from detectors.windows import WindowStats
 from streams.config import Settings
 from streams.core.isolation import fold_isolated, one_by_one
@@ -358,7 +359,9 @@ class PredictionProcessor:
             store, model = self.references, mon.model
             lookup = lambda version: store.get(model, version)  # noqa: E731
         picked = rows["row"].to_list()
-        out = mon.ingest(rows, now, _pick(cols.features, picked), _pick(cols.prediction, picked),
+        features = cols.features.take(picked) if isinstance(cols.features, FeatureTable) \
+            else _pick(cols.features, picked)
+        out = mon.ingest(rows, now, features, _pick(cols.prediction, picked),
                          lookup, _pick(cols.event_id, picked))
         late = np.flatnonzero(out.late) if out.late is not None else np.empty(0, dtype=int)
         box.events += rows.height - late.size

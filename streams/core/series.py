@@ -112,7 +112,7 @@ class Series:
         return out
 
     def compare(self, model: str, version: str, cohort: str,
-                feats: list[dict[str, Any] | None], preds: list[Any], ts: np.ndarray,
+                feats: Sequence[dict[str, Any] | None], preds: list[Any], ts: np.ndarray,
                 references: ReferenceLookup, s: Settings) -> list[Signal]:
         """This series' on-time rows of a micro-batch against its reference profile
         (the published one, or one learned from its first events)."""
@@ -137,7 +137,7 @@ class Series:
         return signals
 
     def first_events_reference(self, model: str, version: str,
-                               feats: list[dict[str, Any] | None], preds: list[Any],
+                               feats: Sequence[dict[str, Any] | None], preds: list[Any],
                                s: Settings) -> Reference | None:
         """A profile of this version's first ``skew.first_events`` events (0: never).
 
@@ -236,7 +236,7 @@ def series_rows(frame: pl.DataFrame) -> SeriesRows:
 _MASKED_SERIES = 8
 
 
-def columns(ref: Reference, feats: list[dict[str, Any] | None]) -> FeatureColumns:
+def columns(ref: Reference, feats: Sequence[dict[str, Any] | None]) -> FeatureColumns:
     """Every feature the reference knows, extracted once for all the checks."""
     names = [spec.name for spec in ref.specs]
     names += [n for n in ref.features if n != "prediction" and n not in names]

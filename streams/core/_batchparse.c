@@ -1,0 +1,763 @@
+/* The batch form's fast path: an ml.predictions message (a JSON array of events)
+   read straight into columns, without a dict per event.
+
+   predictions(data, key, max_id_chars, max_features, max_events, min_ts, max_ts)
+   returns every event's columns when the message is an array of events that
+   streams.core.parse's whole-batch check (_predictions_whole) accepts as they
+   are, and None for anything else. On None the caller reads the message with
+   orjson and checks it as it always did, naming what is wrong: this reader never
+   refuses, never dead-letters and never explains. It only says "every element is
+   plainly valid, here are its columns" or "ask orjson".
+
+   What it reads is a strict subset of JSON, chosen so that orjson reads the same
+   bytes to the same values (tests/test_batchparse.py compares the two, event by
+   event, on generated and hostile messages):
+   - strings without escapes or control bytes (a backslash anywhere: None), in
+     valid UTF-8 (decoded strictly, as orjson does; invalid: None);
+   - numbers in JSON's grammar, integers of at most 18 characters, floats of at
+     most 40 characters with at most 3 exponent digits that parse to a finite
+     double (correctly rounded, PyOS_string_to_double, as orjson's);
+   - true, false, null; other fields' values skipped (validated) up to 32 levels.
+   And of the contract's checks, the happy path only: event_id, model and version
+   printable ASCII of 1 to max_id_chars characters; ts a number within
+   [min_ts, max_ts] (RFC 3339 strings are handed back as text, for the caller's
+   parse_time, with ts_text true); latency_ms a finite number >= 0; cohort and
+   status null or one of their values; features absent or null in every event,
+   or an object in every event with the same names in the same order (at most
+   max_features, each of at most max_id_chars characters, no name twice) whose
+   values are scalars; prediction a scalar or absent; model equal to the
+   message key unless key is None; no known field twice in an event; at most
+   max_events events.
+
+   The result is a tuple of lists, one per column (event_id, ts, ts_text,
+   model, version, latency_ms, cohort, error, prediction, feature names,
+   feature columns, element starts, element ends), with repeated strings (model,
+   version, a categorical feature's values) shared rather than copied. The
+   feature names and columns are None when no event has a features object. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Functions return NULL (or -1) with no exception set to mean "outside the fast
+   path", and with an exception set for a real error (memory). */
+#define OUT (-1)
+
+typedef struct {
+    const char *p, *end;
+} Cur;
+
+static PyObject *S_STABLE, *S_CANARY;
+
+static inline void ws(Cur *c)
+{
+    while (c->p < c->end) {
+        char ch = *c->p;
+        if (ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t')
+            c->p++;
+        else
+            break;
+    }
+}
+
+static inline int expect(Cur *c, char ch)
+{
+    ws(c);
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 0;
+    }
+    return OUT;
+}
+
+/* A string without escapes: its bytes in *s, *n; *ascii when every byte < 0x80. */
+static int scan_string(Cur *c, const char **s, Py_ssize_t *n, int *ascii)
+{
+    if (c->p >= c->end || *c->p != '"')
+        return OUT;
+    const char *start = ++c->p, *q = start;
+    unsigned char any = 0;
+    while (q < c->end) {
+        unsigned char ch = (unsigned char)*q;
+        if (ch == '"')
+            break;
+        if (ch == '\\' || ch < 0x20)
+            return OUT;
+        any |= ch;
+        q++;
+    }
+    if (q >= c->end)
+        return OUT;
+    *s = start;
+    *n = q - start;
+    *ascii = any < 0x80;
+    c->p = q + 1;
+    return 0;
+}
+
+/* A new str of those bytes; NULL without an exception for invalid UTF-8. */
+static PyObject *make_str(const char *s, Py_ssize_t n, int ascii)
+{
+    if (ascii) {
+        PyObject *u = PyUnicode_New(n, 127);
+        if (u != NULL)
+            memcpy(PyUnicode_DATA(u), s, (size_t)n);
+        return u;
+    }
+    PyObject *u = PyUnicode_DecodeUTF8(s, n, "strict");
+    if (u == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+        PyErr_Clear();
+    return u;
+}
+
+static inline int is_digit(char ch) { return ch >= '0' && ch <= '9'; }
+
+static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                               1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                               1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* A JSON number: *is_int and *iv for an integer, *d its value as a double.
+
+   A decimal of at most 2^53 in its digits with a power of ten of at most 22 either
+   way is one correctly rounded IEEE operation on two exact doubles (Clinger's fast
+   path), the usual case (0.3456, 16.92, 1796390673.550362); anything else goes to
+   PyOS_string_to_double, correctly rounded too but about ten times slower. */
+static int scan_number(Cur *c, double *d, int *is_int, long long *iv)
+{
+    const char *s = c->p, *q = s, *e = c->end;
+    int integer = 1, negative = 0, digits = 0, point = 0, exp10 = 0;
+    unsigned long long m = 0;
+    if (q < e && *q == '-') {
+        negative = 1;
+        q++;
+    }
+    if (q >= e)
+        return OUT;
+    if (*q == '0')
+        q++;
+    else if (*q >= '1' && *q <= '9')
+        while (q < e && is_digit(*q)) {
+            if (digits < 19)
+                m = m * 10 + (unsigned long long)(*q - '0');
+            digits++;
+            q++;
+        }
+    else
+        return OUT;
+    if (q < e && *q == '.') {
+        integer = 0;
+        const char *f = ++q;
+        while (q < e && is_digit(*q)) {
+            if (m == 0 && *q == '0')
+                point++; /* leading zeros of 0.000x: no digit yet */
+            else {
+                if (digits < 19)
+                    m = m * 10 + (unsigned long long)(*q - '0');
+                digits++;
+                point++;
+            }
+            q++;
+        }
+        if (q == f)
+            return OUT;
+    }
+    if (q < e && (*q == 'e' || *q == 'E')) {
+        integer = 0;
+        int xneg = 0, x = 0;
+        q++;
+        if (q < e && (*q == '+' || *q == '-'))
+            xneg = *q++ == '-';
+        const char *xs = q;
+        while (q < e && is_digit(*q))
+            x = x * 10 + (*q++ - '0');
+        if (q == xs || q - xs > 3)
+            return OUT;
+        exp10 = xneg ? -x : x;
+    }
+    Py_ssize_t len = q - s;
+    if (len > 40)
+        return OUT;
+    if (integer) {
+        if (len > 18)
+            return OUT;
+        *iv = negative ? -(long long)m : (long long)m;
+        *d = (double)*iv;
+        *is_int = 1;
+        c->p = q;
+        return 0;
+    }
+    *is_int = 0;
+    exp10 -= point;
+    if (digits <= 19 && m <= (1ULL << 53) && exp10 >= -22 && exp10 <= 22) {
+        double v = (double)m;
+        v = exp10 < 0 ? v / POW10[-exp10] : v * POW10[exp10];
+        *d = negative ? -v : v;
+    } else {
+        char buf[48], *stop = NULL;
+        memcpy(buf, s, (size_t)len);
+        buf[len] = '\0';
+        *d = PyOS_string_to_double(buf, &stop, NULL);
+        if (*d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return OUT;
+        }
+        if (stop != buf + len)
+            return OUT;
+    }
+    if (!isfinite(*d))
+        return OUT;
+    c->p = q;
+    return 0;
+}
+
+static inline int literal(Cur *c, const char *word, Py_ssize_t n)
+{
+    if (c->end - c->p >= n && memcmp(c->p, word, (size_t)n) == 0) {
+        c->p += n;
+        return 0;
+    }
+    return OUT;
+}
+
+/* A few recent strings of one column, shared instead of copied (categories repeat). */
+#define CACHE 8
+typedef struct {
+    const char *s[CACHE];
+    Py_ssize_t n[CACHE];
+    PyObject *o[CACHE]; /* borrowed: each is held by the column it went into */
+    int next;
+} Recent;
+
+static PyObject *recent_str(Recent *r, const char *s, Py_ssize_t n, int ascii)
+{
+    if (r != NULL)
+        for (int i = 0; i < CACHE; i++)
+            if (r->o[i] != NULL && r->n[i] == n && memcmp(r->s[i], s, (size_t)n) == 0) {
+                Py_INCREF(r->o[i]);
+                return r->o[i];
+            }
+    PyObject *u = make_str(s, n, ascii);
+    if (u != NULL && r != NULL) {
+        r->s[r->next] = s;
+        r->n[r->next] = n;
+        r->o[r->next] = u;
+        r->next = (r->next + 1) % CACHE;
+    }
+    return u;
+}
+
+/* A scalar (string, number, true, false, null) as a new reference; NULL without an
+   exception for anything else (an object, an array, an escape). */
+static PyObject *scan_scalar(Cur *c, Recent *r)
+{
+    ws(c);
+    if (c->p >= c->end)
+        return NULL;
+    switch (*c->p) {
+    case '"': {
+        const char *s;
+        Py_ssize_t n;
+        int ascii;
+        if (scan_string(c, &s, &n, &ascii) < 0)
+            return NULL;
+        return recent_str(r, s, n, ascii);
+    }
+    case 't':
+        if (literal(c, "true", 4) < 0)
+            return NULL;
+        Py_RETURN_TRUE;
+    case 'f':
+        if (literal(c, "false", 5) < 0)
+            return NULL;
+        Py_RETURN_FALSE;
+    case 'n':
+        if (literal(c, "null", 4) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    default: {
+        double d;
+        int is_int;
+        long long iv;
+        if (scan_number(c, &d, &is_int, &iv) < 0)
+            return NULL;
+        return is_int ? PyLong_FromLongLong(iv) : PyFloat_FromDouble(d);
+    }
+    }
+}
+
+/* Skip any value, checking its grammar (what orjson would refuse must not pass). */
+static int skip_value(Cur *c, int depth)
+{
+    ws(c);
+    if (depth > 32 || c->p >= c->end)
+        return OUT;
+    char ch = *c->p;
+    if (ch == '{' || ch == '[') {
+        char close = ch == '{' ? '}' : ']';
+        c->p++;
+        ws(c);
+        if (c->p < c->end && *c->p == close) {
+            c->p++;
+            return 0;
+        }
+        for (;;) {
+            if (ch == '{') {
+                const char *s;
+                Py_ssize_t n;
+                int ascii;
+                ws(c);
+                if (scan_string(c, &s, &n, &ascii) < 0)
+                    return OUT;
+                if (!ascii) {
+                    PyObject *u = make_str(s, n, 0);
+                    if (u == NULL)
+                        return OUT;
+                    Py_DECREF(u);
+                }
+                if (expect(c, ':') < 0)
+                    return OUT;
+            }
+            if (skip_value(c, depth + 1) < 0)
+                return OUT;
+            ws(c);
+            if (c->p < c->end && *c->p == ',') {
+                c->p++;
+                continue;
+            }
+            if (c->p < c->end && *c->p == close) {
+                c->p++;
+                return 0;
+            }
+            return OUT;
+        }
+    }
+    PyObject *v = scan_scalar(c, NULL);
+    if (v == NULL)
+        return OUT;
+    Py_DECREF(v);
+    return 0;
+}
+
+typedef struct {
+    /* limits */
+    Py_ssize_t max_id, max_features;
+    double min_ts, max_ts;
+    const char *key;
+    Py_ssize_t key_n; /* -1: unchecked */
+    /* columns */
+    PyObject *event_id, *ts, *model, *version, *latency, *cohort, *error, *prediction;
+    PyObject *starts, *ends, *names, *columns;
+    int ts_text;
+    int has_features; /* -1 not yet known, 0 no event has an object, 1 every event has */
+    Py_ssize_t nf;
+    const char **name_s;
+    Py_ssize_t *name_n;
+    Recent *recent; /* one per feature */
+    Recent ids;      /* model and version */
+} Batch;
+
+static int append_steal(PyObject *list, PyObject *v)
+{
+    if (v == NULL)
+        return OUT;
+    int rc = PyList_Append(list, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* An identifier: printable ASCII, 1 to max_id characters. */
+static PyObject *scan_id(Cur *c, Batch *b, Recent *r, const char **s_out, Py_ssize_t *n_out)
+{
+    const char *s;
+    Py_ssize_t n;
+    int ascii;
+    ws(c);
+    if (scan_string(c, &s, &n, &ascii) < 0 || !ascii || n < 1 || n > b->max_id)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] == 0x7f)
+            return NULL;
+    if (s_out != NULL) {
+        *s_out = s;
+        *n_out = n;
+    }
+    return recent_str(r, s, n, 1);
+}
+
+/* The first features object: its names. Returns the cursor past it, or OUT. */
+static int first_features(Cur *c, Batch *b)
+{
+    Py_ssize_t cap = 16;
+    b->name_s = PyMem_Malloc(sizeof(char *) * cap);
+    b->name_n = PyMem_Malloc(sizeof(Py_ssize_t) * cap);
+    b->names = PyList_New(0);
+    b->columns = PyList_New(0);
+    if (!b->name_s || !b->name_n || !b->names || !b->columns) {
+        PyErr_NoMemory();
+        return OUT;
+    }
+    c->p++; /* '{' */
+    ws(c);
+    if (c->p < c->end && *c->p == '}') {
+        c->p++;
+        return 0;
+    }
+    for (;;) {
+        const char *s;
+        Py_ssize_t n;
+        int ascii;
+        ws(c);
+        if (scan_string(c, &s, &n, &ascii) < 0)
+            return OUT;
+        if (b->nf >= b->max_features)
+            return OUT;
+        for (Py_ssize_t k = 0; k < b->nf; k++)
+            if (b->name_n[k] == n && memcmp(b->name_s[k], s, (size_t)n) == 0)
+                return OUT; /* a name twice */
+        PyObject *name = make_str(s, n, ascii);
+        if (name == NULL)
+            return OUT;
+        if (PyUnicode_GET_LENGTH(name) > b->max_id) {
+            Py_DECREF(name);
+            return OUT;
+        }
+        if (append_steal(b->names, name) < 0)
+            return OUT;
+        if (b->nf == cap) {
+            cap *= 2;
+            const char **ns = PyMem_Realloc(b->name_s, sizeof(char *) * cap);
+            if (ns == NULL) {
+                PyErr_NoMemory();
+                return OUT;
+            }
+            b->name_s = ns;
+            Py_ssize_t *nn = PyMem_Realloc(b->name_n, sizeof(Py_ssize_t) * cap);
+            if (nn == NULL) {
+                PyErr_NoMemory();
+                return OUT;
+            }
+            b->name_n = nn;
+        }
+        b->name_s[b->nf] = s;
+        b->name_n[b->nf] = n;
+        b->nf++;
+        if (append_steal(b->columns, PyList_New(0)) < 0)
+            return OUT;
+        if (expect(c, ':') < 0)
+            return OUT;
+        PyObject *v = scan_scalar(c, NULL);
+        if (append_steal(PyList_GET_ITEM(b->columns, b->nf - 1), v) < 0)
+            return OUT;
+        ws(c);
+        if (c->p < c->end && *c->p == ',') {
+            c->p++;
+            continue;
+        }
+        if (c->p < c->end && *c->p == '}') {
+            c->p++;
+            break;
+        }
+        return OUT;
+    }
+    b->recent = PyMem_Calloc((size_t)(b->nf ? b->nf : 1), sizeof(Recent));
+    if (b->recent == NULL) {
+        PyErr_NoMemory();
+        return OUT;
+    }
+    return 0;
+}
+
+/* A later features object: the first one's names, in its order. */
+static int more_features(Cur *c, Batch *b)
+{
+    c->p++; /* '{' */
+    ws(c);
+    if (b->nf == 0)
+        return c->p < c->end && *c->p == '}' ? (c->p++, 0) : OUT;
+    for (Py_ssize_t k = 0; k < b->nf; k++) {
+        const char *s;
+        Py_ssize_t n;
+        int ascii;
+        if (k > 0 && expect(c, ',') < 0)
+            return OUT;
+        ws(c);
+        if (scan_string(c, &s, &n, &ascii) < 0 || n != b->name_n[k] ||
+            memcmp(s, b->name_s[k], (size_t)n) != 0)
+            return OUT;
+        if (expect(c, ':') < 0)
+            return OUT;
+        PyObject *v = scan_scalar(c, &b->recent[k]);
+        if (append_steal(PyList_GET_ITEM(b->columns, k), v) < 0)
+            return OUT;
+    }
+    return expect(c, '}');
+}
+
+enum {
+    F_ID = 1, F_TS = 2, F_MODEL = 4, F_VERSION = 8, F_LATENCY = 16,
+    F_COHORT = 32, F_STATUS = 64, F_FEATURES = 128, F_PREDICTION = 256
+};
+
+static int field_of(const char *s, Py_ssize_t n)
+{
+#define IS(name) (n == (Py_ssize_t)sizeof(name) - 1 && memcmp(s, name, sizeof(name) - 1) == 0)
+    if (IS("event_id")) return F_ID;
+    if (IS("ts")) return F_TS;
+    if (IS("model")) return F_MODEL;
+    if (IS("version")) return F_VERSION;
+    if (IS("latency_ms")) return F_LATENCY;
+    if (IS("cohort")) return F_COHORT;
+    if (IS("status")) return F_STATUS;
+    if (IS("features")) return F_FEATURES;
+    if (IS("prediction")) return F_PREDICTION;
+    return 0;
+#undef IS
+}
+
+/* One event object, appended to every column. */
+static int event(Cur *c, Batch *b)
+{
+    int seen = 0;
+    PyObject *prediction = NULL, *ts = NULL;
+    int cohort = 0, error = 0, features_null = 1;
+    if (expect(c, '{') < 0)
+        return OUT;
+    ws(c);
+    if (c->p < c->end && *c->p == '}')
+        return OUT; /* no event_id */
+    for (;;) {
+        const char *s;
+        Py_ssize_t n;
+        int ascii;
+        ws(c);
+        if (scan_string(c, &s, &n, &ascii) < 0 || expect(c, ':') < 0)
+            goto out;
+        int f = field_of(s, n);
+        if (f & seen)
+            goto out; /* a field twice */
+        seen |= f;
+        ws(c);
+        switch (f) {
+        case F_ID:
+            if (append_steal(b->event_id, scan_id(c, b, NULL, NULL, NULL)) < 0)
+                goto out;
+            break;
+        case F_MODEL: {
+            const char *m;
+            Py_ssize_t mn;
+            if (append_steal(b->model, scan_id(c, b, &b->ids, &m, &mn)) < 0)
+                goto out;
+            if (b->key_n >= 0 && (mn != b->key_n || memcmp(m, b->key, (size_t)mn) != 0))
+                goto out;
+            break;
+        }
+        case F_VERSION:
+            if (append_steal(b->version, scan_id(c, b, &b->ids, NULL, NULL)) < 0)
+                goto out;
+            break;
+        case F_TS:
+            if (c->p < c->end && *c->p == '"') {
+                ts = scan_scalar(c, NULL);
+                if (ts == NULL)
+                    goto out;
+                b->ts_text = 1;
+            } else {
+                double d;
+                int is_int;
+                long long iv;
+                if (scan_number(c, &d, &is_int, &iv) < 0 || d < b->min_ts || d > b->max_ts)
+                    goto out;
+                ts = PyFloat_FromDouble(d);
+                if (ts == NULL)
+                    goto out;
+            }
+            break;
+        case F_LATENCY: {
+            double d;
+            int is_int;
+            long long iv;
+            if (scan_number(c, &d, &is_int, &iv) < 0 || d < 0 ||
+                append_steal(b->latency, PyFloat_FromDouble(d)) < 0)
+                goto out;
+            break;
+        }
+        case F_COHORT:
+        case F_STATUS:
+            if (literal(c, "null", 4) == 0)
+                break;
+            if (scan_string(c, &s, &n, &ascii) < 0)
+                goto out;
+#define IS(name) (n == (Py_ssize_t)sizeof(name) - 1 && memcmp(s, name, sizeof(name) - 1) == 0)
+            if (f == F_COHORT && IS("canary"))
+                cohort = 1;
+            else if (f == F_COHORT && IS("stable"))
+                cohort = 0;
+            else if (f == F_STATUS && (IS("error") || IS("timeout")))
+                error = 1;
+            else if (!(f == F_STATUS && IS("ok")))
+                goto out;
+#undef IS
+            break;
+        case F_FEATURES:
+            if (literal(c, "null", 4) == 0)
+                break;
+            if (c->p >= c->end || *c->p != '{')
+                goto out;
+            features_null = 0;
+            if (b->has_features == 0)
+                goto out;
+            if (b->has_features < 0) {
+                b->has_features = 1;
+                if (first_features(c, b) < 0)
+                    goto out;
+            } else if (more_features(c, b) < 0)
+                goto out;
+            break;
+        case F_PREDICTION:
+            prediction = scan_scalar(c, NULL);
+            if (prediction == NULL)
+                goto out;
+            break;
+        default:
+            if (skip_value(c, 1) < 0)
+                goto out;
+        }
+        ws(c);
+        if (c->p < c->end && *c->p == ',') {
+            c->p++;
+            continue;
+        }
+        if (c->p < c->end && *c->p == '}') {
+            c->p++;
+            break;
+        }
+        goto out;
+    }
+    if ((seen & (F_ID | F_TS | F_MODEL | F_VERSION | F_LATENCY)) !=
+        (F_ID | F_TS | F_MODEL | F_VERSION | F_LATENCY))
+        goto out;
+    if (features_null) {
+        if (b->has_features == 1)
+            goto out;
+        b->has_features = 0;
+    }
+    if (prediction == NULL) {
+        prediction = Py_None;
+        Py_INCREF(prediction);
+    }
+    PyObject *co = cohort ? S_CANARY : S_STABLE;
+    Py_INCREF(co);
+    PyObject *er = error ? Py_True : Py_False;
+    Py_INCREF(er);
+    if (append_steal(b->ts, ts) < 0 || append_steal(b->prediction, prediction) < 0 ||
+        append_steal(b->cohort, co) < 0 || append_steal(b->error, er) < 0)
+        return OUT;
+    return 0;
+out:
+    Py_XDECREF(prediction);
+    Py_XDECREF(ts);
+    return OUT;
+}
+
+static PyObject *predictions(PyObject *self, PyObject *args)
+{
+    Py_buffer data;
+    PyObject *key;
+    Py_ssize_t max_id, max_features, max_events;
+    double min_ts, max_ts;
+    if (!PyArg_ParseTuple(args, "y*Onnndd", &data, &key, &max_id, &max_features, &max_events,
+                          &min_ts, &max_ts))
+        return NULL;
+    Batch b;
+    memset(&b, 0, sizeof b);
+    b.max_id = max_id;
+    b.max_features = max_features;
+    b.min_ts = min_ts;
+    b.max_ts = max_ts;
+    b.has_features = -1;
+    b.key_n = -1;
+    if (key != Py_None) {
+        if (!PyBytes_Check(key)) {
+            PyBuffer_Release(&data);
+            PyErr_SetString(PyExc_TypeError, "key must be bytes or None");
+            return NULL;
+        }
+        b.key = PyBytes_AS_STRING(key);
+        b.key_n = PyBytes_GET_SIZE(key);
+    }
+    PyObject *result = NULL;
+    PyObject **lists[] = {&b.event_id, &b.ts, &b.model, &b.version, &b.latency, &b.cohort,
+                          &b.error, &b.prediction, &b.starts, &b.ends};
+    for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
+        if ((*lists[i] = PyList_New(0)) == NULL)
+            goto done;
+    const char *base = data.buf;
+    Cur c = {base, base + data.len};
+    Py_ssize_t count = 0;
+    if (expect(&c, '[') < 0)
+        goto done;
+    ws(&c);
+    if (c.p < c.end && *c.p == ']')
+        c.p++;
+    else
+        for (;;) {
+            if (++count > max_events)
+                goto done;
+            ws(&c);
+            const char *start = c.p;
+            if (event(&c, &b) < 0 ||
+                append_steal(b.starts, PyLong_FromSsize_t(start - base)) < 0 ||
+                append_steal(b.ends, PyLong_FromSsize_t(c.p - base)) < 0)
+                goto done;
+            ws(&c);
+            if (c.p < c.end && *c.p == ',') {
+                c.p++;
+                continue;
+            }
+            if (c.p < c.end && *c.p == ']') {
+                c.p++;
+                break;
+            }
+            goto done;
+        }
+    ws(&c);
+    if (c.p != c.end)
+        goto done;
+    /* no event had a features object: None for the names and the columns */
+    result = Py_BuildValue("(OOOOOOOOOOOOO)", b.event_id, b.ts, b.ts_text ? Py_True : Py_False,
+                           b.model, b.version, b.latency, b.cohort, b.error, b.prediction,
+                           b.names ? b.names : Py_None, b.columns ? b.columns : Py_None,
+                           b.starts, b.ends);
+done:
+    for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
+        Py_XDECREF(*lists[i]);
+    Py_XDECREF(b.names);
+    Py_XDECREF(b.columns);
+    PyMem_Free(b.name_s);
+    PyMem_Free(b.name_n);
+    PyMem_Free(b.recent);
+    PyBuffer_Release(&data);
+    if (result == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"predictions", predictions, METH_VARARGS,
+     "predictions(data, key, max_id_chars, max_features, max_events, min_ts, max_ts)\n"
+     "--\n\nThe columns of a batch of prediction events, or None (see the module)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_batchparse",
+                                    "The batch form's fast path (streams/core/_batchparse.c).",
+                                    -1, methods};
+
+PyMODINIT_FUNC PyInit__batchparse(void)
+{
+    S_STABLE = PyUnicode_InternFromString("stable");
+    S_CANARY = PyUnicode_InternFromString("canary");
+    if (S_STABLE == NULL || S_CANARY == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}

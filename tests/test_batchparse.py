@@ -1,0 +1,274 @@
+"""The batch form's compiled fast path (``streams/core/_batchparse.c``) against orjson.
+
+The fast path may only take a message whose every element the usual path (orjson,
+then ``_predictions_whole``) accepts, and must append exactly what that path
+appends. Every message here is parsed both ways, the fast path on and off, and
+the columns, feature objects, dead letters and element texts compared; the
+clean messages must also have gone the fast way, or the comparison proves nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+from typing import Any
+
+import orjson
+import pytest
+
+from detectors.quality import FeatureColumns, FeatureTable
+from streams.core import parse
+from streams.core.parse import ParseLimits, PredictionColumns, parse_predictions
+
+fast = pytest.importorskip("streams.core._batchparse",
+                           reason="the C extension is built by pip install when gcc is there")
+
+LIMITS = ParseLimits(max_id_chars=32, max_features=20, max_events=50,
+                     min_ts=946_684_800.0, max_ts=1_900_000_000.0)
+COLUMNS = ("model", "version", "cohort", "ts", "latency_ms", "error", "event_id",
+           "prediction", "message", "element")
+
+
+def both(messages: list[tuple[bytes, Any]], monkeypatch: pytest.MonkeyPatch
+         ) -> tuple[PredictionColumns, list[Any], PredictionColumns, list[Any]]:
+    """Each message parsed into one set of columns, with the fast path, then without."""
+    out = []
+    for on in (True, False):
+        with monkeypatch.context() as m:
+            if not on:
+                m.setattr(parse, "_batchparse", None)
+            cols = PredictionColumns()
+            dead = [(d.reason, d.raw, d.index) for i, (data, key) in enumerate(messages)
+                    for d in parse_predictions(data, cols, i, LIMITS, key)]
+            out += [cols, dead]
+    return out[0], out[1], out[2], out[3]
+
+
+def typed(v: Any) -> bytes:
+    """A value as JSON, which tells 1 from 1.0 from True and -0.0 from 0.0."""
+    return orjson.dumps(v)
+
+
+def assert_same(a: PredictionColumns, b: PredictionColumns) -> None:
+    for name in COLUMNS:
+        assert typed(getattr(a, name)) == typed(getattr(b, name)), name
+    assert typed(list(a.features)) == typed(list(b.features))
+    assert [a.text(i) for i in range(len(a))] == [b.text(i) for i in range(len(b))]
+
+
+def event(i: int, rng: random.Random, names: list[str]) -> dict[str, Any]:
+    ev: dict[str, Any] = {"event_id": f"e-{i}", "ts": 1_700_000_000 + rng.random() * 1e5,
+                          "model": "m", "version": rng.choice(["v1", "v2"]),
+                          "latency_ms": round(rng.expovariate(0.05), rng.randint(0, 6))}
+    if rng.random() < 0.5:
+        ev["cohort"] = rng.choice(["stable", "canary", None])
+    if rng.random() < 0.5:
+        ev["status"] = rng.choice(["ok", "error", "timeout", None])
+    ev["features"] = {n: scalar(rng) for n in names}
+    if rng.random() < 0.8:
+        ev["prediction"] = scalar(rng)
+    return ev
+
+
+def scalar(rng: random.Random) -> Any:
+    return rng.choice([
+        lambda: rng.gauss(0, 10 ** rng.randint(-8, 12)),
+        lambda: round(rng.uniform(-1e3, 1e3), rng.randint(0, 8)),
+        lambda: rng.randint(-10 ** 17, 10 ** 17),
+        lambda: rng.choice(["a", "b", "café", "", "x" * 40]),
+        lambda: rng.choice([True, False, None, 0, -0.0, 0.0]),
+    ])()
+
+
+def test_clean_batches_take_the_fast_path_and_append_what_orjson_would(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(7)
+    names = ["x0", "x1", "cat", "flag"]
+    messages = []
+    for j in range(40):
+        evs = [event(j * 100 + i, rng, names) for i in range(rng.randint(1, 50))]
+        messages.append((orjson.dumps(evs, option=orjson.OPT_INDENT_2 if j % 3 else 0), b"m"))
+    for data, key in messages:
+        assert fast.predictions(data, key, 32, 20, 50, LIMITS.min_ts, LIMITS.max_ts) is not None
+    a, dead_a, b, dead_b = both(messages, monkeypatch)
+    assert isinstance(a.features, FeatureTable) and not isinstance(b.features, FeatureTable)
+    assert dead_a == dead_b == []
+    assert len(a) > 500
+    assert_same(a, b)
+
+
+def test_the_tables_columns_are_the_objects_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(3)
+    evs = [event(i, rng, ["x", "c", "unknown"]) for i in range(30)]
+    a, _, b, _ = both([(orjson.dumps(evs), b"m")], monkeypatch)
+    rows = [3, 1, 29, 3]
+    ta, tb = (FeatureColumns.extract(parse_take(c.features, rows), ["x", "c", "absent"], {"x"})
+              for c in (a, b))
+    assert typed(ta.values) == typed(tb.values) and ta.extra == tb.extra == {"unknown"}
+    assert [set(e) for e in ta.events] == [set(e) for e in tb.events]
+    for name in ta.numbers:
+        assert ta.numbers[name].tobytes() == tb.numbers[name].tobytes()
+
+
+def parse_take(features: Any, rows: list[int]) -> Any:
+    return features.take(rows) if isinstance(features, FeatureTable) else \
+        [features[i] for i in rows]
+
+
+BASE = (b'{"event_id":"a","ts":1700000000,"model":"m","version":"v1","latency_ms":1,'
+        b'"features":{"x":1.5,"c":"r"},"prediction":0.5}')
+
+
+def with_(old: bytes, new: bytes) -> bytes:
+    assert old in BASE
+    return b"[" + BASE + b"," + BASE.replace(old, new) + b"]"
+
+
+HOSTILE = [
+    # text the fast path leaves to orjson: escapes, lone surrogates, bad UTF-8, a BOM
+    with_(b'"c":"r"', b'"c":"\\ud800"'),
+    with_(b'"c":"r"', b'"c":"\\u00e9"'),
+    with_(b'"c":"r"', b'"c":"\xed\xa0\x80"'),
+    with_(b'"c":"r"', b'"c":"\xff"'),
+    b"\xef\xbb\xbf[" + BASE + b"]",
+    with_(b'"event_id":"a"', b'"event_id":"caf\xc3\xa9"'),
+    with_(b'"event_id":"a"', b'"event_id":"a\x7f"'),
+    with_(b'"event_id":"a"', b'"event_id":"a\\n"'),
+    # numbers: NaN, huge, too long, underflow, leading zeros, bare signs and points
+    with_(b'"x":1.5', b'"x":NaN'),
+    with_(b'"x":1.5', b'"x":-Infinity'),
+    with_(b'"x":1.5', b'"x":1e400'),
+    with_(b'"x":1.5', b'"x":1e-400'),
+    with_(b'"x":1.5', b'"x":123456789012345678901234567890'),
+    with_(b'"x":1.5', b'"x":-9223372036854775809'),
+    with_(b'"x":1.5', b'"x":18446744073709551615'),
+    with_(b'"x":1.5', b'"x":0123'),
+    with_(b'"x":1.5', b'"x":1.'),
+    with_(b'"x":1.5', b'"x":.5'),
+    with_(b'"x":1.5', b'"x":-'),
+    with_(b'"x":1.5', b'"x":+1'),
+    with_(b'"x":1.5', b'"x":1e+0005'),
+    with_(b'"x":1.5', b'"x":-0'),
+    with_(b'"x":1.5', b'"x":-0.0e-0'),
+    with_(b'"x":1.5', b'"x":4.9406564584124654e-324'),
+    with_(b'"x":1.5', b'"x":1.7976931348623157e308'),
+    with_(b'"x":1.5', b'"x":9007199254740993.0'),
+    # time: milliseconds, a year ahead, before 2000, text, bool, null
+    with_(b'"ts":1700000000', b'"ts":1700000000000'),
+    with_(b'"ts":1700000000', b'"ts":1899999999.9999'),
+    with_(b'"ts":1700000000', b'"ts":1900000000.0001'),
+    with_(b'"ts":1700000000', b'"ts":946684799.99'),
+    with_(b'"ts":1700000000', b'"ts":"2026-11-27T07:00:00.123Z"'),
+    with_(b'"ts":1700000000', b'"ts":"2026-11-27t07:00:00z"'),
+    with_(b'"ts":1700000000', b'"ts":"2026-11-27T07:00:00"'),
+    with_(b'"ts":1700000000', b'"ts":"2126-11-27T07:00:00Z"'),
+    with_(b'"ts":1700000000', b'"ts":true'),
+    with_(b'"ts":1700000000', b'"ts":null'),
+    # fields: missing, null, twice, the wrong type, the wrong value
+    with_(b'"latency_ms":1,', b''),
+    with_(b'"latency_ms":1', b'"latency_ms":null'),
+    with_(b'"latency_ms":1', b'"latency_ms":-0.0'),
+    with_(b'"latency_ms":1', b'"latency_ms":-1e-9'),
+    with_(b'"latency_ms":1', b'"latency_ms":true'),
+    with_(b'"latency_ms":1', b'"latency_ms":1,"latency_ms":2'),
+    with_(b'"model":"m"', b'"model":"m","model":"m"'),
+    with_(b'"model":"m"', b'"model":"n"'),
+    with_(b'"model":"m"', b'"model":""'),
+    with_(b'"model":"m"', b'"model":"' + b"m" * 33 + b'"'),
+    with_(b'"version":"v1"', b'"version":1'),
+    with_(b'"version":"v1"', b'"version":"v1","cohort":"canary","status":"timeout"'),
+    with_(b'"version":"v1"', b'"version":"v1","cohort":"Canary"'),
+    with_(b'"version":"v1"', b'"version":"v1","cohort":""'),
+    with_(b'"version":"v1"', b'"version":"v1","status":"maybe"'),
+    with_(b'"version":"v1"', b'"version":"v1","status":null,"cohort":null'),
+    # features: another order, another name, one more, none, null, nested, empty
+    with_(b'"features":{"x":1.5,"c":"r"}', b'"features":{"c":"r","x":1.5}'),
+    with_(b'"features":{"x":1.5,"c":"r"}', b'"features":{"x":1.5,"d":"r"}'),
+    with_(b'"features":{"x":1.5,"c":"r"}', b'"features":{"x":1.5,"c":"r","y":2}'),
+    with_(b'"features":{"x":1.5,"c":"r"},', b''),
+    with_(b'"features":{"x":1.5,"c":"r"}', b'"features":null'),
+    with_(b'"features":{"x":1.5,"c":"r"}', b'"features":{}'),
+    with_(b'"features":{"x":1.5,"c":"r"}', b'"features":[1.5]'),
+    with_(b'"features":{"x":1.5,"c":"r"}', b'"features":{"x":{"a":1},"c":"r"}'),
+    with_(b'"features":{"x":1.5,"c":"r"}', b'"features":{"x":[1],"c":"r"}'),
+    with_(b'"features":{"x":1.5,"c":"r"}', b'"features":{"x":1.5,"c":"r","x":2}'),
+    with_(b'"features":{"x":1.5,"c":"r"}', b'"features":{"x":1.5,"' + b"n" * 33 + b'":1}'),
+    with_(b'"features":{"x":1.5,"c":"r"}',
+          b'"features":{' + b",".join(b'"f%d":1' % i for i in range(21)) + b"}"),
+    b"[" + b",".join([BASE.replace(b'"features":{"x":1.5,"c":"r"},', b"")] * 3) + b"]",
+    b"[" + b",".join([BASE.replace(b'{"x":1.5,"c":"r"}', b"null")] * 3) + b"]",
+    b"[" + b",".join([BASE.replace(b'{"x":1.5,"c":"r"}', b"{}")] * 3) + b"]",
+    # prediction and other fields: nested, deep, odd
+    with_(b'"prediction":0.5', b'"prediction":{"p":1}'),
+    with_(b'"prediction":0.5', b'"prediction":null'),
+    with_(b'"prediction":0.5', b'"prediction":0.5,"extra":{"a":[1,2,{"b":null}],"c":"d"}'),
+    with_(b'"prediction":0.5', b'"prediction":0.5,"extra":' + b"[" * 40 + b"]" * 40),
+    with_(b'"prediction":0.5', b'"prediction":0.5,"extra":' + b"[" * 2000 + b"]" * 2000),
+    with_(b'"prediction":0.5', b'"prediction":0.5,"extra":[1,]'),
+    with_(b'"prediction":0.5', b'"prediction":0.5,"extra":{"a"}'),
+    with_(b'"prediction":0.5', b'"prediction":0.5,"extra":tru'),
+    with_(b'"prediction":0.5', b'"prediction":0.5,"extra":"\\"quoted\\""'),
+    # the array itself
+    b"[]", b" [ ] ", b"[" + BASE + b"] x", b"[" + BASE + b",]", b"[" + BASE, b"[1]",
+    b"[" + BASE + b",null]", b"[" + b",".join([BASE] * 51) + b"]", BASE, b"",
+    b"[" + BASE.replace(b"}", b"}}", 1) + b"]", b'[{"event_id":"a",}]',
+    b" \t\r\n[\n" + BASE + b"\n,\n" + BASE + b"\n]\n",
+]
+
+
+@pytest.mark.parametrize("data", HOSTILE, ids=range(len(HOSTILE)))
+@pytest.mark.parametrize("key", [b"m", parse.UNCHECKED, None, b"n"])
+def test_hostile_messages_read_the_same_either_way(data: bytes, key: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    a, dead_a, b, dead_b = both([(data, key)], monkeypatch)
+    assert dead_a == dead_b
+    assert_same(a, b)
+
+
+def test_the_usual_hostile_cases_are_left_to_orjson() -> None:
+    """Not only the same result: these must not be read by the fast path at all."""
+    for data in HOSTILE[:4] + HOSTILE[8:11]:
+        assert fast.predictions(data, None, 32, 20, 50, 0.0, math.inf) is None
+
+
+def test_messages_with_different_feature_names_still_fold_together(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(5)
+    one = [event(i, rng, ["x", "c"]) for i in range(5)]
+    two = [event(i, rng, ["x", "d"]) for i in range(5, 9)]
+    three = [event(i, rng, ["x", "c"]) for i in range(9, 12)]
+    three[1]["features"] = {"c": 1}  # not the same names: the usual path
+    messages = [(orjson.dumps(m), b"m") for m in (one, one, two, three)]
+    a, dead_a, b, dead_b = both(messages, monkeypatch)
+    assert dead_a == dead_b == [] and len(a) == 17
+    assert_same(a, b)
+
+
+def test_numbers_read_to_the_same_bits_as_orjson() -> None:
+    """The fast path's own decimal reading (Clinger's fast path, else the correctly
+    rounded PyOS_string_to_double) against orjson's, bit for bit."""
+    rng = random.Random(11)
+    texts = []
+    for _ in range(20_000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 22)))
+        digits = digits.lstrip("0") or "0"
+        cut = rng.randint(0, len(digits))
+        text = (digits[:cut] or "0") + ("." + digits[cut:] if digits[cut:] else ".0")
+        if rng.random() < 0.3:
+            text += rng.choice(["e", "E"]) + rng.choice(["", "+", "-"]) + str(rng.randint(0, 330))
+        texts.append(rng.choice(["", "-"]) + text)
+    texts += [repr(rng.uniform(-1e6, 1e6)) for _ in range(5_000)]
+    texts += [repr(struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0])
+              for _ in range(5_000)]
+    texts = [t for t in texts if t not in ("nan", "inf", "-inf", "-nan")]
+    for t in texts:
+        data = with_(b'"x":1.5', b'"x":' + t.encode())
+        try:
+            want = orjson.loads(data)[1]["features"]["x"]
+        except orjson.JSONDecodeError:
+            want = None
+        got = fast.predictions(data, None, 32, 20, 50, 0.0, math.inf)
+        if got is not None:
+            assert want is not None, t
+            assert typed(got[10][0][1]) == typed(want), t
