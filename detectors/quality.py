@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -40,23 +41,40 @@ _EMPTY: dict[str, Any] = {}
 _NUMBER_TYPES = frozenset(_NUMBER)
 
 
+#: One feature's values: a list of objects, or float64 values when every one is a float.
+Column = list[Any] | np.ndarray
+
+
 class FeatureTable(Sequence[dict[str, Any]]):
-    """Feature objects that all have the same names, held as one list per name.
+    """Feature objects that all have the same names, held as one column per name.
 
     What the batch form's fast path reads (``streams/core/_batchparse.c``): a
     message whose events share their feature names, without a dict per event.
-    It reads as the list of objects it stands for (``table[i]`` builds row
-    ``i``'s), and :meth:`FeatureColumns.extract` takes its columns as they are.
+    A column is a list of the values, or a float64 array when every value is a
+    float (the usual numeric feature: no float object per value). It reads as
+    the list of objects it stands for (``table[i]`` builds row ``i``'s, with
+    Python floats), and :meth:`FeatureColumns.extract` takes its columns as
+    they are. Tables appended (:meth:`extend`) are joined on the first read.
 
-    >>> t = FeatureTable(("x", "c"), [[1.5, None], ["a", "b"]], 2)
+    >>> t = FeatureTable(("x", "c"), [np.array([1.5, 2.0]), ["a", None]], 2)
     >>> t[1], list(t.take([1, 0])) == [t[1], t[0]]
-    ({'x': None, 'c': 'b'}, True)
+    ({'x': 2.0, 'c': None}, True)
     """
 
-    __slots__ = ("names", "columns", "rows")
+    __slots__ = ("names", "rows", "_columns", "_more")
 
-    def __init__(self, names: tuple[str, ...], columns: list[list[Any]], rows: int) -> None:
-        self.names, self.columns, self.rows = names, columns, rows
+    def __init__(self, names: tuple[str, ...], columns: list[Column], rows: int) -> None:
+        self.names, self.rows = names, rows
+        self._columns = columns
+        self._more: list[list[Column]] = []  # columns of tables appended since
+
+    @property
+    def columns(self) -> list[Column]:
+        if self._more:
+            parts = [self._columns, *self._more]
+            self._columns = [_joined([p[k] for p in parts]) for k in range(len(self.names))]
+            self._more = []
+        return self._columns
 
     def __len__(self) -> int:
         return self.rows
@@ -64,32 +82,46 @@ class FeatureTable(Sequence[dict[str, Any]]):
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
             return self.take(range(self.rows)[i])
-        return dict(zip(self.names, [col[i] for col in self.columns], strict=True))
+        return dict(zip(self.names, [col[i].item() if isinstance(col, np.ndarray) else col[i]
+                                     for col in self.columns], strict=True))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         names = self.names
-        return (dict(zip(names, row, strict=True)) for row in zip(*self.columns, strict=True)) \
-            if names else iter([{} for _ in range(self.rows)])
+        if not names:
+            return iter([{} for _ in range(self.rows)])
+        cols = [c.tolist() if isinstance(c, np.ndarray) else c for c in self.columns]
+        return (dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True))
 
     def extend(self, other: FeatureTable) -> None:
         """Append ``other``'s rows (the same names)."""
-        for col, more in zip(self.columns, other.columns, strict=True):
-            col += more
+        self._more.append(other.columns)
         self.rows += other.rows
 
     def take(self, rows: Sequence[int]) -> FeatureTable:
-        """Rows ``rows``, in that order, at C speed."""
-        if isinstance(rows, np.ndarray):
-            rows = rows.tolist()
+        """Rows ``rows``, in that order (C speed: fancy indexing, ``itemgetter``)."""
         n = len(rows)
-        if n == self.rows and n and rows[0] == 0 and rows[-1] == n - 1 and \
-                list(rows) == list(range(n)):
+        index = np.asarray(rows, dtype=np.intp)
+        if n == self.rows and (n == 0 or (index == np.arange(n)).all()):
             return self
-        if n == 1:
-            return FeatureTable(self.names, [[col[rows[0]]] for col in self.columns], 1)
-        get = itemgetter(*rows) if n else None
-        return FeatureTable(self.names, [list(get(col)) if get else [] for col in self.columns],
-                            n)
+        listed = index.tolist()
+        get = itemgetter(*listed) if n > 1 else None
+        out: list[Column] = []
+        for col in self.columns:
+            if isinstance(col, np.ndarray):
+                out.append(col[index])
+            elif get is not None:
+                out.append(list(get(col)))
+            else:
+                out.append([col[i] for i in listed])
+        return FeatureTable(self.names, out, n)
+
+
+def _joined(parts: list[Column]) -> Column:
+    """Columns one after the other: an array if every part is one, else a list."""
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.concatenate(parts)
+    return list(chain.from_iterable(p.tolist() if isinstance(p, np.ndarray) else p
+                                    for p in parts))
 
 
 def take(features: Sequence[dict[str, Any] | None], rows: Sequence[int]
@@ -109,7 +141,7 @@ class FeatureColumns:
     ``numpy.fromiter``), never once per check.
     """
 
-    values: dict[str, list[Any]]     # raw values (None when absent)
+    values: dict[str, Column]        # raw values (None when absent; floats may be an array)
     numbers: dict[str, np.ndarray]   # numeric features: the value, NaN when absent or not a number
     events: Sequence[Collection[str]]  # each event's feature object ({} when absent), or names
     extra: frozenset[str]            # keys present in the batch but not asked for
@@ -120,7 +152,7 @@ class FeatureColumns:
         if isinstance(features, FeatureTable):
             return cls._from_table(features, names, numeric)
         events = [f if f is not None else _EMPTY for f in features]
-        values: dict[str, list[Any]] = {}
+        values: dict[str, Column] = {}
         whole = True  # every event has every name (the usual case)
         for n in names:
             try:
@@ -151,12 +183,15 @@ class FeatureColumns:
         return len(self.events)
 
 
-def floats(values: Sequence[Any]) -> np.ndarray:
-    """Numbers as floats; anything else (None, text, bool) as NaN.
+def floats(values: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """Numbers as floats; anything else (None, text, bool) as NaN (an array of floats
+    as it is).
 
     >>> floats([1, 2.5, None, "x", True]).tolist()
     [1.0, 2.5, nan, nan, nan]
     """
+    if isinstance(values, np.ndarray):
+        return values.astype(float, copy=False)
     if set(map(type, values)) <= _NUMBER_TYPES:
         return np.array(values, dtype=float).reshape(len(values))
     return np.fromiter((v if type(v) in _NUMBER else np.nan for v in values), dtype=float,
@@ -275,7 +310,7 @@ class QualityDetector:
 
     def columns(self, features: Sequence[dict[str, Any] | None]) -> FeatureColumns:
         """The columns this detector reads (when no other check extracted them)."""
-        rows = features if isinstance(features, list) else list(features)
+        rows = features if isinstance(features, (list, FeatureTable)) else list(features)
         return FeatureColumns.extract(rows, list(self._specs),
                                       {n for n, s in self._specs.items() if s.kind == "numeric"})
 
@@ -304,6 +339,8 @@ class QualityDetector:
         for name, spec in self._specs.items():
             values = cols.values[name][a:b]
             c = self._counts.setdefault(name, dict.fromkeys(ISSUES, 0))
+            if isinstance(values, np.ndarray):  # floats only: none missing, none an object
+                values = []
             missing = values.count(None)
             c["missing"] += missing
             if spec.kind == "numeric":

@@ -14,6 +14,7 @@ import random
 import struct
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
@@ -271,4 +272,33 @@ def test_numbers_read_to_the_same_bits_as_orjson() -> None:
         got = fast.predictions(data, None, 32, 20, 50, 0.0, math.inf)
         if got is not None:
             assert want is not None, t
-            assert typed(got[10][0][1]) == typed(want), t
+            assert typed(column(got[10][0])[1]) == typed(want), t
+
+
+def column(col: Any) -> list[Any]:
+    """A feature column the fast path returned, as objects (floats come as bytes)."""
+    return np.frombuffer(col, dtype=np.float64).tolist() if type(col) is bytearray else col
+
+
+def test_float_columns_come_as_float64_and_the_rest_as_objects() -> None:
+    evs = [{"event_id": f"e{i}", "ts": 1.7e9, "model": "m", "version": "v1", "latency_ms": 1,
+            "features": {"f": i + 0.5, "late_int": 0.5 if i < 2 else 3, "i": i, "s": "a",
+                         "n": None if i == 1 else 1.5}} for i in range(4)]
+    got = fast.predictions(orjson.dumps(evs), None, 32, 20, 50, 0.0, math.inf)
+    assert got is not None and got[9] == ["f", "late_int", "i", "s", "n"]
+    f, late_int, i, s, n = got[10]
+    assert type(f) is bytearray and column(f) == [0.5, 1.5, 2.5, 3.5]
+    assert late_int == [0.5, 0.5, 3, 3] and typed(late_int) == b"[0.5,0.5,3,3]"
+    assert i == [0, 1, 2, 3] and s == ["a"] * 4 and n == [1.5, None, 1.5, 1.5]
+
+
+def test_a_table_joins_float_arrays_and_lists_into_what_the_objects_hold() -> None:
+    t = FeatureTable(("x",), [np.array([0.5, 1.5])], 2)
+    t.extend(FeatureTable(("x",), [np.array([2.5])], 1))
+    assert isinstance(t.columns[0], np.ndarray) and t.columns[0].tolist() == [0.5, 1.5, 2.5]
+    t.extend(FeatureTable(("x",), [[3, None]], 2))
+    assert t.columns[0] == [0.5, 1.5, 2.5, 3, None] and len(t) == 5
+    assert typed(list(t)) == b'[{"x":0.5},{"x":1.5},{"x":2.5},{"x":3},{"x":null}]'
+    floats = FeatureTable(("x",), [np.array([0.5, 1.5, 2.5])], 3)
+    assert type(floats[2]["x"]) is float and floats.take([2, 0]).columns[0].tolist() == [2.5, 0.5]
+    assert floats.take([0, 1, 2]) is floats and len(floats.take([])) == 0

@@ -33,7 +33,10 @@
    model, version, latency_ms, cohort, error, prediction, feature names,
    feature columns, element starts, element ends), with repeated strings (model,
    version, a categorical feature's values) shared rather than copied. The
-   feature names and columns are None when no event has a features object. */
+   feature names and columns are None when no event has a features object. A
+   feature column is a list of objects, or a bytearray of float64 values when
+   every value was written as a JSON float (with a point or an exponent): the
+   usual numeric feature, handed over without a float object per value. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
@@ -339,6 +342,16 @@ static int skip_value(Cur *c, int depth)
     return 0;
 }
 
+/* One feature's values: doubles while every one is a JSON float (written with a
+   point or an exponent), the usual numeric feature; a list of objects once any is
+   not (an integer, a string, a bool, null), its doubles moved into the list. */
+typedef struct {
+    Recent recent;
+    double *d;
+    Py_ssize_t n, cap;
+    int listed;
+} Column;
+
 typedef struct {
     /* limits */
     Py_ssize_t max_id, max_features;
@@ -350,11 +363,11 @@ typedef struct {
     PyObject *starts, *ends, *names, *columns;
     int ts_text;
     int has_features; /* -1 not yet known, 0 no event has an object, 1 every event has */
-    Py_ssize_t nf;
+    Py_ssize_t nf, cap;
     const char **name_s;
     Py_ssize_t *name_n;
-    Recent *recent; /* one per feature */
-    Recent ids;      /* model and version */
+    Column *cols; /* one per feature; columns[k] is its list once listed */
+    Recent ids;   /* model and version */
 } Batch;
 
 static int append_steal(PyObject *list, PyObject *v)
@@ -385,18 +398,86 @@ static PyObject *scan_id(Cur *c, Batch *b, Recent *r, const char **s_out, Py_ssi
     return recent_str(r, s, n, 1);
 }
 
-/* The first features object: its names. Returns the cursor past it, or OUT. */
-static int first_features(Cur *c, Batch *b)
+/* The column's doubles into its list, as floats; from now on it holds objects. */
+static int list_out(Column *col, PyObject *list)
 {
-    Py_ssize_t cap = 16;
-    b->name_s = PyMem_Malloc(sizeof(char *) * cap);
-    b->name_n = PyMem_Malloc(sizeof(Py_ssize_t) * cap);
-    b->names = PyList_New(0);
-    b->columns = PyList_New(0);
-    if (!b->name_s || !b->name_n || !b->names || !b->columns) {
+    for (Py_ssize_t i = 0; i < col->n; i++)
+        if (append_steal(list, PyFloat_FromDouble(col->d[i])) < 0)
+            return OUT;
+    PyMem_Free(col->d);
+    col->d = NULL;
+    col->n = col->cap = 0;
+    col->listed = 1;
+    return 0;
+}
+
+/* One feature value, appended to its column. */
+static int feature_value(Cur *c, Column *col, PyObject *list)
+{
+    ws(c);
+    if (!col->listed && c->p < c->end && (*c->p == '-' || is_digit(*c->p))) {
+        const char *at = c->p;
+        double d;
+        int is_int;
+        long long iv;
+        if (scan_number(c, &d, &is_int, &iv) < 0)
+            return OUT;
+        if (!is_int) {
+            if (col->n == col->cap) {
+                Py_ssize_t cap = col->cap ? col->cap * 2 : 128;
+                double *more = PyMem_Realloc(col->d, sizeof(double) * (size_t)cap);
+                if (more == NULL) {
+                    PyErr_NoMemory();
+                    return OUT;
+                }
+                col->d = more;
+                col->cap = cap;
+            }
+            col->d[col->n++] = d;
+            return 0;
+        }
+        c->p = at; /* an integer: read again as an object */
+    }
+    PyObject *v = scan_scalar(c, &col->recent);
+    if (v == NULL)
+        return OUT;
+    if (!col->listed && list_out(col, list) < 0) {
+        Py_DECREF(v);
+        return OUT;
+    }
+    return append_steal(list, v);
+}
+
+/* Room for one more feature. */
+static int grow(Batch *b)
+{
+    if (b->nf < b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap * 2 : 16;
+    const char **ns = PyMem_Realloc(b->name_s, sizeof(char *) * (size_t)cap);
+    if (ns != NULL)
+        b->name_s = ns;
+    Py_ssize_t *nn = ns ? PyMem_Realloc(b->name_n, sizeof(Py_ssize_t) * (size_t)cap) : NULL;
+    if (nn != NULL)
+        b->name_n = nn;
+    Column *cs = nn ? PyMem_Realloc(b->cols, sizeof(Column) * (size_t)cap) : NULL;
+    if (cs == NULL) {
         PyErr_NoMemory();
         return OUT;
     }
+    memset(cs + b->cap, 0, sizeof(Column) * (size_t)(cap - b->cap));
+    b->cols = cs;
+    b->cap = cap;
+    return 0;
+}
+
+/* The first features object: its names, and the first value of each. */
+static int first_features(Cur *c, Batch *b)
+{
+    b->names = PyList_New(0);
+    b->columns = PyList_New(0);
+    if (!b->names || !b->columns)
+        return OUT;
     c->p++; /* '{' */
     ws(c);
     if (c->p < c->end && *c->p == '}') {
@@ -422,32 +503,14 @@ static int first_features(Cur *c, Batch *b)
             Py_DECREF(name);
             return OUT;
         }
-        if (append_steal(b->names, name) < 0)
+        if (append_steal(b->names, name) < 0 || grow(b) < 0)
             return OUT;
-        if (b->nf == cap) {
-            cap *= 2;
-            const char **ns = PyMem_Realloc(b->name_s, sizeof(char *) * cap);
-            if (ns == NULL) {
-                PyErr_NoMemory();
-                return OUT;
-            }
-            b->name_s = ns;
-            Py_ssize_t *nn = PyMem_Realloc(b->name_n, sizeof(Py_ssize_t) * cap);
-            if (nn == NULL) {
-                PyErr_NoMemory();
-                return OUT;
-            }
-            b->name_n = nn;
-        }
         b->name_s[b->nf] = s;
         b->name_n[b->nf] = n;
         b->nf++;
-        if (append_steal(b->columns, PyList_New(0)) < 0)
+        if (append_steal(b->columns, PyList_New(0)) < 0 || expect(c, ':') < 0)
             return OUT;
-        if (expect(c, ':') < 0)
-            return OUT;
-        PyObject *v = scan_scalar(c, NULL);
-        if (append_steal(PyList_GET_ITEM(b->columns, b->nf - 1), v) < 0)
+        if (feature_value(c, &b->cols[b->nf - 1], PyList_GET_ITEM(b->columns, b->nf - 1)) < 0)
             return OUT;
         ws(c);
         if (c->p < c->end && *c->p == ',') {
@@ -456,16 +519,10 @@ static int first_features(Cur *c, Batch *b)
         }
         if (c->p < c->end && *c->p == '}') {
             c->p++;
-            break;
+            return 0;
         }
         return OUT;
     }
-    b->recent = PyMem_Calloc((size_t)(b->nf ? b->nf : 1), sizeof(Recent));
-    if (b->recent == NULL) {
-        PyErr_NoMemory();
-        return OUT;
-    }
-    return 0;
 }
 
 /* A later features object: the first one's names, in its order. */
@@ -487,11 +544,25 @@ static int more_features(Cur *c, Batch *b)
             return OUT;
         if (expect(c, ':') < 0)
             return OUT;
-        PyObject *v = scan_scalar(c, &b->recent[k]);
-        if (append_steal(PyList_GET_ITEM(b->columns, k), v) < 0)
+        if (feature_value(c, &b->cols[k], PyList_GET_ITEM(b->columns, k)) < 0)
             return OUT;
     }
     return expect(c, '}');
+}
+
+/* Each column still of doubles handed over as their bytes (native float64). */
+static int settle_columns(Batch *b)
+{
+    for (Py_ssize_t k = 0; k < b->nf; k++) {
+        Column *col = &b->cols[k];
+        if (col->listed)
+            continue;
+        PyObject *raw = PyByteArray_FromStringAndSize((const char *)col->d,
+                                                      (Py_ssize_t)sizeof(double) * col->n);
+        if (raw == NULL || PyList_SetItem(b->columns, k, raw) < 0)
+            return OUT;
+    }
+    return 0;
 }
 
 enum {
@@ -722,7 +793,7 @@ static PyObject *predictions(PyObject *self, PyObject *args)
             goto done;
         }
     ws(&c);
-    if (c.p != c.end)
+    if (c.p != c.end || (b.columns != NULL && settle_columns(&b) < 0))
         goto done;
     /* no event had a features object: None for the names and the columns */
     result = Py_BuildValue("(OOOOOOOOOOOOO)", b.event_id, b.ts, b.ts_text ? Py_True : Py_False,
@@ -736,7 +807,9 @@ done:
     Py_XDECREF(b.columns);
     PyMem_Free(b.name_s);
     PyMem_Free(b.name_n);
-    PyMem_Free(b.recent);
+    for (Py_ssize_t k = 0; k < b.nf; k++)
+        PyMem_Free(b.cols[k].d);
+    PyMem_Free(b.cols);
     PyBuffer_Release(&data);
     if (result == NULL && !PyErr_Occurred())
         Py_RETURN_NONE;

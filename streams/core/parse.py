@@ -53,6 +53,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any, Final
 
+import numpy as np
 import orjson
 
 from detectors.contract import (
@@ -464,6 +465,9 @@ def _predictions_fast(data: bytes, cols: PredictionColumns, message: int,
     if not n:
         return True
     have = cols.features
+    if names is not None:  # float columns come as their bytes
+        columns = [np.frombuffer(c, dtype=np.float64) if type(c) is bytearray else c
+                   for c in columns]
     if names is None:  # no event has features
         cols.feature_list().extend([None] * n)
     elif isinstance(have, FeatureTable) and have.names == tuple(names):

@@ -245,7 +245,7 @@ def columns(ref: Reference, feats: Sequence[dict[str, Any] | None]) -> FeatureCo
     return FeatureColumns.extract(feats, names, numeric)
 
 
-def compare(dets: list[SkewDetector | DriftDetector], values: list[Any],
+def compare(dets: list[SkewDetector | DriftDetector], values: Sequence[Any] | np.ndarray,
              numbers: np.ndarray | None, ts: np.ndarray) -> list[Signal]:
     """Bin one feature's values of a micro-batch once (vectorised); update its detectors."""
     if not dets:
@@ -257,8 +257,8 @@ def compare(dets: list[SkewDetector | DriftDetector], values: list[Any],
         assert numbers is not None
         ok = np.isfinite(numbers)
         batch = {"ts": ts[ok], "bin": bins.bin_numeric(numbers[ok]), "value": numbers[ok]}
-    else:
-        present, cats = categories(values)
+    else:  # a column of floats (an array) read as categories: their keys, as for objects
+        present, cats = categories(values.tolist() if isinstance(values, np.ndarray) else values)
         batch = {"ts": ts[present], "bin": bins.bin_categories(cats), "category": cats}
     for det in dets:
         out.extend(det.update(batch))
