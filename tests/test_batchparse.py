@@ -20,7 +20,13 @@ import pytest
 
 from detectors.quality import FeatureColumns, FeatureTable
 from streams.core import parse
-from streams.core.parse import ParseLimits, PredictionColumns, parse_predictions
+from streams.core.parse import (
+    FeedbackColumns,
+    ParseLimits,
+    PredictionColumns,
+    parse_feedback,
+    parse_predictions,
+)
 
 fast = pytest.importorskip("streams.core._batchparse",
                            reason="the C extension is built by pip install when gcc is there")
@@ -302,3 +308,62 @@ def test_a_table_joins_float_arrays_and_lists_into_what_the_objects_hold() -> No
     floats = FeatureTable(("x",), [np.array([0.5, 1.5, 2.5])], 3)
     assert type(floats[2]["x"]) is float and floats.take([2, 0]).columns[0].tolist() == [2.5, 0.5]
     assert floats.take([0, 1, 2]) is floats and len(floats.take([])) == 0
+
+
+def both_feedback(messages: list[tuple[bytes, Any]], monkeypatch: pytest.MonkeyPatch
+                  ) -> list[tuple[list[Any], list[Any]]]:
+    """Each label message parsed with the fast path, then without: every column and
+    each event's text, and the dead letters."""
+    out = []
+    for on in (True, False):
+        with monkeypatch.context() as m:
+            if not on:
+                m.setattr(parse, "_batchparse", None)
+            cols = FeedbackColumns()
+            dead = [(d.reason, d.raw, d.index) for i, (data, key) in enumerate(messages)
+                    for d in parse_feedback(data, cols, i, LIMITS, key)]
+            got = [typed(getattr(cols, k)) for k in ("model", "version", "ts", "event_id",
+                                                      "label", "message", "element")]
+            out.append((got + [cols.text(i) for i in range(len(cols))], dead))
+    return out
+
+
+LABEL = b'{"event_id":"a","ts":1700000000.5,"model":"m","version":"v1","label":1}'
+LABELS_HOSTILE = [
+    LABEL.replace(b'"label":1', b'"label":null'),
+    LABEL.replace(b'"label":1,', b'').replace(b',"label":1', b''),
+    LABEL.replace(b'"label":1', b'"label":[1]'),
+    LABEL.replace(b'"label":1', b'"label":{"y":1}'),
+    LABEL.replace(b'"label":1', b'"label":"fraud"'),
+    LABEL.replace(b'"label":1', b'"label":"fr\\u00e9ud"'),
+    LABEL.replace(b'"label":1', b'"label":true'),
+    LABEL.replace(b'"label":1', b'"label":0.25,"label":1'),
+    LABEL.replace(b'"label":1', b'"label":1,"features":{"x":[1,{"y":2}]},"latency_ms":-1'),
+    LABEL.replace(b'"ts":1700000000.5', b'"ts":"2026-11-27T07:00:00Z"'),
+    LABEL.replace(b'"ts":1700000000.5', b'"ts":1700000000500'),
+    LABEL.replace(b'"model":"m"', b'"model":"n"'),
+    LABEL.replace(b'"event_id":"a"', b'"event_id":""'),
+]
+
+
+@pytest.mark.parametrize("data", [b"[" + LABEL + b"," + x + b"]" for x in LABELS_HOSTILE]
+                         + HOSTILE, ids=range(len(LABELS_HOSTILE) + len(HOSTILE)))
+@pytest.mark.parametrize("key", [b"m", parse.UNCHECKED, None])
+def test_label_messages_read_the_same_either_way(data: bytes, key: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    fast_way, usual_way = both_feedback([(data, key)], monkeypatch)
+    assert fast_way == usual_way
+
+
+def test_clean_label_batches_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(9)
+    messages = []
+    for j in range(20):
+        evs = [{"event_id": f"e-{j}-{i}", "ts": 1_700_000_000 + rng.random() * 1e5,
+                "model": "m", "version": rng.choice(["v1", "v2"]),
+                "label": rng.choice([0, 1, 0.5, "fraud", "ok", True])} for i in range(40)]
+        messages.append((orjson.dumps(evs), b"m"))
+        assert fast.feedback(messages[-1][0], b"m", 32, 20, 50, LIMITS.min_ts,
+                             LIMITS.max_ts) is not None
+    fast_way, usual_way = both_feedback(messages, monkeypatch)
+    assert fast_way == usual_way and fast_way[1] == [] and len(fast_way[0]) > 7 + 700

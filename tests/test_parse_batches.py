@@ -74,9 +74,7 @@ def _columns(cols: PredictionColumns | FeedbackColumns) -> dict[str, Any]:
     out = {k: getattr(cols, k) for k in cols.__dataclass_fields__ if k not in ("raw", "features")}
     if isinstance(cols, PredictionColumns):
         out["features"] = [orjson.dumps(f) for f in cols.features]
-        out["raw"] = [cols.text(i) for i in range(len(cols))]
-    else:
-        out["raw"] = [orjson.dumps(x) for x in cols.raw]
+    out["raw"] = [cols.text(i) for i in range(len(cols))]
     return out
 
 

@@ -1,5 +1,5 @@
-/* The batch form's fast path: an ml.predictions message (a JSON array of events)
-   read straight into columns, without a dict per event.
+/* The batch form's fast path: an ml.predictions or ml.feedback message (a JSON
+   array of events) read straight into columns, without a dict per event.
 
    predictions(data, key, max_id_chars, max_features, max_events, min_ts, max_ts)
    returns every event's columns when the message is an array of events that
@@ -27,13 +27,15 @@
    max_features, each of at most max_id_chars characters, no name twice) whose
    values are scalars; prediction a scalar or absent; model equal to the
    message key unless key is None; no known field twice in an event; at most
-   max_events events.
+   max_events events. feedback(...) reads labels the same way: the header
+   fields, and label a scalar other than null (_feedback_whole).
 
    The result is a tuple of lists, one per column (event_id, ts, ts_text,
    model, version, latency_ms, cohort, error, prediction, feature names,
    feature columns, element starts, element ends), with repeated strings (model,
    version, a categorical feature's values) shared rather than copied. The
-   feature names and columns are None when no event has a features object. A
+   feature names and columns are None when no event has a features object.
+   feedback's tuple: event_id, ts, ts_text, model, version, label, starts, ends. A
    feature column is a list of objects, or a bytearray of float64 values when
    every value was written as a JSON float (with a point or an exponent): the
    usual numeric feature, handed over without a float object per value. */
@@ -362,6 +364,7 @@ typedef struct {
     PyObject *event_id, *ts, *model, *version, *latency, *cohort, *error, *prediction;
     PyObject *starts, *ends, *names, *columns;
     int ts_text;
+    int feedback; /* ml.feedback: a label instead of a prediction's fields */
     int has_features; /* -1 not yet known, 0 no event has an object, 1 every event has */
     Py_ssize_t nf, cap;
     const char **name_s;
@@ -567,16 +570,20 @@ static int settle_columns(Batch *b)
 
 enum {
     F_ID = 1, F_TS = 2, F_MODEL = 4, F_VERSION = 8, F_LATENCY = 16,
-    F_COHORT = 32, F_STATUS = 64, F_FEATURES = 128, F_PREDICTION = 256
+    F_COHORT = 32, F_STATUS = 64, F_FEATURES = 128, F_PREDICTION = 256, F_LABEL = 512
 };
+#define F_HEADER (F_ID | F_TS | F_MODEL | F_VERSION)
 
-static int field_of(const char *s, Py_ssize_t n)
+/* The field a key names: the header's, then a prediction's or a label's fields
+   (anything else is skipped, as orjson's reading of it is never used). */
+static int field_of(const char *s, Py_ssize_t n, int feedback)
 {
 #define IS(name) (n == (Py_ssize_t)sizeof(name) - 1 && memcmp(s, name, sizeof(name) - 1) == 0)
     if (IS("event_id")) return F_ID;
     if (IS("ts")) return F_TS;
     if (IS("model")) return F_MODEL;
     if (IS("version")) return F_VERSION;
+    if (feedback) return IS("label") ? F_LABEL : 0;
     if (IS("latency_ms")) return F_LATENCY;
     if (IS("cohort")) return F_COHORT;
     if (IS("status")) return F_STATUS;
@@ -604,7 +611,7 @@ static int event(Cur *c, Batch *b)
         ws(c);
         if (scan_string(c, &s, &n, &ascii) < 0 || expect(c, ':') < 0)
             goto out;
-        int f = field_of(s, n);
+        int f = field_of(s, n, b->feedback);
         if (f & seen)
             goto out; /* a field twice */
         seen |= f;
@@ -690,6 +697,11 @@ static int event(Cur *c, Batch *b)
             if (prediction == NULL)
                 goto out;
             break;
+        case F_LABEL: /* required: a scalar, not null */
+            prediction = scan_scalar(c, &b->ids);
+            if (prediction == NULL || prediction == Py_None)
+                goto out;
+            break;
         default:
             if (skip_value(c, 1) < 0)
                 goto out;
@@ -705,8 +717,14 @@ static int event(Cur *c, Batch *b)
         }
         goto out;
     }
-    if ((seen & (F_ID | F_TS | F_MODEL | F_VERSION | F_LATENCY)) !=
-        (F_ID | F_TS | F_MODEL | F_VERSION | F_LATENCY))
+    if (b->feedback) {
+        if ((seen & (F_HEADER | F_LABEL)) != (F_HEADER | F_LABEL))
+            goto out;
+        if (append_steal(b->ts, ts) < 0 || append_steal(b->prediction, prediction) < 0)
+            return OUT;
+        return 0;
+    }
+    if ((seen & (F_HEADER | F_LATENCY)) != (F_HEADER | F_LATENCY))
         goto out;
     if (features_null) {
         if (b->has_features == 1)
@@ -731,7 +749,7 @@ out:
     return OUT;
 }
 
-static PyObject *predictions(PyObject *self, PyObject *args)
+static PyObject *parse(PyObject *args, int feedback)
 {
     Py_buffer data;
     PyObject *key;
@@ -748,6 +766,7 @@ static PyObject *predictions(PyObject *self, PyObject *args)
     b.max_ts = max_ts;
     b.has_features = -1;
     b.key_n = -1;
+    b.feedback = feedback;
     if (key != Py_None) {
         if (!PyBytes_Check(key)) {
             PyBuffer_Release(&data);
@@ -795,8 +814,11 @@ static PyObject *predictions(PyObject *self, PyObject *args)
     ws(&c);
     if (c.p != c.end || (b.columns != NULL && settle_columns(&b) < 0))
         goto done;
-    /* no event had a features object: None for the names and the columns */
-    result = Py_BuildValue("(OOOOOOOOOOOOO)", b.event_id, b.ts, b.ts_text ? Py_True : Py_False,
+    if (feedback)
+        result = Py_BuildValue("(OOOOOOOO)", b.event_id, b.ts, b.ts_text ? Py_True : Py_False,
+                               b.model, b.version, b.prediction, b.starts, b.ends);
+    else /* no event had a features object: None for the names and the columns */
+        result = Py_BuildValue("(OOOOOOOOOOOOO)", b.event_id, b.ts, b.ts_text ? Py_True : Py_False,
                            b.model, b.version, b.latency, b.cohort, b.error, b.prediction,
                            b.names ? b.names : Py_None, b.columns ? b.columns : Py_None,
                            b.starts, b.ends);
@@ -816,10 +838,17 @@ done:
     return result;
 }
 
+static PyObject *predictions(PyObject *self, PyObject *args) { return parse(args, 0); }
+
+static PyObject *feedback(PyObject *self, PyObject *args) { return parse(args, 1); }
+
 static PyMethodDef methods[] = {
     {"predictions", predictions, METH_VARARGS,
      "predictions(data, key, max_id_chars, max_features, max_events, min_ts, max_ts)\n"
      "--\n\nThe columns of a batch of prediction events, or None (see the module)."},
+    {"feedback", feedback, METH_VARARGS,
+     "feedback(data, key, max_id_chars, max_features, max_events, min_ts, max_ts)\n"
+     "--\n\nThe columns of a batch of label events, or None (see the module)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_batchparse",

@@ -441,18 +441,47 @@ def parse_predictions(data: bytes | None, cols: PredictionColumns, message: int 
                   limits, lambda doc: _predictions_whole(doc, cols, message, limits, key))
 
 
+def _fast(read: Callable[..., tuple[Any, ...] | None], data: bytes, limits: ParseLimits,
+          key: Key) -> tuple[Any, ...] | None:
+    """The compiled fast path's columns of a batch (``streams/core/_batchparse.c``), when
+    it reads every element as plainly valid; else None, and the message goes the usual
+    way: orjson, then the checks that name what is wrong."""
+    if key is None or (type(key) is not bytes and not isinstance(key, _Unchecked)):
+        return None
+    return read(data, key if type(key) is bytes else None, limits.max_id_chars,
+                limits.max_features, limits.max_events,
+                -math.inf if limits.min_ts is None else limits.min_ts,
+                math.inf if limits.max_ts is None else limits.max_ts)
+
+
+def _feedback_fast(data: bytes, cols: FeedbackColumns, message: int, limits: ParseLimits,
+                   key: Key) -> bool:
+    """Append a batch of labels through the fast path (what ``_feedback_whole`` would
+    append), or return False with nothing appended."""
+    got = _fast(_batchparse.feedback, data, limits, key)
+    if got is None:
+        return False
+    event_id, ts, ts_text, model, version, label, starts, ends = got
+    if ts_text:
+        ts = _times(ts, limits)
+        if ts is None:
+            return False
+    n = len(event_id)
+    cols.model += model
+    cols.version += version
+    cols.ts += ts
+    cols.event_id += event_id
+    cols.label += label
+    _place(cols, message, n)
+    cols.raw += [_Spans(data, starts, ends)] * n
+    return True
+
+
 def _predictions_fast(data: bytes, cols: PredictionColumns, message: int,
                       limits: ParseLimits, key: Key) -> bool:
-    """Append a batch through the compiled fast path, when it reads every element as
-    plainly valid (``streams/core/_batchparse.c``); else False, nothing appended, and
-    the message goes the usual way: orjson, then the checks that name what is wrong.
-    Whatever it appends is what ``_predictions_whole`` would have appended."""
-    if key is None or (type(key) is not bytes and not isinstance(key, _Unchecked)):
-        return False
-    got = _batchparse.predictions(
-        data, key if type(key) is bytes else None, limits.max_id_chars, limits.max_features,
-        limits.max_events, -math.inf if limits.min_ts is None else limits.min_ts,
-        math.inf if limits.max_ts is None else limits.max_ts)
+    """Append a batch through the fast path (what ``_predictions_whole`` would append),
+    or return False with nothing appended."""
+    got = _fast(_batchparse.predictions, data, limits, key)
     if got is None:
         return False
     (event_id, ts, ts_text, model, version, latency, cohort, error, prediction, names,
@@ -499,6 +528,9 @@ def parse_feedback(data: bytes | None, cols: FeedbackColumns, message: int = 0,
     ...                cols), cols.label
     ([], [1])
     """
+    if _batchparse is not None and data is not None and len(data) <= limits.max_bytes and \
+            _feedback_fast(data, cols, message, limits, key):
+        return []
     return _parse(data, lambda ev, i: _add_feedback(ev, cols, message, i, limits, key),
                   limits, lambda doc: _feedback_whole(doc, cols, message, limits, key))
 
@@ -624,6 +656,13 @@ class FeedbackColumns:
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    def text(self, row: int) -> str:
+        """Row ``row``'s event as JSON text, encoded again from its parsed form."""
+        raw = self.raw[row]
+        if type(raw) is _Spans:
+            raw = raw.element(self.element[row])
+        return _element_text(raw)
 
 
 def _add_feedback(ev: Any, cols: FeedbackColumns, message: int, element: int,

@@ -476,7 +476,7 @@ class PredictionProcessor:
     def _dead_label(self, messages: Sequence[InMessage], cols: FeedbackColumns, j: int,
                     reason: str) -> Record:
         msg = messages[cols.message[j]]
-        dl = DeadLetter(reason, orjson.dumps(cols.raw[j]).decode(),
+        dl = DeadLetter(reason, cols.text(j),
                         cols.element[j] if is_batch(msg.value) else None)
         return dl.to_record(self.feedback_topic, msg.partition, msg.offset)
 
