@@ -26,6 +26,7 @@ seconds: their labels are then counted as unmatched.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -48,8 +49,20 @@ __all__ = ["LabelTracker"]
 ReferenceLookup = Callable[[str], "Reference | None"]
 
 
-def _is_probability(v: Any) -> bool:
-    return type(v) in (int, float) and 0 <= v <= 1
+def _probabilities(preds: Sequence[Any]) -> np.ndarray | None:
+    """The predictions as floats if every one is a probability (an int or a float, not a
+    bool, in [0, 1]), else None.
+
+    >>> _probabilities([0.2, 1, 0]).tolist(), _probabilities([0.2, True]), _probabilities([2])
+    ([0.2, 1.0, 0.0], None, None)
+    """
+    if not set(map(type, preds)) <= _NUMBER:
+        return None
+    x = np.asarray(preds, dtype=float)
+    return x if ((x >= 0) & (x <= 1)).all() else None
+
+
+_NUMBER = frozenset({int, float})
 
 
 class LabelTracker:
@@ -70,10 +83,12 @@ class LabelTracker:
 
     def on_predictions(self, event_ids: Sequence[str], ts: np.ndarray, versions: Sequence[str],
                        cohorts: Sequence[str], predictions: Sequence[Any],
-                       watermark: float, references: ReferenceLookup | None = None
+                       watermark: float, references: ReferenceLookup | None = None,
+                       groups: Sequence[tuple[tuple[str, str], np.ndarray]] | None = None
                        ) -> list[Signal]:
         """Remember predictions for the join; estimate accuracy where labels are missing
-        or late (calibrated by the version's profile from ``references``, when it can)."""
+        or late (calibrated by the version's profile from ``references``, when it can).
+        ``groups``: the rows of each (version, cohort), when the caller has them."""
         lab = self.settings.labels
         if None in predictions:  # a prediction without its output has nothing to join
             kept = [i for i, p in enumerate(predictions) if p is not None]
@@ -86,20 +101,25 @@ class LabelTracker:
         if not lab.estimate:
             return []
         out: list[Signal] = []
-        groups: dict[tuple[str, str], list[int]] = {}
-        for i, (v, c) in enumerate(zip(versions, cohorts, strict=True)):
-            groups.setdefault((v, c), []).append(i)
-        for series, rows in groups.items():
+        if groups is None:
+            found: dict[tuple[str, str], list[int]] = {}
+            for i, (v, c) in enumerate(zip(versions, cohorts, strict=True)):
+                found.setdefault((v, c), []).append(i)
+            groups = [(series, np.array(rows)) for series, rows in found.items()]
+        for series, rows in groups:
+            if not rows.size:
+                continue
             check = self.checks.get(series)
             if check is not None and check.task is not None:
                 lag = float(ts[rows].max()) - self.labelled_to.get(series, -np.inf)
                 if lag <= lab.estimate_label_lag_s:
                     continue  # labels arrive in time: measure, don't estimate
-            preds = [predictions[i] for i in rows]
-            if not preds or not all(_is_probability(p) for p in preds):
+            probs = _probabilities(itemgetter(*rows.tolist())(predictions) if rows.size > 1
+                                   else [predictions[int(rows[0])]])
+            if probs is None:
                 continue
             out.extend(self._estimator(*series, references).update(
-                {"ts": ts[rows], "prediction": np.asarray(preds, dtype=float)}))
+                {"ts": ts[rows], "prediction": probs}))
         return out
 
     def _estimator(self, version: str, cohort: str,

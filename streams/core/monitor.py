@@ -194,7 +194,7 @@ class ModelMonitor:
             for signal in self.labels.on_predictions(
                     event_ids, frame["ts"].to_numpy(), frame["version"].to_list(),
                     frame["cohort"].to_list(), predictions, self.windows.watermark,
-                    references):
+                    references, groups):
                 self._emit(out, signal)
         return out
 
