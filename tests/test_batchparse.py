@@ -367,3 +367,9 @@ def test_clean_label_batches_take_the_fast_path(monkeypatch: pytest.MonkeyPatch)
                              LIMITS.max_ts) is not None
     fast_way, usual_way = both_feedback(messages, monkeypatch)
     assert fast_way == usual_way and fast_way[1] == [] and len(fast_way[0]) > 7 + 700
+
+
+def test_the_worker_says_which_reader_takes_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse.batch_reader() == "compiled (streams/core/_batchparse.c)"
+    monkeypatch.setattr(parse, "_batchparse", None)
+    assert parse.batch_reader() == "orjson"

@@ -441,6 +441,11 @@ def parse_predictions(data: bytes | None, cols: PredictionColumns, message: int 
                   limits, lambda doc: _predictions_whole(doc, cols, message, limits, key))
 
 
+def batch_reader() -> str:
+    """Which reader takes valid batches (the worker logs it when it starts folding)."""
+    return "compiled (streams/core/_batchparse.c)" if _batchparse is not None else "orjson"
+
+
 def _fast(read: Callable[..., tuple[Any, ...] | None], data: bytes, limits: ParseLimits,
           key: Key) -> tuple[Any, ...] | None:
     """The compiled fast path's columns of a batch (``streams/core/_batchparse.c``), when

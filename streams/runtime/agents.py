@@ -44,6 +44,7 @@ from detectors.contract import rfc3339
 from detectors.performance import id_hash_loop
 from detectors.sequential import loop as sequential_loop
 from streams.core.operations import OperationsProcessor, OpsOutbox, PoolState
+from streams.core.parse import batch_reader
 from streams.core.predictions import InMessage, Outbox, PredictionProcessor
 from streams.core.references import ReferenceStore
 from streams.runtime.app import Sentinelle
@@ -237,7 +238,8 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         if agent not in started_folding:  # once: when the worker starts to read its inputs
             started_folding.add(agent)
             log.info("%s: the first slice arrived (%d messages); sequential tests: %s; "
-                     "event-id hashes: %s", agent, len(part), sequential_loop(), id_hash_loop())
+                     "event-id hashes: %s; batches read by: %s", agent, len(part),
+                     sequential_loop(), id_hash_loop(), batch_reader())
         seen = lag.seen(part, folded[agent])
         if seen.lost:
             metrics.guards.labels("input_reordered").inc(seen.lost)
