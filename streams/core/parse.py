@@ -7,11 +7,11 @@ objects, see ``../shared/CONTRACT.md``); in a batch each bad element is
 dead-lettered alone, with its index, and the others are used.
 
 Bytes are decoded once, by orjson, with one exception: the batch form's
-compiled fast path (``_batchparse.c``) reads a prediction batch straight into
-columns when every element is plainly valid, and hands back anything else
-untouched. It reads a strict subset of JSON (no escapes, numbers within
+compiled fast path (``_batchparse.c``) reads a prediction or label batch
+straight into columns when every element is plainly valid, and hands back
+anything else untouched. It reads a strict subset of JSON (no escapes, numbers within
 fixed bounds) to the same values orjson reads, and appends exactly what the
-column-wise check below appends (``tests/test_batchparse.py`` and
+column-wise checks below append (``tests/test_batchparse.py`` and
 ``tests/test_parse_batches.py`` hold both to that, message by message); so no
 reader here accepts what orjson refuses (the standard library reads lone
 surrogates, integers of any size and NaN, which orjson, and every output
