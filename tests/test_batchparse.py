@@ -37,19 +37,20 @@ COLUMNS = ("model", "version", "cohort", "ts", "latency_ms", "error", "event_id"
            "prediction", "message", "element")
 
 
-def both(messages: list[tuple[bytes, Any]], monkeypatch: pytest.MonkeyPatch
-         ) -> tuple[PredictionColumns, list[Any], PredictionColumns, list[Any]]:
-    """Each message parsed into one set of columns, with the fast path, then without."""
+def both(messages: list[tuple[bytes, Any]], monkeypatch: pytest.MonkeyPatch,
+         read: Any = parse_predictions, make: Any = PredictionColumns) -> list[Any]:
+    """Each message parsed into one set of columns, with the fast path, then without:
+    the columns and the dead letters of each way, in that order."""
     out = []
     for on in (True, False):
         with monkeypatch.context() as m:
             if not on:
                 m.setattr(parse, "_batchparse", None)
-            cols = PredictionColumns()
+            cols = make()
             dead = [(d.reason, d.raw, d.index) for i, (data, key) in enumerate(messages)
-                    for d in parse_predictions(data, cols, i, LIMITS, key)]
+                    for d in read(data, cols, i, LIMITS, key)]
             out += [cols, dead]
-    return out[0], out[1], out[2], out[3]
+    return out
 
 
 def typed(v: Any) -> bytes:
@@ -314,18 +315,14 @@ def both_feedback(messages: list[tuple[bytes, Any]], monkeypatch: pytest.MonkeyP
                   ) -> list[tuple[list[Any], list[Any]]]:
     """Each label message parsed with the fast path, then without: every column and
     each event's text, and the dead letters."""
-    out = []
-    for on in (True, False):
-        with monkeypatch.context() as m:
-            if not on:
-                m.setattr(parse, "_batchparse", None)
-            cols = FeedbackColumns()
-            dead = [(d.reason, d.raw, d.index) for i, (data, key) in enumerate(messages)
-                    for d in parse_feedback(data, cols, i, LIMITS, key)]
-            got = [typed(getattr(cols, k)) for k in ("model", "version", "ts", "event_id",
-                                                      "label", "message", "element")]
-            out.append((got + [cols.text(i) for i in range(len(cols))], dead))
-    return out
+    a, dead_a, b, dead_b = both(messages, monkeypatch, parse_feedback, FeedbackColumns)
+    return [(label_columns(a), dead_a), (label_columns(b), dead_b)]
+
+
+def label_columns(cols: FeedbackColumns) -> list[Any]:
+    return [typed(getattr(cols, k)) for k in ("model", "version", "ts", "event_id", "label",
+                                              "message", "element")] + \
+        [cols.text(i) for i in range(len(cols))]
 
 
 LABEL = b'{"event_id":"a","ts":1700000000.5,"model":"m","version":"v1","label":1}'

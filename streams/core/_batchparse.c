@@ -76,6 +76,16 @@ static inline int expect(Cur *c, char ch)
     return OUT;
 }
 
+/* After a member of an object or an array: 1 when a ',' says another follows, 0 past
+   the closing character, OUT for anything else. */
+static inline int next_member(Cur *c, char close)
+{
+    ws(c);
+    if (c->p < c->end && (*c->p == ',' || *c->p == close))
+        return *c->p++ == ',';
+    return OUT;
+}
+
 /* A string without escapes: its bytes in *s, *n; *ascii when every byte < 0x80. */
 static int scan_string(Cur *c, const char **s, Py_ssize_t *n, int *ascii)
 {
@@ -325,16 +335,9 @@ static int skip_value(Cur *c, int depth)
             }
             if (skip_value(c, depth + 1) < 0)
                 return OUT;
-            ws(c);
-            if (c->p < c->end && *c->p == ',') {
-                c->p++;
-                continue;
-            }
-            if (c->p < c->end && *c->p == close) {
-                c->p++;
-                return 0;
-            }
-            return OUT;
+            int more = next_member(c, close);
+            if (more <= 0)
+                return more;
         }
     }
     PyObject *v = scan_scalar(c, NULL);
@@ -515,16 +518,9 @@ static int first_features(Cur *c, Batch *b)
             return OUT;
         if (feature_value(c, &b->cols[b->nf - 1], PyList_GET_ITEM(b->columns, b->nf - 1)) < 0)
             return OUT;
-        ws(c);
-        if (c->p < c->end && *c->p == ',') {
-            c->p++;
-            continue;
-        }
-        if (c->p < c->end && *c->p == '}') {
-            c->p++;
-            return 0;
-        }
-        return OUT;
+        int more = next_member(c, '}');
+        if (more <= 0)
+            return more;
     }
 }
 
@@ -706,16 +702,11 @@ static int event(Cur *c, Batch *b)
             if (skip_value(c, 1) < 0)
                 goto out;
         }
-        ws(c);
-        if (c->p < c->end && *c->p == ',') {
-            c->p++;
-            continue;
-        }
-        if (c->p < c->end && *c->p == '}') {
-            c->p++;
+        int more = next_member(c, '}');
+        if (more < 0)
+            goto out;
+        if (more == 0)
             break;
-        }
-        goto out;
     }
     if (b->feedback) {
         if ((seen & (F_HEADER | F_LABEL)) != (F_HEADER | F_LABEL))
@@ -800,16 +791,11 @@ static PyObject *parse(PyObject *args, int feedback)
                 append_steal(b.starts, PyLong_FromSsize_t(start - base)) < 0 ||
                 append_steal(b.ends, PyLong_FromSsize_t(c.p - base)) < 0)
                 goto done;
-            ws(&c);
-            if (c.p < c.end && *c.p == ',') {
-                c.p++;
-                continue;
-            }
-            if (c.p < c.end && *c.p == ']') {
-                c.p++;
+            int more = next_member(&c, ']');
+            if (more < 0)
+                goto done;
+            if (more == 0)
                 break;
-            }
-            goto done;
         }
     ws(&c);
     if (c.p != c.end || (b.columns != NULL && settle_columns(&b) < 0))

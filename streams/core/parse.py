@@ -448,15 +448,36 @@ def batch_reader() -> str:
 
 def _fast(read: Callable[..., tuple[Any, ...] | None], data: bytes, limits: ParseLimits,
           key: Key) -> tuple[Any, ...] | None:
-    """The compiled fast path's columns of a batch (``streams/core/_batchparse.c``), when
-    it reads every element as plainly valid; else None, and the message goes the usual
-    way: orjson, then the checks that name what is wrong."""
+    """The compiled fast path's columns of a batch (``streams/core/_batchparse.c``), its
+    times in epoch seconds, when it reads every element as plainly valid; else None,
+    and the message goes the usual way: orjson, then the checks that name what is
+    wrong."""
     if key is None or (type(key) is not bytes and not isinstance(key, _Unchecked)):
         return None
-    return read(data, key if type(key) is bytes else None, limits.max_id_chars,
-                limits.max_features, limits.max_events,
-                -math.inf if limits.min_ts is None else limits.min_ts,
-                math.inf if limits.max_ts is None else limits.max_ts)
+    got = read(data, key if type(key) is bytes else None, limits.max_id_chars,
+               limits.max_features, limits.max_events,
+               -math.inf if limits.min_ts is None else limits.min_ts,
+               math.inf if limits.max_ts is None else limits.max_ts)
+    if got is None:
+        return None
+    event_id, ts, ts_text, *rest = got
+    if ts_text:  # RFC 3339 text among the times: read as the usual path reads them
+        ts = _times(ts, limits)
+        if ts is None:
+            return None
+    return (event_id, ts, *rest)
+
+
+def _extend_header(cols: PredictionColumns | FeedbackColumns, event_id: list[str],
+                   ts: list[float], model: list[str], version: list[str],
+                   message: int | list[int], raw: list[Any]) -> None:
+    """Append what every input event has, and where each came from."""
+    cols.event_id += event_id
+    cols.ts += ts
+    cols.model += model
+    cols.version += version
+    _place(cols, message, len(event_id))
+    cols.raw += raw
 
 
 def _feedback_fast(data: bytes, cols: FeedbackColumns, message: int, limits: ParseLimits,
@@ -466,19 +487,10 @@ def _feedback_fast(data: bytes, cols: FeedbackColumns, message: int, limits: Par
     got = _fast(_batchparse.feedback, data, limits, key)
     if got is None:
         return False
-    event_id, ts, ts_text, model, version, label, starts, ends = got
-    if ts_text:
-        ts = _times(ts, limits)
-        if ts is None:
-            return False
-    n = len(event_id)
-    cols.model += model
-    cols.version += version
-    cols.ts += ts
-    cols.event_id += event_id
+    event_id, ts, model, version, label, starts, ends = got
+    _extend_header(cols, event_id, ts, model, version, message,
+                   [_Spans(data, starts, ends)] * len(event_id))
     cols.label += label
-    _place(cols, message, n)
-    cols.raw += [_Spans(data, starts, ends)] * n
     return True
 
 
@@ -489,12 +501,8 @@ def _predictions_fast(data: bytes, cols: PredictionColumns, message: int,
     got = _fast(_batchparse.predictions, data, limits, key)
     if got is None:
         return False
-    (event_id, ts, ts_text, model, version, latency, cohort, error, prediction, names,
-     columns, starts, ends) = got
-    if ts_text:
-        ts = _times(ts, limits)
-        if ts is None:
-            return False
+    (event_id, ts, model, version, latency, cohort, error, prediction, names, columns,
+     starts, ends) = got
     n = len(event_id)
     if not n:
         return True
@@ -510,16 +518,11 @@ def _predictions_fast(data: bytes, cols: PredictionColumns, message: int,
         cols.features = FeatureTable(tuple(names), columns, n)
     else:
         cols.feature_list().extend(FeatureTable(tuple(names), columns, n))
-    cols.model += model
-    cols.version += version
+    _extend_header(cols, event_id, ts, model, version, message, [_Spans(data, starts, ends)] * n)
     cols.cohort += cohort
-    cols.ts += ts
     cols.latency_ms += latency
     cols.error += error
-    cols.event_id += event_id
     cols.prediction += prediction
-    _place(cols, message, n)
-    cols.raw += [_Spans(data, starts, ends)] * n
     return True
 
 
@@ -837,18 +840,12 @@ def _predictions_whole(doc: list[Any], cols: PredictionColumns, message: int | l
         return False
     if not (_features_ok(features, limits) and _scalars_ok(prediction)):
         return False
-    n = len(doc)
-    cols.model += model
-    cols.version += version
+    _extend_header(cols, event_id, ts, model, version, message, doc)
     cols.cohort += ["stable" if c is None else c for c in cohort] if None in cohort else cohort
-    cols.ts += ts
     cols.latency_ms += latency
     cols.error += [s is not None and s != "ok" for s in status]
-    cols.event_id += event_id
     cols.feature_list().extend(features)
     cols.prediction += prediction
-    _place(cols, message, n)
-    cols.raw += doc
     return True
 
 
@@ -862,14 +859,8 @@ def _feedback_whole(doc: list[Any], cols: FeedbackColumns, message: int | list[i
     event_id, _, model, version, label = columns
     if ts is None or None in label or not _scalars_ok(label):
         return False
-    n = len(doc)
-    cols.model += model
-    cols.version += version
-    cols.ts += ts
-    cols.event_id += event_id
+    _extend_header(cols, event_id, ts, model, version, message, doc)
     cols.label += label
-    _place(cols, message, n)
-    cols.raw += doc
     return True
 
 
