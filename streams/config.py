@@ -162,6 +162,11 @@ class KafkaSettings(_Section):
     session_timeout_s: float = Field(10.0, gt=0,
                                      description="silence before the group coordinator declares a "
                                                  "member dead")
+    fetch_max_wait_s: float = Field(
+        0.1, ge=0, le=30, description="how long the broker may hold the worker's fetch when its "
+                                      "partitions have nothing new (Faust's own driver fixes "
+                                      "1.5 s, which stalls a worker catching up; see "
+                                      "streams/runtime/transport.py)")
     producer_batch_bytes: int | None = Field(
         None, ge=1, description="the producer's max_batch_size; unset: 16 KiB, or one record "
                                 "per batch on Tansu, which misreports the end of a batch")
