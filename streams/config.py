@@ -210,7 +210,11 @@ class TopicSettings(_Section):
 
 class WorkerSettings(_Section):
     app_id: str = Field("sentinelle", min_length=1, description="Kafka consumer group id")
-    batch_max: int = Field(2000, ge=1, description="messages per micro-batch, at most")
+    batch_max: int = Field(1000, ge=1, description="messages per micro-batch, at most")
+    read_ahead: int = Field(
+        1024, ge=1, description="messages Faust reads ahead per agent while a micro-batch is "
+                                "folded (its stream_buffer_maxsize); with batch_max, the input "
+                                "a worker holds behind a backlog")
     batch_within_s: float = Field(
         0.5, gt=0, description="an input waits at most about this long for its micro-batch "
                                "(Faust's timer is set to half of it: it starts once the "

@@ -144,6 +144,9 @@ def create_app(settings: Settings) -> Sentinelle:
         web_graph_enabled=False,
         web_stats_enabled=False,
         web_metrics_enabled=False,
+        # Input in flight behind a backlog: this read-ahead and the micro-batch being
+        # folded (worker.batch_max), in messages (docs/RUNNING.md, "Input in flight").
+        stream_buffer_maxsize=w.read_ahead,
         producer_max_request_size=topic_max_bytes(settings),
         producer_max_batch_size=k.producer_batch_bytes or 16384,
         **faust_options(settings),  # kafka.security: SASL and TLS
