@@ -12,7 +12,9 @@ measures::
 
     .venv/bin/py-spy record -r 200 -o replay.svg -- .venv/bin/python bench/replay.py
 
-``--predictions N`` (default 200,000). Nothing is asserted: it prints figures.
+``--predictions N`` (default 200,000); ``--per-message 1`` replays the single-event
+form instead (one event per message, micro-batches of ``worker.batch_max``
+messages). Nothing is asserted: it prints figures.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from streams.runtime.tuning import tune_gc  # noqa: E402
 PARTITIONS = 4
 
 
-def workload(settings: Settings, n: int) -> tuple[list[InMessage], list[InMessage], int]:
+def workload(settings: Settings, n: int, per_message: int = 100
+             ) -> tuple[list[InMessage], list[InMessage], int]:
     """The canary announcements, then predictions and labels in arrival order, and how
     many events those carry."""
     models = e2e.model_names(5)
@@ -57,20 +60,21 @@ def workload(settings: Settings, n: int) -> tuple[list[InMessage], list[InMessag
         offset = offsets[topic, p] = offsets.get((topic, p), -1) + 1
         return InMessage(value, p, offset, topic, key)
 
-    feedback = iter(e2e.grouped(labels, "model", 100))
+    feedback = iter(e2e.grouped(labels, "model", per_message))
     out = []
-    for i, (key, value, _) in enumerate(e2e.grouped(preds, "model", 100)):
+    for i, (key, value, _) in enumerate(e2e.grouped(preds, "model", per_message)):
         out.append(message(t.predictions, key, value))
         if i % 2 and (label := next(feedback, None)) is not None:
             out.append(message(t.feedback, label[0], label[1]))
     return announce, out, len(preds) + len(labels)
 
 
-def slices(messages: list[InMessage], size: int) -> list[list[InMessage]]:
+def slices(messages: list[InMessage], size: int, most: int) -> list[list[InMessage]]:
+    """The worker's slices: about ``size`` bytes, in micro-batches of ``most`` messages."""
     out: list[list[InMessage]] = [[]]
     held = 0
     for m in messages:
-        if held >= size:
+        if held >= size or len(out[-1]) >= most:
             out.append([])
             held = 0
         out[-1].append(m)
@@ -78,7 +82,7 @@ def slices(messages: list[InMessage], size: int) -> list[list[InMessage]]:
     return out
 
 
-def replay(predictions: int) -> tuple[int, int, int, float]:
+def replay(predictions: int, per_message: int = 100) -> tuple[int, int, int, float]:
     """Events replayed, predictions folded, dead letters and CPU seconds."""
     settings = Settings()
     references = ReferenceStore(settings.skew, settings.drift.baseline_factor)
@@ -86,12 +90,12 @@ def replay(predictions: int) -> tuple[int, int, int, float]:
         for version in ("v1", "v2"):
             references.add(e2e.profile_of(model, version))
     processor = PredictionProcessor(settings, settings.topics.predictions, references)
-    announce, messages, events = workload(settings, predictions)
+    announce, messages, events = workload(settings, predictions, per_message)
     processor.process(announce, time.time())
     tune_gc()
     folded = dead = 0
     started = time.process_time()
-    for part in slices(messages, settings.worker.slice_bytes):
+    for part in slices(messages, settings.worker.slice_bytes, settings.worker.batch_max):
         box = processor.process(part, time.time())
         folded, dead = folded + box.events, dead + len(box.deadletters)
     return events, folded, dead, time.process_time() - started
@@ -100,8 +104,10 @@ def replay(predictions: int) -> tuple[int, int, int, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--predictions", type=int, default=200_000)
+    ap.add_argument("--per-message", type=int, default=100,
+                    help="events per message (1: the single-event form)")
     args = ap.parse_args(argv)
-    events, folded, dead, spent = replay(args.predictions)
+    events, folded, dead, spent = replay(args.predictions, args.per_message)
     print(f"{events:,} events ({folded:,} predictions folded, {dead} dead letters): "
           f"{spent:.2f} s of CPU, {spent / events * 1e6:.2f} us per event")
     return 0
