@@ -26,6 +26,7 @@ from streams.core.parse import (
     PredictionColumns,
     parse_feedback,
     parse_predictions,
+    parse_singles,
 )
 
 fast = pytest.importorskip("streams.core._batchparse",
@@ -128,8 +129,12 @@ BASE = (b'{"event_id":"a","ts":1700000000,"model":"m","version":"v1","latency_ms
         b'"features":{"x":1.5,"c":"r"},"prediction":0.5}')
 
 
+EDITS: list[tuple[bytes, bytes]] = []  # every with_ below, for the single-event form
+
+
 def with_(old: bytes, new: bytes) -> bytes:
     assert old in BASE
+    EDITS.append((old, new))
     return b"[" + BASE + b"," + BASE.replace(old, new) + b"]"
 
 
@@ -370,3 +375,78 @@ def test_the_worker_says_which_reader_takes_batches(monkeypatch: pytest.MonkeyPa
     assert parse.batch_reader() == "compiled (streams/core/_batchparse.c)"
     monkeypatch.setattr(parse, "_batchparse", None)
     assert parse.batch_reader() == "orjson"
+
+
+# -- the single-event form: messages of one event each, read as one batch -----------
+
+SINGLES_HOSTILE = [BASE.replace(old, new) for old, new in EDITS] + [
+    b"[" + BASE + b"]", BASE + b" x", BASE + b"," + BASE, b" \t\n" + BASE + b"\n", b"{}",
+    b"", b"null", b"1", b'"s"', BASE[:-1], BASE + b"}",
+    # an event split over two messages, each invalid alone, valid once joined
+    BASE.replace(b'"prediction":0.5}', b'"prediction":0.5,"extra":[{}'),
+    b'{}]}',
+]
+
+
+def singles_both(values: list[Any], keys: list[Any], monkeypatch: pytest.MonkeyPatch,
+                 make: Any = PredictionColumns) -> list[Any]:
+    """:func:`parse_singles` with the fast path, then without: whether it took them,
+    and the columns."""
+    out = []
+    for on in (True, False):
+        with monkeypatch.context() as m:
+            if not on:
+                m.setattr(parse, "_batchparse", None)
+            cols = make()
+            out += [parse_singles(values, keys, cols, LIMITS), cols]
+    return out
+
+
+@pytest.mark.parametrize("data", SINGLES_HOSTILE, ids=range(len(SINGLES_HOSTILE)))
+@pytest.mark.parametrize("key", [b"m", b"n", None, parse.UNCHECKED])
+def test_hostile_singles_read_the_same_either_way(data: bytes, key: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    values = [BASE, data, BASE.replace(b'"a"', b'"b"')]
+    took_a, a, took_b, b = singles_both(values, [b"m", key, b"m"], monkeypatch)
+    assert took_a == took_b
+    assert_same(a, b)
+
+
+def test_an_event_split_over_two_messages_is_not_read_as_one() -> None:
+    """Each message is read alone: two halves that make one event when joined (and an
+    extra event in another message to make the count right) are not taken."""
+    halves = SINGLES_HOSTILE[-2:]
+    two = BASE + b"," + BASE
+    assert fast.prediction_singles([*halves, two], [b"m"] * 3, 32, 20, LIMITS.min_ts,
+                                   LIMITS.max_ts) is None
+    assert parse_singles([*halves, two], [b"m"] * 3, PredictionColumns(), LIMITS) is False
+
+
+def test_clean_singles_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(13)
+    evs = [event(i, rng, ["x0", "cat", "flag"]) for i in range(300)]
+    values = [orjson.dumps(e, option=orjson.OPT_INDENT_2 if i % 5 == 0 else 0)
+              for i, e in enumerate(evs)]
+    keys = [b"m"] * len(values)
+    assert fast.prediction_singles(values, keys, 32, 20, LIMITS.min_ts, LIMITS.max_ts) \
+        is not None
+    took_a, a, took_b, b = singles_both(values, keys, monkeypatch)
+    assert took_a is took_b is True and isinstance(a.features, FeatureTable)
+    assert a.message == list(range(300)) and a.element == [0] * 300
+    assert_same(a, b)
+
+
+def test_label_singles_read_the_same_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(17)
+    clean = [orjson.dumps({"event_id": f"e-{i}", "ts": 1_700_000_000 + rng.random() * 1e5,
+                           "model": "m", "version": rng.choice(["v1", "v2"]),
+                           "label": rng.choice([0, 1, 0.5, "fraud", True])})
+             for i in range(100)]
+    assert fast.feedback_singles(clean, [b"m"] * 100, 32, 20, LIMITS.min_ts,
+                                 LIMITS.max_ts) is not None
+    for extra in [None, *LABELS_HOSTILE]:
+        values = clean if extra is None else [*clean[:3], extra, *clean[3:6]]
+        took_a, a, took_b, b = singles_both(values, [b"m"] * len(values), monkeypatch,
+                                            FeedbackColumns)
+        assert took_a == took_b
+        assert label_columns(a) == label_columns(b)

@@ -38,7 +38,14 @@
    feedback's tuple: event_id, ts, ts_text, model, version, label, starts, ends. A
    feature column is a list of objects, or a bytearray of float64 values when
    every value was written as a JSON float (with a point or an exponent): the
-   usual numeric feature, handed over without a float object per value. */
+   usual numeric feature, handed over without a float object per value.
+
+   prediction_singles(values, keys, max_id_chars, max_features, min_ts, max_ts)
+   and feedback_singles(...) read the single-event form the same way: a list of
+   messages of one event each (a JSON object), each checked against its own key
+   (bytes; anything else: None), into the same columns, with empty starts and
+   ends (each event is its whole message). None unless every message is plainly
+   valid: streams.core.parse.parse_singles then reads them as it always did. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
@@ -740,6 +747,57 @@ out:
     return OUT;
 }
 
+/* A Batch with its limits and empty columns: 0, or -1 with an exception set. */
+static int batch_init(Batch *b, int feedback, Py_ssize_t max_id, Py_ssize_t max_features,
+                      double min_ts, double max_ts)
+{
+    memset(b, 0, sizeof *b);
+    b->max_id = max_id;
+    b->max_features = max_features;
+    b->min_ts = min_ts;
+    b->max_ts = max_ts;
+    b->has_features = -1;
+    b->key_n = -1;
+    b->feedback = feedback;
+    PyObject **lists[] = {&b->event_id, &b->ts, &b->model, &b->version, &b->latency,
+                          &b->cohort, &b->error, &b->prediction, &b->starts, &b->ends};
+    for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
+        if ((*lists[i] = PyList_New(0)) == NULL)
+            return -1;
+    return 0;
+}
+
+/* The columns as the module's docstring says, once every event is read. */
+static PyObject *batch_result(Batch *b)
+{
+    if (b->columns != NULL && settle_columns(b) < 0)
+        return NULL;
+    PyObject *ts_text = b->ts_text ? Py_True : Py_False;
+    if (b->feedback)
+        return Py_BuildValue("(OOOOOOOO)", b->event_id, b->ts, ts_text, b->model, b->version,
+                             b->prediction, b->starts, b->ends);
+    /* no event had a features object: None for the names and the columns */
+    return Py_BuildValue("(OOOOOOOOOOOOO)", b->event_id, b->ts, ts_text, b->model, b->version,
+                         b->latency, b->cohort, b->error, b->prediction,
+                         b->names ? b->names : Py_None, b->columns ? b->columns : Py_None,
+                         b->starts, b->ends);
+}
+
+static void batch_release(Batch *b)
+{
+    PyObject **lists[] = {&b->event_id, &b->ts, &b->model, &b->version, &b->latency,
+                          &b->cohort, &b->error, &b->prediction, &b->starts, &b->ends};
+    for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
+        Py_XDECREF(*lists[i]);
+    Py_XDECREF(b->names);
+    Py_XDECREF(b->columns);
+    PyMem_Free(b->name_s);
+    PyMem_Free(b->name_n);
+    for (Py_ssize_t k = 0; k < b->nf; k++)
+        PyMem_Free(b->cols[k].d);
+    PyMem_Free(b->cols);
+}
+
 static PyObject *parse(PyObject *args, int feedback)
 {
     Py_buffer data;
@@ -749,30 +807,19 @@ static PyObject *parse(PyObject *args, int feedback)
     if (!PyArg_ParseTuple(args, "y*Onnndd", &data, &key, &max_id, &max_features, &max_events,
                           &min_ts, &max_ts))
         return NULL;
+    if (key != Py_None && !PyBytes_Check(key)) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_TypeError, "key must be bytes or None");
+        return NULL;
+    }
     Batch b;
-    memset(&b, 0, sizeof b);
-    b.max_id = max_id;
-    b.max_features = max_features;
-    b.min_ts = min_ts;
-    b.max_ts = max_ts;
-    b.has_features = -1;
-    b.key_n = -1;
-    b.feedback = feedback;
+    PyObject *result = NULL;
+    if (batch_init(&b, feedback, max_id, max_features, min_ts, max_ts) < 0)
+        goto done;
     if (key != Py_None) {
-        if (!PyBytes_Check(key)) {
-            PyBuffer_Release(&data);
-            PyErr_SetString(PyExc_TypeError, "key must be bytes or None");
-            return NULL;
-        }
         b.key = PyBytes_AS_STRING(key);
         b.key_n = PyBytes_GET_SIZE(key);
     }
-    PyObject *result = NULL;
-    PyObject **lists[] = {&b.event_id, &b.ts, &b.model, &b.version, &b.latency, &b.cohort,
-                          &b.error, &b.prediction, &b.starts, &b.ends};
-    for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
-        if ((*lists[i] = PyList_New(0)) == NULL)
-            goto done;
     const char *base = data.buf;
     Cur c = {base, base + data.len};
     Py_ssize_t count = 0;
@@ -798,27 +845,55 @@ static PyObject *parse(PyObject *args, int feedback)
                 break;
         }
     ws(&c);
-    if (c.p != c.end || (b.columns != NULL && settle_columns(&b) < 0))
-        goto done;
-    if (feedback)
-        result = Py_BuildValue("(OOOOOOOO)", b.event_id, b.ts, b.ts_text ? Py_True : Py_False,
-                               b.model, b.version, b.prediction, b.starts, b.ends);
-    else /* no event had a features object: None for the names and the columns */
-        result = Py_BuildValue("(OOOOOOOOOOOOO)", b.event_id, b.ts, b.ts_text ? Py_True : Py_False,
-                           b.model, b.version, b.latency, b.cohort, b.error, b.prediction,
-                           b.names ? b.names : Py_None, b.columns ? b.columns : Py_None,
-                           b.starts, b.ends);
+    if (c.p == c.end)
+        result = batch_result(&b);
 done:
-    for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
-        Py_XDECREF(*lists[i]);
-    Py_XDECREF(b.names);
-    Py_XDECREF(b.columns);
-    PyMem_Free(b.name_s);
-    PyMem_Free(b.name_n);
-    for (Py_ssize_t k = 0; k < b.nf; k++)
-        PyMem_Free(b.cols[k].d);
-    PyMem_Free(b.cols);
+    batch_release(&b);
     PyBuffer_Release(&data);
+    if (result == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return result;
+}
+
+/* The single-event form: a list of messages of one event each (a JSON object, not
+   an array), each with its key, read as one batch. None unless every message is
+   bytes, every key is bytes, and every event is plainly valid; starts and ends are
+   empty (each event is its whole message). */
+static PyObject *singles(PyObject *args, int feedback)
+{
+    PyObject *values, *keys;
+    Py_ssize_t max_id, max_features;
+    double min_ts, max_ts;
+    if (!PyArg_ParseTuple(args, "O!O!nndd", &PyList_Type, &values, &PyList_Type, &keys,
+                          &max_id, &max_features, &min_ts, &max_ts))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    if (PyList_GET_SIZE(keys) != n) {
+        PyErr_SetString(PyExc_ValueError, "values and keys differ in length");
+        return NULL;
+    }
+    Batch b;
+    PyObject *result = NULL;
+    if (batch_init(&b, feedback, max_id, max_features, min_ts, max_ts) < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i), *key = PyList_GET_ITEM(keys, i);
+        if (!PyBytes_CheckExact(value) || !PyBytes_CheckExact(key))
+            goto done;
+        b.key = PyBytes_AS_STRING(key);
+        b.key_n = PyBytes_GET_SIZE(key);
+        const char *p = PyBytes_AS_STRING(value);
+        Cur c = {p, p + PyBytes_GET_SIZE(value)};
+        ws(&c);
+        if (event(&c, &b) < 0)
+            goto done;
+        ws(&c);
+        if (c.p != c.end)
+            goto done;
+    }
+    result = batch_result(&b);
+done:
+    batch_release(&b);
     if (result == NULL && !PyErr_Occurred())
         Py_RETURN_NONE;
     return result;
@@ -828,6 +903,10 @@ static PyObject *predictions(PyObject *self, PyObject *args) { return parse(args
 
 static PyObject *feedback(PyObject *self, PyObject *args) { return parse(args, 1); }
 
+static PyObject *prediction_singles(PyObject *self, PyObject *args) { return singles(args, 0); }
+
+static PyObject *feedback_singles(PyObject *self, PyObject *args) { return singles(args, 1); }
+
 static PyMethodDef methods[] = {
     {"predictions", predictions, METH_VARARGS,
      "predictions(data, key, max_id_chars, max_features, max_events, min_ts, max_ts)\n"
@@ -835,6 +914,12 @@ static PyMethodDef methods[] = {
     {"feedback", feedback, METH_VARARGS,
      "feedback(data, key, max_id_chars, max_features, max_events, min_ts, max_ts)\n"
      "--\n\nThe columns of a batch of label events, or None (see the module)."},
+    {"prediction_singles", prediction_singles, METH_VARARGS,
+     "prediction_singles(values, keys, max_id_chars, max_features, min_ts, max_ts)\n"
+     "--\n\nThe columns of messages of one prediction each, or None (see the module)."},
+    {"feedback_singles", feedback_singles, METH_VARARGS,
+     "feedback_singles(values, keys, max_id_chars, max_features, min_ts, max_ts)\n"
+     "--\n\nThe columns of messages of one label each, or None (see the module)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_batchparse",

@@ -216,6 +216,8 @@ class PredictionColumns:
         raw = self.raw[row]
         if type(raw) is _Spans:
             raw = raw.element(self.element[row])
+        elif type(raw) is bytes:  # a single-event message the fast path read
+            raw = orjson.loads(raw)
         return _element_text(raw)
 
     def feature_list(self) -> list[dict[str, Any] | None]:
@@ -487,11 +489,17 @@ def _feedback_fast(data: bytes, cols: FeedbackColumns, message: int, limits: Par
     got = _fast(_batchparse.feedback, data, limits, key)
     if got is None:
         return False
-    event_id, ts, model, version, label, starts, ends = got
-    _extend_header(cols, event_id, ts, model, version, message,
-                   [_Spans(data, starts, ends)] * len(event_id))
-    cols.label += label
+    starts, ends = got[-2:]
+    _append_feedback(cols, got, message, [_Spans(data, starts, ends)] * len(got[0]))
     return True
+
+
+def _append_feedback(cols: FeedbackColumns, got: tuple[Any, ...], message: int | list[int],
+                     raw: list[Any]) -> None:
+    """Append the fast path's label columns (``raw``: where each event's text is)."""
+    event_id, ts, model, version, label, _, _ = got
+    _extend_header(cols, event_id, ts, model, version, message, raw)
+    cols.label += label
 
 
 def _predictions_fast(data: bytes, cols: PredictionColumns, message: int,
@@ -501,11 +509,19 @@ def _predictions_fast(data: bytes, cols: PredictionColumns, message: int,
     got = _fast(_batchparse.predictions, data, limits, key)
     if got is None:
         return False
+    starts, ends = got[-2:]
+    _append_predictions(cols, got, message, [_Spans(data, starts, ends)] * len(got[0]))
+    return True
+
+
+def _append_predictions(cols: PredictionColumns, got: tuple[Any, ...],
+                        message: int | list[int], raw: list[Any]) -> None:
+    """Append the fast path's prediction columns (``raw``: where each event's text is)."""
     (event_id, ts, model, version, latency, cohort, error, prediction, names, columns,
-     starts, ends) = got
+     _, _) = got
     n = len(event_id)
     if not n:
-        return True
+        return
     have = cols.features
     if names is not None:  # float columns come as their bytes
         columns = [np.frombuffer(c, dtype=np.float64) if type(c) is bytearray else c
@@ -518,12 +534,11 @@ def _predictions_fast(data: bytes, cols: PredictionColumns, message: int,
         cols.features = FeatureTable(tuple(names), columns, n)
     else:
         cols.feature_list().extend(FeatureTable(tuple(names), columns, n))
-    _extend_header(cols, event_id, ts, model, version, message, [_Spans(data, starts, ends)] * n)
+    _extend_header(cols, event_id, ts, model, version, message, raw)
     cols.cohort += cohort
     cols.latency_ms += latency
     cols.error += error
     cols.prediction += prediction
-    return True
 
 
 def parse_feedback(data: bytes | None, cols: FeedbackColumns, message: int = 0,
@@ -670,6 +685,8 @@ class FeedbackColumns:
         raw = self.raw[row]
         if type(raw) is _Spans:
             raw = raw.element(self.element[row])
+        elif type(raw) is bytes:  # a single-event message the fast path read
+            raw = orjson.loads(raw)
         return _element_text(raw)
 
 
@@ -894,6 +911,8 @@ def parse_singles(values: Sequence[bytes | None], keys: Sequence[Key],
     >>> parse_singles([orjson.dumps(ev), b"[]"], [b"m", b"m"], PredictionColumns())
     False
     """
+    if _batchparse is not None and _singles_fast(values, keys, cols, limits):
+        return True
     docs = []
     for data in values:
         if data is None or len(data) > limits.max_bytes:
@@ -909,6 +928,33 @@ def parse_singles(values: Sequence[bytes | None], keys: Sequence[Key],
     if isinstance(cols, PredictionColumns):
         return _predictions_whole(docs, cols, where, limits, list(keys))
     return _feedback_whole(docs, cols, where, limits, list(keys))
+
+
+def _singles_fast(values: Sequence[bytes | None], keys: Sequence[Key],
+                  cols: PredictionColumns | FeedbackColumns, limits: ParseLimits) -> bool:
+    """:func:`parse_singles` through the compiled reader (every message plainly valid,
+    keyed, within ``max_bytes``), or False with nothing appended."""
+    values = list(values)
+    if None in values or max(map(len, values), default=0) > limits.max_bytes:  # type: ignore[arg-type]
+        return False
+    read = (_batchparse.prediction_singles if isinstance(cols, PredictionColumns)
+            else _batchparse.feedback_singles)
+    got = read(values, list(keys), limits.max_id_chars, limits.max_features,
+               -math.inf if limits.min_ts is None else limits.min_ts,
+               math.inf if limits.max_ts is None else limits.max_ts)
+    if got is None:
+        return False
+    event_id, ts, ts_text, *rest = got
+    if ts_text:  # RFC 3339 text among the times: read as the usual path reads them
+        ts = _times(ts, limits)
+        if ts is None:
+            return False
+    message = list(range(len(values)))
+    if isinstance(cols, PredictionColumns):
+        _append_predictions(cols, (event_id, ts, *rest), message, values)
+    else:
+        _append_feedback(cols, (event_id, ts, *rest), message, values)
+    return True
 
 
 def parse_control(data: bytes | None, kind: str, out: list[dict[str, Any]],
