@@ -9,8 +9,11 @@ prints one JSON line, ``{"first": t, "last": t, "events": n, "messages": m}``
 Run by the bench as a child process; its settings come from the environment:
 ``KAFKA_BOOTSTRAP_SERVERS``, ``PASSTHROUGH_TOPICS`` (comma-separated),
 ``PASSTHROUGH_GROUP``, ``PASSTHROUGH_EXPECT``, ``PASSTHROUGH_PARTITIONS``.
-The consumer settings are the worker's (``streams/runtime/app.py``), so the
-two differ only in what happens to a message once it is read.
+The group settings are the worker's (``streams/runtime/app.py``); the consumer is
+Faust's as it ships (its ``kafka://`` driver, its 4,096-message read-ahead), the
+ceiling a user gets from Faust. ``PASSTHROUGH_TRANSPORT=sentinelle`` runs it on the
+worker's transport instead (``streams/runtime/transport.py``, the fetch wait at
+0.1 s), to see what that transport does for Faust alone.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ import orjson
 servers = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
 topics = os.environ["PASSTHROUGH_TOPICS"].split(",")
 expect = int(os.environ["PASSTHROUGH_EXPECT"])
+scheme = os.environ.get("PASSTHROUGH_TRANSPORT", "kafka")
 
 app = faust.App(
-    os.environ["PASSTHROUGH_GROUP"], broker=[f"kafka://{s}" for s in servers.split(",")],
+    os.environ["PASSTHROUGH_GROUP"],
+    broker=[f"kafka://{s}" if scheme == "kafka" else f"{scheme}://{s}?fetch_max_wait_ms=100"
+            for s in servers.split(",")],
     store="memory://", web_enabled=False,
     topic_partitions=int(os.environ["PASSTHROUGH_PARTITIONS"]),
     consumer_auto_offset_reset="earliest", broker_session_timeout=10.0,
