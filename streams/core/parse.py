@@ -460,10 +460,17 @@ def _fast(read: Callable[..., tuple[Any, ...] | None], data: bytes, limits: Pars
                limits.max_features, limits.max_events,
                -math.inf if limits.min_ts is None else limits.min_ts,
                math.inf if limits.max_ts is None else limits.max_ts)
+    return _epoch(got, limits)
+
+
+def _epoch(got: tuple[Any, ...] | None, limits: ParseLimits) -> tuple[Any, ...] | None:
+    """The compiled reader's columns with its times in epoch seconds (RFC 3339 text among
+    them read as the usual path reads it), its ``ts_text`` flag dropped; None if any
+    time is not valid."""
     if got is None:
         return None
     event_id, ts, ts_text, *rest = got
-    if ts_text:  # RFC 3339 text among the times: read as the usual path reads them
+    if ts_text:
         ts = _times(ts, limits)
         if ts is None:
             return None
@@ -939,21 +946,16 @@ def _singles_fast(values: Sequence[bytes | None], keys: Sequence[Key],
         return False
     read = (_batchparse.prediction_singles if isinstance(cols, PredictionColumns)
             else _batchparse.feedback_singles)
-    got = read(values, list(keys), limits.max_id_chars, limits.max_features,
-               -math.inf if limits.min_ts is None else limits.min_ts,
-               math.inf if limits.max_ts is None else limits.max_ts)
+    got = _epoch(read(values, list(keys), limits.max_id_chars, limits.max_features,
+                      -math.inf if limits.min_ts is None else limits.min_ts,
+                      math.inf if limits.max_ts is None else limits.max_ts), limits)
     if got is None:
         return False
-    event_id, ts, ts_text, *rest = got
-    if ts_text:  # RFC 3339 text among the times: read as the usual path reads them
-        ts = _times(ts, limits)
-        if ts is None:
-            return False
     message = list(range(len(values)))
     if isinstance(cols, PredictionColumns):
-        _append_predictions(cols, (event_id, ts, *rest), message, values)
+        _append_predictions(cols, got, message, values)
     else:
-        _append_feedback(cols, (event_id, ts, *rest), message, values)
+        _append_feedback(cols, got, message, values)
     return True
 
 
