@@ -239,7 +239,7 @@ class WorkerSettings(_Section):
         300.0, gt=0, description="how long an output the broker does not acknowledge is tried "
                                  "again (the broker may be restarting) before it is dropped")
     slice_bytes: int = Field(
-        2_000_000, ge=1, description="a micro-batch is processed in slices of about this many "
+        4_000_000, ge=1, description="a micro-batch is processed in slices of about this many "
                                      "input bytes, yielding to timers and rebalances between")
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one JSON object per line (ts, level, logger, "
