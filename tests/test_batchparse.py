@@ -42,15 +42,22 @@ def both(messages: list[tuple[bytes, Any]], monkeypatch: pytest.MonkeyPatch,
          read: Any = parse_predictions, make: Any = PredictionColumns) -> list[Any]:
     """Each message parsed into one set of columns, with the fast path, then without:
     the columns and the dead letters of each way, in that order."""
+    def run() -> list[Any]:
+        cols = make()
+        dead = [(d.reason, d.raw, d.index) for i, (data, key) in enumerate(messages)
+                for d in read(data, cols, i, LIMITS, key)]
+        return [cols, dead]
+    return each_way(run, monkeypatch)
+
+
+def each_way(run: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """``run()`` with the fast path, then without it: both results, in that order."""
     out = []
     for on in (True, False):
         with monkeypatch.context() as m:
             if not on:
                 m.setattr(parse, "_batchparse", None)
-            cols = make()
-            dead = [(d.reason, d.raw, d.index) for i, (data, key) in enumerate(messages)
-                    for d in read(data, cols, i, LIMITS, key)]
-            out += [cols, dead]
+            out += run()
     return out
 
 
@@ -392,14 +399,10 @@ def singles_both(values: list[Any], keys: list[Any], monkeypatch: pytest.MonkeyP
                  make: Any = PredictionColumns) -> list[Any]:
     """:func:`parse_singles` with the fast path, then without: whether it took them,
     and the columns."""
-    out = []
-    for on in (True, False):
-        with monkeypatch.context() as m:
-            if not on:
-                m.setattr(parse, "_batchparse", None)
-            cols = make()
-            out += [parse_singles(values, keys, cols, LIMITS), cols]
-    return out
+    def run() -> list[Any]:
+        cols = make()
+        return [parse_singles(values, keys, cols, LIMITS), cols]
+    return each_way(run, monkeypatch)
 
 
 @pytest.mark.parametrize("data", SINGLES_HOSTILE, ids=range(len(SINGLES_HOSTILE)))

@@ -798,6 +798,16 @@ static void batch_release(Batch *b)
     PyMem_Free(b->cols);
 }
 
+/* What a reader returns: its result, or None (no exception set: outside the fast
+   path); the Batch released either way. */
+static PyObject *batch_done(Batch *b, PyObject *result)
+{
+    batch_release(b);
+    if (result == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return result;
+}
+
 static PyObject *parse(PyObject *args, int feedback)
 {
     Py_buffer data;
@@ -848,11 +858,8 @@ static PyObject *parse(PyObject *args, int feedback)
     if (c.p == c.end)
         result = batch_result(&b);
 done:
-    batch_release(&b);
     PyBuffer_Release(&data);
-    if (result == NULL && !PyErr_Occurred())
-        Py_RETURN_NONE;
-    return result;
+    return batch_done(&b, result);
 }
 
 /* The single-event form: a list of messages of one event each (a JSON object, not
@@ -893,10 +900,7 @@ static PyObject *singles(PyObject *args, int feedback)
     }
     result = batch_result(&b);
 done:
-    batch_release(&b);
-    if (result == NULL && !PyErr_Occurred())
-        Py_RETURN_NONE;
-    return result;
+    return batch_done(&b, result);
 }
 
 static PyObject *predictions(PyObject *self, PyObject *args) { return parse(args, 0); }

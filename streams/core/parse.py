@@ -213,18 +213,23 @@ class PredictionColumns:
 
     def text(self, row: int) -> str:
         """Row ``row``'s event as JSON text, encoded again from its parsed form."""
-        raw = self.raw[row]
-        if type(raw) is _Spans:
-            raw = raw.element(self.element[row])
-        elif type(raw) is bytes:  # a single-event message the fast path read
-            raw = orjson.loads(raw)
-        return _element_text(raw)
+        return _row_text(self.raw[row], self.element[row])
 
     def feature_list(self) -> list[dict[str, Any] | None]:
         """``features`` as a list of objects, to append to (a table becomes one)."""
         if isinstance(self.features, FeatureTable):
             self.features = list(self.features)
         return self.features
+
+
+def _row_text(raw: Any, element: int) -> str:
+    """An input row's event as JSON text, from what the columns keep of it: the parsed
+    event, a message the fast path read (``_Spans``), or a single-event message's bytes."""
+    if type(raw) is _Spans:
+        raw = raw.element(element)
+    elif type(raw) is bytes:
+        raw = orjson.loads(raw)
+    return _element_text(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,11 +461,14 @@ def _fast(read: Callable[..., tuple[Any, ...] | None], data: bytes, limits: Pars
     wrong."""
     if key is None or (type(key) is not bytes and not isinstance(key, _Unchecked)):
         return None
-    got = read(data, key if type(key) is bytes else None, limits.max_id_chars,
-               limits.max_features, limits.max_events,
-               -math.inf if limits.min_ts is None else limits.min_ts,
-               math.inf if limits.max_ts is None else limits.max_ts)
-    return _epoch(got, limits)
+    return _epoch(read(data, key if type(key) is bytes else None, limits.max_id_chars,
+                       limits.max_features, limits.max_events, *_ts_bounds(limits)), limits)
+
+
+def _ts_bounds(limits: ParseLimits) -> tuple[float, float]:
+    """The time bounds as the compiled reader takes them (infinite when unset)."""
+    return (-math.inf if limits.min_ts is None else limits.min_ts,
+            math.inf if limits.max_ts is None else limits.max_ts)
 
 
 def _epoch(got: tuple[Any, ...] | None, limits: ParseLimits) -> tuple[Any, ...] | None:
@@ -689,12 +697,7 @@ class FeedbackColumns:
 
     def text(self, row: int) -> str:
         """Row ``row``'s event as JSON text, encoded again from its parsed form."""
-        raw = self.raw[row]
-        if type(raw) is _Spans:
-            raw = raw.element(self.element[row])
-        elif type(raw) is bytes:  # a single-event message the fast path read
-            raw = orjson.loads(raw)
-        return _element_text(raw)
+        return _row_text(self.raw[row], self.element[row])
 
 
 def _add_feedback(ev: Any, cols: FeedbackColumns, message: int, element: int,
@@ -947,8 +950,7 @@ def _singles_fast(values: Sequence[bytes | None], keys: Sequence[Key],
     read = (_batchparse.prediction_singles if isinstance(cols, PredictionColumns)
             else _batchparse.feedback_singles)
     got = _epoch(read(values, list(keys), limits.max_id_chars, limits.max_features,
-                      -math.inf if limits.min_ts is None else limits.min_ts,
-                      math.inf if limits.max_ts is None else limits.max_ts), limits)
+                      *_ts_bounds(limits)), limits)
     if got is None:
         return False
     message = list(range(len(values)))
