@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench load docs clean
 
-$(STAMP): pyproject.toml setup.py detectors/_cusum.c detectors/_idhash.c streams/core/_batchparse.c
+$(STAMP): pyproject.toml setup.py detectors/_cusum.c detectors/_idhash.c detectors/_bins.c \
+		streams/core/_batchparse.c
 	@echo "installing Sentinelle and its dev extras into $(VENV) (log: $(VENV)/install.log) ..."
 	@$(PYTHON) -m venv $(VENV)
 	@( $(BIN)/pip install --upgrade pip && $(BIN)/pip install -e '.[dev]' ) \

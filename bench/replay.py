@@ -14,7 +14,8 @@ measures::
 
 ``--predictions N`` (default 200,000); ``--per-message 1`` replays the single-event
 form instead (one event per message, micro-batches of ``worker.batch_max``
-messages). Nothing is asserted: it prints figures.
+messages); ``--set KEY=VALUE`` changes a worker setting, as in ``bench/e2e.py``
+(``--set labels.enabled=false``: what the label join costs). Nothing is asserted: it prints figures.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -82,9 +84,14 @@ def slices(messages: list[InMessage], size: int, most: int) -> list[list[InMessa
     return out
 
 
-def replay(predictions: int, per_message: int = 100) -> tuple[int, int, int, float]:
-    """Events replayed, predictions folded, dead letters and CPU seconds."""
-    settings = Settings()
+def replay(predictions: int, per_message: int = 100,
+           overrides: list[dict[str, Any]] | None = None) -> tuple[int, int, int, float]:
+    """Events replayed, predictions folded, dead letters and CPU seconds (``overrides``:
+    worker settings changed, as ``bench/e2e.py --set`` changes them)."""
+    config: dict[str, Any] = {}
+    for override in overrides or []:
+        e2e.merge(config, override)
+    settings = Settings.model_validate(config)
     references = ReferenceStore(settings.skew, settings.drift.baseline_factor)
     for model in e2e.model_names(5):
         for version in ("v1", "v2"):
@@ -106,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--predictions", type=int, default=200_000)
     ap.add_argument("--per-message", type=int, default=100,
                     help="events per message (1: the single-event form)")
+    ap.add_argument("--set", action="append", type=e2e.setting, default=[], metavar="KEY=VALUE",
+                    help="a worker setting, e.g. labels.enabled=false (repeatable)")
     args = ap.parse_args(argv)
-    events, folded, dead, spent = replay(args.predictions, args.per_message)
+    events, folded, dead, spent = replay(args.predictions, args.per_message, args.set)
     print(f"{events:,} events ({folded:,} predictions folded, {dead} dead letters): "
           f"{spent:.2f} s of CPU, {spent / events * 1e6:.2f} us per event")
     return 0

@@ -96,41 +96,63 @@ static uint64_t blake2b_64(const uint8_t *data, size_t n)
     return out;
 }
 
-static PyObject *
-hashes(PyObject *self, PyObject *arg)
+/* Each id's hash into out[0..n); -1 with the exception str.encode would raise. */
+static int
+hash_into(PyObject *const *items, Py_ssize_t n, uint64_t *out)
 {
-    PyObject *seq = PySequence_Fast(arg, "hashes() needs a sequence of str");
-    if (seq == NULL) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    PyObject *out = PyList_New(n);
-    if (out == NULL) { Py_DECREF(seq); return NULL; }
     for (Py_ssize_t i = 0; i < n; i++) {
         if (!PyUnicode_Check(items[i])) {
             PyErr_Format(PyExc_TypeError, "an event id must be str, not %.100s",
                          Py_TYPE(items[i])->tp_name);
-            goto fail;
+            return -1;
         }
         Py_ssize_t size;
         const char *utf8 = PyUnicode_AsUTF8AndSize(items[i], &size);
-        if (utf8 == NULL) goto fail;  /* UnicodeEncodeError: a lone surrogate */
-        PyObject *value = PyLong_FromUnsignedLongLong(
-            blake2b_64((const uint8_t *)utf8, (size_t)size) >> 1);
-        if (value == NULL) goto fail;
-        PyList_SET_ITEM(out, i, value);
+        if (utf8 == NULL) return -1;  /* UnicodeEncodeError: a lone surrogate */
+        out[i] = blake2b_64((const uint8_t *)utf8, (size_t)size) >> 1;
     }
+    return 0;
+}
+
+/* The hashes as a bytearray of native uint64 (numpy.frombuffer reads it): no int
+   object per id, for callers that keep only some of them. */
+static PyObject *
+hash_array(PyObject *self, PyObject *arg)
+{
+    PyObject *seq = PySequence_Fast(arg, "hash_array() needs a sequence of str");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, n * 8);
+    if (out != NULL && hash_into(PySequence_Fast_ITEMS(seq), n,
+                                 (uint64_t *)PyByteArray_AS_STRING(out)) < 0)
+        Py_CLEAR(out);
     Py_DECREF(seq);
     return out;
-fail:
-    Py_DECREF(seq);
-    Py_DECREF(out);
-    return NULL;
+}
+
+static PyObject *
+hashes(PyObject *self, PyObject *arg)
+{
+    PyObject *array = hash_array(self, arg);
+    if (array == NULL) return NULL;
+    Py_ssize_t n = PyByteArray_GET_SIZE(array) / 8;
+    const uint64_t *h = (const uint64_t *)PyByteArray_AS_STRING(array);
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+        PyObject *value = PyLong_FromUnsignedLongLong(h[i]);
+        if (value == NULL) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, i, value);
+    }
+    Py_DECREF(array);
+    return out;
 }
 
 static PyMethodDef methods[] = {
     {"hashes", hashes, METH_O,
      "hashes(ids) -> list[int]: each str's BLAKE2b-64 digest (of its UTF-8), shifted right "
      "by one bit"},
+    {"hash_array", hash_array, METH_O,
+     "hash_array(ids) -> bytearray: the same hashes, as native uint64 (no int per id)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {

@@ -32,6 +32,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,17 @@ def id_hashes(event_ids: Sequence[str]) -> list[int]:
     if _idhash is not None:
         return _idhash.hashes(event_ids)
     return _hashlib_hashes(event_ids)
+
+
+def id_hash_array(event_ids: Sequence[str]) -> np.ndarray:
+    """:func:`id_hashes` as an array of uint64, without an int object per id.
+
+    >>> id_hash_array(["a", "b"]).tolist() == id_hashes(["a", "b"])
+    True
+    """
+    if _idhash is not None:
+        return np.frombuffer(_idhash.hash_array(event_ids), dtype=np.uint64)
+    return np.array(_hashlib_hashes(event_ids), dtype=np.uint64).reshape(len(event_ids))
 
 
 def id_hash_loop() -> str:
@@ -198,14 +210,22 @@ class LabelJoin:
         while len(self._where) > self.max_size:
             self._halve(ts)
 
-    def add_many(self, event_ids: Sequence[str], ts: Sequence[float], versions: Sequence[str],
-                 cohorts: Sequence[str], predictions: Sequence[Any]) -> None:
-        """:meth:`add` of each prediction in turn (the same state), the ids hashed at once."""
+    def add_many(self, event_ids: Sequence[str], ts: Sequence[float] | np.ndarray,
+                 versions: Sequence[str], cohorts: Sequence[str],
+                 predictions: Sequence[Any]) -> None:
+        """:meth:`add` of each prediction in turn (the same state), the ids hashed at once
+        and those outside the sample passed over at once (the share only shrinks within
+        a call: an id over the limit at the start is over it at every step)."""
+        hashes = id_hash_array(event_ids)
+        rows = np.flatnonzero(hashes < self._limit)
+        if rows.size == 0:
+            return
+        kept = rows.tolist()
         where, segments, names, dirty = self._where, self._segments, self._names, self._dirty
         limit, size, most = self._limit, self.segment_size, self.max_size
         seg = segments.get(self._open)
-        for h, t, v, c, p in zip(id_hashes(event_ids), ts, versions, cohorts, predictions,
-                                 strict=True):
+        for h, t, v, c, p in zip(hashes[rows].tolist(), _rows(ts, kept), _rows(versions, kept),
+                                 _rows(cohorts, kept), _rows(predictions, kept), strict=True):
             if h >= limit:
                 continue
             if h in where:  # the same event again (a replay): keep one
@@ -254,19 +274,19 @@ class LabelJoin:
         return self._remove(h)
 
     def match_many(self, event_ids: Sequence[str]) -> list[Entry | None]:
-        """:meth:`match` of each ``event_id`` in turn, the ids hashed at once."""
-        out: list[Entry | None] = []
-        limit, where, counts = self._limit, self._where, self._counts
-        for h in id_hashes(event_ids):
-            if h >= limit:
-                counts["unsampled"] += 1
-                out.append(None)
-            elif h not in where:
+        """:meth:`match` of each ``event_id`` in turn, the ids hashed at once and those
+        outside the sample counted at once."""
+        out: list[Entry | None] = [None] * len(event_ids)
+        hashes = id_hash_array(event_ids)
+        rows = np.flatnonzero(hashes < self._limit)
+        where, counts = self._where, self._counts
+        counts["unsampled"] += len(out) - rows.size
+        for i, h in zip(rows.tolist(), hashes[rows].tolist(), strict=True):
+            if h not in where:
                 counts["unmatched"] += 1
-                out.append(None)
             else:
                 counts["matched"] += 1
-                out.append(self._remove(h))
+                out[i] = self._remove(h)
         return out
 
     def expire(self, watermark: float) -> int:
@@ -343,6 +363,15 @@ class LabelJoin:
                     seg[h] = (ts, *names[k], p)
                     self._where[h] = int(sid)
         self._dirty, self._gone = set(), set()
+
+
+def _rows(values: Sequence[Any] | np.ndarray, rows: list[int]) -> list[Any]:
+    """``[values[i] for i in rows]`` (an array's as Python scalars), at C speed."""
+    if isinstance(values, np.ndarray):
+        return values[rows].tolist()
+    if len(rows) == len(values):  # every row, in order
+        return list(values)
+    return list(itemgetter(*rows)(values)) if len(rows) > 1 else [values[rows[0]]]
 
 
 def _finite(x: float) -> float | None:

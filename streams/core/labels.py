@@ -92,11 +92,11 @@ class LabelTracker:
         lab = self.settings.labels
         if None in predictions:  # a prediction without its output has nothing to join
             kept = [i for i, p in enumerate(predictions) if p is not None]
-            self.join.add_many([event_ids[i] for i in kept], ts[kept].tolist(),
+            self.join.add_many([event_ids[i] for i in kept], ts[kept],
                                [versions[i] for i in kept], [cohorts[i] for i in kept],
                                [predictions[i] for i in kept])
         else:
-            self.join.add_many(event_ids, ts.tolist(), versions, cohorts, predictions)
+            self.join.add_many(event_ids, ts, versions, cohorts, predictions)
         self.join.expire(watermark)
         if not lab.estimate:
             return []
