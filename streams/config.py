@@ -16,6 +16,7 @@ threshold must not silently fall back to the default.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -151,9 +152,45 @@ def _readable(path: Path, name: str) -> None:
         raise ValueError(f"{name}: cannot read {str(path)!r}: {exc.strerror}") from None
 
 
+def check_servers(servers: str) -> str:
+    """``host[:port][,host[:port]...]`` as Kafka clients take it, or ValueError saying
+    which entry is wrong (a scheme, a path or a query would end up inside the
+    transport's URL; see :func:`streams.runtime.app.broker_urls`).
+
+    >>> check_servers("kafka:9092, [::1]:9093,broker_2")
+    'kafka:9092, [::1]:9093,broker_2'
+    >>> check_servers("PLAINTEXT://kafka:9092")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'PLAINTEXT://kafka:9092' is not host:port (no scheme, path or query)
+    """
+    entries = [e.strip() for e in servers.split(",")]
+    if not any(entries):
+        raise ValueError("no broker: expected host:port[,host:port]")
+    for entry in entries:
+        m = _SERVER.fullmatch(entry)
+        if m is None:
+            raise ValueError(f"{entry!r} is not host:port (no scheme, path or query)")
+        if m["port"] is not None and not 1 <= int(m["port"]) <= 65535:
+            raise ValueError(f"{entry!r}: the port must be 1-65535")
+    return servers
+
+
+# a host name (letters, digits, dots, dashes, underscores: compose service names), an
+# IPv4 address, or an IPv6 address in brackets; then an optional port
+_SERVER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
+                     r"(?::(?P<port>[0-9]{1,5}))?")
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str | None = Field(
         None, description="host:port[,host:port]; unset means the embedded broker (demo)")
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, v: str | None) -> str | None:
+        return None if v is None else check_servers(v)
+
     partitions: int = Field(4, ge=1, description="partitions of the topics Sentinelle creates")
     replication_factor: int = Field(1, ge=1, description="copies of each topic Sentinelle creates")
     rebalance_timeout_s: float = Field(10.0, gt=0,
@@ -788,5 +825,11 @@ def load_settings(path: str | Path | None = None,
         raise ConfigError(_describe(exc, origin)) from None
     servers = bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if servers:
+        try:
+            check_servers(servers)
+        except ValueError as exc:
+            env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+            source = "KAFKA_BOOTSTRAP_SERVERS" if servers == env else "--bootstrap-servers"
+            raise ConfigError(f"{source}: field 'kafka.bootstrap_servers': {exc}") from None
         settings = settings.with_bootstrap(servers)
     return settings
