@@ -38,7 +38,7 @@ from detectors.windows import TumblingWindows, WindowStats
 from streams.config import Settings
 from streams.core.canary import CANARY_CHECKS, CanaryWatch
 from streams.core.labels import LabelTracker
-from streams.core.series import ReferenceLookup, Series, SeriesRows, series_rows
+from streams.core.series import ReferenceLookup, Series, SeriesRows, series_columns, series_rows
 
 __all__ = ["ModelMonitor", "Output", "READING_CHECKS", "Reading"]
 
@@ -192,8 +192,8 @@ class ModelMonitor:
                        predictions or [None] * frame.height, references)
         if st.labels.enabled and predictions is not None and event_ids is not None:
             for signal in self.labels.on_predictions(
-                    event_ids, frame["ts"].to_numpy(), frame["version"].to_list(),
-                    frame["cohort"].to_list(), predictions, self.windows.watermark,
+                    event_ids, frame["ts"].to_numpy(), *series_columns(groups, frame.height),
+                    predictions, self.windows.watermark,
                     references, groups):
                 self._emit(out, signal)
         return out

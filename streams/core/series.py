@@ -231,6 +231,23 @@ def series_rows(frame: pl.DataFrame) -> SeriesRows:
             for (v, c), part in keys.group_by(["version", "cohort"], maintain_order=True)]
 
 
+def series_columns(groups: SeriesRows, height: int) -> tuple[list[str], list[str]]:
+    """Each row's version and cohort from :func:`series_rows`' groups: one string object
+    per series, not one per row as reading the frame's columns back would make.
+
+    >>> series_columns([(("v1", "stable"), np.array([0, 2])),
+    ...                 (("v2", "canary"), np.array([1]))], 3)
+    (['v1', 'v2', 'v1'], ['stable', 'canary', 'stable'])
+    """
+    if len(groups) == 1:  # the usual case: one series
+        (version, cohort), _ = groups[0]
+        return [version] * height, [cohort] * height
+    versions, cohorts = np.empty(height, dtype=object), np.empty(height, dtype=object)
+    for (version, cohort), rows in groups:
+        versions[rows], cohorts[rows] = version, cohort
+    return versions.tolist(), cohorts.tolist()
+
+
 # Up to this many series in a micro-batch, a comparison per series costs less than
 # Polars' group-by (measured: 0.45 against 0.95 ms for 1,140 rows of two series)
 _MASKED_SERIES = 8
