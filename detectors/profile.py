@@ -46,7 +46,7 @@ if _bins is not None and getattr(_bins, "ABI", None) != _ABI:  # pragma: no cove
     _bins = None  # type: ignore[assignment]  # a stale build: pip install -e . again
 
 __all__ = ["build_profile", "FeatureBins", "OTHER", "UNSEEN", "category_key",
-           "MAX_CATEGORY_CHARS"]
+           "category_bins_loop", "MAX_CATEGORY_CHARS"]
 
 OTHER = "__other__"
 UNSEEN = "__unseen__"
@@ -295,3 +295,8 @@ class FeatureBins:
             return np.frombuffer(_bins.categories(values, self.index, fallback), np.int64)
         return np.fromiter(map(self.index.get, values, repeat(fallback)), dtype=np.int64,
                            count=len(values))
+
+
+def category_bins_loop() -> str:
+    """Which loop bins category keys (the worker logs it when it starts folding)."""
+    return "compiled (detectors/_bins.c)" if _bins is not None else "map(dict.get)"

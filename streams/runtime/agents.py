@@ -42,6 +42,7 @@ from alerting import flagger
 from alerting.manager import Silence
 from detectors.contract import rfc3339
 from detectors.performance import id_hash_loop
+from detectors.profile import category_bins_loop
 from detectors.sequential import loop as sequential_loop
 from streams.core.operations import OperationsProcessor, OpsOutbox, PoolState
 from streams.core.parse import batch_reader
@@ -238,8 +239,9 @@ def register(s: Sentinelle, registry: CollectorRegistry | None = None) -> Wiring
         if agent not in started_folding:  # once: when the worker starts to read its inputs
             started_folding.add(agent)
             log.info("%s: the first slice arrived (%d messages); sequential tests: %s; "
-                     "event-id hashes: %s; batches read by: %s", agent, len(part),
-                     sequential_loop(), id_hash_loop(), batch_reader())
+                     "event-id hashes: %s; category bins: %s; batches read by: %s", agent,
+                     len(part), sequential_loop(), id_hash_loop(), category_bins_loop(),
+                     batch_reader())
         seen = lag.seen(part, folded[agent])
         if seen.lost:
             metrics.guards.labels("input_reordered").inc(seen.lost)
