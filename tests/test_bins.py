@@ -50,7 +50,9 @@ def test_feature_bins_give_writable_int64_bins_either_way(monkeypatch: pytest.Mo
     assert num is not None and cat is not None
     x, c = np.array([-1.0, 0.5, 1.0, 2.5, 9.0]), ["b", "a", "zz", "b"]
     compiled = num.bin_numeric(x), cat.bin_categories(c)
+    assert profile.category_bins_loop() == "compiled (detectors/_bins.c)"
     monkeypatch.setattr(profile, "_bins", None)
+    assert profile.category_bins_loop() == "map(dict.get)"  # what the worker logs
     plain = num.bin_numeric(x), cat.bin_categories(c)
     for got, expected in zip(compiled, plain, strict=True):
         assert got.dtype == expected.dtype == np.int64
