@@ -32,7 +32,6 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -42,6 +41,7 @@ from scipy import special
 from detectors._river import metrics
 from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
+from detectors.quality import pick
 
 try:  # compiled by `pip install -e .` when a C compiler is there (setup.py)
     from detectors import _idhash
@@ -224,8 +224,8 @@ class LabelJoin:
         where, segments, names, dirty = self._where, self._segments, self._names, self._dirty
         limit, size, most = self._limit, self.segment_size, self.max_size
         seg = segments.get(self._open)
-        for h, t, v, c, p in zip(hashes[rows].tolist(), _rows(ts, kept), _rows(versions, kept),
-                                 _rows(cohorts, kept), _rows(predictions, kept), strict=True):
+        for h, t, v, c, p in zip(hashes[rows].tolist(), pick(ts, kept), pick(versions, kept),
+                                 pick(cohorts, kept), pick(predictions, kept), strict=True):
             if h >= limit:
                 continue
             if h in where:  # the same event again (a replay): keep one
@@ -363,15 +363,6 @@ class LabelJoin:
                     seg[h] = (ts, *names[k], p)
                     self._where[h] = int(sid)
         self._dirty, self._gone = set(), set()
-
-
-def _rows(values: Sequence[Any] | np.ndarray, rows: list[int]) -> list[Any]:
-    """``[values[i] for i in rows]`` (an array's as Python scalars), at C speed."""
-    if isinstance(values, np.ndarray):
-        return values[rows].tolist()
-    if len(rows) == len(values):  # every row, in order
-        return list(values)
-    return list(itemgetter(*rows)(values)) if len(rows) > 1 else [values[rows[0]]]
 
 
 def _finite(x: float) -> float | None:

@@ -124,6 +124,25 @@ def _joined(parts: list[Column]) -> Column:
                                     for p in parts))
 
 
+def pick(values: Sequence[Any] | np.ndarray, rows: list[int]) -> list[Any]:
+    """``[values[i] for i in rows]`` at C speed: an array's as Python scalars, a run of
+    consecutive rows (often all of them) as a slice.
+
+    >>> pick(["a", "b", "c"], [1, 2]), pick(["a", "b", "c"], [2, 0]), pick(np.arange(3.0), [1])
+    (['b', 'c'], ['c', 'a'], [1.0])
+    """
+    if isinstance(values, np.ndarray):
+        return values[rows].tolist()
+    if not rows:
+        return []
+    if rows[-1] - rows[0] == len(rows) - 1 and rows == list(range(rows[0], rows[-1] + 1)):
+        run = values[rows[0]:rows[-1] + 1]
+        return run if isinstance(run, list) else list(run)
+    if len(rows) == 1:
+        return [values[rows[0]]]
+    return list(itemgetter(*rows)(values))
+
+
 def take(features: Sequence[dict[str, Any] | None], rows: Sequence[int]
          ) -> Sequence[dict[str, Any] | None]:
     """``[features[i] for i in rows]``, a :class:`FeatureTable` staying one."""

@@ -26,7 +26,6 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ import polars as pl
 
 from alerting.manager import Silence
 from detectors.contract import rfc3339
-from detectors.quality import FeatureTable
+from detectors.quality import FeatureTable, pick
 from detectors.windows import WindowStats
 from streams.config import Settings
 from streams.core.isolation import fold_isolated, one_by_one
@@ -360,9 +359,9 @@ class PredictionProcessor:
             lookup = lambda version: store.get(model, version)  # noqa: E731
         picked = rows["row"].to_list()
         features = cols.features.take(picked) if isinstance(cols.features, FeatureTable) \
-            else _pick(cols.features, picked)
-        out = mon.ingest(rows, now, features, _pick(cols.prediction, picked),
-                         lookup, _pick(cols.event_id, picked))
+            else pick(cols.features, picked)
+        out = mon.ingest(rows, now, features, pick(cols.prediction, picked),
+                         lookup, pick(cols.event_id, picked))
         late = np.flatnonzero(out.late) if out.late is not None else np.empty(0, dtype=int)
         box.events += rows.height - late.size
         box.add(mon.model, out)
@@ -469,8 +468,8 @@ class PredictionProcessor:
                      now: float, box: Outbox) -> None:
         store, model = self.references, mon.model
         lookup = (lambda version: store.get(model, version)) if store is not None else None
-        out = mon.ingest_labels(_pick(cols.event_id, rows), _pick(cols.ts, rows),
-                                _pick(cols.label, rows), now, lookup)
+        out = mon.ingest_labels(pick(cols.event_id, rows), pick(cols.ts, rows),
+                                pick(cols.label, rows), now, lookup)
         box.add(model, out)
 
     def _dead_label(self, messages: Sequence[InMessage], cols: FeedbackColumns, j: int,
@@ -557,17 +556,6 @@ class PredictionProcessor:
             del self.monitors[m]
         self.marks.revoke(partitions)
         return gone
-
-
-def _pick(values: list[Any], rows: list[int]) -> list[Any]:
-    """``[values[i] for i in rows]``, at C speed (``rows`` is a whole range, often)."""
-    if not rows:
-        return []
-    if rows[-1] - rows[0] == len(rows) - 1 and rows == list(range(rows[0], rows[-1] + 1)):
-        return values[rows[0]:rows[-1] + 1]
-    if len(rows) == 1:
-        return [values[rows[0]]]
-    return list(itemgetter(*rows)(values))
 
 
 def _internal(exc: Exception) -> str:
