@@ -13,7 +13,6 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
-#include <string.h>
 
 /* Bump when a function's signature changes: detectors.profile refuses a stale build. */
 #define ABI 1

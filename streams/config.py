@@ -777,8 +777,9 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
     def with_bootstrap(self, servers: str) -> Settings:
+        """These settings with other brokers (checked as the file's are: ValueError)."""
         return self.model_copy(update={"kafka": self.kafka.model_copy(
-            update={"bootstrap_servers": servers})})
+            update={"bootstrap_servers": check_servers(servers)})})
 
 
 class ConfigError(ValueError):
@@ -826,10 +827,9 @@ def load_settings(path: str | Path | None = None,
     servers = bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if servers:
         try:
-            check_servers(servers)
+            settings = settings.with_bootstrap(servers)
         except ValueError as exc:
             env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
             source = "KAFKA_BOOTSTRAP_SERVERS" if servers == env else "--bootstrap-servers"
             raise ConfigError(f"{source}: field 'kafka.bootstrap_servers': {exc}") from None
-        settings = settings.with_bootstrap(servers)
     return settings
