@@ -4,13 +4,16 @@ every option but the fetch wait, found by Faust through its entry point."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 import aiokafka
 import faust
 import pytest
 from faust.transport import by_url
+from faust.transport.consumer import ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.types import TP
 
 from streams.config import Settings
 from streams.runtime import transport
@@ -104,3 +107,47 @@ def test_broker_urls() -> None:
 def test_a_bad_fetch_wait_names_the_field(value: object) -> None:
     with pytest.raises(ValueError, match="fetch_max_wait_s"):
         Settings.model_validate({"kafka": {"fetch_max_wait_s": value}})
+
+
+class _Thread:
+    """The consumer thread's side of a request for records: what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[set[TP], float]] = []
+
+    def assignment(self) -> set[TP]:
+        return {TP("ml.predictions", 0)}
+
+    async def getmany(self, active: set[TP] | None, timeout: float) -> dict[TP, list[Any]]:
+        self.asked.append((set(active or ()), timeout))
+        return {}
+
+
+@pytest.mark.parametrize("faust_wait, asked", [(1.0, transport.RECORDS_WAIT_S), (0.02, 0.02)])
+def test_records_are_asked_for_with_a_short_wait(faust_wait: float, asked: float) -> None:
+    """Faust's Fetcher waits 1 s for the partitions active when it asks; a partition its
+    agent drains meanwhile would sit unread until then (the stall in the module's
+    docstring). Through Faust's own request (``_wait_next_records``), the thread is
+    asked with a wait of at most RECORDS_WAIT_S: if Faust stops routing the request
+    through ``_getmany``, the thread is not asked at all and this fails."""
+
+    async def ask() -> list[tuple[set[TP], float]]:
+        app = create_app(Settings.model_validate({"kafka": {"bootstrap_servers": "b:9092"}})).app
+        consumer = app.consumer
+        assert isinstance(consumer, transport.Consumer)
+        thread = consumer._thread = _Thread()
+        consumer._set_active_tps(thread.assignment())  # as on an assignment
+        records, active = await consumer._wait_next_records(faust_wait)
+        assert records == {} and active == thread.assignment()
+        return thread.asked
+
+    assert asyncio.run(ask()) == [({TP("ml.predictions", 0)}, asked)]
+    assert transport.RECORDS_WAIT_S < 1.0
+
+
+def test_the_records_wait_overrides_fausts_own_method() -> None:
+    """The override keeps the signature of the method it replaces."""
+    ours = inspect.signature(transport.Consumer._getmany)
+    fausts = inspect.signature(ThreadDelegateConsumer._getmany)
+    assert list(ours.parameters) == list(fausts.parameters) == [
+        "self", "active_partitions", "timeout"]

@@ -23,6 +23,20 @@ the wait, so a Faust upgrade that changes its consumer fails that test.
 
 A shorter wait costs an idle worker one fetch request per wait (10 a second at
 100 ms, Kafka's own default being 500 ms); a busy worker's fetches return at once.
+
+A second stall of the same kind sits one step up, in Faust's Fetcher (measured in
+docs/SPEED.md, "Fourteenth session"). Faust asks the consumer thread for records
+with a wait of 1 s, written into the code, for the partitions *active when it
+asks*. A partition whose stream buffer is under pressure (``worker.read_ahead``)
+is left out of that set; when the agent drains the buffer the partition comes
+back, but the request already waiting does not see it. If its records were
+already fetched (they were: that is why the buffer filled), nothing new arrives to
+wake the request, and the worker idles for the rest of the second with a full
+partition in memory. A worker that starts on a backlog hits it at once: its
+buffers fill while it reads the profiles. :class:`Consumer` asks with a wait of
+at most :data:`RECORDS_WAIT_S` instead; an idle worker then asks ten times a
+second instead of once, each a hop to the consumer thread and back, nothing on
+the wire.
 """
 
 from __future__ import annotations
@@ -32,16 +46,22 @@ from typing import Any
 import aiokafka
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from faust.exceptions import ImproperlyConfigured
+from faust.transport.consumer import RecordMap
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from yarl import URL
 
-__all__ = ["SCHEME", "DEFAULT_FETCH_MAX_WAIT_MS", "fetch_max_wait_ms", "Transport"]
+__all__ = ["SCHEME", "DEFAULT_FETCH_MAX_WAIT_MS", "RECORDS_WAIT_S", "fetch_max_wait_ms",
+           "Transport"]
 
 #: The URL scheme this transport is registered under (``pyproject.toml``).
 SCHEME = "sentinelle"
 
 #: The wait without ``?fetch_max_wait_ms=`` in the URL.
 DEFAULT_FETCH_MAX_WAIT_MS = 100
+
+#: The longest a request for records waits on the consumer thread (Faust's: 1 s).
+RECORDS_WAIT_S = 0.1
 
 
 def fetch_max_wait_ms(urls: list[URL]) -> int:
@@ -110,10 +130,16 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer, running :class:`ConsumerThread`."""
+    """Faust's aiokafka consumer, running :class:`ConsumerThread`, asking for records with
+    a wait of at most :data:`RECORDS_WAIT_S` (see the module's docstring)."""
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> RecordMap:
+        # Faust's Consumer.getmany -> _wait_next_records -> _getmany (faust-streaming
+        # 0.15); tests/test_transport.py pins the chain and this method's signature.
+        return await super()._getmany(active_partitions, min(timeout, RECORDS_WAIT_S))
 
 
 class Transport(faust_aiokafka.Transport):
