@@ -1,5 +1,5 @@
 """The compiled loops: the sequential tests' inner loop (``detectors/_cusum.c``), the
-label join's event-id hashes (``detectors/_idhash.c``), the binning of values on a
+label join's event-id hashes (``detectors/_idhash.c``), the binning of category values on a
 profile's bins (``detectors/_bins.c``) and the batch form's fast
 path from a message's bytes to columns (``streams/core/_batchparse.c``).
 
@@ -7,7 +7,7 @@ Everything else is in ``pyproject.toml``. The extensions are optional: without a
 C compiler the install goes on, :mod:`detectors.sequential` runs its numpy version
 of the same loop (slower, same results up to the last bits),
 :mod:`detectors.performance` hashes with :mod:`hashlib` (slower, the same hashes),
-:mod:`detectors.profile` bins with numpy (slower, the same bins) and
+:mod:`detectors.profile` bins categories with numpy (slower, the same bins) and
 :mod:`streams.core.parse` reads every message with orjson (slower, the same columns).
 """
 from __future__ import annotations
