@@ -51,6 +51,16 @@ def test_a_good_event_becomes_columns_with_defaults() -> None:
     ({"latency_ms": -0.5}, "negative_latency"),
     ({"ts": "2026-11-27T07:00:00"}, "bad_timestamp"),
     ({"ts": "not a time"}, "bad_timestamp"),
+    ({"ts": "20261127T070000Z"}, "bad_timestamp"),       # ISO 8601 basic form
+    ({"ts": "2026-W48-5T07:00:00Z"}, "bad_timestamp"),   # a week date
+    ({"ts": "2026-11-27T07Z"}, "bad_timestamp"),         # no minutes
+    ({"ts": "2026-11-27T07:00Z"}, "bad_timestamp"),      # no seconds
+    ({"ts": "2026-11-27T07:00:00,5Z"}, "bad_timestamp"),  # a comma before the fraction
+    ({"ts": "2026-11-27T07:00:00+0100"}, "bad_timestamp"),  # an offset without its colon
+    ({"ts": "2026-11-27T07:00:00+01"}, "bad_timestamp"),
+    ({"ts": "2026-11-27T07:00:00Z\n"}, "bad_timestamp"),
+    ({"ts": "２０２６-11-27T07:00:00Z"}, "bad_timestamp"),  # digits that are not ASCII
+    ({"ts": "2026-13-27T07:00:00Z"}, "bad_timestamp"),   # the right shape, no such month
     ({"ts": [1]}, "bad_type"),
     ({"status": "maybe"}, "bad_value"),
     ({"features": [1, 2]}, "bad_type"),
@@ -241,6 +251,13 @@ def test_a_message_of_elements_too_deep_to_write_back_is_copied_into_one_dead_le
 
 def test_lower_case_t_and_z_are_rfc_3339_too() -> None:
     assert parse_time("2026-11-27t07:00:00.5z") == parse_time("2026-11-27T07:00:00.5Z")
+
+
+@pytest.mark.parametrize("text", [
+    "2026-11-27T07:00:00Z", "2026-11-27 07:00:00Z", "2026-11-27T08:30:00+01:30",
+    "2026-11-27T07:00:00.123456789Z", "2026-11-27T02:00:00.5-05:00"])
+def test_every_rfc_3339_form_is_read(text: str) -> None:
+    assert parse_time(text) == pytest.approx(1795762800.0, abs=0.6)
 
 
 @pytest.mark.parametrize("data", [b"NaN", b"-Infinity", b" Infinity "])

@@ -244,6 +244,15 @@ class _Spans:
         return orjson.loads(self.data[self.starts[i]:self.ends[i]])
 
 
+# RFC 3339's date-time (section 5.6), and the same without its offset (refused with
+# its own reason). The separator may be a space (the RFC's note); datetime.fromisoformat
+# alone would also take ISO 8601 forms the contract does not allow: basic ("20261127T
+# 070000Z"), week dates, hours alone, a comma before the fraction, "+0100".
+_RFC3339: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?")
+
+
 def parse_time(value: Any, name: str = "ts", limits: ParseLimits = DEFAULT_LIMITS) -> float:
     """Contract time (RFC 3339 with offset, or epoch seconds) to epoch seconds.
 
@@ -264,10 +273,14 @@ def parse_time(value: Any, name: str = "ts", limits: ParseLimits = DEFAULT_LIMIT
             raise Invalid(f"not_finite: '{name}' is {value}")
         ts = float(value)
     elif isinstance(value, str):
+        form = _RFC3339.fullmatch(value)
         try:  # RFC 3339 allows "t" and "z" in lower case; fromisoformat does not
-            dt = datetime.fromisoformat(value.upper())
+            dt = datetime.fromisoformat(value.upper()) if form else None
         except ValueError:
-            raise Invalid(f"bad_timestamp: '{name}' {value[:64]!r} is not RFC 3339") from None
+            dt = None
+        if dt is None:
+            raise Invalid(f"bad_timestamp: '{name}' {value[:64]!r} is not RFC 3339 "
+                          f"(YYYY-MM-DDThh:mm:ss[.fraction] and Z or +hh:mm)")
         if dt.tzinfo is None:
             raise Invalid(f"bad_timestamp: '{name}' {value[:64]!r} has no UTC offset")
         ts = dt.timestamp()
