@@ -1,7 +1,8 @@
 """River's ``drift`` and ``metrics`` packages, without loading SciPy's statistics.
 
-The detectors use River's :class:`~river.drift.ADWIN` and four of its metrics
-(accuracy, F1, log loss, MAE). Importing ``river.drift`` or ``river.metrics``
+The detectors use River's :class:`~river.drift.ADWIN` and two of its metrics
+(accuracy and F1, on one confusion matrix; log loss and MAE are River's running
+means, :class:`river.stats.Mean`). Importing ``river.drift`` or ``river.metrics``
 also imports, at module level, ``scipy.stats`` (for KSWIN and the geometric
 mean) and ``scipy.integrate`` (for ROC AUC), which none of those four uses:
 with ``scipy.optimize`` and ``scipy.linalg`` behind them that is about 45 MB

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from river import stats
 from scipy import special
 
 from detectors._river import metrics
@@ -58,6 +60,18 @@ def _as_binary(v: Any) -> int | None:
     if isinstance(v, (int, float)) and v in (0, 1):
         return int(v)
     return None
+
+
+_NUMBER_OR_BOOL = frozenset({int, float, bool})
+
+
+def _listed(values: Sequence[Any] | np.ndarray) -> list[Any]:
+    """Values as a list of Python objects (an array's as Python scalars)."""
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+
+
+def _columns(pairs: list[Any], rows: list[int]) -> tuple[list[Any], list[Any]]:
+    return [pairs[i][0] for i in rows], [pairs[i][1] for i in rows]
 
 
 def task_of(prediction: Any, label: Any) -> str:
@@ -454,48 +468,70 @@ class PerformanceCheck:
 
     def _reset(self) -> None:
         self._n = 0
-        self._accuracy = metrics.Accuracy()
-        self._f1 = metrics.F1()
-        self._logloss = metrics.LogLoss()
-        self._mae = metrics.MAE()
+        # River's metrics read one confusion matrix, which a run of labels updates once
+        # per distinct (label, decision) pair with its count as the weight: the same
+        # figures as one update per label, for a handful of calls per micro-batch
+        self._cm = metrics.ConfusionMatrix()
+        self._accuracy = metrics.Accuracy(cm=self._cm)
+        self._f1 = metrics.F1(cm=self._cm)
+        self._logloss = stats.Mean()  # of the run's log losses, each run's mean weighted
+        self._mae = stats.Mean()
         self._abs_err: list[float] = []
         self._pairs: list[list[Any]] = []  # the window's (prediction, label): the checkpoint
 
     def update(self, batch: Batch) -> list[Signal]:
         """Score labelled predictions (in order); a signal per full window."""
+        preds, labels = _listed(batch["prediction"]), _listed(batch["label"])
+        if not preds:
+            return []
+        if self.task is None:
+            self.task = task_of(preds[0], labels[0])
+        ts = batch["ts"]
+        scored = self._scorable(preds, labels)
         out = []
-        for prediction, label, ts in zip(batch["prediction"], batch["label"],
-                                         batch["ts"].tolist(), strict=True):
-            if self._score(prediction, label) and self._n >= self.window:
-                signal = self._evaluate(ts)
+        while scored:
+            run, scored = scored[:self.window - self._n], scored[self.window - self._n:]
+            self._fold([preds[i] for i in run], [labels[i] for i in run])
+            if self._n >= self.window:
+                signal = self._evaluate(float(ts[run[-1]]))
                 self._reset()
                 if signal is not None:
                     out.append(signal)
         return out
 
-    def _score(self, prediction: Any, label: Any) -> bool:
-        """Fold one labelled prediction into the window; False when it cannot be scored."""
-        if self.task is None:
-            self.task = task_of(prediction, label)
+    def _scorable(self, preds: Sequence[Any], labels: Sequence[Any]) -> list[int]:
+        """The positions of the pairs this check can score (its task's types)."""
         if self.task == "binary_proba":
-            y = _as_binary(label)
-            if y is None or not isinstance(prediction, (int, float)):
-                return False
-            p = min(max(float(prediction), 1e-15), 1 - 1e-15)
-            self._accuracy.update(y, int(p >= 0.5))
-            self._f1.update(bool(y), p >= 0.5)
-            self._logloss.update(bool(y), p)
+            return [i for i, (p, y) in enumerate(zip(preds, labels, strict=True))
+                    if type(p) in _NUMBER_OR_BOOL and _as_binary(y) is not None]
+        if self.task == "classification":
+            return list(range(len(preds)))
+        return [i for i, (p, y) in enumerate(zip(preds, labels, strict=True))
+                if type(p) in _NUMBER_OR_BOOL and type(y) in _NUMBER_OR_BOOL]
+
+    def _fold(self, preds: list[Any], labels: list[Any]) -> None:
+        """Fold a run of scorable pairs into the window (it does not overflow it)."""
+        n = len(preds)
+        if self.task == "binary_proba":
+            y = np.array([_as_binary(v) for v in labels], dtype=np.int64)
+            p = np.clip(np.asarray(preds, dtype=float), 1e-15, 1 - 1e-15)
+            said = p >= 0.5
+            cells = np.bincount(2 * y + said, minlength=4)
+            for cell in np.flatnonzero(cells):
+                self._cm.update(bool(cell >= 2), bool(cell % 2), w=float(cells[cell]))
+            loss = -np.where(y == 1, np.log(p), np.log(1.0 - p))
+            self._logloss.update(float(loss.mean()), w=n)
         elif self.task == "classification":
-            self._accuracy.update(str(label), str(prediction))
+            for (truth, said_), count in Counter(zip(map(str, labels), map(str, preds),
+                                                     strict=True)).items():
+                self._cm.update(truth, said_, w=float(count))
         else:
-            if not all(isinstance(v, (int, float)) for v in (prediction, label)):
-                return False
-            err = abs(float(prediction) - float(label))
-            self._mae.update(float(label), float(prediction))
-            self._abs_err.append(err)
-        self._n += 1
-        self._pairs.append([prediction, label])
-        return True
+            with np.errstate(over="ignore", invalid="ignore"):  # 1e308 - -1e308: inf, as River
+                err = np.abs(np.asarray(preds, dtype=float) - np.asarray(labels, dtype=float))
+            self._mae.update(float(err.mean()), w=n)
+            self._abs_err.extend(err.tolist())
+        self._n += n
+        self._pairs.extend([p, y] for p, y in zip(preds, labels, strict=True))
 
     def _evaluate(self, ts: float) -> Signal | None:
         n = self._n
@@ -546,8 +582,10 @@ class PerformanceCheck:
         self._reference, self._source = data["reference"], data["source"]
         self.task = data["task"]
         self._reset()
-        for prediction, label in data.get("window", []):  # River's metrics are not JSON
-            self._score(prediction, label)
+        pairs = data.get("window", [])  # River's metrics are not JSON
+        if pairs:
+            preds, labels = [p for p, _ in pairs], [y for _, y in pairs]
+            self._fold(*_columns(pairs, self._scorable(preds, labels)))
 
 
 MAX_KNOTS = 200  # a profile's calibration may carry at most this many knots

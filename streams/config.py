@@ -248,7 +248,8 @@ class TopicSettings(_Section):
 class WorkerSettings(_Section):
     app_id: str = Field("sentinelle", min_length=1, description="Kafka consumer group id")
     batch_max: int = Field(
-        800, ge=1, description="messages per micro-batch, at most (under 80 % of read_ahead: a micro-batch then never waits for a fetch behind a backlog)")
+        800, ge=1, description="messages per micro-batch, at most (under 80 % of read_ahead: "
+                               "a micro-batch then never waits for a fetch behind a backlog)")
     read_ahead: int = Field(
         1024, ge=1, description="messages Faust reads ahead per agent while a micro-batch is "
                                 "folded (its stream_buffer_maxsize); with batch_max, the input "

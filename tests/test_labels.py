@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import orjson
 import polars as pl
+import pytest
 
 from detectors.performance import LabelJoin, PerformanceCheck
 from detectors.profile import build_profile
@@ -165,3 +166,52 @@ def test_predictions_and_their_labels_in_one_micro_batch_join() -> None:
     p.process([InMessage(orjson.dumps(label), 0, 0, "ml.feedback"),
                InMessage(orjson.dumps(pred), 0, 0, "ml.predictions")], now=T0)
     assert p.monitors["m"].labels.stats()["matched"] == 1
+
+
+def _river_window(preds: list[Any], labels: list[Any]) -> tuple[float, float, float, int]:
+    """Accuracy, F1, log loss and pairs scored of binary scores, River metric by label,
+    as PerformanceCheck scored them until its runs were counted at once."""
+    from river import metrics
+
+    acc, f1, loss, n = metrics.Accuracy(), metrics.F1(), metrics.LogLoss(), 0
+    for p, y in zip(preds, labels, strict=True):
+        if type(y) not in (int, float, bool) or y not in (0, 1) or \
+                type(p) not in (int, float, bool):
+            continue
+        q = min(max(float(p), 1e-15), 1 - 1e-15)
+        acc.update(int(y), int(q >= 0.5))
+        f1.update(bool(y), q >= 0.5)
+        loss.update(bool(y), q)
+        n += 1
+    return acc.get(), f1.get(), loss.get(), n
+
+
+def test_runs_of_labels_score_as_river_does_label_by_label() -> None:
+    rng = np.random.default_rng(5)
+    window = 300
+    preds: list[Any] = rng.random(2_000).round(3).tolist()
+    labels: list[Any] = (rng.random(2_000) < 0.4).astype(int).tolist()
+    for i in rng.choice(2_000, 60, replace=False).tolist():  # pairs it cannot score
+        preds[i], labels[i] = [("x", 1), (0.4, 2), (None, 0), (0.9, "yes")][i % 4]
+    preds[0], labels[0] = 0.8, 1  # the task: probabilities of a binary label
+    chk = PerformanceCheck("m", "v1", window=window, run_length=1e7, reference=0.5)
+    signals, at = [], 0
+    for size in rng.integers(1, 250, 100).tolist():  # runs of any size, across windows
+        part = slice(at, at + size)
+        signals += chk.update({"ts": np.arange(2_000.0)[part], "prediction": preds[part],
+                               "label": labels[part]})
+        at += size
+    assert at >= 2_000
+    counted = np.cumsum([_river_window([p], [y])[3] for p, y in zip(preds, labels,
+                                                                   strict=True)])
+    ends = [i for i in range(2_000) if counted[i] % window == 0 and counted[i] and
+            (i == 0 or counted[i - 1] != counted[i])]  # where each window's last pair is
+    assert [s.timestamp for s in signals] == [float(i) for i in ends] and len(ends) >= 5
+    start = 0
+    for s, end in zip(signals, ends, strict=True):
+        accuracy, f1, log_loss, n = _river_window(preds[start:end + 1], labels[start:end + 1])
+        assert n == window == s.details["window"]["labels"]
+        assert s.details["value"] == round(accuracy, 5)
+        assert s.details["f1"] == round(f1, 5)
+        assert s.details["log_loss"] == pytest.approx(round(log_loss, 5), abs=1e-5)
+        start = end + 1

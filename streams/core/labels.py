@@ -140,43 +140,29 @@ class LabelTracker:
                   references: ReferenceLookup | None) -> list[Signal]:
         """Join labels to their predictions; score them; watch the label distribution."""
         out: list[Signal] = []
-        drift_values: dict[tuple[str, str], tuple[list[Any], list[float]]] = {}
-        run: tuple[str, str] | None = None  # consecutive labels of one series: one batch
-        preds: list[Any] = []
+        # each series' matched labels, in order: scored at once, then its label drift
+        found: dict[tuple[str, str], tuple[list[Any], list[Any], list[float]]] = {}
         for entry, t, label in zip(self.join.match_many(event_ids), ts, labels, strict=True):
             if entry is None:
                 continue  # counted by the join as unmatched
             predicted_at, version, cohort, prediction = entry
-            label = compact_value(label)  # as the prediction was kept
             series = (version, cohort)
             if predicted_at > self.labelled_to.get(series, -np.inf):
                 self.labelled_to[series] = predicted_at
-            if series != run:
-                out.extend(self._score(run, preds, drift_values))
-                run, preds = series, []
-            if series not in self.checks:
-                self.checks[series] = self._check(version, cohort, references)
-            values, times = drift_values.setdefault(series, ([], []))
+            preds, values, times = found.setdefault(series, ([], [], []))
             preds.append(prediction)
-            values.append(label)
+            values.append(compact_value(label))  # as the prediction was kept
             times.append(t)
-        out.extend(self._score(run, preds, drift_values))
-        for (version, cohort), (values, times) in drift_values.items():
+        for (version, cohort), (preds, values, times) in found.items():
+            check = self.checks.get((version, cohort))
+            if check is None:
+                check = self.checks[(version, cohort)] = self._check(version, cohort, references)
+            at = np.asarray(times)
+            out.extend(check.update({"ts": at, "prediction": preds, "label": values}))
             det = self._label_drift(version, cohort, references)
             if det is not None:
-                out.extend(_update_bins(det, values, np.asarray(times)))
+                out.extend(_update_bins(det, values, at))
         return out
-
-    def _score(self, series: tuple[str, str] | None, preds: list[Any],
-               drift_values: dict[tuple[str, str], tuple[list[Any], list[float]]]
-               ) -> list[Signal]:
-        """Score the last ``len(preds)`` labels of ``series`` (one run of them, in order)."""
-        if series is None or not preds:
-            return []
-        values, times = drift_values[series]
-        n = len(preds)
-        return self.checks[series].update({"ts": np.asarray(times[-n:]), "prediction": preds,
-                                           "label": values[-n:]})
 
     def _check(self, version: str, cohort: str,
                references: ReferenceLookup | None) -> PerformanceCheck:
