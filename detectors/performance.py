@@ -235,10 +235,17 @@ class LabelJoin:
         if rows.size == 0:
             return
         kept = rows.tolist()
-        where, segments, names, dirty = self._where, self._segments, self._names, self._dirty
+        kept_hashes = hashes[rows].tolist()
+        where = self._where
+        if len(where) + len(kept) <= self.max_size and where.keys().isdisjoint(kept_hashes) \
+                and len(set(kept_hashes)) == len(kept_hashes):  # the usual batch
+            self._append(kept_hashes, pick(ts, kept), pick(versions, kept), pick(cohorts, kept),
+                         pick(predictions, kept))
+            return
+        segments, names, dirty = self._segments, self._names, self._dirty
         limit, size, most = self._limit, self.segment_size, self.max_size
         seg = segments.get(self._open)
-        for h, t, v, c, p in zip(hashes[rows].tolist(), pick(ts, kept), pick(versions, kept),
+        for h, t, v, c, p in zip(kept_hashes, pick(ts, kept), pick(versions, kept),
                                  pick(cohorts, kept), pick(predictions, kept), strict=True):
             if h >= limit:
                 continue
@@ -256,6 +263,30 @@ class LabelJoin:
                 while len(where) > most:
                     self._halve(t)
                 limit = self._limit
+
+    def _append(self, hashes: list[int], ts: list[float], versions: list[str],
+                cohorts: list[str], predictions: list[Any]) -> None:
+        """:meth:`add_many`'s loop for new ids that all fit (no repeat, no halving):
+        the open segment filled, then new ones, a segment's entries at once."""
+        names = self._names
+        canon = {k: names.setdefault(k, k) for k in {*versions, *cohorts}}
+        entries = list(zip(ts, map(canon.__getitem__, versions), map(canon.__getitem__, cohorts),
+                           [compact_value(p) for p in predictions]
+                           if str in set(map(type, predictions)) else predictions,
+                           strict=True))
+        where, segments, size = self._where, self._segments, self.segment_size
+        seg = segments.get(self._open)
+        at = 0
+        while at < len(hashes):
+            if seg is None or len(seg) >= size:
+                if seg is not None:
+                    self._open += 1
+                seg = segments[self._open] = {}
+            part = hashes[at:at + size - len(seg)]
+            seg.update(zip(part, entries[at:at + len(part)], strict=True))
+            where.update(dict.fromkeys(part, self._open))
+            self._dirty.add(self._open)
+            at += len(part)
 
     def _halve(self, ts: float) -> None:
         self._halvings += 1

@@ -54,7 +54,8 @@ wide_ops = st.lists(st.one_of(wide.map(lambda b: ("add", b)),
 @given(ops=wide_ops, max_size=st.integers(20, 400), segment_size=st.integers(1, 50))
 def test_roomy_batches_join_as_one_at_a_time(ops: list[tuple[str, Any]], max_size: int,
                                              segment_size: int) -> None:
-    """Ids rarely repeated and room in the buffer: mostly the segment-at-a-time path."""
+    """Ids rarely repeated and room in the buffer: mostly the path that adds a batch's
+    new ids a segment at a time (``LabelJoin._append``)."""
     test_batches_join_as_one_at_a_time.hypothesis.inner_test(ops, max_size, segment_size)
 
 
