@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -292,6 +293,36 @@ def test_numbers_read_to_the_same_bits_as_orjson() -> None:
         if got is not None:
             assert want is not None, t
             assert typed(column(got[10][0])[1]) == typed(want), t
+
+
+def test_long_decimals_and_near_halfway_ones_read_to_the_same_bits_as_orjson() -> None:
+    """17 to 19 digits (time.time()'s 1796427508.3651025), read one precision up, and
+    decimals within a digit of halfway between two doubles, where that reading must
+    step aside for the correctly rounded one: bit for bit against orjson's."""
+    rng = random.Random(12)
+    texts = ["9007199254740993.0", "9007199254740993.1", "9007199254740992.9",
+             "18014398509481985.0", "1796427508.3651025", "-4503599627370497.5e-3"]
+    for _ in range(20_000):
+        n = rng.randint(16, 19)
+        digits = str(rng.randint(10 ** (n - 1), 10 ** n - 1))
+        cut = rng.randint(1, n)
+        text = digits[:cut] + "." + (digits[cut:] or "0")
+        texts.append(text + (f"e{rng.randint(-30, 30)}" if rng.random() < 0.3 else ""))
+    for _ in range(5_000):  # halfway between a double and the next, to 19 digits, nudged
+        x = rng.uniform(1, 2.0 ** rng.randint(0, 60)) * 10.0 ** rng.randint(-20, 5)
+        halfway = (Decimal(x) + Decimal(math.nextafter(x, math.inf))) / 2
+        digits, exponent = format(halfway, ".18e").split("e")
+        texts += [f"{digits[:-1]}{last}e{exponent}" for last in
+                  {int(digits[-1]) + step for step in (-1, 0, 1)} & set(range(10))]
+    event = (b'{"event_id":"e","ts":1796427508.5,"model":"m","version":"v","latency_ms":1,'
+             b'"features":{"x":%s}}')
+    for at in range(0, len(texts), 500):
+        data = b"[" + b",".join(event % t.encode() for t in texts[at:at + 500]) + b"]"
+        got = fast.predictions(data, None, 32, 20, 1_000, 0.0, math.inf)
+        assert got is not None
+        want = [e["features"]["x"] for e in orjson.loads(data)]
+        assert column(got[10][0]) == want
+        assert np.array(column(got[10][0])).tobytes() == np.array(want).tobytes()
 
 
 def column(col: Any) -> list[Any]:
