@@ -289,12 +289,27 @@ class LabelJoin:
             at += len(part)
 
     def _halve(self, ts: float) -> None:
+        """Halve the kept share: drop the entries hashed over the new limit (as
+        :meth:`_remove` would, one by one), a segment at a time."""
         self._halvings += 1
         self._changed_at, self._low_since = ts, None
         limit = self._limit
-        for h in [h for h in self._where if h >= limit]:
-            self._remove(h)
-            self._counts["dropped"] += 1
+        where = self._where  # in place: add_many holds it
+        over = [h for h in where if h >= limit]
+        for h in over:
+            del where[h]
+        self._counts["dropped"] += len(over)
+        for sid, seg in list(self._segments.items()):
+            over = [h for h in seg if h >= limit]
+            if not over:
+                continue
+            for h in over:
+                del seg[h]
+            self._dirty.add(sid)
+            if not seg and sid != self._open:
+                del self._segments[sid]
+                self._dirty.discard(sid)
+                self._gone.add(sid)
 
     def _remove(self, h: int) -> Entry:
         sid = self._where.pop(h)
