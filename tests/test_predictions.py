@@ -126,14 +126,14 @@ def three_messages_failing_at(monkeypatch: Any,
     any batch holding the event of message ``bad`` (of 0, 1, 2), and the messages."""
     import streams.core.predictions as predictions
 
-    real = predictions.series_pairs
+    real = predictions.series_rows
 
     def flaky(rows: Any) -> Any:
         if T0 + bad in rows["ts"].to_list():
             raise RuntimeError("a bug")
         return real(rows)
 
-    monkeypatch.setattr(predictions, "series_pairs", flaky)
+    monkeypatch.setattr(predictions, "series_rows", flaky)
     msgs = [InMessage(orjson.dumps(ev("m", T0 + i, 10.0)), 0, i) for i in range(3)]
     return PredictionProcessor(SETTINGS, "ml.predictions"), msgs
 

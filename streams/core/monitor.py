@@ -163,18 +163,21 @@ class ModelMonitor:
                features: Sequence[dict[str, Any] | None] | None = None,
                predictions: Sequence[Any] | None = None,
                references: ReferenceLookup | None = None,
-               event_ids: Sequence[str] | None = None) -> Output:
+               event_ids: Sequence[str] | None = None,
+               groups: SeriesRows | None = None) -> Output:
         """Fold this model's rows of a micro-batch in (columns of ``BATCH_SCHEMA``).
 
         ``features``, ``predictions`` and ``event_ids`` are the rows' raw values,
         in frame order; with ``references`` (version -> profile) they feed the
-        skew, drift and quality checks, and the label join.
+        skew, drift and quality checks, and the label join. ``groups``: the
+        frame's :func:`~streams.core.series.series_rows`, if the caller has them.
         """
         out = Output()
         self.last_arrival = self._wall = now
         for signal in self.outage.update({"ts": np.array([now])}):
             self._emit(out, signal)
-        groups = series_rows(frame)  # once: every check below splits by series
+        if groups is None:  # once: every check below splits by series
+            groups = series_rows(frame)
         pairs = [pair for pair, _ in groups]
         for version, cohort in pairs:
             self._series(version, cohort).last_arrival = now

@@ -55,7 +55,7 @@ from streams.core.parse import (
     raw_text,
 )
 from streams.core.references import ReferenceStore
-from streams.core.series import series_pairs
+from streams.core.series import SeriesRows, series_rows
 from streams.core.state import SEP, InputMarks, subkey
 
 __all__ = ["InMessage", "Outbox", "PredictionProcessor", "stats_record", "parse_limits"]
@@ -325,7 +325,9 @@ class PredictionProcessor:
         fresh = offs > done
         if not fresh.all():
             rows = rows.filter(pl.Series(fresh))
-        refused, alerts = mon.admit(series_pairs(rows), now)
+        found = series_rows(rows)  # once, for admit and the fold
+        groups: SeriesRows | None = found
+        refused, alerts = mon.admit([pair for pair, _ in found], now)
         box.alerts.extend((a["dedup_key"], a) for a in alerts)
         if refused:
             self.counts["refused_series"] += len(refused)
@@ -336,11 +338,12 @@ class PredictionProcessor:
                 f"over_capacity: model {model[:64]!r} has worker.max_series "
                 f"({self.settings.worker.max_series}) version/cohort series, none idle")
             rows = rows.filter(~out)
+            groups = None
         if rows.height:
             self._isolated(mon, list(range(rows.height)),
                            lambda m, pos, sub: self._fold(
                                m, rows if len(pos) == rows.height else rows[pos], messages,
-                               cols, now, sub),
+                               cols, now, sub, groups if len(pos) == rows.height else None),
                            lambda pos, exc: self._dead_rows(
                                [int(rows["row"][pos])], messages, cols, _internal(exc))[0],
                            now, saved, box)
@@ -351,8 +354,10 @@ class PredictionProcessor:
         self._checkpoint(mon, now, box)
 
     def _fold(self, mon: ModelMonitor, rows: pl.DataFrame, messages: Sequence[InMessage],
-              cols: PredictionColumns, now: float, box: Outbox) -> None:
-        """Fold one model's rows in (all of them, or raise)."""
+              cols: PredictionColumns, now: float, box: Outbox,
+              groups: SeriesRows | None = None) -> None:
+        """Fold one model's rows in (all of them, or raise); ``groups``: their
+        :func:`~streams.core.series.series_rows`, when known."""
         lookup = None
         if self.references is not None:
             store, model = self.references, mon.model
@@ -361,7 +366,7 @@ class PredictionProcessor:
         features = cols.features.take(picked) if isinstance(cols.features, FeatureTable) \
             else pick(cols.features, picked)
         out = mon.ingest(rows, now, features, pick(cols.prediction, picked),
-                         lookup, pick(cols.event_id, picked))
+                         lookup, pick(cols.event_id, picked), groups)
         late = np.flatnonzero(out.late) if out.late is not None else np.empty(0, dtype=int)
         box.events += rows.height - late.size
         box.add(mon.model, out)

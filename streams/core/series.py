@@ -202,11 +202,7 @@ def series_pairs(frame: pl.DataFrame) -> list[tuple[str, str]]:
     ...                            "cohort": ["canary", "stable", "canary"]}))
     [('v2', 'canary'), ('v1', 'stable')]
     """
-    versions, cohorts = frame["version"], frame["cohort"]
-    if versions.n_unique() == 1 and cohorts.n_unique() == 1:  # the usual case: one series
-        return [(str(versions[0]), str(cohorts[0]))]
-    return [(str(v), str(c))
-            for v, c in frame.select("version", "cohort").unique(maintain_order=True).iter_rows()]
+    return _series_codes(frame)[0]
 
 
 SeriesRows = list[tuple[tuple[str, str], np.ndarray]]
@@ -219,16 +215,46 @@ def series_rows(frame: pl.DataFrame) -> SeriesRows:
     ...     {"version": ["v1", "v2", "v1"], "cohort": ["stable", "canary", "stable"]}))]
     [(('v1', 'stable'), [0, 2]), (('v2', 'canary'), [1])]
     """
-    pairs = series_pairs(frame)
-    if len(pairs) == 1:  # the usual case: one series
+    pairs, codes = _series_codes(frame)
+    if codes is None:  # the usual case: one series
         return [(pairs[0], np.arange(frame.height))]
-    if len(pairs) <= _MASKED_SERIES:  # a rollout's two or three: a mask each
-        versions, cohorts = frame["version"], frame["cohort"]
-        return [((v, c), np.flatnonzero(((versions == v) & (cohorts == c)).to_numpy()))
-                for v, c in pairs]
-    keys = frame.select("version", "cohort").with_row_index("row")
-    return [((str(v), str(c)), part["row"].to_numpy())
-            for (v, c), part in keys.group_by(["version", "cohort"], maintain_order=True)]
+    if len(pairs) <= _MASKED_SERIES:  # a rollout's two or three: a comparison each
+        return [(pair, np.flatnonzero(codes == k)) for k, pair in enumerate(pairs)]
+    order = np.argsort(codes, kind="stable")
+    cuts = np.flatnonzero(np.diff(codes[order])) + 1
+    return list(zip(pairs, np.split(order, cuts), strict=True))
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _series_codes(frame: pl.DataFrame) -> tuple[list[tuple[str, str]], np.ndarray | None]:
+    """The pairs in order of appearance, and each row's index into them (None: one
+    series). The pairs are told apart by a hash of both strings, vectorised, and the
+    grouping is then checked string for string (a collision falls back to Polars'
+    ``unique``): about 0.17 ms for 2,300 rows of two series, against 0.46 ms for
+    ``unique`` and a mask per pair."""
+    versions, cohorts = frame["version"], frame["cohort"]
+    if versions.n_unique() == 1 and cohorts.n_unique() == 1:
+        return [(str(versions[0]), str(cohorts[0]))], None
+    with np.errstate(over="ignore"):  # the mix wraps around, as meant
+        keys = versions.hash(11).to_numpy() ^ (cohorts.hash(13).to_numpy() * _MIX)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # the pairs by their first row
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    codes = rank[inverse.reshape(-1)]
+    firsts = first[order]
+    at = pl.Series(firsts[codes])  # each row's pair's first row: the same strings?
+    if (versions.gather(at) == versions).all() and (cohorts.gather(at) == cohorts).all():
+        return [(str(versions[int(i)]), str(cohorts[int(i)])) for i in firsts], codes
+    keyed = frame.select("version", "cohort").with_row_index("row")  # a hash collision
+    pairs: list[tuple[str, str]] = []
+    codes = np.empty(frame.height, dtype=np.intp)
+    for (v, c), part in keyed.group_by(["version", "cohort"], maintain_order=True):
+        codes[part["row"].to_numpy()] = len(pairs)
+        pairs.append((str(v), str(c)))
+    return pairs, codes
 
 
 def series_columns(groups: SeriesRows, height: int) -> tuple[list[str], list[str]]:
@@ -248,8 +274,8 @@ def series_columns(groups: SeriesRows, height: int) -> tuple[list[str], list[str
     return versions.tolist(), cohorts.tolist()
 
 
-# Up to this many series in a micro-batch, a comparison per series costs less than
-# Polars' group-by (measured: 0.45 against 0.95 ms for 1,140 rows of two series)
+# Up to this many series in a micro-batch, a comparison of the codes per series;
+# past it, one stable sort of them
 _MASKED_SERIES = 8
 
 
