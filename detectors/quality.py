@@ -307,6 +307,11 @@ class QualityDetector:
         self.severity = severity
         self.alpha = window / run_length
         self._specs = {s.name: s for s in self.specs}
+        # the numeric features' rows in _count's array, and their reference ranges
+        self._numeric = {name: i for i, name in
+                         enumerate(n for n, s in self._specs.items() if s.kind == "numeric")}
+        self._lo = np.array([[self._specs[n].lo] for n in self._numeric])
+        self._hi = np.array([[self._specs[n].hi] for n in self._numeric])
         self._n = 0
         self._counts: dict[str, dict[str, int]] = {}
         self._unknown: dict[str, int] = {}   # the first max_unknown names, and their events
@@ -355,6 +360,13 @@ class QualityDetector:
     def _count(self, cols: FeatureColumns, a: int, b: int) -> None:
         """Count rows ``a:b``. NaN (which JSON cannot carry) counts as a type mismatch,
         like any non-number in a numeric feature; +-inf counts as non-finite."""
+        numeric = self._numeric
+        if numeric:  # every numeric feature at once: a row each
+            x = np.vstack([cols.numbers[name][a:b] for name in numeric])
+            nan, inf = np.isnan(x), np.isinf(x)
+            with np.errstate(invalid="ignore"):  # NaN compares False: not out of range
+                out = ((x < self._lo) | (x > self._hi)) & ~inf
+            nans, infs, outs = (m.sum(axis=1).tolist() for m in (nan, inf, out))
         for name, spec in self._specs.items():
             values = cols.values[name][a:b]
             c = self._counts.setdefault(name, dict.fromkeys(ISSUES, 0))
@@ -363,13 +375,10 @@ class QualityDetector:
             missing = values.count(None)
             c["missing"] += missing
             if spec.kind == "numeric":
-                x = cols.numbers[name][a:b]
-                nan = np.isnan(x)
-                c["type_mismatch"] += int(nan.sum()) - missing
-                inf = np.isinf(x)
-                c["non_finite"] += int(inf.sum())
-                finite = x[~(nan | inf)]
-                c["out_of_range"] += int(((finite < spec.lo) | (finite > spec.hi)).sum())
+                row = numeric[name]
+                c["type_mismatch"] += nans[row] - missing
+                c["non_finite"] += infs[row]
+                c["out_of_range"] += outs[row]
             else:  # an object or an array is no category (a number or a bool is one)
                 types = set(map(type, values))
                 if dict in types or list in types:
