@@ -87,3 +87,31 @@ def test_signals_carry_evidence() -> None:
     assert hit.key == "data_quality:m:v1:amount:type_mismatch"
     assert hit.details["count"] > 50 and hit.details["reference_rate"] == 0.0
     assert hit.details["p_value"] < det.alpha and hit.timestamp == 1999.0
+
+
+def test_each_numeric_feature_is_counted_on_its_own_range() -> None:
+    """The numeric features are counted in one array: each keeps its own range and
+    counts, value by value as a plain loop counts them."""
+    rng = random.Random(8)
+    specs = [FeatureSpec("a", "numeric", 0.0, lo=0.0, hi=1.0, rows=100),
+             FeatureSpec("c", "categorical", 0.0),
+             FeatureSpec("b", "numeric", 0.0, lo=-100.0, hi=-50.0, rows=100),
+             FeatureSpec("d", "numeric", 0.0, rows=100)]  # no range: never out of it
+    pool: list[Any] = [None, "x", float("inf"), float("-inf"), 0.5, -75.0, 2.0, -200.0, 1e308]
+    feats = [{"a": rng.choice(pool), "b": rng.choice(pool), "c": rng.choice(["u", [1], None]),
+              "d": rng.choice(pool)} for _ in range(150)]
+    det = QualityDetector("m", "v1", specs=specs, window=1_000, run_length=1e6)
+    det.update({"ts": np.arange(150.0), "features": feats})
+    for spec in specs:
+        values = [f[spec.name] for f in feats]
+        want = {"missing": values.count(None)}
+        if spec.kind == "numeric":
+            numbers = [v for v in values if isinstance(v, float)]
+            want["type_mismatch"] = len(values) - len(numbers) - want["missing"]
+            want["non_finite"] = sum(abs(v) == float("inf") for v in numbers)
+            want["out_of_range"] = sum(abs(v) != float("inf") and not spec.lo <= v <= spec.hi
+                                       for v in numbers)
+        else:
+            want["type_mismatch"] = sum(type(v) is list for v in values)
+        got = det._counts[spec.name]
+        assert {k: got[k] for k in want} == want, spec.name
