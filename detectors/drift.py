@@ -120,6 +120,7 @@ class DriftDetector:
         self._recent_chunks = calibration.window // calibration.hop
         self._capacity = self._recent_chunks * (1 + baseline_factor)
         self._chunks: deque[np.ndarray] = deque()
+        self._chunk_lists: deque[list[int]] = deque()  # the same, as lists (to_dict)
         self._counter = ChunkCounter(bins.size, calibration.hop)
         self._means: deque[float] = deque(maxlen=ADWIN_HISTORY)
         self._adwin = self._new_adwin()
@@ -160,15 +161,23 @@ class DriftDetector:
             return self._update_sequential(idx, ts, values)
         out: list[Signal] = []
         for last, counts, mean in self._counter.add(idx, values):
-            self._chunks.append(counts)
-            if len(self._chunks) > self._capacity:
-                self._chunks.popleft()
+            self._push(counts)
             self._adwin_chunk(mean, ts, last, values is not None)
             if len(self._chunks) == self._capacity:
                 out.append(self._evaluate(float(ts[last])))
             if self._hold:
                 self._hold -= 1
         return out
+
+    def _push(self, counts: np.ndarray) -> None:
+        """A full chunk's counts into the window (the oldest out past its capacity),
+        with their list, written in every checkpoint as it is (a chunk, and its list,
+        never change once pushed)."""
+        self._chunks.append(counts)
+        self._chunk_lists.append(counts.tolist())
+        if len(self._chunks) > self._capacity:
+            self._chunks.popleft()
+            self._chunk_lists.popleft()
 
     def _adwin_chunk(self, mean: float, ts: np.ndarray, last: int, numeric: bool) -> None:
         if numeric:
@@ -195,9 +204,7 @@ class DriftDetector:
         # Statuses not given yet: (position after the chunk, ts, ADWIN active, its change ts)
         marks: list[tuple[int, float, bool, float | None]] = []
         for last, counts, mean in self._counter.add(idx, values):
-            self._chunks.append(counts)
-            if len(self._chunks) > self._capacity:
-                self._chunks.popleft()
+            self._push(counts)
             full = len(self._chunks) == self._capacity
             if full:
                 if self._renew == 0:  # the baseline is renewed: test against the new one
@@ -374,7 +381,7 @@ class DriftDetector:
                       timestamp=ts, model=self.model, version=self.version, details=details)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"chunks": [c.tolist() for c in self._chunks], **self._counter.to_dict(),
+        out = {"chunks": list(self._chunk_lists), **self._counter.to_dict(),
                "means": list(self._means), "hold": self._hold, "adwin_at": self._adwin_at}
         if self._seq is not None and self._base is not None:
             out["sequential"] = {"base": self._base.tolist(), "renew": self._renew,
@@ -385,6 +392,7 @@ class DriftDetector:
         if not self._counter.load_dict(data):
             return  # other bins: start afresh
         self._chunks = deque(np.asarray(c, dtype=np.int64) for c in data["chunks"])
+        self._chunk_lists = deque(c.tolist() for c in self._chunks)
         self._hold, self._adwin_at = int(data["hold"]), data["adwin_at"]
         seq = data.get("sequential")
         if self.test == "sequential" and seq is not None and len(seq["base"]) == self.bins.size:

@@ -105,3 +105,22 @@ def test_an_alarm_outlives_a_baseline_without_its_alternative() -> None:
     assert {s.details["threshold"] for s in active} == {active[0].details["threshold"]}
     cleared = [s for s in signals if "has absorbed the change" in s.summary]
     assert cleared and cleared[0].details["alternative"] == active[0].details["alternative"]
+
+
+@pytest.mark.parametrize("test", ["sequential", "window"])
+def test_the_checkpoint_holds_the_window_s_chunks_as_they_are(test: str) -> None:
+    """The chunks' lists are kept as the chunks are pushed (not rebuilt per checkpoint):
+    after the window is full and has moved on, and after a restore, they are the
+    chunks' counts, oldest first."""
+    rng = np.random.default_rng(4)
+    det = detector(test=test)
+    for size in (700, 12_000, 333, 5_000):  # past the window's 20 chunks of 500
+        feed(det, rng.normal(size=size))
+        state = det.to_dict()
+        assert state["chunks"] == [c.tolist() for c in det._chunks]
+        assert len(state["chunks"]) == min(len(det._chunks), 20)
+    back = detector(test=test)
+    back.load_dict(det.to_dict())
+    feed(back, rng.normal(size=1_500))
+    assert back.to_dict()["chunks"] == [c.tolist() for c in back._chunks]
+    assert len(back._chunks) == 20
