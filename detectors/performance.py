@@ -70,10 +70,6 @@ def _listed(values: Sequence[Any] | np.ndarray) -> list[Any]:
     return values.tolist() if isinstance(values, np.ndarray) else list(values)
 
 
-def _columns(pairs: list[Any], rows: list[int]) -> tuple[list[Any], list[Any]]:
-    return [pairs[i][0] for i in rows], [pairs[i][1] for i in rows]
-
-
 def task_of(prediction: Any, label: Any) -> str:
     """``binary_proba``, ``classification`` or ``regression``, from one labelled pair.
 
@@ -559,7 +555,7 @@ class PerformanceCheck:
         """Fold a run of scorable pairs into the window (it does not overflow it)."""
         n = len(preds)
         if self.task == "binary_proba":
-            y = np.array([_as_binary(v) for v in labels], dtype=np.int64)
+            y = (np.asarray(labels, dtype=float) == 1).astype(np.int64)  # 0/1, bools too
             p = np.clip(np.asarray(preds, dtype=float), 1e-15, 1 - 1e-15)
             said = p >= 0.5
             cells = np.bincount(2 * y + said, minlength=4)
@@ -631,7 +627,8 @@ class PerformanceCheck:
         pairs = data.get("window", [])  # River's metrics are not JSON
         if pairs:
             preds, labels = [p for p, _ in pairs], [y for _, y in pairs]
-            self._fold(*_columns(pairs, self._scorable(preds, labels)))
+            rows = self._scorable(preds, labels)
+            self._fold([preds[i] for i in rows], [labels[i] for i in rows])
 
 
 MAX_KNOTS = 200  # a profile's calibration may carry at most this many knots

@@ -143,10 +143,10 @@ static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
 /* Clinger's fast path one precision up, for 17 to 19 digits (time.time()'s
    1796427508.3651025 has 17): with x87's 64-bit significand, m < 10^19 and 10^k,
    k <= 27, are exact, so m / 10^k (or m * 10^k) is one correctly rounded operation,
-   r. Rounding r to a double is then the correct rounding of the decimal unless r
-   lies within a 64-bit ulp of halfway between two doubles (the decimal itself is
-   within half of one of r): those, about one in a thousand, return 0 and go to the
-   slow path. Where long double is not x87's format, never taken. */
+   r. Rounding r to a double is then the correct rounding of the decimal (which is
+   within half a 64-bit ulp of r) unless r lies within 2^-10 of a double's ulp of
+   halfway between two doubles: those, about one in five hundred, return 0 and go
+   to the slow path. Where long double is not x87's format, never taken. */
 #if defined(LDBL_MANT_DIG) && LDBL_MANT_DIG == 64
 static const long double POW10L[] = {
     1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,
@@ -166,7 +166,7 @@ static int extended_fast_path(unsigned long long m, int exp10, double *d)
     long double off = r - (long double)v;
     if (off < 0)
         off = -off;
-    if (off >= half - half / 512)  /* within 2^-10 of a half ulp of halfway: unsure */
+    if (off >= half - half / 512)  /* within 2^-10 ulp of halfway: unsure */
         return 0;
     *d = v;
     return 1;

@@ -273,14 +273,13 @@ def parse_time(value: Any, name: str = "ts", limits: ParseLimits = DEFAULT_LIMIT
             raise Invalid(f"not_finite: '{name}' is {value}")
         ts = float(value)
     elif isinstance(value, str):
-        form = _RFC3339.fullmatch(value)
         try:  # RFC 3339 allows "t" and "z" in lower case; fromisoformat does not
-            dt = datetime.fromisoformat(value.upper()) if form else None
+            if not _RFC3339.fullmatch(value):
+                raise ValueError(value)
+            dt = datetime.fromisoformat(value.upper())
         except ValueError:
-            dt = None
-        if dt is None:
             raise Invalid(f"bad_timestamp: '{name}' {value[:64]!r} is not RFC 3339 "
-                          f"(YYYY-MM-DDThh:mm:ss[.fraction] and Z or +hh:mm)")
+                          f"(YYYY-MM-DDThh:mm:ss[.fraction] and Z or +hh:mm)") from None
         if dt.tzinfo is None:
             raise Invalid(f"bad_timestamp: '{name}' {value[:64]!r} has no UTC offset")
         ts = dt.timestamp()
