@@ -33,7 +33,7 @@ from detectors.canary import Verdict
 from detectors.contract import dedup_key
 from detectors.outage import OutageDetector
 from detectors.profile import FeatureBins
-from detectors.quality import take
+from detectors.quality import pick, take
 from detectors.windows import TumblingWindows, WindowStats
 from streams.config import Settings
 from streams.core.canary import CANARY_CHECKS, CanaryWatch
@@ -264,7 +264,7 @@ class ModelMonitor:
                 continue
             signals = self._series(version, cohort).compare(
                 self.model, version, cohort, take(features, rows),
-                [predictions[i] for i in rows], ts_all[rows], references, self.settings)
+                pick(predictions, rows.tolist()), ts_all[rows], references, self.settings)
             for signal in signals:
                 self._emit(out, signal)
 
