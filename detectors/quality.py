@@ -32,7 +32,7 @@ from scipy import special
 from detectors.base import Batch, Signal, check_severity
 from detectors.contract import Severity, dedup_key
 
-__all__ = ["FeatureSpec", "FeatureColumns", "FeatureTable", "QualityDetector", "ISSUES",
+__all__ = ["as_rows", "FeatureSpec", "FeatureColumns", "FeatureTable", "QualityDetector", "ISSUES",
            "floats", "take"]
 
 ISSUES = ("missing", "type_mismatch", "non_finite", "out_of_range")
@@ -98,8 +98,15 @@ class FeatureTable(Sequence[dict[str, Any]]):
         self.rows += other.rows
 
     def take(self, rows: Sequence[int]) -> FeatureTable:
-        """Rows ``rows``, in that order (C speed: fancy indexing, ``itemgetter``)."""
+        """Rows ``rows``, in that order (C speed: fancy indexing, ``itemgetter``; a
+        ``range``, see :func:`as_rows`, as slices)."""
         n = len(rows)
+        if isinstance(rows, range) and rows.step == 1:
+            if rows.start == 0 and n == self.rows:
+                return self
+            a, b = rows.start, rows.stop
+            return FeatureTable(self.names, [c[a:b].copy() if isinstance(c, np.ndarray)
+                                             else c[a:b] for c in self.columns], n)
         index = np.asarray(rows, dtype=np.intp)
         if n == self.rows and (n == 0 or (index == np.arange(n)).all()):
             return self
@@ -124,13 +131,35 @@ def _joined(parts: list[Column]) -> Column:
                                     for p in parts))
 
 
-def pick(values: Sequence[Any] | np.ndarray, rows: list[int]) -> list[Any]:
+def as_rows(index: np.ndarray) -> Sequence[int]:
+    """Row numbers for :func:`pick` and :meth:`FeatureTable.take`: a ``range`` when they
+    are one increasing run (often: a model's rows of a slice), taken as a slice without
+    a look at each row; else a list.
+
+    >>> as_rows(np.array([3, 4, 5])), as_rows(np.array([3, 5])), as_rows(np.array([4, 3]))
+    (range(3, 6), [3, 5], [4, 3])
+    """
+    n = index.size
+    if n and int(index[-1]) - int(index[0]) == n - 1 and (
+            n == 1 or bool((np.diff(index.astype(np.int64, copy=False)) == 1).all())):
+        return range(int(index[0]), int(index[-1]) + 1)
+    return index.tolist()
+
+
+def pick(values: Sequence[Any] | np.ndarray, rows: Sequence[int]) -> list[Any]:
     """``[values[i] for i in rows]`` at C speed: an array's as Python scalars, a run of
-    consecutive rows (often all of them) as a slice.
+    consecutive rows (often all of them; a ``range`` from :func:`as_rows` at once) as a
+    slice.
 
     >>> pick(["a", "b", "c"], [1, 2]), pick(["a", "b", "c"], [2, 0]), pick(np.arange(3.0), [1])
     (['b', 'c'], ['c', 'a'], [1.0])
+    >>> pick(["a", "b", "c"], range(1, 3)), pick(np.arange(3.0), range(2))
+    (['b', 'c'], [0.0, 1.0])
     """
+    if isinstance(rows, range) and rows.step == 1:
+        part = values[rows.start:rows.stop]
+        return part.tolist() if isinstance(part, np.ndarray) else (
+            part if isinstance(part, list) else list(part))
     if isinstance(values, np.ndarray):
         return values[rows].tolist()
     if not rows:

@@ -21,6 +21,7 @@ import polars as pl
 from alerting.rollout import RolloutPolicy, RolloutTracker, TrackerOutput
 from detectors.canary import CanaryAnalysis, PredictionHistograms
 from detectors.profile import FeatureBins
+from detectors.quality import as_rows, pick
 from detectors.windows import WindowStats
 from streams.config import Settings
 from streams.core.series import SeriesRows, categories, numbers
@@ -64,7 +65,7 @@ class CanaryWatch:
             if (cohort, version) not in (("stable", pair[0]), ("canary", pair[1])):
                 continue
             rows = rows[~late[rows]]
-            preds = [predictions[i] for i in rows]
+            preds = pick(predictions, as_rows(rows))
             if bins.kind == "numeric":
                 x = numbers(preds)
                 ok = np.isfinite(x)

@@ -30,7 +30,7 @@ B = TypeVar("B", bound=Box)
 M = TypeVar("M")
 
 
-def fold_isolated(state: S, items: list[int], fold: Callable[[S, list[int], B], None],
+def fold_isolated(state: S, items: Sequence[int], fold: Callable[[S, Sequence[int], B], None],
                   new_box: Callable[[], B], box: B, dead: Callable[[int, Exception], None],
                   before: Callable[[S], S], copy: Callable[[S], S], name: str) -> S:
     """Fold ``items`` into ``state``; return the state to keep.
@@ -65,7 +65,7 @@ def fold_isolated(state: S, items: list[int], fold: Callable[[S, list[int], B], 
     return _bisect(before(state), items, fold, new_box, box, dead, copy, name)
 
 
-def _bisect(state: S, items: list[int], fold: Callable[[S, list[int], B], None],
+def _bisect(state: S, items: Sequence[int], fold: Callable[[S, Sequence[int], B], None],
             new_box: Callable[[], B], box: B, dead: Callable[[int, Exception], None],
             copy: Callable[[S], S], name: str) -> S:
     saved = copy(state)

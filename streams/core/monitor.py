@@ -33,7 +33,7 @@ from detectors.canary import Verdict
 from detectors.contract import dedup_key
 from detectors.outage import OutageDetector
 from detectors.profile import FeatureBins
-from detectors.quality import pick, take
+from detectors.quality import as_rows, pick, take
 from detectors.windows import TumblingWindows, WindowStats
 from streams.config import Settings
 from streams.core.canary import CANARY_CHECKS, CanaryWatch
@@ -262,9 +262,10 @@ class ModelMonitor:
             rows = rows[on_time[rows]]
             if rows.size == 0:
                 continue
+            picked = as_rows(rows)
             signals = self._series(version, cohort).compare(
-                self.model, version, cohort, take(features, rows),
-                pick(predictions, rows.tolist()), ts_all[rows], references, self.settings)
+                self.model, version, cohort, take(features, picked),
+                pick(predictions, picked), ts_all[rows], references, self.settings)
             for signal in signals:
                 self._emit(out, signal)
 

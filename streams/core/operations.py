@@ -521,7 +521,7 @@ class OperationsProcessor:
         fresh = [k for k, (i, _) in enumerate(items) if st.fresh(
             messages[i].topic or "", messages[i].partition, messages[i].offset)]
         if fresh:
-            def fold(state: State, picked: list[int], sub: OpsOutbox) -> None:
+            def fold(state: State, picked: Sequence[int], sub: OpsOutbox) -> None:
                 self._fold(state, [items[k][1] for k in picked], now, sub)
 
             def dead(k: int, exc: Exception) -> None:

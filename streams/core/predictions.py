@@ -34,7 +34,7 @@ import polars as pl
 
 from alerting.manager import Silence
 from detectors.contract import rfc3339
-from detectors.quality import FeatureTable, pick
+from detectors.quality import FeatureTable, as_rows, pick
 from detectors.windows import WindowStats
 from streams.config import Settings
 from streams.core.isolation import fold_isolated, one_by_one
@@ -135,7 +135,7 @@ def _num(x: float) -> float | None:
     return None if x != x else round(x, 3)  # NaN (empty) -> null
 
 
-Fold = Callable[[ModelMonitor, list[int], "Outbox"], None]
+Fold = Callable[[ModelMonitor, Sequence[int], "Outbox"], None]
 Dead = Callable[[int, Exception], Record]
 
 
@@ -362,7 +362,7 @@ class PredictionProcessor:
         if self.references is not None:
             store, model = self.references, mon.model
             lookup = lambda version: store.get(model, version)  # noqa: E731
-        picked = rows["row"].to_list()
+        picked = as_rows(rows["row"].to_numpy())
         features = cols.features.take(picked) if isinstance(cols.features, FeatureTable) \
             else pick(cols.features, picked)
         out = mon.ingest(rows, now, features, pick(cols.prediction, picked),
@@ -374,10 +374,10 @@ class PredictionProcessor:
             reason = (f"late: its window closed before it arrived (watermark "
                       f"{rfc3339(mon.windows.watermark)}, allowed lateness "
                       f"{self.settings.windows.allowed_lateness_s:g} s)")
-            box.deadletters += self._dead_rows([picked[r] for r in late], messages, cols,
+            box.deadletters += self._dead_rows([picked[r] for r in late.tolist()], messages, cols,
                                                reason)
 
-    def _isolated(self, mon: ModelMonitor, items: list[int], fold: Fold, dead: Dead,
+    def _isolated(self, mon: ModelMonitor, items: Sequence[int], fold: Fold, dead: Dead,
                   now: float, saved: Saved, box: Outbox) -> None:
         """Fold ``items`` into ``mon``, all or nothing (:mod:`streams.core.isolation`)."""
         model = mon.model
@@ -457,7 +457,7 @@ class PredictionProcessor:
             done = np.full(parts.size, -1, dtype=np.int64)
             for p in np.unique(parts):
                 done[parts == p] = mon.feedback_offsets.get(int(p), -1)
-            fresh = np.asarray(rows, dtype=np.int64)[offs > done].tolist()
+            fresh = as_rows(np.asarray(rows, dtype=np.int64)[offs > done])
             if fresh:
                 self._isolated(mon, fresh,
                                lambda m, js, sub: self._fold_labels(m, cols, js, now, sub),
@@ -469,7 +469,7 @@ class PredictionProcessor:
                                                    int(offs[parts == p].max()))
             self._checkpoint(mon, now, box)
 
-    def _fold_labels(self, mon: ModelMonitor, cols: FeedbackColumns, rows: list[int],
+    def _fold_labels(self, mon: ModelMonitor, cols: FeedbackColumns, rows: Sequence[int],
                      now: float, box: Outbox) -> None:
         store, model = self.references, mon.model
         lookup = (lambda version: store.get(model, version)) if store is not None else None
@@ -505,7 +505,7 @@ class PredictionProcessor:
                 continue  # folded in before a restart
             mine = [r for r in records if r["model"] == model]
 
-            def fold(m: ModelMonitor, _: list[int], sub: Outbox) -> None:
+            def fold(m: ModelMonitor, _: Sequence[int], sub: Outbox) -> None:
                 sub.add(model, m.ingest_control(kind, mine, now))  # noqa: B023
 
             self._isolated(mon, [0], fold, lambda _, exc: DeadLetter(
