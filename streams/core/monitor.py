@@ -262,9 +262,10 @@ class ModelMonitor:
             rows = rows[on_time[rows]]
             if rows.size == 0:
                 continue
-            picked = as_rows(rows)
+            picked = as_rows(rows)  # a range when the series' rows are one run
             signals = self._series(version, cohort).compare(
-                self.model, version, cohort, take(features, picked),
+                self.model, version, cohort,
+                take(features, picked if isinstance(picked, range) else rows),
                 pick(predictions, picked), ts_all[rows], references, self.settings)
             for signal in signals:
                 self._emit(out, signal)
