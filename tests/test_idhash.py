@@ -66,3 +66,37 @@ def test_hash_arrays_are_the_same_hashes_with_or_without_the_compiled_loop(
     assert compiled.dtype == plain.dtype == np.uint64
     assert compiled.tolist() == plain.tolist() == _hashlib_hashes(ids)
     assert performance.id_hash_array([]).tolist() == []
+
+
+# Each width the CPU can run, in a fresh interpreter (the width is picked at import).
+LANES_CHECK = """
+import random, sys
+from detectors import _idhash
+from detectors.performance import _hashlib_hashes
+rng = random.Random(11)
+alphabet = "abcXYZ0123-_/:\\u00e9\\u4e2d\\U0001f600\\x00 "
+ids = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 160))) for _ in range(3000)]
+ids += ["x" * n for n in range(0, 260)]          # every length around one block
+for count in range(0, 20):                       # groups and what is left after them
+    part = ids[:count]
+    assert _idhash.hashes(part) == _hashlib_hashes(part), count
+assert _idhash.hashes(ids) == _hashlib_hashes(ids)
+print(_idhash.LANES)
+"""
+
+
+@pytest.mark.parametrize("most", ["1", "4", "8"])
+def test_every_width_gives_hashlib_hashes(most: str) -> None:
+    """Ids of one block are hashed several at once (AVX2: 4, AVX-512: 8) where the CPU
+    can; each width, and one at a time, must give hashlib's hashes, whatever is left
+    over after the last full group."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "SENTINELLE_IDHASH_LANES": most}
+    done = subprocess.run([sys.executable, "-c", LANES_CHECK], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) <= int(most)
+    if most == "1":
+        assert int(done.stdout) == 1
