@@ -32,10 +32,12 @@
 
    The result is a tuple of lists, one per column (event_id, ts, ts_text,
    model, version, latency_ms, cohort, error, prediction, feature names,
-   feature columns, element starts, element ends), with repeated strings (model,
+   feature columns, spans), with repeated strings (model,
    version, a categorical feature's values) shared rather than copied. The
    feature names and columns are None when no event has a features object.
-   feedback's tuple: event_id, ts, ts_text, model, version, label, starts, ends. A
+   feedback's tuple: event_id, ts, ts_text, model, version, label, spans. spans
+   is a bytearray of int64 pairs, each element's start and end offsets in the
+   message (no int object per event: they are read only for a dead letter). A
    feature column is a list of objects, or a bytearray of float64 values when
    every value was written as a JSON float (with a point or an exponent): the
    usual numeric feature, handed over without a float object per value.
@@ -43,8 +45,8 @@
    prediction_singles(values, keys, max_id_chars, max_features, min_ts, max_ts)
    and feedback_singles(...) read the single-event form the same way: a list of
    messages of one event each (a JSON object), each checked against its own key
-   (bytes; anything else: None), into the same columns, with empty starts and
-   ends (each event is its whole message). None unless every message is plainly
+   (bytes; anything else: None), into the same columns, with empty spans (each
+   event is its whole message). None unless every message is plainly
    valid: streams.core.parse.parse_singles then reads them as it always did. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -417,7 +419,9 @@ typedef struct {
     Py_ssize_t key_n; /* -1: unchecked */
     /* columns */
     PyObject *event_id, *ts, *model, *version, *latency, *cohort, *error, *prediction;
-    PyObject *starts, *ends, *names, *columns;
+    PyObject *names, *columns;
+    int64_t *spans; /* each element's start and end in the message, pairs */
+    Py_ssize_t nspans, spans_cap;
     int ts_text;
     int feedback; /* ml.feedback: a label instead of a prediction's fields */
     int has_features; /* -1 not yet known, 0 no event has an object, 1 every event has */
@@ -805,10 +809,28 @@ static int batch_init(Batch *b, int feedback, Py_ssize_t max_id, Py_ssize_t max_
     b->key_n = -1;
     b->feedback = feedback;
     PyObject **lists[] = {&b->event_id, &b->ts, &b->model, &b->version, &b->latency,
-                          &b->cohort, &b->error, &b->prediction, &b->starts, &b->ends};
+                          &b->cohort, &b->error, &b->prediction};
     for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
         if ((*lists[i] = PyList_New(0)) == NULL)
             return -1;
+    return 0;
+}
+
+/* An element's start and end (offsets in the message), kept for a later dead letter. */
+static int span(Batch *b, Py_ssize_t start, Py_ssize_t end)
+{
+    if (b->nspans + 2 > b->spans_cap) {
+        Py_ssize_t cap = b->spans_cap ? 2 * b->spans_cap : 256;
+        int64_t *more = PyMem_Realloc(b->spans, (size_t)cap * sizeof(int64_t));
+        if (more == NULL) {
+            PyErr_NoMemory();
+            return OUT;
+        }
+        b->spans = more;
+        b->spans_cap = cap;
+    }
+    b->spans[b->nspans++] = (int64_t)start;
+    b->spans[b->nspans++] = (int64_t)end;
     return 0;
 }
 
@@ -818,22 +840,30 @@ static PyObject *batch_result(Batch *b)
     if (b->columns != NULL && settle_columns(b) < 0)
         return NULL;
     PyObject *ts_text = b->ts_text ? Py_True : Py_False;
+    PyObject *spans = PyByteArray_FromStringAndSize((const char *)b->spans,
+                                                    b->nspans * (Py_ssize_t)sizeof(int64_t));
+    if (spans == NULL)
+        return NULL;
+    PyObject *out;
     if (b->feedback)
-        return Py_BuildValue("(OOOOOOOO)", b->event_id, b->ts, ts_text, b->model, b->version,
-                             b->prediction, b->starts, b->ends);
-    /* no event had a features object: None for the names and the columns */
-    return Py_BuildValue("(OOOOOOOOOOOOO)", b->event_id, b->ts, ts_text, b->model, b->version,
-                         b->latency, b->cohort, b->error, b->prediction,
-                         b->names ? b->names : Py_None, b->columns ? b->columns : Py_None,
-                         b->starts, b->ends);
+        out = Py_BuildValue("(OOOOOOO)", b->event_id, b->ts, ts_text, b->model, b->version,
+                            b->prediction, spans);
+    else  /* no event had a features object: None for the names and the columns */
+        out = Py_BuildValue("(OOOOOOOOOOOO)", b->event_id, b->ts, ts_text, b->model,
+                            b->version, b->latency, b->cohort, b->error, b->prediction,
+                            b->names ? b->names : Py_None,
+                            b->columns ? b->columns : Py_None, spans);
+    Py_DECREF(spans);
+    return out;
 }
 
 static void batch_release(Batch *b)
 {
     PyObject **lists[] = {&b->event_id, &b->ts, &b->model, &b->version, &b->latency,
-                          &b->cohort, &b->error, &b->prediction, &b->starts, &b->ends};
+                          &b->cohort, &b->error, &b->prediction};
     for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
         Py_XDECREF(*lists[i]);
+    PyMem_Free(b->spans);
     Py_XDECREF(b->names);
     Py_XDECREF(b->columns);
     PyMem_Free(b->name_s);
@@ -889,9 +919,7 @@ static PyObject *parse(PyObject *args, int feedback)
                 goto done;
             ws(&c);
             const char *start = c.p;
-            if (event(&c, &b) < 0 ||
-                append_steal(b.starts, PyLong_FromSsize_t(start - base)) < 0 ||
-                append_steal(b.ends, PyLong_FromSsize_t(c.p - base)) < 0)
+            if (event(&c, &b) < 0 || span(&b, start - base, c.p - base) < 0)
                 goto done;
             int more = next_member(&c, ']');
             if (more < 0)
@@ -909,8 +937,8 @@ done:
 
 /* The single-event form: a list of messages of one event each (a JSON object, not
    an array), each with its key, read as one batch. None unless every message is
-   bytes, every key is bytes, and every event is plainly valid; starts and ends are
-   empty (each event is its whole message). */
+   bytes, every key is bytes, and every event is plainly valid; spans are empty
+   (each event is its whole message). */
 static PyObject *singles(PyObject *args, int feedback)
 {
     PyObject *values, *keys;

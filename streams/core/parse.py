@@ -234,14 +234,15 @@ def _row_text(raw: Any, element: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Spans:
-    """A message the fast path read, and where each of its elements lies."""
+    """A message the fast path read, and where each of its elements lies: ``spans``,
+    int64 pairs (element ``i`` from ``spans[2i]`` to ``spans[2i + 1]``), as bytes."""
 
     data: bytes
-    starts: list[int]
-    ends: list[int]
+    spans: bytearray
 
     def element(self, i: int) -> Any:
-        return orjson.loads(self.data[self.starts[i]:self.ends[i]])
+        at = memoryview(self.spans).cast("q")
+        return orjson.loads(self.data[at[2 * i]:at[2 * i + 1]])
 
 
 # RFC 3339's date-time (section 5.6), and the same without its offset (refused with
@@ -516,15 +517,14 @@ def _feedback_fast(data: bytes, cols: FeedbackColumns, message: int, limits: Par
     got = _fast(_batchparse.feedback, data, limits, key)
     if got is None:
         return False
-    starts, ends = got[-2:]
-    _append_feedback(cols, got, message, [_Spans(data, starts, ends)] * len(got[0]))
+    _append_feedback(cols, got, message, [_Spans(data, got[-1])] * len(got[0]))
     return True
 
 
 def _append_feedback(cols: FeedbackColumns, got: tuple[Any, ...], message: int | list[int],
                      raw: list[Any]) -> None:
     """Append the fast path's label columns (``raw``: where each event's text is)."""
-    event_id, ts, model, version, label, _, _ = got
+    event_id, ts, model, version, label, _ = got
     _extend_header(cols, event_id, ts, model, version, message, raw)
     cols.label += label
 
@@ -536,8 +536,7 @@ def _predictions_fast(data: bytes, cols: PredictionColumns, message: int,
     got = _fast(_batchparse.predictions, data, limits, key)
     if got is None:
         return False
-    starts, ends = got[-2:]
-    _append_predictions(cols, got, message, [_Spans(data, starts, ends)] * len(got[0]))
+    _append_predictions(cols, got, message, [_Spans(data, got[-1])] * len(got[0]))
     return True
 
 
@@ -545,7 +544,7 @@ def _append_predictions(cols: PredictionColumns, got: tuple[Any, ...],
                         message: int | list[int], raw: list[Any]) -> None:
     """Append the fast path's prediction columns (``raw``: where each event's text is)."""
     (event_id, ts, model, version, latency, cohort, error, prediction, names, columns,
-     _, _) = got
+     _) = got
     n = len(event_id)
     if not n:
         return
