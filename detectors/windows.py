@@ -70,6 +70,12 @@ class WindowStats:
         return asdict(self)
 
 
+#: Rows up to which a micro-batch is folded in numpy (:meth:`TumblingWindows._fold_small`)
+#: rather than by a Polars query. Measured: 53 against 258 µs at 50 rows, 95 against 289
+#: at 160, 509 against 847 at 2,000, 880 against 636 at 4,000.
+SMALL_FRAME = 2_000
+
+
 class _Acc:
     __slots__ = ("count", "errors", "slow", "sketch")
 
@@ -162,8 +168,65 @@ class TumblingWindows:
         late = (start + size + lateness <= seen_before) | (start + size <= self._closed_upto)
         self._watermark = max(self._watermark, float(marks.max()))
         if not late.all():
-            self._fold(frame, start, late)
+            if frame.height <= SMALL_FRAME:
+                self._fold_small(frame, start, late)
+            else:
+                self._fold(frame, start, late)
         return late
+
+    def _fold_small(self, frame: pl.DataFrame, start: np.ndarray, late: np.ndarray) -> None:
+        """:meth:`_fold` for a few rows (a micro-batch of single events, a quiet model),
+        where Polars' per-query cost (about 0.3 ms) is most of the work: the on-time rows
+        sorted by (series, window, bucket) in numpy, each run of equal keys summed."""
+        on = np.flatnonzero(~late)
+        latency = frame["latency_ms"].to_numpy()[on]
+        error = frame["error"].to_numpy()[on]
+        begin = start[on]
+        pairs: dict[tuple[str, str], int] = {}  # (version, cohort) -> its code
+        series = np.fromiter(
+            (pairs.setdefault(p, len(pairs)) for p in zip(
+                frame["version"].to_list(), frame["cohort"].to_list(), strict=True)),
+            dtype=np.int64, count=frame.height)[on]
+        bucket = LatencySketch(alpha=self.alpha).bucket_index(latency)
+        order = np.lexsort((bucket, begin, series))
+        series, begin, bucket = series[order], begin[order], bucket[order]
+        latency, error = latency[order], error[order]
+        new = np.ones(order.size, dtype=bool)
+        new[1:] = ((series[1:] != series[:-1]) | (begin[1:] != begin[:-1])
+                   | (bucket[1:] != bucket[:-1]))
+        at = np.flatnonzero(new)
+        counts = np.diff(np.append(at, order.size))
+        errors = np.add.reduceat(error.astype(np.int64), at)
+        slow = np.add.reduceat((latency > self.slow_ms).astype(np.int64), at)
+        tops = np.maximum.reduceat(latency, at)
+        names = list(pairs)
+        sketches: dict[tuple[str, str, float], tuple[_Acc, list[int], list[int], list[float]]] = {}
+        for code, b0, bk, c, e, sl, mx in zip(series[at].tolist(), begin[at].tolist(),
+                                              bucket[at].tolist(), counts.tolist(),
+                                              errors.tolist(), slow.tolist(), tops.tolist(),
+                                              strict=True):
+            self._tally(sketches, (*names[code], b0), bk, c, e, sl, mx)
+        for acc, buckets, bucket_counts, top in sketches.values():
+            acc.sketch.add_counts(buckets, bucket_counts, max(top))
+
+    def _tally(self, sketches: dict[tuple[str, str, float],
+                                    tuple[_Acc, list[int], list[int], list[float]]],
+               key: tuple[str, str, float], bucket: int, c: int, errors: int, slow: int,
+               mx: float) -> None:
+        """One (series, window, bucket) group's counts into its window's accumulator."""
+        got = sketches.get(key)
+        if got is None:
+            acc = self._open.get(key)
+            if acc is None:
+                acc = self._open[key] = _Acc(self.alpha)
+            got = sketches[key] = (acc, [], [], [])
+        acc = got[0]
+        acc.count += c
+        acc.errors += errors
+        acc.slow += slow
+        got[1].append(bucket)
+        got[2].append(c)
+        got[3].append(mx)
 
     def _fold(self, frame: pl.DataFrame, start: np.ndarray, late: np.ndarray) -> None:
         """The on-time rows' counts per (series, window, latency bucket), from one
@@ -182,22 +245,8 @@ class TumblingWindows:
         for was_late, version, cohort, begin, bucket, c, errors, slow, mx in zip(
                 *(parts[col].to_list() for col in ("late", *keys, "bucket", "c", "errors",
                                                    "slow", "mx")), strict=True):
-            if was_late:
-                continue
-            key = (version, cohort, begin)
-            got = sketches.get(key)
-            if got is None:
-                acc = self._open.get(key)
-                if acc is None:
-                    acc = self._open[key] = _Acc(self.alpha)
-                got = sketches[key] = (acc, [], [], [])
-            acc = got[0]
-            acc.count += c
-            acc.errors += errors
-            acc.slow += slow
-            got[1].append(bucket)
-            got[2].append(c)
-            got[3].append(mx)
+            if not was_late:
+                self._tally(sketches, (version, cohort, begin), bucket, c, errors, slow, mx)
         for acc, buckets, counts, tops in sketches.values():
             acc.sketch.add_counts(buckets, counts, max(tops))
 
