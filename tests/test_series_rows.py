@@ -1,5 +1,6 @@
-"""Each (version, cohort) series' rows of a micro-batch, found by hashing both strings:
-the same groups as Polars' group-by, in order of appearance, hash collisions or not."""
+"""Each (version, cohort) series' rows of a micro-batch, found by hashing both strings
+(or, for a few rows, by a dict of the pairs): the same groups as Polars' group-by, in
+order of appearance, hash collisions or not."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.core import series
 from streams.core.series import series_pairs, series_rows
 
 pair = st.tuples(st.sampled_from(["v1", "v2", "v10", "", "é", "v1\x00"]),
@@ -34,6 +36,11 @@ def test_the_groups_are_polars_groups_in_order_of_appearance(rows: list[tuple[st
     got = [(p, r.tolist()) for p, r in series_rows(frame)]
     assert got == _expected(frame)
     assert series_pairs(frame) == [p for p, _ in got]
+    few, series._FEW_ROWS = series._FEW_ROWS, 0  # the same rows by hashing
+    try:
+        assert [(p, r.tolist()) for p, r in series_rows(frame)] == got
+    finally:
+        series._FEW_ROWS = few
 
 
 def test_many_series_are_grouped_by_one_sort() -> None:
@@ -48,5 +55,6 @@ def test_a_hash_collision_falls_back_to_polars(monkeypatch: pytest.MonkeyPatch) 
     frame = _frame([("v1", "stable"), ("v2", "canary"), ("v1", "stable"), ("v3", "stable")])
     real = pl.Series.hash
     monkeypatch.setattr(pl.Series, "hash", lambda self, seed=0: real(self, seed) * 0)
+    monkeypatch.setattr(series, "_FEW_ROWS", 0)  # past the dict's few rows
     assert [(p, r.tolist()) for p, r in series_rows(frame)] == _expected(frame)
     assert series_pairs(frame) == [("v1", "stable"), ("v2", "canary"), ("v3", "stable")]

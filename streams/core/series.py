@@ -226,6 +226,9 @@ def series_rows(frame: pl.DataFrame) -> SeriesRows:
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
+# Up to this many rows of several series, the pairs are looked up in a dict, row by
+# row (26 against 124 µs at 160 rows of two series; equal near 1,000)
+_FEW_ROWS = 500
 
 
 def _series_codes(frame: pl.DataFrame) -> tuple[list[tuple[str, str]], np.ndarray | None]:
@@ -237,6 +240,12 @@ def _series_codes(frame: pl.DataFrame) -> tuple[list[tuple[str, str]], np.ndarra
     versions, cohorts = frame["version"], frame["cohort"]
     if versions.n_unique() == 1 and cohorts.n_unique() == 1:
         return [(str(versions[0]), str(cohorts[0]))], None
+    if frame.height <= _FEW_ROWS:  # a dict of the pairs: no hashing's fixed cost
+        found: dict[tuple[str, str], int] = {}
+        codes = np.fromiter((found.setdefault(p, len(found)) for p in zip(
+            versions.to_list(), cohorts.to_list(), strict=True)), dtype=np.intp,
+            count=frame.height)
+        return list(found), codes
     with np.errstate(over="ignore"):  # the mix wraps around, as meant
         keys = versions.hash(11).to_numpy() ^ (cohorts.hash(13).to_numpy() * _MIX)
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
